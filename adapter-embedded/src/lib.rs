@@ -1,0 +1,2 @@
+//! tracemalloc for microcontrollers (work in progress).
+#![no_std]

@@ -1,0 +1,1 @@
+//! tracemalloc for Rust applications (work in progress).

@@ -1,0 +1,31 @@
+//! tracemalloc for Rust, the platform-free core.
+//!
+//! Everything here is `#![no_std]` and needs no allocator for tracing: the [`tracer::Tracer`]
+//! records allocations into a fixed-capacity [`table::TraceTable`] and interns call stacks in a
+//! [`traceback::TracebackStore`], both over storage the adapter provides. With the `alloc`
+//! feature the same crate takes [`snapshot::Snapshot`]s and analyses them exactly as CPython's
+//! `tracemalloc` module does: statistics grouped by file, line or traceback, diffs between two
+//! snapshots, filters, Python-identical text, and snapshot files.
+//!
+//! The adapters (`tracemalloc` for std, `tracemalloc-embedded` for Cortex-M) add the platform:
+//! the allocator wrapper, locking, call-stack capture and symbolization.
+#![no_std]
+#![deny(unsafe_code, missing_docs, unreachable_pub)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+#[cfg(feature = "alloc")]
+extern crate alloc;
+
+pub mod table;
+pub mod traceback;
+pub mod tracer;
+
+#[cfg(feature = "alloc")]
+pub mod snapshot;
+
+pub use table::{Slot, TraceTable};
+pub use traceback::{TracebackEntry, TracebackId, TracebackStorage, TracebackStore};
+pub use tracer::{Counters, Recorded, Tracer, TracerStorage, DEFAULT_DOMAIN, MAX_NFRAME};
+
+#[cfg(feature = "alloc")]
+pub use snapshot::{Frame, RawSnapshot, Resolver, Snapshot, Trace, Traceback};

@@ -1,0 +1,332 @@
+//! Snapshots: a copy of the tracer's state, taken fast, analysed later.
+//!
+//! Taking a snapshot has two steps so that the adapter's lock is held only for a memory copy:
+//! [`RawSnapshot::add`] copies the trace slots and traceback arrays of a tracer verbatim (a
+//! sharded adapter adds each shard), then [`RawSnapshot::resolve`], outside any lock, drops empty
+//! slots, merges equal tracebacks across parts and turns addresses into [`Frame`]s through a
+//! [`Resolver`], each distinct address once.
+
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::cmp::Ordering;
+use core::hash::{Hash, Hasher};
+
+use hashbrown::HashMap;
+
+use crate::table::Slot;
+use crate::traceback::{TracebackEntry, TracebackId};
+use crate::tracer::{Counters, Tracer};
+
+/// A source location: Python's `tracemalloc.Frame`, plus the function name when known.
+///
+/// Equality, hashing and ordering use `(filename, lineno)` only, as in Python, so two inlined
+/// functions on one line group together.
+#[derive(Clone, Debug)]
+pub struct Frame {
+    /// Source file, relative to the workspace when it lies inside it.
+    pub filename: Arc<str>,
+    /// Line number; 0 when unknown.
+    pub lineno: u32,
+    /// Demangled function name, without the hash suffix, when known.
+    pub function: Option<Arc<str>>,
+}
+
+impl Frame {
+    /// A frame at `filename:lineno` with no function name.
+    pub fn new(filename: &str, lineno: u32) -> Frame {
+        Frame {
+            filename: Arc::from(filename),
+            lineno,
+            function: None,
+        }
+    }
+
+    /// The frame reported for an address no resolver could name: `0x…` as the file, line 0.
+    pub fn unresolved(address: usize) -> Frame {
+        Frame::new(&alloc::format!("{address:#x}"), 0)
+    }
+
+    /// The frame CPython reports when a traceback is unknown: `<unknown>:0`.
+    pub fn unknown() -> Frame {
+        Frame::new("<unknown>", 0)
+    }
+
+    /// The frame reported for blocks whose stack arrived after the traceback store filled up.
+    pub fn store_full() -> Frame {
+        Frame::new("<traceback store full>", 0)
+    }
+}
+
+impl PartialEq for Frame {
+    fn eq(&self, other: &Frame) -> bool {
+        self.lineno == other.lineno && self.filename == other.filename
+    }
+}
+
+impl Eq for Frame {}
+
+impl Hash for Frame {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.filename.hash(state);
+        self.lineno.hash(state);
+    }
+}
+
+impl PartialOrd for Frame {
+    fn partial_cmp(&self, other: &Frame) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Frame {
+    fn cmp(&self, other: &Frame) -> Ordering {
+        (&*self.filename, self.lineno).cmp(&(&*other.filename, other.lineno))
+    }
+}
+
+/// A call stack: Python's `tracemalloc.Traceback`.
+///
+/// Frames are stored most recent call first, as CPython's raw traces and our files hold them.
+/// Python's `Traceback` sequence is oldest first; [`Traceback::oldest_first`] gives that order.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Traceback {
+    /// Frames, most recent call first.
+    pub frames: Vec<Frame>,
+    /// Depth of the stack before the traceback limit cut it.
+    pub total_nframe: u16,
+}
+
+impl Traceback {
+    /// A traceback of `frames` (most recent first) with `total_nframe` equal to their number.
+    pub fn new(frames: Vec<Frame>) -> Traceback {
+        let total_nframe = frames.len().min(u16::MAX as usize) as u16;
+        Traceback {
+            frames,
+            total_nframe,
+        }
+    }
+
+    /// Frames in Python's sequence order: oldest call first.
+    pub fn oldest_first(&self) -> impl DoubleEndedIterator<Item = &Frame> + '_ {
+        self.frames.iter().rev()
+    }
+}
+
+impl PartialOrd for Traceback {
+    fn partial_cmp(&self, other: &Traceback) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Traceback {
+    /// Python compares the oldest-first frame tuples.
+    fn cmp(&self, other: &Traceback) -> Ordering {
+        self.oldest_first().cmp(other.oldest_first())
+    }
+}
+
+/// One live block: Python's `tracemalloc.Trace`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Trace {
+    /// The heap the block belongs to.
+    pub domain: u32,
+    /// The block's size in bytes.
+    pub size: u64,
+    /// Index into [`Snapshot::tracebacks`].
+    pub traceback: u32,
+}
+
+/// Turns code addresses into source locations.
+pub trait Resolver {
+    /// Pushes the frames at `address` onto `out`, innermost (inlined) first, and returns true;
+    /// pushing none hides the address (tracer or allocator plumbing). Returns false, pushing
+    /// nothing, when the address is unknown: the snapshot then shows [`Frame::unresolved`].
+    fn resolve(&mut self, address: usize, out: &mut Vec<Frame>) -> bool;
+}
+
+/// A resolver that knows nothing: every frame shows as its address.
+pub struct AddressesOnly;
+
+impl Resolver for AddressesOnly {
+    fn resolve(&mut self, _address: usize, _out: &mut Vec<Frame>) -> bool {
+        false
+    }
+}
+
+/// A snapshot of traced memory: Python's `tracemalloc.Snapshot`, analysed in [`crate::stats`]
+/// and [`crate::filter`].
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// Live blocks.
+    pub traces: Vec<Trace>,
+    /// Distinct tracebacks the traces point into.
+    pub tracebacks: Vec<Traceback>,
+    /// Raw code addresses of each traceback (parallel to `tracebacks`), most recent first; empty
+    /// for snapshots that never had addresses (JSON files). Kept so that a snapshot taken on a
+    /// device can be resolved later on the host.
+    pub addresses: Vec<Vec<usize>>,
+    /// The traceback limit tracing ran with (Python's `Snapshot.traceback_limit`).
+    pub traceback_limit: u16,
+    /// The tracer's counters when the snapshot was taken.
+    pub counters: Counters,
+    /// Bytes the tracer itself used (Python's `get_tracemalloc_memory()`).
+    pub tracer_memory: u64,
+}
+
+/// The verbatim copy of one tracer's arrays.
+#[derive(Clone, Debug, Default)]
+struct RawPart {
+    slots: Vec<Slot>,
+    entries: Vec<TracebackEntry>,
+    frames: Vec<usize>,
+}
+
+/// The state of one or more tracers, copied under their locks and not yet analysed.
+#[derive(Clone, Debug, Default)]
+pub struct RawSnapshot {
+    parts: Vec<RawPart>,
+    traceback_limit: u16,
+    counters: Counters,
+    tracer_memory: u64,
+}
+
+impl RawSnapshot {
+    /// An empty raw snapshot of tracing with `traceback_limit` frames.
+    pub fn new(traceback_limit: u16) -> RawSnapshot {
+        RawSnapshot {
+            traceback_limit,
+            ..RawSnapshot::default()
+        }
+    }
+
+    /// Copies `tracer`'s arrays: a memcpy of its slots and used traceback arrays, nothing more.
+    pub fn add(&mut self, tracer: &Tracer<'_>) {
+        let (entries, frames) = tracer.tracebacks().raw_parts();
+        self.parts.push(RawPart {
+            slots: tracer.table().slots().to_vec(),
+            entries: entries.to_vec(),
+            frames: frames.to_vec(),
+        });
+        self.counters.merge(tracer.counters());
+        self.tracer_memory += tracer.memory_bytes() as u64;
+    }
+
+    /// Overrides the merged counters (a sharded adapter knows the exact global peak).
+    pub fn set_counters(&mut self, counters: Counters) {
+        self.counters = counters;
+    }
+
+    /// Adds bytes the adapter uses beyond the tracers' storage.
+    pub fn add_tracer_memory(&mut self, bytes: u64) {
+        self.tracer_memory += bytes;
+    }
+
+    /// Drops empty slots, merges tracebacks and resolves addresses into frames.
+    pub fn resolve(self, resolver: &mut dyn Resolver) -> Snapshot {
+        let mut snapshot = Snapshot {
+            traceback_limit: self.traceback_limit,
+            counters: self.counters,
+            tracer_memory: self.tracer_memory,
+            ..Snapshot::default()
+        };
+        // (domain, total_nframe, frames, overflow) -> index into snapshot.tracebacks
+        let mut merged: HashMap<(u32, u16, &[usize], bool), u32> = HashMap::new();
+        for part in &self.parts {
+            // Entry id -> merged index, filled on first use.
+            let mut map: Vec<u32> = alloc::vec![u32::MAX; part.entries.len()];
+            for slot in part.slots.iter().filter(|s| s.is_occupied()) {
+                let id = slot.traceback().index() as usize;
+                let Some(entry) = part.entries.get(id) else {
+                    continue; // cannot happen: slots and entries were copied under one lock
+                };
+                if map[id] == u32::MAX {
+                    let frames = &part.frames[entry.start()..entry.start() + entry.len()];
+                    let overflow = id == TracebackId::OVERFLOW.index() as usize;
+                    let key = (entry.domain(), entry.total_nframe(), frames, overflow);
+                    let next = snapshot.tracebacks.len() as u32;
+                    map[id] = *merged.entry(key).or_insert_with(|| {
+                        let placeholder = match (overflow, frames.is_empty()) {
+                            (true, _) => alloc::vec![Frame::store_full()],
+                            (false, true) => alloc::vec![Frame::unknown()],
+                            (false, false) => Vec::new(), // resolved below
+                        };
+                        snapshot.tracebacks.push(Traceback {
+                            frames: placeholder,
+                            total_nframe: entry.total_nframe(),
+                        });
+                        snapshot.addresses.push(frames.to_vec());
+                        next
+                    });
+                }
+                snapshot.traces.push(Trace {
+                    domain: entry.domain(),
+                    size: slot.size(),
+                    traceback: map[id],
+                });
+            }
+        }
+        snapshot.resolve_addresses(resolver);
+        snapshot
+    }
+}
+
+impl Snapshot {
+    /// The traceback of a trace.
+    pub fn traceback_of(&self, trace: &Trace) -> &Traceback {
+        &self.tracebacks[trace.traceback as usize]
+    }
+
+    /// Resolves the raw addresses again with `resolver` (a device snapshot read on the host with
+    /// the firmware's debug info). Tracebacks without addresses are kept as they are.
+    pub fn resolve_addresses(&mut self, resolver: &mut dyn Resolver) {
+        let mut cache: HashMap<usize, Vec<Frame>> = HashMap::new();
+        let mut scratch = Vec::new();
+        for (traceback, addresses) in self.tracebacks.iter_mut().zip(&self.addresses) {
+            if addresses.is_empty() {
+                continue;
+            }
+            let mut frames = Vec::with_capacity(addresses.len());
+            for &address in addresses {
+                let resolved = cache.entry(address).or_insert_with(|| {
+                    scratch.clear();
+                    if resolver.resolve(address, &mut scratch) {
+                        scratch.clone()
+                    } else {
+                        alloc::vec![Frame::unresolved(address)]
+                    }
+                });
+                frames.extend(resolved.iter().cloned());
+            }
+            traceback.frames = frames;
+        }
+    }
+}
+
+/// Builds a snapshot from plain data, for tests and decoders.
+pub fn snapshot_from_traces(
+    traceback_limit: u16,
+    traces: impl IntoIterator<Item = (u32, u64, Traceback)>,
+) -> Snapshot {
+    let mut snapshot = Snapshot {
+        traceback_limit,
+        ..Snapshot::default()
+    };
+    let mut index: HashMap<Traceback, u32> = HashMap::new();
+    for (domain, size, traceback) in traces {
+        let next = snapshot.tracebacks.len() as u32;
+        let id = *index.entry(traceback.clone()).or_insert_with(|| {
+            snapshot.tracebacks.push(traceback);
+            snapshot.addresses.push(Vec::new());
+            next
+        });
+        snapshot.counters.current += size;
+        snapshot.counters.traces += 1;
+        snapshot.traces.push(Trace {
+            domain,
+            size,
+            traceback: id,
+        });
+    }
+    snapshot.counters.peak = snapshot.counters.current;
+    snapshot
+}

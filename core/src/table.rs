@@ -1,0 +1,379 @@
+//! The trace table: live blocks keyed by address, over storage the caller provides.
+//!
+//! Open addressing with linear probing and backward-shift deletion (no tombstones, so a table
+//! that lives for weeks of churn never degrades). A slot is 16 bytes on 64-bit targets and 12 on
+//! 32-bit ones: the block address, and the size packed with the traceback id. The domain half of
+//! CPython's `(domain, address)` key is not stored in the slot: every interned traceback belongs
+//! to one domain (see [`crate::traceback`]), so the caller passes a predicate that checks the
+//! slot's traceback for the wanted domain. That keeps the table at 16 bytes a slot, which is what
+//! lets a live block cost at most 24 bytes at the maximum load factor of 3/4 (21.3 bytes).
+//!
+//! The table never grows by itself: it refuses an insert when it reaches its load limit, and the
+//! owner decides whether to [`TraceTable::migrate`] into bigger storage (the std adapter) or to
+//! count the block as untraced (the embedded one).
+
+use crate::traceback::TracebackId;
+
+/// Largest block size a slot can hold (40 bits: 1 TiB). Larger blocks are counted as untraced.
+pub const MAX_TRACED_SIZE: u64 = (1 << 40) - 1;
+
+/// One slot of the table. Zeroed storage is an empty table, so a `static` array costs only bss.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct Slot {
+    /// Block address; 0 marks an empty slot (no allocator returns a block at address 0).
+    addr: usize,
+    /// Low 32 bits of the size.
+    size_lo: u32,
+    /// High 8 bits of the size above the 24-bit traceback id.
+    size_hi_traceback: u32,
+}
+
+impl Slot {
+    /// An empty slot, for initialising storage.
+    pub const EMPTY: Slot = Slot {
+        addr: 0,
+        size_lo: 0,
+        size_hi_traceback: 0,
+    };
+
+    fn new(addr: usize, size: u64, traceback: TracebackId) -> Slot {
+        Slot {
+            addr,
+            size_lo: size as u32,
+            size_hi_traceback: ((size >> 32) as u32) << 24 | traceback.index(),
+        }
+    }
+
+    /// Whether the slot holds a trace.
+    #[inline]
+    pub fn is_occupied(&self) -> bool {
+        self.addr != 0
+    }
+
+    /// The traced block's address.
+    #[inline]
+    pub fn addr(&self) -> usize {
+        self.addr
+    }
+
+    /// The traced block's size in bytes.
+    #[inline]
+    pub fn size(&self) -> u64 {
+        u64::from(self.size_hi_traceback >> 24) << 32 | u64::from(self.size_lo)
+    }
+
+    /// The traceback recorded when the block was allocated.
+    #[inline]
+    pub fn traceback(&self) -> TracebackId {
+        TracebackId::from_index(self.size_hi_traceback & TracebackId::MASK)
+    }
+}
+
+/// Why an insert did not happen. The caller counts the block as untraced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InsertError {
+    /// The table holds as many traces as its load limit allows.
+    Full,
+    /// The block is larger than [`MAX_TRACED_SIZE`], or its address is 0.
+    Unrepresentable,
+}
+
+/// What an insert did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Inserted {
+    /// A new trace.
+    New,
+    /// The key was traced already; its old size and traceback were replaced.
+    Replaced {
+        /// The size the trace had before.
+        old_size: u64,
+    },
+}
+
+/// Live traces keyed by block address (and domain, through the traceback predicate).
+pub struct TraceTable<'a> {
+    slots: &'a mut [Slot],
+    /// `slots.len() - 1`; the length is a power of two.
+    mask: usize,
+    /// `64 - log2(slots.len())`, for Fibonacci hashing (top bits of the product).
+    shift: u32,
+    len: usize,
+    limit: usize,
+}
+
+/// Maximum load factor as a fraction: 3/4 keeps linear-probe chains short.
+const LOAD_NUM: usize = 3;
+const LOAD_DEN: usize = 4;
+
+impl<'a> TraceTable<'a> {
+    /// A table over `storage`, which it clears. It uses the largest power-of-two prefix of the
+    /// storage (a non-power-of-two length wastes the rest rather than failing).
+    pub fn new(storage: &'a mut [Slot]) -> TraceTable<'a> {
+        let usable = if storage.is_empty() {
+            0
+        } else {
+            1usize << (usize::BITS - 1 - storage.len().leading_zeros())
+        };
+        let slots = &mut storage[..usable];
+        slots.fill(Slot::EMPTY);
+        let bits = usable.max(1).trailing_zeros();
+        TraceTable {
+            mask: usable.saturating_sub(1),
+            shift: 64 - bits,
+            len: 0,
+            limit: usable / LOAD_DEN * LOAD_NUM + usable % LOAD_DEN * LOAD_NUM / LOAD_DEN,
+            slots,
+        }
+    }
+
+    /// Number of live traces.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the table holds no trace.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Most traces the table accepts before [`InsertError::Full`].
+    #[inline]
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Number of slots in use as storage (live or empty).
+    #[inline]
+    pub fn slot_count(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The raw slots, empty ones included, for a fast copy into a snapshot.
+    #[inline]
+    pub fn slots(&self) -> &[Slot] {
+        self.slots
+    }
+
+    #[inline]
+    fn home(&self, addr: usize) -> usize {
+        // Fibonacci hashing: addresses from an allocator share their low bits, the top bits of
+        // the product mix all of them.
+        ((addr as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shift) as usize & self.mask
+    }
+
+    /// Index of the slot holding `addr` whose traceback satisfies `is_key`.
+    #[inline]
+    fn find(&self, addr: usize, is_key: impl Fn(TracebackId) -> bool) -> Option<usize> {
+        if self.slots.is_empty() || addr == 0 {
+            return None;
+        }
+        let mut i = self.home(addr);
+        loop {
+            let slot = &self.slots[i];
+            if slot.addr == 0 {
+                return None;
+            }
+            if slot.addr == addr && is_key(slot.traceback()) {
+                return Some(i);
+            }
+            i = (i + 1) & self.mask;
+        }
+    }
+
+    /// The trace of `addr`, if any.
+    #[inline]
+    pub fn get(&self, addr: usize, is_key: impl Fn(TracebackId) -> bool) -> Option<&Slot> {
+        self.find(addr, is_key).map(|i| &self.slots[i])
+    }
+
+    /// Records a trace, or replaces the one already recorded for the same key.
+    pub fn insert(
+        &mut self,
+        addr: usize,
+        size: u64,
+        traceback: TracebackId,
+        is_key: impl Fn(TracebackId) -> bool,
+    ) -> Result<Inserted, InsertError> {
+        if addr == 0 || size > MAX_TRACED_SIZE {
+            return Err(InsertError::Unrepresentable);
+        }
+        if self.slots.is_empty() {
+            return Err(InsertError::Full);
+        }
+        let mut i = self.home(addr);
+        loop {
+            let slot = &mut self.slots[i];
+            if slot.addr == 0 {
+                if self.len >= self.limit {
+                    return Err(InsertError::Full);
+                }
+                *slot = Slot::new(addr, size, traceback);
+                self.len += 1;
+                return Ok(Inserted::New);
+            }
+            if slot.addr == addr && is_key(slot.traceback()) {
+                let old_size = slot.size();
+                *slot = Slot::new(addr, size, traceback);
+                return Ok(Inserted::Replaced { old_size });
+            }
+            i = (i + 1) & self.mask;
+        }
+    }
+
+    /// Removes and returns the trace of `addr`, if any.
+    pub fn remove(&mut self, addr: usize, is_key: impl Fn(TracebackId) -> bool) -> Option<Slot> {
+        let mut hole = self.find(addr, is_key)?;
+        let removed = self.slots[hole];
+        // Backward-shift deletion: pull later members of the probe run into the hole whenever
+        // their home position does not lie cyclically after the hole.
+        let mut i = hole;
+        loop {
+            i = (i + 1) & self.mask;
+            let slot = self.slots[i];
+            if slot.addr == 0 {
+                break;
+            }
+            let home = self.home(slot.addr);
+            let dist_home = i.wrapping_sub(home) & self.mask;
+            let dist_hole = i.wrapping_sub(hole) & self.mask;
+            if dist_home >= dist_hole {
+                self.slots[hole] = slot;
+                hole = i;
+            }
+        }
+        self.slots[hole] = Slot::EMPTY;
+        self.len -= 1;
+        Some(removed)
+    }
+
+    /// Removes every trace.
+    pub fn clear(&mut self) {
+        self.slots.fill(Slot::EMPTY);
+        self.len = 0;
+    }
+
+    /// Live traces, in storage order.
+    pub fn iter(&self) -> impl Iterator<Item = &Slot> + '_ {
+        self.slots.iter().filter(|s| s.is_occupied())
+    }
+
+    /// Moves every trace into `storage` and makes it the table's storage. Returns the old
+    /// storage so its owner can release it. Fails, changing nothing, when the new storage's load
+    /// limit is below the number of live traces.
+    pub fn migrate(&mut self, storage: &'a mut [Slot]) -> Result<&'a mut [Slot], &'a mut [Slot]> {
+        let mut next = TraceTable::new(storage);
+        if next.limit < self.len {
+            return Err(next.slots);
+        }
+        for slot in self.slots.iter().filter(|s| s.is_occupied()) {
+            // Keys are unique in `self`, so every insert is new: place without comparing keys.
+            let inserted = next.insert(slot.addr, slot.size(), slot.traceback(), |_| false);
+            debug_assert_eq!(inserted, Ok(Inserted::New));
+        }
+        core::mem::swap(self, &mut next);
+        Ok(next.slots)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tb(i: u32) -> TracebackId {
+        TracebackId::from_index(i)
+    }
+
+    #[test]
+    fn slot_is_16_bytes_on_64_bit() {
+        if cfg!(target_pointer_width = "64") {
+            assert_eq!(core::mem::size_of::<Slot>(), 16);
+        }
+    }
+
+    #[test]
+    fn slot_packs_40_bit_sizes_beside_the_traceback() {
+        let s = Slot::new(8, MAX_TRACED_SIZE, tb(TracebackId::MASK));
+        assert_eq!(s.size(), MAX_TRACED_SIZE);
+        assert_eq!(s.traceback(), tb(TracebackId::MASK));
+    }
+
+    #[test]
+    fn storage_is_rounded_down_to_a_power_of_two() {
+        let mut storage = [Slot::EMPTY; 12];
+        let t = TraceTable::new(&mut storage);
+        assert_eq!(t.slot_count(), 8);
+        assert_eq!(t.limit(), 6);
+    }
+
+    #[test]
+    fn full_table_refuses_new_keys_but_replaces_existing_ones() {
+        let mut storage = [Slot::EMPTY; 4];
+        let mut t = TraceTable::new(&mut storage);
+        for a in 1..=3 {
+            assert_eq!(t.insert(a * 16, 1, tb(1), |_| true), Ok(Inserted::New));
+        }
+        assert_eq!(t.insert(64, 1, tb(1), |_| true), Err(InsertError::Full));
+        assert_eq!(
+            t.insert(16, 5, tb(2), |_| true),
+            Ok(Inserted::Replaced { old_size: 1 })
+        );
+        assert_eq!(t.get(16, |_| true).map(Slot::size), Some(5));
+    }
+
+    #[test]
+    fn same_address_in_two_domains_is_two_keys() {
+        let mut storage = [Slot::EMPTY; 8];
+        let mut t = TraceTable::new(&mut storage);
+        t.insert(32, 1, tb(1), |id| id == tb(1)).unwrap();
+        t.insert(32, 2, tb(2), |id| id == tb(2)).unwrap();
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.remove(32, |id| id == tb(2)).map(|s| s.size()), Some(2));
+        assert_eq!(t.get(32, |id| id == tb(1)).map(|s| s.size()), Some(1));
+    }
+
+    #[test]
+    fn migrate_keeps_every_trace_and_returns_old_storage() {
+        let mut small = [Slot::EMPTY; 8];
+        let mut big = [Slot::EMPTY; 64];
+        let mut t = TraceTable::new(&mut small);
+        for a in 1..=6 {
+            t.insert(a * 8, a as u64, tb(1), |_| true).unwrap();
+        }
+        let old = t.migrate(&mut big).unwrap();
+        assert_eq!(old.len(), 8);
+        assert_eq!(t.len(), 6);
+        assert_eq!(t.limit(), 48);
+        for a in 1..=6 {
+            assert_eq!(t.get(a * 8, |_| true).map(Slot::size), Some(a as u64));
+        }
+    }
+
+    #[test]
+    fn migrate_into_too_small_storage_changes_nothing() {
+        let mut small = [Slot::EMPTY; 8];
+        let mut tiny = [Slot::EMPTY; 2];
+        let mut t = TraceTable::new(&mut small);
+        for a in 1..=3 {
+            t.insert(a * 8, 1, tb(1), |_| true).unwrap();
+        }
+        assert!(t.migrate(&mut tiny).is_err());
+        assert_eq!(t.len(), 3);
+    }
+
+    #[test]
+    fn zero_address_and_huge_sizes_are_unrepresentable() {
+        let mut storage = [Slot::EMPTY; 8];
+        let mut t = TraceTable::new(&mut storage);
+        assert_eq!(
+            t.insert(0, 1, tb(1), |_| true),
+            Err(InsertError::Unrepresentable)
+        );
+        assert_eq!(
+            t.insert(8, MAX_TRACED_SIZE + 1, tb(1), |_| true),
+            Err(InsertError::Unrepresentable)
+        );
+    }
+}

@@ -1,0 +1,364 @@
+//! Traceback interning: identical call stacks share one id.
+//!
+//! A traceback is a list of raw code addresses, most recent call first, captured in one domain.
+//! The store keeps each distinct `(domain, frames)` once, in three arrays the caller provides:
+//! entries (16 bytes each), an open-addressed index of entry ids, and a pool the frames are
+//! appended to. Nothing is freed until [`TracebackStore::clear`], as in CPython: the set of call
+//! sites of a program is small and stable, the set of blocks is not.
+//!
+//! When any array is full, new stacks map to [`TracebackId::OVERFLOW`], which snapshots report
+//! as a single `<traceback store full>` frame, so their bytes still show up.
+
+/// Names one interned traceback. Ids fit in 24 bits, so a trace slot can pack one beside a size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct TracebackId(u32);
+
+impl TracebackId {
+    /// Bits an id uses.
+    pub const MASK: u32 = (1 << 24) - 1;
+    /// The id of every stack that arrived after the store filled up (domain 0, no frames).
+    pub const OVERFLOW: TracebackId = TracebackId(0);
+
+    /// The id with this index (masked to 24 bits).
+    #[inline]
+    pub const fn from_index(index: u32) -> TracebackId {
+        TracebackId(index & Self::MASK)
+    }
+
+    /// The id's index into [`TracebackStore::entries`].
+    #[inline]
+    pub const fn index(self) -> u32 {
+        self.0
+    }
+}
+
+/// Bookkeeping for one interned traceback.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct TracebackEntry {
+    hash: u32,
+    start: u32,
+    len: u16,
+    total_nframe: u16,
+    domain: u32,
+}
+
+impl TracebackEntry {
+    /// An unused entry, for initialising storage.
+    pub const EMPTY: TracebackEntry = TracebackEntry {
+        hash: 0,
+        start: 0,
+        len: 0,
+        total_nframe: 0,
+        domain: 0,
+    };
+
+    /// The domain the stack was captured in.
+    #[inline]
+    pub fn domain(&self) -> u32 {
+        self.domain
+    }
+
+    /// How deep the stack was when captured, before the traceback limit cut it (saturating).
+    #[inline]
+    pub fn total_nframe(&self) -> u16 {
+        self.total_nframe
+    }
+
+    /// Where the frames start in the frame pool.
+    #[inline]
+    pub fn start(&self) -> usize {
+        self.start as usize
+    }
+
+    /// Number of frames kept.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// Whether no frame was kept.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// A borrowed view of one interned traceback.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TracebackRef<'s> {
+    /// The domain the stack was captured in.
+    pub domain: u32,
+    /// Code addresses, most recent call first.
+    pub frames: &'s [usize],
+    /// Depth of the stack before the limit cut it.
+    pub total_nframe: u16,
+}
+
+/// The storage a [`TracebackStore`] works in.
+pub struct TracebackStorage<'a> {
+    /// One entry per distinct traceback; entry 0 is reserved for [`TracebackId::OVERFLOW`].
+    pub entries: &'a mut [TracebackEntry],
+    /// The hash index; its usable length is the largest power of two that fits.
+    pub index: &'a mut [u32],
+    /// The frame pool.
+    pub frames: &'a mut [usize],
+}
+
+/// Interns call stacks.
+pub struct TracebackStore<'a> {
+    entries: &'a mut [TracebackEntry],
+    /// Entry ids (0 = empty: id 0 is the overflow entry, never indexed).
+    index: &'a mut [u32],
+    index_mask: usize,
+    frames: &'a mut [usize],
+    entry_count: usize,
+    frame_count: usize,
+    overflowed: usize,
+}
+
+/// FNV-1a style mixing over words, cheap and good enough for short frame lists.
+#[inline]
+fn hash_frames(domain: u32, frames: &[usize]) -> u32 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ u64::from(domain);
+    for &f in frames {
+        h = (h ^ f as u64).wrapping_mul(0x0000_0100_0000_01b3);
+        h ^= h >> 29;
+    }
+    (h ^ (h >> 32)) as u32
+}
+
+impl<'a> TracebackStore<'a> {
+    /// A store over `storage`, which it clears. Entry capacity is bounded by the index (at most
+    /// half of its power-of-two length, to keep probes short) and by 2^24 ids.
+    pub fn new(storage: TracebackStorage<'a>) -> TracebackStore<'a> {
+        let TracebackStorage {
+            entries,
+            index,
+            frames,
+        } = storage;
+        let usable = if index.is_empty() {
+            0
+        } else {
+            1usize << (usize::BITS - 1 - index.len().leading_zeros())
+        };
+        let index = &mut index[..usable];
+        let mut store = TracebackStore {
+            entries,
+            index,
+            index_mask: usable.saturating_sub(1),
+            frames,
+            entry_count: 0,
+            frame_count: 0,
+            overflowed: 0,
+        };
+        store.clear();
+        store
+    }
+
+    /// Forgets every traceback (ids handed out before become invalid).
+    pub fn clear(&mut self) {
+        self.index.fill(0);
+        self.entries.fill(TracebackEntry::EMPTY);
+        // Entry 0 is the overflow traceback, present even in an empty store when there is room.
+        self.entry_count = usize::from(!self.entries.is_empty());
+        self.frame_count = 0;
+        self.overflowed = 0;
+    }
+
+    /// Most distinct tracebacks the store can hold, the overflow entry included.
+    pub fn entry_capacity(&self) -> usize {
+        self.entries
+            .len()
+            .min(self.index.len() / 2 + 1)
+            .min(TracebackId::MASK as usize + 1)
+    }
+
+    /// Number of distinct tracebacks held, the overflow entry included.
+    pub fn len(&self) -> usize {
+        self.entry_count
+    }
+
+    /// Whether only the overflow entry (or nothing) is held.
+    pub fn is_empty(&self) -> bool {
+        self.entry_count <= 1
+    }
+
+    /// Frames stored in the pool.
+    pub fn frame_count(&self) -> usize {
+        self.frame_count
+    }
+
+    /// How many interns were answered with [`TracebackId::OVERFLOW`] since the last clear.
+    pub fn overflowed(&self) -> usize {
+        self.overflowed
+    }
+
+    /// The raw parts (entries in use and frames in use), for a fast copy into a snapshot.
+    pub fn raw_parts(&self) -> (&[TracebackEntry], &[usize]) {
+        (
+            &self.entries[..self.entry_count],
+            &self.frames[..self.frame_count],
+        )
+    }
+
+    /// The id of `frames` captured in `domain`, interning it if new.
+    pub fn intern(&mut self, domain: u32, frames: &[usize], total_nframe: u16) -> TracebackId {
+        let len = frames.len().min(u16::MAX as usize);
+        let frames = &frames[..len];
+        let hash = hash_frames(domain, frames);
+        if self.index.is_empty() {
+            return self.overflow();
+        }
+        let mut i = hash as usize & self.index_mask;
+        loop {
+            let id = self.index[i];
+            if id == 0 {
+                break;
+            }
+            let e = &self.entries[id as usize];
+            if e.hash == hash
+                && e.domain == domain
+                && e.total_nframe == total_nframe
+                && &self.frames[e.start()..e.start() + e.len()] == frames
+            {
+                return TracebackId(id);
+            }
+            i = (i + 1) & self.index_mask;
+        }
+        if self.entry_count >= self.entry_capacity()
+            || self.frames.len() - self.frame_count < len
+            || self.frame_count > u32::MAX as usize
+        {
+            return self.overflow();
+        }
+        let id = self.entry_count;
+        let start = self.frame_count;
+        self.frames[start..start + len].copy_from_slice(frames);
+        self.frame_count += len;
+        self.entries[id] = TracebackEntry {
+            hash,
+            start: start as u32,
+            len: len as u16,
+            total_nframe,
+            domain,
+        };
+        self.entry_count += 1;
+        self.index[i] = id as u32;
+        TracebackId(id as u32)
+    }
+
+    fn overflow(&mut self) -> TracebackId {
+        self.overflowed += 1;
+        TracebackId::OVERFLOW
+    }
+
+    /// The traceback with this id. An id the store never handed out reads as the overflow one.
+    pub fn get(&self, id: TracebackId) -> TracebackRef<'_> {
+        match self.entries.get(id.0 as usize) {
+            Some(e) if (id.0 as usize) < self.entry_count => TracebackRef {
+                domain: e.domain,
+                frames: &self.frames[e.start()..e.start() + e.len()],
+                total_nframe: e.total_nframe,
+            },
+            _ => TracebackRef {
+                domain: 0,
+                frames: &[],
+                total_nframe: 0,
+            },
+        }
+    }
+
+    /// The domain of a traceback, for the trace table's key predicate.
+    #[inline]
+    pub fn domain_of(&self, id: TracebackId) -> u32 {
+        self.entries.get(id.0 as usize).map_or(0, |e| e.domain)
+    }
+
+    /// Bytes of storage the store holds (all of it, used or not).
+    pub fn memory_bytes(&self) -> usize {
+        core::mem::size_of_val(&*self.entries)
+            + core::mem::size_of_val(&*self.index)
+            + core::mem::size_of_val(&*self.frames)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Arrays {
+        entries: [TracebackEntry; 8],
+        index: [u32; 16],
+        frames: [usize; 16],
+    }
+
+    impl Arrays {
+        fn new() -> Self {
+            Arrays {
+                entries: [TracebackEntry::EMPTY; 8],
+                index: [0; 16],
+                frames: [0; 16],
+            }
+        }
+        fn store(&mut self) -> TracebackStore<'_> {
+            TracebackStore::new(TracebackStorage {
+                entries: &mut self.entries,
+                index: &mut self.index,
+                frames: &mut self.frames,
+            })
+        }
+    }
+
+    #[test]
+    fn identical_stacks_share_one_id() {
+        let mut a = Arrays::new();
+        let mut s = a.store();
+        let x = s.intern(0, &[1, 2, 3], 3);
+        let y = s.intern(0, &[1, 2, 4], 3);
+        assert_ne!(x, y);
+        assert_eq!(s.intern(0, &[1, 2, 3], 3), x);
+        assert_eq!(s.frame_count(), 6);
+        assert_eq!(s.get(x).frames, &[1, 2, 3]);
+    }
+
+    #[test]
+    fn domain_and_total_depth_are_part_of_the_key() {
+        let mut a = Arrays::new();
+        let mut s = a.store();
+        let x = s.intern(0, &[1], 1);
+        assert_ne!(s.intern(7, &[1], 1), x);
+        assert_ne!(s.intern(0, &[1], 9), x);
+        let z = s.intern(7, &[1], 1);
+        assert_eq!(s.domain_of(z), 7);
+    }
+
+    #[test]
+    fn full_store_answers_overflow_and_counts_it() {
+        let mut a = Arrays::new();
+        let mut s = a.store();
+        // 16 frames of pool: two 8-frame stacks fill it.
+        let big = [9usize; 8];
+        assert_ne!(s.intern(0, &big, 8), TracebackId::OVERFLOW);
+        assert_ne!(s.intern(1, &big, 8), TracebackId::OVERFLOW);
+        assert_eq!(s.intern(2, &big, 8), TracebackId::OVERFLOW);
+        assert_eq!(s.overflowed(), 1);
+        // Entries run out too: capacity is min(8 entries, 16/2 + 1).
+        let mut n = 0;
+        while s.intern(100 + n, &[], 0) != TracebackId::OVERFLOW {
+            n += 1;
+        }
+        assert_eq!(s.len(), s.entry_capacity());
+    }
+
+    #[test]
+    fn empty_storage_never_panics() {
+        let mut s = TracebackStore::new(TracebackStorage {
+            entries: &mut [],
+            index: &mut [],
+            frames: &mut [],
+        });
+        assert_eq!(s.intern(0, &[1], 1), TracebackId::OVERFLOW);
+        assert!(s.get(TracebackId::from_index(5)).frames.is_empty());
+    }
+}

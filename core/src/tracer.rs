@@ -1,0 +1,329 @@
+//! The tracer: a trace table, a traceback store and the counters, behind the three events an
+//! allocator reports (alloc, free, realloc).
+//!
+//! It is `&mut self` and knows nothing of threads: each adapter wraps it in the lock that fits its
+//! platform. Every entry point is O(1) expected, allocates nothing and never panics; a block that
+//! cannot be recorded (table full, size beyond 1 TiB) is counted in [`Counters::untraced_blocks`]
+//! and [`Counters::untraced_bytes`] so its loss is visible in every snapshot.
+
+use crate::table::{InsertError, Inserted, Slot, TraceTable};
+use crate::traceback::{TracebackId, TracebackRef, TracebackStorage, TracebackStore};
+
+/// The default heap's domain. Other numbers name other heaps (arenas, pools, device memory).
+pub const DEFAULT_DOMAIN: u32 = 0;
+
+/// Python's bounds for the traceback limit: `tracemalloc.start(nframe)` accepts 1..=65535.
+pub const MAX_NFRAME: usize = u16::MAX as usize;
+
+/// The tracer's counters, as Python's `get_traced_memory()` and friends report them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Bytes in live traced blocks.
+    pub current: u64,
+    /// Highest `current` since start or the last [`Tracer::reset_peak`].
+    pub peak: u64,
+    /// Live traced blocks.
+    pub traces: u64,
+    /// Blocks that could not be recorded (table full or unrepresentable), since start.
+    pub untraced_blocks: u64,
+    /// Bytes of those blocks.
+    pub untraced_bytes: u64,
+}
+
+impl Counters {
+    /// Adds another tracer's counters (for adapters that shard the tracer). Peaks add up to an
+    /// upper bound of the true peak; adapters that need the exact one keep it themselves.
+    pub fn merge(&mut self, other: &Counters) {
+        self.current += other.current;
+        self.peak += other.peak;
+        self.traces += other.traces;
+        self.untraced_blocks += other.untraced_blocks;
+        self.untraced_bytes += other.untraced_bytes;
+    }
+}
+
+/// What happened to a recorded allocation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recorded {
+    /// The block is traced.
+    Traced,
+    /// The block is counted as untraced: no room, or not representable.
+    Untraced,
+}
+
+/// All storage a tracer works in, provided by the adapter.
+pub struct TracerStorage<'a> {
+    /// Trace table slots.
+    pub slots: &'a mut [Slot],
+    /// Traceback store arrays.
+    pub tracebacks: TracebackStorage<'a>,
+}
+
+/// Records allocations into a trace table and a traceback store.
+pub struct Tracer<'a> {
+    table: TraceTable<'a>,
+    tracebacks: TracebackStore<'a>,
+    counters: Counters,
+}
+
+impl<'a> Tracer<'a> {
+    /// A tracer over `storage`, which it clears.
+    pub fn new(storage: TracerStorage<'a>) -> Tracer<'a> {
+        Tracer {
+            table: TraceTable::new(storage.slots),
+            tracebacks: TracebackStore::new(storage.tracebacks),
+            counters: Counters::default(),
+        }
+    }
+
+    /// Records a new block of `size` bytes at `addr` in `domain`, allocated from the call stack
+    /// `frames` (most recent call first, already cut to the traceback limit; `total_nframe` is
+    /// its depth before the cut). A block already traced at the same key is replaced, as
+    /// CPython does.
+    pub fn record_alloc(
+        &mut self,
+        domain: u32,
+        addr: usize,
+        size: usize,
+        frames: &[usize],
+        total_nframe: u16,
+    ) -> Recorded {
+        let traceback = self.tracebacks.intern(domain, frames, total_nframe);
+        self.insert(domain, addr, size as u64, traceback)
+    }
+
+    /// Records a block under a traceback interned before (for adapters that cache ids).
+    pub fn record_alloc_with(
+        &mut self,
+        domain: u32,
+        addr: usize,
+        size: usize,
+        traceback: TracebackId,
+    ) -> Recorded {
+        self.insert(domain, addr, size as u64, traceback)
+    }
+
+    fn insert(&mut self, domain: u32, addr: usize, size: u64, traceback: TracebackId) -> Recorded {
+        if traceback == TracebackId::OVERFLOW && domain != DEFAULT_DOMAIN {
+            // The overflow traceback belongs to the default domain; recording the block under it
+            // would move it to another domain, so it is counted as untraced instead.
+            return self.count_untraced(size);
+        }
+        let tracebacks = &self.tracebacks;
+        let is_key = |id: TracebackId| tracebacks.domain_of(id) == domain;
+        match self.table.insert(addr, size, traceback, is_key) {
+            Ok(Inserted::New) => {
+                self.counters.traces += 1;
+                self.add_current(size);
+                Recorded::Traced
+            }
+            Ok(Inserted::Replaced { old_size }) => {
+                self.counters.current -= old_size;
+                self.add_current(size);
+                Recorded::Traced
+            }
+            Err(InsertError::Full | InsertError::Unrepresentable) => self.count_untraced(size),
+        }
+    }
+
+    fn count_untraced(&mut self, size: u64) -> Recorded {
+        self.counters.untraced_blocks += 1;
+        self.counters.untraced_bytes += size;
+        Recorded::Untraced
+    }
+
+    #[inline]
+    fn add_current(&mut self, size: u64) {
+        self.counters.current += size;
+        if self.counters.current > self.counters.peak {
+            self.counters.peak = self.counters.current;
+        }
+    }
+
+    /// Forgets the block at `addr` in `domain`. Returns its size if it was traced; freeing an
+    /// untraced block (allocated before tracing started, or dropped when the table was full) is
+    /// not an error.
+    pub fn record_free(&mut self, domain: u32, addr: usize) -> Option<u64> {
+        let tracebacks = &self.tracebacks;
+        let slot = self
+            .table
+            .remove(addr, |id| tracebacks.domain_of(id) == domain)?;
+        self.counters.traces -= 1;
+        self.counters.current -= slot.size();
+        Some(slot.size())
+    }
+
+    /// Records a reallocation from `old` to `new` of `size` bytes. As in CPython the block takes
+    /// the traceback of the realloc call, whether or not it moved.
+    pub fn record_realloc(
+        &mut self,
+        domain: u32,
+        old: usize,
+        new: usize,
+        size: usize,
+        frames: &[usize],
+        total_nframe: u16,
+    ) -> Recorded {
+        if old != new {
+            self.record_free(domain, old);
+        }
+        self.record_alloc(domain, new, size, frames, total_nframe)
+    }
+
+    /// The trace of the block at `addr`, if traced: its size and traceback.
+    pub fn trace(&self, domain: u32, addr: usize) -> Option<(u64, TracebackRef<'_>)> {
+        let tracebacks = &self.tracebacks;
+        let slot = self
+            .table
+            .get(addr, |id| tracebacks.domain_of(id) == domain)?;
+        Some((slot.size(), self.tracebacks.get(slot.traceback())))
+    }
+
+    /// Forgets every trace and traceback and zeroes the counters (Python's `clear_traces()`).
+    pub fn clear(&mut self) {
+        self.table.clear();
+        self.tracebacks.clear();
+        self.counters = Counters::default();
+    }
+
+    /// Sets the peak to the current size (Python's `reset_peak()`).
+    pub fn reset_peak(&mut self) {
+        self.counters.peak = self.counters.current;
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// The trace table (read-only), for snapshots.
+    pub fn table(&self) -> &TraceTable<'a> {
+        &self.table
+    }
+
+    /// The traceback store (read-only), for snapshots.
+    pub fn tracebacks(&self) -> &TracebackStore<'a> {
+        &self.tracebacks
+    }
+
+    /// Interns a traceback without recording a block (for adapters that cache ids).
+    pub fn intern(&mut self, domain: u32, frames: &[usize], total_nframe: u16) -> TracebackId {
+        self.tracebacks.intern(domain, frames, total_nframe)
+    }
+
+    /// Bytes of storage the tracer holds (Python's `get_tracemalloc_memory()`).
+    pub fn memory_bytes(&self) -> usize {
+        core::mem::size_of_val(self.table.slots()) + self.tracebacks.memory_bytes()
+    }
+
+    /// Whether the trace table is at its load limit, so that the next new block would be
+    /// untraced. The std adapter grows the table before that happens.
+    pub fn table_is_full(&self) -> bool {
+        self.table.len() >= self.table.limit()
+    }
+
+    /// Moves the traces into bigger storage; see [`TraceTable::migrate`].
+    pub fn migrate_table(
+        &mut self,
+        storage: &'a mut [Slot],
+    ) -> Result<&'a mut [Slot], &'a mut [Slot]> {
+        self.table.migrate(storage)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::traceback::TracebackEntry;
+
+    struct Arrays {
+        slots: [Slot; 8],
+        entries: [TracebackEntry; 8],
+        index: [u32; 16],
+        frames: [usize; 64],
+    }
+
+    impl Arrays {
+        fn new() -> Self {
+            Arrays {
+                slots: [Slot::EMPTY; 8],
+                entries: [TracebackEntry::EMPTY; 8],
+                index: [0; 16],
+                frames: [0; 64],
+            }
+        }
+        fn tracer(&mut self) -> Tracer<'_> {
+            Tracer::new(TracerStorage {
+                slots: &mut self.slots,
+                tracebacks: TracebackStorage {
+                    entries: &mut self.entries,
+                    index: &mut self.index,
+                    frames: &mut self.frames,
+                },
+            })
+        }
+    }
+
+    #[test]
+    fn counters_follow_alloc_free_and_peak() {
+        let mut a = Arrays::new();
+        let mut t = a.tracer();
+        t.record_alloc(0, 0x1000, 100, &[1, 2], 2);
+        t.record_alloc(0, 0x2000, 50, &[1, 2], 2);
+        assert_eq!(t.counters().current, 150);
+        assert_eq!(t.record_free(0, 0x1000), Some(100));
+        assert_eq!(t.record_free(0, 0x1000), None);
+        let c = t.counters();
+        assert_eq!((c.current, c.peak, c.traces), (50, 150, 1));
+        t.reset_peak();
+        assert_eq!(t.counters().peak, 50);
+    }
+
+    #[test]
+    fn realloc_moves_the_trace_and_takes_the_new_traceback() {
+        let mut a = Arrays::new();
+        let mut t = a.tracer();
+        t.record_alloc(0, 0x1000, 10, &[1], 1);
+        t.record_realloc(0, 0x1000, 0x3000, 40, &[2], 1);
+        assert!(t.trace(0, 0x1000).is_none());
+        let (size, tb) = t.trace(0, 0x3000).unwrap();
+        assert_eq!((size, tb.frames), (40, &[2usize][..]));
+        t.record_realloc(0, 0x3000, 0x3000, 8, &[3], 1);
+        assert_eq!(t.counters().current, 8);
+        assert_eq!(t.counters().traces, 1);
+    }
+
+    #[test]
+    fn full_table_counts_untraced_blocks_and_bytes() {
+        let mut a = Arrays::new();
+        let mut t = a.tracer();
+        for i in 1..=10 {
+            t.record_alloc(0, i * 16, 3, &[1], 1);
+        }
+        let c = *t.counters();
+        assert_eq!(c.traces, 6);
+        assert_eq!((c.untraced_blocks, c.untraced_bytes), (4, 12));
+        assert!(t.table_is_full());
+    }
+
+    #[test]
+    fn domains_separate_equal_addresses() {
+        let mut a = Arrays::new();
+        let mut t = a.tracer();
+        t.record_alloc(0, 0x10, 1, &[1], 1);
+        t.record_alloc(5, 0x10, 2, &[1], 1);
+        assert_eq!(t.record_free(5, 0x10), Some(2));
+        assert_eq!(t.trace(0, 0x10).map(|(s, _)| s), Some(1));
+    }
+
+    #[test]
+    fn clear_forgets_everything() {
+        let mut a = Arrays::new();
+        let mut t = a.tracer();
+        t.record_alloc(0, 0x10, 1, &[1], 1);
+        t.clear();
+        assert_eq!(*t.counters(), Counters::default());
+        assert!(t.table().is_empty());
+        assert!(t.tracebacks().is_empty());
+    }
+}
