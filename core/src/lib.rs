@@ -20,12 +20,25 @@ pub mod table;
 pub mod traceback;
 pub mod tracer;
 
+pub mod codec;
+#[cfg(feature = "alloc")]
+pub mod filter;
+#[cfg(feature = "alloc")]
+pub mod format;
 #[cfg(feature = "alloc")]
 pub mod snapshot;
+#[cfg(feature = "alloc")]
+pub mod stats;
 
 pub use table::{Slot, TraceTable};
 pub use traceback::{TracebackEntry, TracebackId, TracebackStorage, TracebackStore};
 pub use tracer::{Counters, Recorded, Tracer, TracerStorage, DEFAULT_DOMAIN, MAX_NFRAME};
 
 #[cfg(feature = "alloc")]
+pub use filter::{fnmatch, DomainFilter, Filter, TraceFilter};
+#[cfg(feature = "alloc")]
+pub use format::format_size;
+#[cfg(feature = "alloc")]
 pub use snapshot::{Frame, RawSnapshot, Resolver, Snapshot, Trace, Traceback};
+#[cfg(feature = "alloc")]
+pub use stats::{KeyType, Statistic, StatisticDiff, StatsError};

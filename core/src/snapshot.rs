@@ -119,9 +119,12 @@ impl PartialOrd for Traceback {
 }
 
 impl Ord for Traceback {
-    /// Python compares the oldest-first frame tuples.
+    /// Python compares the oldest-first frame tuples; `total_nframe` only breaks ties, to stay
+    /// consistent with `Eq`.
     fn cmp(&self, other: &Traceback) -> Ordering {
-        self.oldest_first().cmp(other.oldest_first())
+        self.oldest_first()
+            .cmp(other.oldest_first())
+            .then(self.total_nframe.cmp(&other.total_nframe))
     }
 }
 

@@ -1,0 +1,2 @@
+//! Snapshot files.
+pub mod binary;
