@@ -1,0 +1,279 @@
+//! Symbolization: code addresses to file, line and function, from an ELF file's DWARF.
+//!
+//! One resolver serves both uses: this process's own executable (with the load bias of a
+//! position-independent executable subtracted) and a firmware ELF read on the host (bias 0).
+//! Inlined calls expand into their own frames, innermost first, through `addr2line`.
+//!
+//! Frames of allocation plumbing (the tracer itself, and the `alloc`, `core` and `std` code that
+//! sits between a `Vec::push` and the allocator) are hidden unless asked for, so a push inside
+//! `src/cache.rs:42` is reported at `src/cache.rs:42`. Paths inside the workspace the binary was
+//! built in print relative to it.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use tracemalloc_core::{Frame, Resolver};
+
+use crate::Error;
+
+/// Resolves addresses with the debug info of one ELF file.
+pub struct ElfResolver {
+    loader: addr2line::Loader,
+    bias: usize,
+    roots: Vec<String>,
+    show_plumbing: bool,
+    cache: HashMap<usize, Option<Vec<Frame>>>,
+    names: HashMap<String, Arc<str>>,
+}
+
+impl ElfResolver {
+    /// Opens `path`; addresses are looked up after subtracting `bias` (the load bias of the
+    /// file in the process that captured them; 0 for firmware and non-PIE executables).
+    pub fn open(path: &Path, bias: usize) -> Result<ElfResolver, Error> {
+        let loader = addr2line::Loader::new(path).map_err(|e| Error::Symbols {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let mut roots = Vec::new();
+        if let Some(root) = workspace_of(path) {
+            roots.push(root);
+        }
+        if let Ok(cwd) = std::env::current_dir() {
+            roots.push(cwd.display().to_string());
+        }
+        Ok(ElfResolver {
+            loader,
+            bias,
+            roots,
+            show_plumbing: false,
+            cache: HashMap::new(),
+            names: HashMap::new(),
+        })
+    }
+
+    /// The resolver for this process's executable.
+    pub fn for_current_process() -> Result<ElfResolver, Error> {
+        let exe = std::env::current_exe().map_err(|e| Error::Symbols {
+            path: "current executable".into(),
+            reason: e.to_string(),
+        })?;
+        ElfResolver::open(&exe, main_program_bias())
+    }
+
+    /// Shows (`true`) or hides (`false`, the default) allocation plumbing frames.
+    pub fn show_plumbing(&mut self, show: bool) {
+        if self.show_plumbing != show {
+            self.cache.clear();
+        }
+        self.show_plumbing = show;
+    }
+
+    fn intern(&mut self, s: &str) -> Arc<str> {
+        if let Some(name) = self.names.get(s) {
+            return name.clone();
+        }
+        let name: Arc<str> = Arc::from(s);
+        self.names.insert(s.to_owned(), name.clone());
+        name
+    }
+
+    fn relative(&self, file: &str) -> String {
+        for root in &self.roots {
+            if let Some(rest) = file.strip_prefix(root.as_str()) {
+                if let Some(rest) = rest.strip_prefix('/') {
+                    return rest.to_owned();
+                }
+            }
+        }
+        file.to_owned()
+    }
+
+    fn lookup(&mut self, address: usize) -> Option<Vec<Frame>> {
+        let probe = address.checked_sub(self.bias)? as u64;
+        let mut found = Vec::new();
+        let mut frames = self.loader.find_frames(probe).ok()?;
+        while let Ok(Some(frame)) = frames.next() {
+            let function = frame
+                .function
+                .as_ref()
+                .and_then(|f| f.demangle().ok())
+                .map(|name| strip_hash(&name).to_owned());
+            let (file, line) = match &frame.location {
+                Some(loc) => (loc.file.map(|f| f.to_owned()), loc.line.unwrap_or(0)),
+                None => (None, 0),
+            };
+            found.push((function, file, line));
+        }
+        drop(frames);
+        if found.is_empty() {
+            // No DWARF for this address: the symbol table may still name the function.
+            let name = self.loader.find_symbol(probe)?;
+            let name = rustc_demangle::demangle(name).to_string();
+            found.push((Some(strip_hash(&name).to_owned()), None, 0));
+        }
+        let mut out = Vec::with_capacity(found.len());
+        for (function, file, line) in found {
+            if !self.show_plumbing && is_plumbing(function.as_deref(), file.as_deref()) {
+                continue;
+            }
+            let filename = match &file {
+                Some(file) => self.relative(file),
+                None => format!("<{}>", function.as_deref().unwrap_or("unknown")),
+            };
+            let filename = self.intern(&filename);
+            let function = function.map(|f| self.intern(&f));
+            out.push(Frame {
+                filename,
+                lineno: line,
+                function,
+            });
+        }
+        Some(out)
+    }
+}
+
+impl Resolver for ElfResolver {
+    fn resolve(&mut self, address: usize, out: &mut Vec<Frame>) -> bool {
+        let resolved = match self.cache.get(&address) {
+            Some(hit) => hit.clone(),
+            None => {
+                let found = self.lookup(address);
+                self.cache.insert(address, found.clone());
+                found
+            }
+        };
+        match resolved {
+            Some(frames) => {
+                out.extend(frames);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// `name::h0123456789abcdef` without the hash.
+fn strip_hash(name: &str) -> &str {
+    match name.rsplit_once("::h") {
+        Some((head, hash)) if hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            head
+        }
+        _ => name,
+    }
+}
+
+/// Whether a frame is allocation plumbing rather than the application's code.
+fn is_plumbing(function: Option<&str>, file: Option<&str>) -> bool {
+    if let Some(file) = file {
+        // The standard library's sources (and the crates it vendors, such as hashbrown).
+        if file.starts_with("/rustc/") || file.starts_with("/rust/deps/") {
+            return true;
+        }
+    }
+    let Some(function) = function else {
+        return false;
+    };
+    let function = function.trim_start_matches('<');
+    const PREFIXES: &[&str] = &[
+        "tracemalloc::",
+        "tracemalloc_core::",
+        "alloc::",
+        "core::",
+        "std::",
+        "__rust_",
+        "__rustc::",
+        "__rdl_",
+        "__rg_",
+        "__libc_",
+        "_start",
+    ];
+    PREFIXES.iter().any(|p| function.starts_with(p)) || (file.is_none() && function == "main")
+}
+
+/// The workspace an ELF file was built in: the folder holding the `target` folder it is in.
+fn workspace_of(path: &Path) -> Option<String> {
+    let path = path.canonicalize().ok()?;
+    let mut dir: Option<&Path> = path.parent();
+    while let Some(d) = dir {
+        if d.file_name().is_some_and(|n| n == "target") {
+            return d.parent().map(|p| p.display().to_string());
+        }
+        dir = d.parent();
+    }
+    None
+}
+
+/// The load bias of the main executable: 0 unless it is position-independent.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn main_program_bias() -> usize {
+    unsafe extern "C" fn first(
+        info: *mut libc::dl_phdr_info,
+        _size: libc::size_t,
+        data: *mut libc::c_void,
+    ) -> libc::c_int {
+        // SAFETY: `dl_iterate_phdr` passes a valid `info`, and `data` is the `&mut usize` given
+        // below, alive for the whole call.
+        unsafe { *(data as *mut usize) = (*info).dlpi_addr as usize };
+        1 // the first object is the main program: stop
+    }
+    let mut bias = 0usize;
+    // SAFETY: the callback only writes through `data`, which points to `bias`.
+    unsafe { libc::dl_iterate_phdr(Some(first), (&mut bias as *mut usize).cast()) };
+    bias
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn main_program_bias() -> usize {
+    0
+}
+
+/// Where an `ElfResolver` for the running process is cached between snapshots.
+pub(crate) fn with_process_resolver<R>(f: impl FnOnce(&mut dyn Resolver) -> R) -> R {
+    static RESOLVER: std::sync::Mutex<Option<Result<ElfResolver, ()>>> =
+        std::sync::Mutex::new(None);
+    let mut slot = RESOLVER.lock().unwrap_or_else(|e| e.into_inner());
+    let resolver = slot.get_or_insert_with(|| ElfResolver::for_current_process().map_err(|_| ()));
+    match resolver {
+        Ok(resolver) => {
+            resolver.show_plumbing(crate::show_plumbing());
+            f(resolver)
+        }
+        Err(()) => f(&mut tracemalloc_core::snapshot::AddressesOnly),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_are_stripped_from_symbol_names() {
+        assert_eq!(strip_hash("app::cache::insert::h0123456789abcdef"), "app::cache::insert");
+        assert_eq!(strip_hash("app::cache::hello"), "app::cache::hello");
+    }
+
+    #[test]
+    fn std_and_tracer_frames_are_plumbing_and_user_frames_are_not() {
+        assert!(is_plumbing(Some("alloc::raw_vec::finish_grow"), None));
+        assert!(is_plumbing(
+            Some("<alloc::vec::Vec<T> as core::clone::Clone>::clone"),
+            None
+        ));
+        assert!(is_plumbing(Some("x"), Some("/rustc/abc/library/alloc/src/vec/mod.rs")));
+        assert!(!is_plumbing(Some("leaky_service::Cache::insert"), Some("examples/leaky_service.rs")));
+    }
+
+    #[test]
+    fn own_executable_resolves_a_function_address() {
+        let mut resolver = ElfResolver::for_current_process().expect("own executable");
+        resolver.show_plumbing(true);
+        let address = own_executable_resolves_a_function_address as usize;
+        let mut out = Vec::new();
+        assert!(resolver.resolve(address, &mut out));
+        assert!(
+            out.iter().any(|f| f.filename.ends_with("symbolize.rs")),
+            "{out:?}"
+        );
+    }
+}
