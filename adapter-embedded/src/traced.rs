@@ -1,0 +1,411 @@
+//! The traced heap: a [`Heap`] wrapper that records every block into a tracer in static storage.
+//!
+//! All storage is inside the [`TracedHeap`] value, sized by its const parameters, so a
+//! `static` traced heap costs only bss (zeroed storage is an empty tracer). The tracer is
+//! created over that storage the first time tracing starts and lives as long as the heap.
+//! Every event takes one `critical_section`, around both the heap operation and the record, so
+//! a block freed by an interrupt handler and handed out again cannot be recorded out of order.
+//! Nothing here allocates, grows or panics: when a table is full the block is counted as
+//! untraced by the core.
+
+use core::alloc::{GlobalAlloc, Layout};
+use core::cell::{RefCell, UnsafeCell};
+use core::sync::atomic::{AtomicBool, Ordering};
+
+use critical_section::{CriticalSection, Mutex};
+use tracemalloc_core::{
+    Counters, Slot, TracebackEntry, TracebackStorage, Tracer, TracerStorage, DEFAULT_DOMAIN,
+};
+
+use crate::heap::Heap;
+use crate::report::{self, Order, Report, SiteTotals};
+use crate::stack::{self, CallStacks};
+
+/// The arrays the tracer works in.
+struct Storage<const SLOTS: usize, const TRACEBACKS: usize, const FRAMES: usize> {
+    slots: [Slot; SLOTS],
+    entries: [TracebackEntry; TRACEBACKS],
+    /// Twice as many index cells as entries keeps the traceback index at most half full.
+    index: [[u32; 2]; TRACEBACKS],
+    frames: [usize; FRAMES],
+}
+
+/// What the lock protects.
+struct State<const TRACEBACKS: usize> {
+    /// Created over the storage on the first start, never dropped.
+    tracer: Option<Tracer<'static>>,
+    call_stacks: CallStacks,
+    /// Scratch for reports: live totals per traceback id.
+    totals: [SiteTotals; TRACEBACKS],
+    /// Totals per traceback id when the firmware marked the baseline.
+    baseline: [SiteTotals; TRACEBACKS],
+}
+
+/// A heap that traces its blocks, for `#[global_allocator]`.
+///
+/// - `SLOTS`: trace table slots (a power of two); at most 3/4 of them hold live blocks.
+/// - `TRACEBACKS`: distinct call stacks (a power of two), the overflow entry included.
+/// - `FRAMES`: frames in the traceback pool, shared by all call stacks.
+/// - `NFRAME`: the traceback limit, frames kept per call stack.
+///
+/// Bytes of storage: `SLOTS * 12 + TRACEBACKS * 40 + FRAMES * 4` on 32-bit targets (12 per
+/// trace slot; per traceback 16 entry + 8 index + 16 report totals and baseline).
+///
+/// ```
+/// use core::alloc::{GlobalAlloc, Layout};
+/// use std::alloc::System;
+/// use tracemalloc_embedded::{CallStacks, Heap, Order, TracedHeap};
+///
+/// // Any allocator that reports its usage is a `Heap`; on a device, embedded-alloc's.
+/// struct Counted(std::sync::atomic::AtomicUsize);
+/// unsafe impl GlobalAlloc for Counted {
+///     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+///         self.0.fetch_add(l.size(), std::sync::atomic::Ordering::Relaxed);
+///         unsafe { System.alloc(l) }
+///     }
+///     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+///         self.0.fetch_sub(l.size(), std::sync::atomic::Ordering::Relaxed);
+///         unsafe { System.dealloc(p, l) }
+///     }
+/// }
+/// impl Heap for Counted {
+///     fn used(&self) -> usize { self.0.load(std::sync::atomic::Ordering::Relaxed) }
+///     fn free(&self) -> usize { usize::MAX }
+/// }
+///
+/// static HEAP: TracedHeap<Counted, 64, 16, 64, 4> =
+///     TracedHeap::new(Counted(std::sync::atomic::AtomicUsize::new(0)));
+///
+/// HEAP.start(CallStacks::ReturnAddress);
+/// let layout = Layout::from_size_align(24, 4).unwrap();
+/// let block = unsafe { HEAP.alloc(layout) };
+/// assert_eq!(HEAP.traced_memory(), (24, 24));
+/// let report = HEAP.report::<3>(Order::Size);
+/// assert_eq!(report.sites[0].size, 24);
+/// unsafe { HEAP.dealloc(block, layout) };
+/// assert_eq!(HEAP.traced_memory(), (0, 24));
+/// ```
+pub struct TracedHeap<
+    H,
+    const SLOTS: usize,
+    const TRACEBACKS: usize,
+    const FRAMES: usize,
+    const NFRAME: usize,
+> {
+    heap: H,
+    /// Read without the lock on every event, so an idle tracer costs one load.
+    tracing: AtomicBool,
+    state: Mutex<RefCell<State<TRACEBACKS>>>,
+    storage: UnsafeCell<Storage<SLOTS, TRACEBACKS, FRAMES>>,
+}
+
+// SAFETY: `storage` is reached only once, in `start` under the critical section, to build the
+// tracer (guarded by `tracer.is_none()`); from then on only through that tracer, which lives in
+// the `Mutex` and is used only inside critical sections. The wrapped heap must be `Sync` itself.
+unsafe impl<H: Sync, const S: usize, const T: usize, const F: usize, const N: usize> Sync
+    for TracedHeap<H, S, T, F, N>
+{
+}
+
+impl<H, const SLOTS: usize, const TRACEBACKS: usize, const FRAMES: usize, const NFRAME: usize>
+    TracedHeap<H, SLOTS, TRACEBACKS, FRAMES, NFRAME>
+{
+    /// A traced heap over `heap`, not tracing yet. The capacities are checked at compile time.
+    pub const fn new(heap: H) -> Self {
+        const {
+            assert!(SLOTS.is_power_of_two(), "SLOTS must be a power of two");
+            assert!(
+                TRACEBACKS.is_power_of_two(),
+                "TRACEBACKS must be a power of two"
+            );
+            assert!(
+                TRACEBACKS >= 2,
+                "TRACEBACKS counts the overflow entry: at least 2"
+            );
+            assert!(TRACEBACKS <= 1 << 24, "traceback ids have 24 bits");
+            assert!(NFRAME <= u16::MAX as usize, "NFRAME is at most 65535");
+        }
+        TracedHeap {
+            heap,
+            tracing: AtomicBool::new(false),
+            state: Mutex::new(RefCell::new(State {
+                tracer: None,
+                call_stacks: CallStacks::ReturnAddress,
+                totals: [SiteTotals::ZERO; TRACEBACKS],
+                baseline: [SiteTotals::ZERO; TRACEBACKS],
+            })),
+            storage: UnsafeCell::new(Storage {
+                slots: [Slot::EMPTY; SLOTS],
+                entries: [TracebackEntry::EMPTY; TRACEBACKS],
+                index: [[0; 2]; TRACEBACKS],
+                frames: [0; FRAMES],
+            }),
+        }
+    }
+
+    /// The wrapped heap (to initialise it, or to ask for its own usage).
+    pub const fn heap(&self) -> &H {
+        &self.heap
+    }
+
+    /// Most live blocks the trace table holds before blocks are counted as untraced.
+    pub const fn trace_capacity(&self) -> usize {
+        SLOTS / 4 * 3
+    }
+
+    /// Starts tracing (Python's `tracemalloc.start()`), capturing call stacks as `call_stacks`
+    /// says. Starting again only changes how stacks are captured.
+    pub fn start(&'static self, call_stacks: CallStacks) {
+        critical_section::with(|cs| {
+            let Ok(mut state) = self.state.borrow(cs).try_borrow_mut() else {
+                return;
+            };
+            if state.tracer.is_none() {
+                // SAFETY: the only place the storage is borrowed, and `tracer` is `None` only
+                // before the first start (it is never reset), so this `&mut` is unique. The
+                // heap is `'static`, so is its storage.
+                let storage = unsafe { &mut *self.storage.get() };
+                state.tracer = Some(Tracer::new(TracerStorage {
+                    slots: &mut storage.slots,
+                    tracebacks: TracebackStorage {
+                        entries: &mut storage.entries,
+                        index: storage.index.as_flattened_mut(),
+                        frames: &mut storage.frames,
+                    },
+                }));
+            }
+            state.call_stacks = call_stacks;
+            self.tracing.store(true, Ordering::Relaxed);
+        });
+    }
+
+    /// Stops tracing and forgets every trace and the baseline (Python's `tracemalloc.stop()`).
+    pub fn stop(&self) {
+        self.with_state(|state| {
+            self.tracing.store(false, Ordering::Relaxed);
+            if let Some(tracer) = state.tracer.as_mut() {
+                tracer.clear();
+            }
+            state.baseline.fill(SiteTotals::ZERO);
+        });
+    }
+
+    /// Whether blocks are being traced (Python's `is_tracing()`).
+    pub fn is_tracing(&self) -> bool {
+        self.tracing.load(Ordering::Relaxed)
+    }
+
+    /// Traced bytes now and at their peak (Python's `get_traced_memory()`).
+    pub fn traced_memory(&self) -> (u64, u64) {
+        let c = self.counters();
+        (c.current, c.peak)
+    }
+
+    /// The tracer's counters; zeros before the first start.
+    pub fn counters(&self) -> Counters {
+        self.with_tracer(|t| *t.counters()).unwrap_or_default()
+    }
+
+    /// Sets the peak to the current size (Python's `reset_peak()`).
+    pub fn reset_peak(&self) {
+        self.with_state(|state| {
+            if let Some(tracer) = state.tracer.as_mut() {
+                tracer.reset_peak();
+            }
+        });
+    }
+
+    /// Forgets every trace and the baseline but keeps tracing (Python's `clear_traces()`).
+    pub fn clear_traces(&self) {
+        self.with_state(|state| {
+            if let Some(tracer) = state.tracer.as_mut() {
+                tracer.clear();
+            }
+            state.baseline.fill(SiteTotals::ZERO);
+        });
+    }
+
+    /// Bytes of RAM the tracer uses (Python's `get_tracemalloc_memory()`): its storage and the
+    /// per-site totals, whether tracing or not.
+    pub const fn tracemalloc_memory(&self) -> usize {
+        core::mem::size_of::<Storage<SLOTS, TRACEBACKS, FRAMES>>()
+            + core::mem::size_of::<State<TRACEBACKS>>()
+    }
+
+    /// Remembers each site's live size and count now; reports then show the change since.
+    pub fn mark_baseline(&self) {
+        self.with_state(|state| {
+            if let Some(tracer) = state.tracer.as_ref() {
+                report::tally(tracer, &mut state.baseline);
+            }
+        });
+    }
+
+    /// The counters and the `N` best sites by `order`, with their change since the baseline.
+    ///
+    /// Interrupts stay masked while the table is tallied: O(`SLOTS` + `TRACEBACKS` × `N`).
+    pub fn report<const N: usize>(&self, order: Order) -> Report<N, NFRAME>
+    where
+        H: Heap,
+    {
+        let mut report = Report {
+            order,
+            counters: Counters::default(),
+            heap_used: 0,
+            tracer_memory: self.tracemalloc_memory(),
+            site_count: 0,
+            sites: heapless::Vec::new(),
+        };
+        self.with_state(|state| {
+            // Under the same lock as the counters, so the two are consistent.
+            report.heap_used = self.heap.used();
+            let State {
+                tracer,
+                totals,
+                baseline,
+                ..
+            } = state;
+            if let Some(tracer) = tracer.as_ref() {
+                report::tally(tracer, totals);
+                let (sites, site_count) = report::top_sites(tracer, totals, baseline, order);
+                report.counters = *tracer.counters();
+                report.sites = sites;
+                report.site_count = site_count;
+            }
+        });
+        report
+    }
+
+    /// Runs `f` on the tracer inside the critical section (to encode a snapshot, say); `None`
+    /// before the first start. Interrupts stay masked while `f` runs and allocations from `f`
+    /// would not be traced, so keep it short and allocation-free.
+    pub fn with_tracer<R>(&self, f: impl FnOnce(&Tracer<'static>) -> R) -> Option<R> {
+        self.with_state(|state| state.tracer.as_ref().map(f))
+            .flatten()
+    }
+
+    fn with_state<R>(&self, f: impl FnOnce(&mut State<TRACEBACKS>) -> R) -> Option<R> {
+        critical_section::with(|cs| {
+            let mut state = self.state.borrow(cs).try_borrow_mut().ok()?;
+            Some(f(&mut state))
+        })
+    }
+
+    /// Records a new block; `fp` and `lr` are the allocator entry's frame pointer and link
+    /// register.
+    #[inline(always)]
+    fn record_alloc(
+        &self,
+        cs: CriticalSection<'_>,
+        fp: usize,
+        lr: usize,
+        old: Option<usize>,
+        addr: usize,
+        size: usize,
+    ) {
+        // A failed borrow would mean re-entry from inside the tracer, which never allocates.
+        let Ok(mut state) = self.state.borrow(cs).try_borrow_mut() else {
+            return;
+        };
+        let State {
+            tracer: Some(tracer),
+            call_stacks,
+            ..
+        } = &mut *state
+        else {
+            return;
+        };
+        let mut frames = [0usize; NFRAME];
+        let (kept, total) = stack::capture(call_stacks, fp, lr, &mut frames);
+        let frames = frames.get(..kept).unwrap_or(&[]);
+        match old {
+            Some(old) => tracer.record_realloc(DEFAULT_DOMAIN, old, addr, size, frames, total),
+            None => tracer.record_alloc(DEFAULT_DOMAIN, addr, size, frames, total),
+        };
+    }
+
+    #[inline(always)]
+    fn record_free(&self, cs: CriticalSection<'_>, addr: usize) {
+        if let Ok(mut state) = self.state.borrow(cs).try_borrow_mut() {
+            if let Some(tracer) = state.tracer.as_mut() {
+                tracer.record_free(DEFAULT_DOMAIN, addr);
+            }
+        }
+    }
+}
+
+// SAFETY: every method forwards to the wrapped heap with the caller's arguments and returns
+// its result unchanged; tracing only records addresses and sizes, it never touches the blocks.
+unsafe impl<H, const SLOTS: usize, const TRACEBACKS: usize, const FRAMES: usize, const NFRAME: usize>
+    GlobalAlloc for TracedHeap<H, SLOTS, TRACEBACKS, FRAMES, NFRAME>
+where
+    H: Heap,
+{
+    // Never inlined: the frame walk starts at this function's own frame record, whose return
+    // address is the allocation's call site, wherever the allocator shims were inlined.
+    #[inline(never)]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let lr = stack::link_register();
+        let fp = stack::frame_pointer();
+        if !self.tracing.load(Ordering::Relaxed) {
+            // SAFETY: the caller's contract for `alloc` is passed on unchanged.
+            return unsafe { self.heap.alloc(layout) };
+        }
+        critical_section::with(|cs| {
+            // SAFETY: as above.
+            let ptr = unsafe { self.heap.alloc(layout) };
+            if !ptr.is_null() {
+                self.record_alloc(cs, fp, lr, None, ptr as usize, layout.size());
+            }
+            ptr
+        })
+    }
+
+    #[inline(never)]
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let lr = stack::link_register();
+        let fp = stack::frame_pointer();
+        if !self.tracing.load(Ordering::Relaxed) {
+            // SAFETY: the caller's contract for `alloc_zeroed` is passed on unchanged.
+            return unsafe { self.heap.alloc_zeroed(layout) };
+        }
+        critical_section::with(|cs| {
+            // SAFETY: as above.
+            let ptr = unsafe { self.heap.alloc_zeroed(layout) };
+            if !ptr.is_null() {
+                self.record_alloc(cs, fp, lr, None, ptr as usize, layout.size());
+            }
+            ptr
+        })
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if !self.tracing.load(Ordering::Relaxed) {
+            // SAFETY: the caller's contract for `dealloc` is passed on unchanged.
+            return unsafe { self.heap.dealloc(ptr, layout) };
+        }
+        critical_section::with(|cs| {
+            self.record_free(cs, ptr as usize);
+            // SAFETY: as above; the trace is gone before the heap can hand the block out again.
+            unsafe { self.heap.dealloc(ptr, layout) }
+        })
+    }
+
+    #[inline(never)]
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let lr = stack::link_register();
+        let fp = stack::frame_pointer();
+        if !self.tracing.load(Ordering::Relaxed) {
+            // SAFETY: the caller's contract for `realloc` is passed on unchanged.
+            return unsafe { self.heap.realloc(ptr, layout, new_size) };
+        }
+        critical_section::with(|cs| {
+            // SAFETY: as above.
+            let new = unsafe { self.heap.realloc(ptr, layout, new_size) };
+            if !new.is_null() {
+                self.record_alloc(cs, fp, lr, Some(ptr as usize), new as usize, new_size);
+            }
+            new
+        })
+    }
+}
