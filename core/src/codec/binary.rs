@@ -1,1 +1,806 @@
-//! tmp
+//! The binary snapshot format: small, streamable, checked.
+//!
+//! A device has no room to build a snapshot in memory, so [`encode_tracer`] writes one straight
+//! from a live tracer into a [`Sink`] (a UART, defmt, semihosting) without allocating: every
+//! section starts with a count the tracer already knows, and the checksum is a trailer computed
+//! as the bytes go out. The host decodes it with [`Snapshot::load_bytes`] and resolves the raw
+//! addresses later with the firmware's debug info ([`Snapshot::resolve_addresses`]).
+//! [`Snapshot::dump_bytes`] writes the same format with resolved frames added.
+//!
+//! Layout, version 1 (every number an unsigned LEB128 varint unless noted):
+//!
+//! ```text
+//! magic "TMSNAP" (6 bytes), version (1 byte)
+//! traceback_limit
+//! counters: current, peak, traces, untraced_blocks, untraced_bytes
+//! tracer_memory
+//! strings:    count, then per string: byte length, UTF-8 bytes
+//! tracebacks: count, then per traceback:
+//!     flags (1 = addresses, 2 = frames, 4 = the "traceback store full" entry)
+//!     total_nframe
+//!     if addresses: count, then each address as the zigzag of its difference from the
+//!                   previous one (0 before the first), most recent call first
+//!     if frames:    count, then per frame: filename string index, lineno,
+//!                   function string index + 1 (0: no function name)
+//! traces:     count, then per trace: domain, size, traceback index
+//! CRC-32 (IEEE) of all bytes before it, 4 bytes little-endian
+//! ```
+//!
+//! Decoding never panics and never trusts a count: each is checked against the bytes left
+//! before anything is allocated for it.
+
+use core::fmt;
+
+use crate::tracer::Tracer;
+
+/// The first bytes of every snapshot file.
+pub const MAGIC: &[u8; 6] = b"TMSNAP";
+/// The format version this crate writes and reads.
+pub const VERSION: u8 = 1;
+
+const FLAG_ADDRESSES: u64 = 1;
+#[cfg_attr(not(feature = "alloc"), allow(dead_code))]
+const FLAG_FRAMES: u64 = 2;
+const FLAG_STORE_FULL: u64 = 4;
+
+/// Where encoded bytes go: a buffer, a serial port, a debug probe.
+pub trait Sink {
+    /// Writes all of `bytes`.
+    fn write(&mut self, bytes: &[u8]);
+}
+
+impl<S: Sink + ?Sized> Sink for &mut S {
+    fn write(&mut self, bytes: &[u8]) {
+        (**self).write(bytes);
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl Sink for alloc::vec::Vec<u8> {
+    fn write(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+/// A sink over a fixed buffer, for devices that send the snapshot after taking it. Bytes past
+/// the end are counted, not written, so [`SliceSink::needed`] tells how big the buffer must be.
+pub struct SliceSink<'a> {
+    buf: &'a mut [u8],
+    len: usize,
+}
+
+impl<'a> SliceSink<'a> {
+    /// A sink writing into `buf` from its start.
+    pub fn new(buf: &'a mut [u8]) -> SliceSink<'a> {
+        SliceSink { buf, len: 0 }
+    }
+
+    /// Bytes the encoding needs, written or not.
+    pub fn needed(&self) -> usize {
+        self.len
+    }
+
+    /// The bytes written, or `None` when the buffer was too small.
+    pub fn written(&self) -> Option<&[u8]> {
+        self.buf.get(..self.len)
+    }
+}
+
+impl Sink for SliceSink<'_> {
+    fn write(&mut self, bytes: &[u8]) {
+        let end = self.len.saturating_add(bytes.len());
+        if let Some(dst) = self.buf.get_mut(self.len..end) {
+            dst.copy_from_slice(bytes);
+        }
+        self.len = end;
+    }
+}
+
+/// CRC-32 (IEEE 802.3, reflected), a nibble at a time: a 64-byte table suits a microcontroller.
+#[derive(Clone, Copy)]
+struct Crc32(u32);
+
+const CRC_TABLE: [u32; 16] = {
+    let mut table = [0u32; 16];
+    let mut i = 0;
+    while i < 16 {
+        let mut c = i as u32;
+        let mut bit = 0;
+        while bit < 4 {
+            c = if c & 1 != 0 {
+                (c >> 1) ^ 0xEDB8_8320
+            } else {
+                c >> 1
+            };
+            bit += 1;
+        }
+        table[i] = c;
+        i += 1;
+    }
+    table
+};
+
+impl Crc32 {
+    fn new() -> Crc32 {
+        Crc32(!0)
+    }
+
+    fn update(&mut self, bytes: &[u8]) {
+        let mut c = self.0;
+        for &b in bytes {
+            c ^= u32::from(b);
+            c = (c >> 4) ^ CRC_TABLE[(c & 15) as usize];
+            c = (c >> 4) ^ CRC_TABLE[(c & 15) as usize];
+        }
+        self.0 = c;
+    }
+
+    fn finish(self) -> u32 {
+        !self.0
+    }
+}
+
+/// Writes varints into a sink while checksumming them.
+struct Writer<S: Sink> {
+    sink: S,
+    crc: Crc32,
+}
+
+impl<S: Sink> Writer<S> {
+    fn new(sink: S) -> Writer<S> {
+        let mut w = Writer {
+            sink,
+            crc: Crc32::new(),
+        };
+        w.bytes(MAGIC);
+        w.bytes(&[VERSION]);
+        w
+    }
+
+    fn bytes(&mut self, bytes: &[u8]) {
+        self.crc.update(bytes);
+        self.sink.write(bytes);
+    }
+
+    fn varint(&mut self, mut v: u64) {
+        let mut buf = [0u8; 10];
+        let mut n = 0;
+        loop {
+            let byte = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                buf[n] = byte;
+                n += 1;
+                break;
+            }
+            buf[n] = byte | 0x80;
+            n += 1;
+        }
+        self.bytes(&buf[..n]);
+    }
+
+    fn header(&mut self, traceback_limit: u16, c: &crate::tracer::Counters, memory: u64) {
+        self.varint(u64::from(traceback_limit));
+        for v in [
+            c.current,
+            c.peak,
+            c.traces,
+            c.untraced_blocks,
+            c.untraced_bytes,
+            memory,
+        ] {
+            self.varint(v);
+        }
+    }
+
+    fn addresses(&mut self, addresses: &[usize]) {
+        self.varint(addresses.len() as u64);
+        let mut prev = 0u64;
+        for &a in addresses {
+            let delta = (a as u64).wrapping_sub(prev) as i64;
+            self.varint(((delta << 1) ^ (delta >> 63)) as u64);
+            prev = a as u64;
+        }
+    }
+
+    fn finish(mut self) {
+        let crc = self.crc.finish().to_le_bytes();
+        self.sink.write(&crc);
+    }
+}
+
+/// Streams a snapshot of `tracer` into `sink` without allocating: Python's `take_snapshot()`
+/// followed by `dump()`, for a device. `traceback_limit` is the limit the adapter captures
+/// stacks with. Tracebacks carry raw addresses only; decode with [`Snapshot::load_bytes`] and
+/// resolve them on the host.
+///
+/// The caller holds the tracer's lock for the whole call, so the sink should be fast or the
+/// snapshot taken into a [`SliceSink`] first.
+pub fn encode_tracer<S: Sink>(tracer: &Tracer<'_>, traceback_limit: u16, sink: S) {
+    let mut w = Writer::new(sink);
+    w.header(
+        traceback_limit,
+        tracer.counters(),
+        tracer.memory_bytes() as u64,
+    );
+    w.varint(0); // no strings: frames are resolved on the host
+    let store = tracer.tracebacks();
+    let (entries, pool) = store.raw_parts();
+    w.varint(entries.len() as u64);
+    for (i, entry) in entries.iter().enumerate() {
+        let frames = pool
+            .get(entry.start()..entry.start() + entry.len())
+            .unwrap_or(&[]);
+        // Entry 0 is the store's overflow traceback.
+        let mut flags = if i == 0 { FLAG_STORE_FULL } else { 0 };
+        if !frames.is_empty() {
+            flags |= FLAG_ADDRESSES;
+        }
+        w.varint(flags);
+        w.varint(u64::from(entry.total_nframe()));
+        if !frames.is_empty() {
+            w.addresses(frames);
+        }
+    }
+    let table = tracer.table();
+    w.varint(table.len() as u64);
+    for slot in table.iter() {
+        let id = slot.traceback();
+        w.varint(u64::from(store.domain_of(id)));
+        w.varint(slot.size());
+        w.varint(u64::from(id.index()));
+    }
+    w.finish();
+}
+
+/// Why a snapshot file could not be read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The data ends at byte `at` in the middle of the file.
+    Truncated {
+        /// Offset where more bytes were needed.
+        at: usize,
+    },
+    /// The data does not start with [`MAGIC`]: not a snapshot file.
+    BadMagic,
+    /// A snapshot file of a format version this crate does not read.
+    UnsupportedVersion(u8),
+    /// The file is damaged: its checksum does not match its contents.
+    Checksum {
+        /// The checksum the file's trailer holds.
+        expected: u32,
+        /// The checksum of the bytes read.
+        found: u32,
+    },
+    /// The checksum matches but a value makes no sense (a writer bug or a forged file).
+    Invalid {
+        /// Offset of the value.
+        at: usize,
+        /// What is wrong with it.
+        what: &'static str,
+    },
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecodeError::Truncated { at } => write!(f, "snapshot file truncated at byte {at}"),
+            DecodeError::BadMagic => f.write_str("not a tracemalloc snapshot file (bad magic)"),
+            DecodeError::UnsupportedVersion(v) => {
+                write!(
+                    f,
+                    "unsupported snapshot format version {v} (this build reads {VERSION})"
+                )
+            }
+            DecodeError::Checksum { expected, found } => write!(
+                f,
+                "snapshot file damaged: checksum {found:#010x}, file says {expected:#010x}"
+            ),
+            DecodeError::Invalid { at, what } => {
+                write!(f, "invalid snapshot file at byte {at}: {what}")
+            }
+        }
+    }
+}
+
+#[cfg(feature = "alloc")]
+mod with_alloc {
+    use alloc::sync::Arc;
+    use alloc::vec::Vec;
+
+    use hashbrown::HashMap;
+
+    use super::*;
+    use crate::snapshot::{Frame, Snapshot, Trace, Traceback};
+    use crate::tracer::Counters;
+
+    impl Snapshot {
+        /// The snapshot in the binary format, resolved frames included: Python's `dump()`
+        /// without the file.
+        pub fn dump_bytes(&self) -> Vec<u8> {
+            let mut out = Vec::new();
+            self.write_to(&mut out);
+            out
+        }
+
+        /// Writes [`Snapshot::dump_bytes`] into `sink`.
+        pub fn write_to<S: Sink>(&self, sink: S) {
+            let mut w = Writer::new(sink);
+            w.header(self.traceback_limit, &self.counters, self.tracer_memory);
+
+            let mut table = StringTable::default();
+            // (filename, lineno, function + 1) per frame, in traceback order.
+            let mut frames: Vec<(u64, u64, u64)> = Vec::new();
+            for traceback in &self.tracebacks {
+                for frame in &traceback.frames {
+                    let file = table.intern(&frame.filename);
+                    let function = frame.function.as_deref().map_or(0, |f| table.intern(f) + 1);
+                    frames.push((file, u64::from(frame.lineno), function));
+                }
+            }
+            w.varint(table.order.len() as u64);
+            for s in &table.order {
+                w.varint(s.len() as u64);
+                w.bytes(s.as_bytes());
+            }
+
+            w.varint(self.tracebacks.len() as u64);
+            let mut next = frames.iter();
+            for (i, traceback) in self.tracebacks.iter().enumerate() {
+                let addresses = self.addresses.get(i).map_or(&[][..], |a| &a[..]);
+                let flags = if addresses.is_empty() {
+                    FLAG_FRAMES
+                } else {
+                    FLAG_FRAMES | FLAG_ADDRESSES
+                };
+                w.varint(flags);
+                w.varint(u64::from(traceback.total_nframe));
+                if !addresses.is_empty() {
+                    w.addresses(addresses);
+                }
+                w.varint(traceback.frames.len() as u64);
+                for &(file, lineno, function) in next.by_ref().take(traceback.frames.len()) {
+                    w.varint(file);
+                    w.varint(lineno);
+                    w.varint(function);
+                }
+            }
+
+            w.varint(self.traces.len() as u64);
+            for trace in &self.traces {
+                w.varint(u64::from(trace.domain));
+                w.varint(trace.size);
+                w.varint(u64::from(trace.traceback));
+            }
+            w.finish();
+        }
+
+        /// Reads a snapshot written by [`Snapshot::dump_bytes`] or [`encode_tracer`]: Python's
+        /// `Snapshot.load()` without the file. Tracebacks that came without frames (a device
+        /// snapshot) show each address as [`Frame::unresolved`] until
+        /// [`Snapshot::resolve_addresses`] names them.
+        pub fn load_bytes(data: &[u8]) -> Result<Snapshot, DecodeError> {
+            let header = MAGIC.len() + 1;
+            if data.len() < MAGIC.len() {
+                return Err(if MAGIC.starts_with(data) {
+                    DecodeError::Truncated { at: data.len() }
+                } else {
+                    DecodeError::BadMagic
+                });
+            }
+            if &data[..MAGIC.len()] != MAGIC {
+                return Err(DecodeError::BadMagic);
+            }
+            let Some(&version) = data.get(MAGIC.len()) else {
+                return Err(DecodeError::Truncated { at: data.len() });
+            };
+            if version != VERSION {
+                return Err(DecodeError::UnsupportedVersion(version));
+            }
+            if data.len() < header + 4 {
+                return Err(DecodeError::Truncated { at: data.len() });
+            }
+            let (content, trailer) = data.split_at(data.len() - 4);
+            let expected = u32::from_le_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]);
+            let mut crc = Crc32::new();
+            crc.update(content);
+            let found = crc.finish();
+            if found != expected {
+                return Err(DecodeError::Checksum { expected, found });
+            }
+            decode_body(&content[header..], header)
+        }
+    }
+
+    /// Distinct strings in first-use order.
+    #[derive(Default)]
+    struct StringTable<'s> {
+        index: HashMap<&'s str, u64>,
+        order: Vec<&'s str>,
+    }
+
+    impl<'s> StringTable<'s> {
+        fn intern(&mut self, s: &'s str) -> u64 {
+            let order = &mut self.order;
+            *self.index.entry(s).or_insert_with(|| {
+                order.push(s);
+                order.len() as u64 - 1
+            })
+        }
+    }
+
+    struct Reader<'a> {
+        data: &'a [u8],
+        pos: usize,
+        /// Offset of `data` in the file, for error positions.
+        base: usize,
+    }
+
+    impl<'a> Reader<'a> {
+        fn at(&self) -> usize {
+            self.base + self.pos
+        }
+
+        fn invalid(&self, what: &'static str) -> DecodeError {
+            DecodeError::Invalid {
+                at: self.at(),
+                what,
+            }
+        }
+
+        fn remaining(&self) -> usize {
+            self.data.len() - self.pos
+        }
+
+        fn varint(&mut self) -> Result<u64, DecodeError> {
+            let start = self.at();
+            let mut value = 0u64;
+            for shift in (0..70).step_by(7) {
+                let Some(&byte) = self.data.get(self.pos) else {
+                    return Err(DecodeError::Truncated { at: self.at() });
+                };
+                self.pos += 1;
+                if shift == 63 && byte > 1 {
+                    return Err(DecodeError::Invalid {
+                        at: start,
+                        what: "varint overflows 64 bits",
+                    });
+                }
+                value |= u64::from(byte & 0x7f) << shift;
+                if byte & 0x80 == 0 {
+                    return Ok(value);
+                }
+            }
+            Err(DecodeError::Invalid {
+                at: start,
+                what: "varint longer than 10 bytes",
+            })
+        }
+
+        fn number<T: TryFrom<u64>>(&mut self, what: &'static str) -> Result<T, DecodeError> {
+            let at = self.at();
+            let v = self.varint()?;
+            T::try_from(v).map_err(|_| DecodeError::Invalid { at, what })
+        }
+
+        /// A count of items taking at least `min_size` bytes each, checked against the bytes
+        /// left so that a forged count cannot make us allocate.
+        fn count(&mut self, min_size: usize, what: &'static str) -> Result<usize, DecodeError> {
+            let at = self.at();
+            let n = self.varint()?;
+            match usize::try_from(n) {
+                Ok(n) if n <= self.remaining() / min_size => Ok(n),
+                _ => Err(DecodeError::Invalid { at, what }),
+            }
+        }
+
+        fn bytes(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+            let Some(bytes) = self.data.get(self.pos..self.pos.saturating_add(n)) else {
+                return Err(DecodeError::Truncated { at: self.at() });
+            };
+            self.pos += n;
+            Ok(bytes)
+        }
+    }
+
+    fn decode_body(data: &[u8], base: usize) -> Result<Snapshot, DecodeError> {
+        let mut r = Reader { data, pos: 0, base };
+        let traceback_limit = r.number("traceback limit above 65535")?;
+        let counters = Counters {
+            current: r.varint()?,
+            peak: r.varint()?,
+            traces: r.varint()?,
+            untraced_blocks: r.varint()?,
+            untraced_bytes: r.varint()?,
+        };
+        let tracer_memory = r.varint()?;
+
+        let n = r.count(1, "string count exceeds the file")?;
+        let mut strings: Vec<Arc<str>> = Vec::with_capacity(n);
+        for _ in 0..n {
+            let len = r.count(1, "string length exceeds the file")?;
+            let at = r.at();
+            let bytes = r.bytes(len)?;
+            let s = core::str::from_utf8(bytes).map_err(|_| DecodeError::Invalid {
+                at,
+                what: "string is not UTF-8",
+            })?;
+            strings.push(Arc::from(s));
+        }
+        let string = |r: &Reader<'_>, i: u64| -> Result<Arc<str>, DecodeError> {
+            usize::try_from(i)
+                .ok()
+                .and_then(|i| strings.get(i))
+                .cloned()
+                .ok_or_else(|| r.invalid("string index out of range"))
+        };
+
+        let n = r.count(2, "traceback count exceeds the file")?;
+        let mut tracebacks = Vec::with_capacity(n);
+        let mut all_addresses = Vec::with_capacity(n);
+        for _ in 0..n {
+            let flags = r.varint()?;
+            if flags & !(FLAG_ADDRESSES | FLAG_FRAMES | FLAG_STORE_FULL) != 0 {
+                return Err(r.invalid("unknown traceback flags"));
+            }
+            let total_nframe = r.number("total_nframe above 65535")?;
+            let mut addresses = Vec::new();
+            if flags & FLAG_ADDRESSES != 0 {
+                let n = r.count(1, "address count exceeds the file")?;
+                addresses.reserve_exact(n);
+                let mut prev = 0u64;
+                for _ in 0..n {
+                    let z = r.varint()?;
+                    let delta = ((z >> 1) as i64) ^ -((z & 1) as i64);
+                    prev = prev.wrapping_add(delta as u64);
+                    let addr = usize::try_from(prev)
+                        .map_err(|_| r.invalid("address wider than this host's pointers"))?;
+                    addresses.push(addr);
+                }
+            }
+            let frames = if flags & FLAG_FRAMES != 0 {
+                let n = r.count(3, "frame count exceeds the file")?;
+                let mut frames = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let file = r.varint()?;
+                    let filename = string(&r, file)?;
+                    let lineno = r.number("line number above u32")?;
+                    let function = match r.varint()? {
+                        0 => None,
+                        i => Some(string(&r, i - 1)?),
+                    };
+                    frames.push(Frame {
+                        filename,
+                        lineno,
+                        function,
+                    });
+                }
+                frames
+            } else if flags & FLAG_STORE_FULL != 0 {
+                alloc::vec![Frame::store_full()]
+            } else if !addresses.is_empty() {
+                addresses.iter().map(|&a| Frame::unresolved(a)).collect()
+            } else {
+                alloc::vec![Frame::unknown()]
+            };
+            tracebacks.push(Traceback {
+                frames,
+                total_nframe,
+            });
+            all_addresses.push(addresses);
+        }
+
+        let n = r.count(3, "trace count exceeds the file")?;
+        let mut traces = Vec::with_capacity(n);
+        for _ in 0..n {
+            let domain = r.number("domain above u32")?;
+            let size = r.varint()?;
+            let at = r.at();
+            let traceback: u32 = r.number("traceback index above u32")?;
+            if traceback as usize >= tracebacks.len() {
+                return Err(DecodeError::Invalid {
+                    at,
+                    what: "traceback index out of range",
+                });
+            }
+            traces.push(Trace {
+                domain,
+                size,
+                traceback,
+            });
+        }
+        if r.remaining() != 0 {
+            return Err(r.invalid("bytes after the last trace"));
+        }
+        Ok(Snapshot {
+            traces,
+            tracebacks,
+            addresses: all_addresses,
+            traceback_limit,
+            counters,
+            tracer_memory,
+        })
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use crate::snapshot::{snapshot_from_traces, Resolver};
+        use alloc::string::ToString;
+        use proptest::prelude::*;
+
+        fn sample() -> Snapshot {
+            let mut tb = Traceback::new(alloc::vec![
+                Frame {
+                    function: Some(Arc::from("app::b")),
+                    ..Frame::new("src/b.rs", 2)
+                },
+                Frame::new("src/a.rs", 1),
+            ]);
+            tb.total_nframe = 7;
+            let mut s = snapshot_from_traces(
+                16,
+                [
+                    (0, 1000, tb.clone()),
+                    (3, 24, Traceback::new(alloc::vec![Frame::new("src/a.rs", 9)])),
+                    (0, 5, tb),
+                ],
+            );
+            s.addresses[0] = alloc::vec![0x0800_1234, 0x0800_1000];
+            s.counters.untraced_blocks = 2;
+            s.counters.untraced_bytes = 300;
+            s.tracer_memory = 4096;
+            s
+        }
+
+        fn with_crc(content: &[u8]) -> Vec<u8> {
+            let mut crc = Crc32::new();
+            crc.update(content);
+            let mut out = content.to_vec();
+            out.extend_from_slice(&crc.finish().to_le_bytes());
+            out
+        }
+
+        #[test]
+        fn crc32_matches_the_standard_check_value() {
+            let mut crc = Crc32::new();
+            crc.update(b"1234");
+            crc.update(b"56789");
+            assert_eq!(crc.finish(), 0xCBF4_3926);
+        }
+
+        #[test]
+        fn round_trip_keeps_every_field() {
+            let s = sample();
+            let bytes = s.dump_bytes();
+            assert_eq!(&bytes[..7], b"TMSNAP\x01");
+            let back = Snapshot::load_bytes(&bytes).unwrap();
+            assert_eq!(back.traces, s.traces);
+            assert_eq!(back.tracebacks, s.tracebacks);
+            assert_eq!(back.addresses, s.addresses);
+            assert_eq!(back.traceback_limit, 16);
+            assert_eq!(back.counters, s.counters);
+            assert_eq!(back.tracer_memory, 4096);
+            let f = &back.tracebacks[0].frames[0];
+            assert_eq!(f.function.as_deref(), Some("app::b"));
+            assert_eq!(back.tracebacks[0].frames[1].function, None);
+        }
+
+        #[test]
+        fn addresses_use_zigzag_deltas() {
+            let mut w = Writer {
+                sink: Vec::new(),
+                crc: Crc32::new(),
+            };
+            w.addresses(&[1000, 998, 1003]);
+            // count 3; +1000 -> 2000 (2 bytes); -2 -> 3; +5 -> 10
+            assert_eq!(w.sink, alloc::vec![3, 0xd0, 0x0f, 3, 10]);
+        }
+
+        #[test]
+        fn header_errors_are_typed() {
+            let bytes = sample().dump_bytes();
+            assert_eq!(Snapshot::load_bytes(b"").unwrap_err(), DecodeError::Truncated { at: 0 });
+            assert_eq!(
+                Snapshot::load_bytes(b"TMS").unwrap_err(),
+                DecodeError::Truncated { at: 3 }
+            );
+            assert_eq!(Snapshot::load_bytes(b"PK\x03\x04").unwrap_err(), DecodeError::BadMagic);
+            assert_eq!(
+                Snapshot::load_bytes(b"TMSNAP").unwrap_err(),
+                DecodeError::Truncated { at: 6 }
+            );
+            let mut v2 = bytes.clone();
+            v2[6] = 2;
+            assert_eq!(
+                Snapshot::load_bytes(&v2).unwrap_err(),
+                DecodeError::UnsupportedVersion(2)
+            );
+            let mut flipped = bytes.clone();
+            flipped[12] ^= 0x10;
+            assert!(matches!(
+                Snapshot::load_bytes(&flipped),
+                Err(DecodeError::Checksum { .. })
+            ));
+            let mut trailing = bytes[..bytes.len() - 4].to_vec();
+            trailing.push(0);
+            assert!(matches!(
+                Snapshot::load_bytes(&with_crc(&trailing)),
+                Err(DecodeError::Invalid { what: "bytes after the last trace", .. })
+            ));
+        }
+
+        #[test]
+        fn forged_counts_are_refused_before_allocating() {
+            // Header fields, then a string count of 2^40.
+            let mut body = b"TMSNAP\x01".to_vec();
+            body.extend_from_slice(&[16, 0, 0, 0, 0, 0, 0]);
+            body.extend_from_slice(&[0x80, 0x80, 0x80, 0x80, 0x80, 0x20]);
+            let err = Snapshot::load_bytes(&with_crc(&body)).unwrap_err();
+            assert_eq!(
+                err,
+                DecodeError::Invalid {
+                    at: 14,
+                    what: "string count exceeds the file"
+                }
+            );
+            assert_eq!(
+                err.to_string(),
+                "invalid snapshot file at byte 14: string count exceeds the file"
+            );
+        }
+
+        #[test]
+        fn unresolved_device_tracebacks_resolve_later() {
+            let mut s = sample();
+            // What a device sends: addresses, no frames.
+            s.tracebacks[0].frames.clear();
+            let mut bytes = Vec::new();
+            let mut w = Writer::new(&mut bytes);
+            w.header(s.traceback_limit, &s.counters, s.tracer_memory);
+            w.varint(0);
+            w.varint(1);
+            w.varint(FLAG_ADDRESSES);
+            w.varint(2);
+            w.addresses(&s.addresses[0]);
+            w.varint(1);
+            w.varint(0);
+            w.varint(64);
+            w.varint(0);
+            w.finish();
+            let mut back = Snapshot::load_bytes(&bytes).unwrap();
+            assert_eq!(back.tracebacks[0].frames[0].to_string(), "0x8001234:0");
+            struct Map;
+            impl Resolver for Map {
+                fn resolve(&mut self, address: usize, out: &mut Vec<Frame>) -> bool {
+                    out.push(Frame::new("src/dev.rs", address as u32 & 0xfff));
+                    true
+                }
+            }
+            back.resolve_addresses(&mut Map);
+            assert_eq!(
+                back.tracebacks[0].frames,
+                alloc::vec![Frame::new("src/dev.rs", 0x234), Frame::new("src/dev.rs", 0)]
+            );
+        }
+
+        proptest! {
+            /// A body with any bytes changed, under a valid checksum, decodes or fails cleanly.
+            #[test]
+            fn corrupt_bodies_under_a_valid_checksum_never_panic(
+                flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8),
+                cut in any::<usize>(),
+            ) {
+                let bytes = sample().dump_bytes();
+                let mut content = bytes[..bytes.len() - 4].to_vec();
+                for (at, value) in flips {
+                    let at = 7 + at % (content.len() - 7);
+                    content[at] = value;
+                }
+                let keep = 7 + cut % (content.len() - 6);
+                content.truncate(keep);
+                let _ = Snapshot::load_bytes(&with_crc(&content));
+            }
+        }
+    }
+}

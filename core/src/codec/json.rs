@@ -1,0 +1,4 @@
+//! tmp
+/// tmp
+#[derive(Debug)]
+pub struct JsonError;
