@@ -1,4 +1,248 @@
-//! tmp
-/// tmp
+//! The JSON snapshot form, for interchange with other tools (feature `json`).
+//!
+//! One object per trace with its frames spelled out, most recent call first as in CPython's raw
+//! traces:
+//!
+//! ```json
+//! {"format": "tracemalloc-snapshot", "version": 1, "traceback_limit": 16, "traces": [
+//!   {"domain": 0, "size": 1000, "total_nframe": 2, "frames": [
+//!     {"filename": "src/b.rs", "lineno": 2, "function": "app::b"},
+//!     {"filename": "src/a.rs", "lineno": 1}]}]}
+//! ```
+//!
+//! `function` is optional, and readers ignore fields they do not know. We also write the
+//! optional `counters` and `tracer_memory`. Raw addresses are not part of this form: resolve a
+//! snapshot before converting it.
+
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::fmt;
+
+use hashbrown::HashMap;
+use serde::{Deserialize, Serialize};
+
+use crate::snapshot::{snapshot_from_traces, Frame, Snapshot, Traceback};
+use crate::tracer::Counters;
+
+/// The value of the `format` field.
+pub const FORMAT: &str = "tracemalloc-snapshot";
+/// The version of the JSON form this crate writes and reads.
+pub const VERSION: u64 = 1;
+
+#[derive(Serialize, Deserialize)]
+struct FileDoc {
+    format: String,
+    version: u64,
+    traceback_limit: u16,
+    traces: Vec<TraceDoc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    counters: Option<CountersDoc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tracer_memory: Option<u64>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct TraceDoc {
+    domain: u32,
+    size: u64,
+    total_nframe: u16,
+    frames: Vec<FrameDoc>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct FrameDoc {
+    filename: String,
+    lineno: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    function: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CountersDoc {
+    current: u64,
+    peak: u64,
+    traces: u64,
+    untraced_blocks: u64,
+    untraced_bytes: u64,
+}
+
+/// Why a JSON snapshot could not be read.
 #[derive(Debug)]
-pub struct JsonError;
+pub enum JsonError {
+    /// Not JSON, or not of the expected shape.
+    Syntax(serde_json::Error),
+    /// The `format` field names another format.
+    WrongFormat(String),
+    /// A version of the JSON form this crate does not read.
+    UnsupportedVersion(u64),
+}
+
+impl fmt::Display for JsonError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JsonError::Syntax(e) => write!(f, "invalid JSON snapshot: {e}"),
+            JsonError::WrongFormat(name) => {
+                write!(f, "not a JSON snapshot: format is {name:?}, expected {FORMAT:?}")
+            }
+            JsonError::UnsupportedVersion(v) => {
+                write!(
+                    f,
+                    "unsupported JSON snapshot version {v} (this build reads {VERSION})"
+                )
+            }
+        }
+    }
+}
+
+impl Snapshot {
+    /// The snapshot as JSON (compact, one line).
+    pub fn to_json(&self) -> String {
+        let traces = self
+            .traces
+            .iter()
+            .map(|trace| {
+                let traceback = self.traceback_of(trace);
+                TraceDoc {
+                    domain: trace.domain,
+                    size: trace.size,
+                    total_nframe: traceback.total_nframe,
+                    frames: traceback
+                        .frames
+                        .iter()
+                        .map(|f| FrameDoc {
+                            filename: String::from(&*f.filename),
+                            lineno: f.lineno,
+                            function: f.function.as_deref().map(String::from),
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        let c = &self.counters;
+        let doc = FileDoc {
+            format: String::from(FORMAT),
+            version: VERSION,
+            traceback_limit: self.traceback_limit,
+            traces,
+            counters: Some(CountersDoc {
+                current: c.current,
+                peak: c.peak,
+                traces: c.traces,
+                untraced_blocks: c.untraced_blocks,
+                untraced_bytes: c.untraced_bytes,
+            }),
+            tracer_memory: Some(self.tracer_memory),
+        };
+        // Serializing plain structs of strings and numbers into memory cannot fail.
+        serde_json::to_string(&doc).unwrap_or_default()
+    }
+
+    /// Reads a snapshot from its JSON form. Equal tracebacks are shared again and equal file
+    /// names stored once. Without `counters`, they are computed from the traces.
+    pub fn from_json(json: &str) -> Result<Snapshot, JsonError> {
+        let doc: FileDoc = serde_json::from_str(json).map_err(JsonError::Syntax)?;
+        if doc.format != FORMAT {
+            return Err(JsonError::WrongFormat(doc.format));
+        }
+        if doc.version != VERSION {
+            return Err(JsonError::UnsupportedVersion(doc.version));
+        }
+        let mut strings: HashMap<String, Arc<str>> = HashMap::new();
+        let mut intern = |s: String| -> Arc<str> {
+            strings
+                .entry(s)
+                .or_insert_with_key(|s| Arc::from(s.as_str()))
+                .clone()
+        };
+        let traces: Vec<(u32, u64, Traceback)> = doc
+            .traces
+            .into_iter()
+            .map(|t| {
+                let frames = t
+                    .frames
+                    .into_iter()
+                    .map(|f| Frame {
+                        filename: intern(f.filename),
+                        lineno: f.lineno,
+                        function: f.function.map(&mut intern),
+                    })
+                    .collect();
+                (
+                    t.domain,
+                    t.size,
+                    Traceback {
+                        frames,
+                        total_nframe: t.total_nframe,
+                    },
+                )
+            })
+            .collect();
+        let mut snapshot = snapshot_from_traces(doc.traceback_limit, traces);
+        if let Some(c) = doc.counters {
+            snapshot.counters = Counters {
+                current: c.current,
+                peak: c.peak,
+                traces: c.traces,
+                untraced_blocks: c.untraced_blocks,
+                untraced_bytes: c.untraced_bytes,
+            };
+        }
+        snapshot.tracer_memory = doc.tracer_memory.unwrap_or(0);
+        Ok(snapshot)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ISSUE_EXAMPLE: &str = r#"{"format": "tracemalloc-snapshot", "version": 1, "traceback_limit": 16, "traces": [{"domain": 0, "size": 1000, "total_nframe": 2, "frames": [{"filename": "src/b.rs", "lineno": 2, "function": "app::b"}, {"filename": "src/a.rs", "lineno": 1}]}]}"#;
+
+    #[test]
+    fn reads_the_documented_shape() {
+        let s = Snapshot::from_json(ISSUE_EXAMPLE).unwrap();
+        assert_eq!(s.traceback_limit, 16);
+        assert_eq!(s.traces.len(), 1);
+        let tb = s.traceback_of(&s.traces[0]);
+        assert_eq!(tb.total_nframe, 2);
+        assert_eq!(tb.frames[0].function.as_deref(), Some("app::b"));
+        assert_eq!(tb.frames[1], Frame::new("src/a.rs", 1));
+        assert_eq!(s.counters.current, 1000);
+    }
+
+    #[test]
+    fn writes_the_documented_shape() {
+        let s = Snapshot::from_json(ISSUE_EXAMPLE).unwrap();
+        let json = s.to_json();
+        assert!(json.starts_with(
+            r#"{"format":"tracemalloc-snapshot","version":1,"traceback_limit":16,"traces":[{"domain":0,"size":1000,"total_nframe":2,"frames":[{"filename":"src/b.rs","lineno":2,"function":"app::b"},{"filename":"src/a.rs","lineno":1}]}]"#
+        ), "{json}");
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored() {
+        let json = r#"{"format": "tracemalloc-snapshot", "version": 1, "traceback_limit": 1,
+            "tool": "x", "traces": [{"domain": 0, "size": 1, "total_nframe": 1, "thread": 3,
+            "frames": [{"filename": "a", "lineno": 1, "column": 4}]}]}"#;
+        assert_eq!(Snapshot::from_json(json).unwrap().traces.len(), 1);
+    }
+
+    #[test]
+    fn wrong_format_and_version_are_typed_errors() {
+        let other = ISSUE_EXAMPLE.replace("tracemalloc-snapshot", "heaptrack");
+        assert!(matches!(
+            Snapshot::from_json(&other),
+            Err(JsonError::WrongFormat(f)) if f == "heaptrack"
+        ));
+        let v2 = ISSUE_EXAMPLE.replace("\"version\": 1", "\"version\": 2");
+        assert!(matches!(
+            Snapshot::from_json(&v2),
+            Err(JsonError::UnsupportedVersion(2))
+        ));
+        assert!(matches!(
+            Snapshot::from_json("{\"format\": 1"),
+            Err(JsonError::Syntax(_))
+        ));
+    }
+}
