@@ -127,8 +127,9 @@ impl<'a> Tracer<'a> {
     }
 
     fn count_untraced(&mut self, size: u64) -> Recorded {
-        self.counters.untraced_blocks += 1;
-        self.counters.untraced_bytes += size;
+        // Saturating: blocks beyond 1 TiB land here, and a few of them must not overflow.
+        self.counters.untraced_blocks = self.counters.untraced_blocks.saturating_add(1);
+        self.counters.untraced_bytes = self.counters.untraced_bytes.saturating_add(size);
         Recorded::Untraced
     }
 
