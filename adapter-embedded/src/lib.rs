@@ -29,4 +29,5 @@ pub use heap::Heap;
 pub use report::{Order, Report, Site, SiteTotals};
 pub use stack::{call_site, CallStacks, StackBounds};
 pub use traced::TracedHeap;
-pub use tracemalloc_core::{Counters, Tracer};
+pub use tracemalloc_core::codec::{Sink, SliceSink};
+pub use tracemalloc_core::{Counters, Slot, Tracer};

@@ -9,6 +9,7 @@
 use core::ffi::CStr;
 
 use cortex_m_semihosting::{nr, syscall};
+use tracemalloc_core::codec::Sink;
 
 /// Why a host file operation failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,10 +30,17 @@ impl core::fmt::Display for HostFileError {
     }
 }
 
-/// A file on the host, open for writing; closed on drop.
+/// Bytes gathered before one write call: each call halts the core, so fewer is faster.
+const BUFFER: usize = 128;
+
+/// A file on the host, open for writing and buffered; flushed and closed by [`HostFile::finish`]
+/// or on drop. It is a snapshot [`Sink`]: the first failed write is kept for `finish`.
 #[derive(Debug)]
 pub struct HostFile {
     handle: usize,
+    buf: [u8; BUFFER],
+    len: usize,
+    error: Option<HostFileError>,
 }
 
 impl HostFile {
@@ -45,26 +53,56 @@ impl HostFile {
         if handle as isize == -1 {
             return Err(HostFileError::Open);
         }
-        Ok(HostFile { handle })
+        Ok(HostFile {
+            handle,
+            buf: [0; BUFFER],
+            len: 0,
+            error: None,
+        })
     }
 
-    /// Writes all of `bytes`.
-    pub fn write_all(&mut self, bytes: &[u8]) -> Result<(), HostFileError> {
-        if bytes.is_empty() {
-            return Ok(());
+    /// Writes all of `bytes` now, bypassing the buffer.
+    fn write_now(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() || self.error.is_some() {
+            return;
         }
         // SAFETY: SYS_WRITE reads `bytes.len()` bytes at `bytes` from a handle SYS_OPEN gave.
         let not_written = unsafe { syscall!(WRITE, self.handle, bytes.as_ptr(), bytes.len()) };
-        if not_written == 0 {
-            Ok(())
-        } else {
-            Err(HostFileError::Write)
+        if not_written != 0 {
+            self.error = Some(HostFileError::Write);
+        }
+    }
+
+    fn flush(&mut self) {
+        let buf = self.buf;
+        self.write_now(&buf[..self.len]);
+        self.len = 0;
+    }
+
+    /// Flushes and closes the file; the first error of any write, if one failed.
+    pub fn finish(mut self) -> Result<(), HostFileError> {
+        self.flush();
+        self.error.take().map_or(Ok(()), Err)
+    }
+}
+
+impl Sink for HostFile {
+    fn write(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.len == BUFFER {
+                self.flush();
+            }
+            let n = bytes.len().min(BUFFER - self.len);
+            self.buf[self.len..self.len + n].copy_from_slice(&bytes[..n]);
+            self.len += n;
+            bytes = &bytes[n..];
         }
     }
 }
 
 impl Drop for HostFile {
     fn drop(&mut self) {
+        self.flush();
         // SAFETY: SYS_CLOSE takes a handle SYS_OPEN gave, closed only here.
         unsafe { syscall!(CLOSE, self.handle) };
     }

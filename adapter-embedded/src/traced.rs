@@ -13,6 +13,7 @@ use core::cell::{RefCell, UnsafeCell};
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use critical_section::{CriticalSection, Mutex};
+use tracemalloc_core::codec::{encode_tracer, Sink};
 use tracemalloc_core::{
     Counters, Slot, TracebackEntry, TracebackStorage, Tracer, TracerStorage, DEFAULT_DOMAIN,
 };
@@ -282,6 +283,15 @@ impl<H, const SLOTS: usize, const TRACEBACKS: usize, const FRAMES: usize, const 
     pub fn with_tracer<R>(&self, f: impl FnOnce(&Tracer<'static>) -> R) -> Option<R> {
         self.with_state(|state| state.tracer.as_ref().map(f))
             .flatten()
+    }
+
+    /// Streams a snapshot in the core's binary format into `sink` (Python's `take_snapshot()`
+    /// then `dump()`), without allocating. Returns false, writing nothing, before the first
+    /// start. The lock is held while `sink` runs: a slow sink (semihosting, a UART) delays
+    /// interrupts for as long.
+    pub fn write_snapshot<S: Sink>(&self, sink: S) -> bool {
+        self.with_tracer(|tracer| encode_tracer(tracer, NFRAME as u16, sink))
+            .is_some()
     }
 
     fn with_state<R>(&self, f: impl FnOnce(&mut State<TRACEBACKS>) -> R) -> Option<R> {
