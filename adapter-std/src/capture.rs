@@ -74,7 +74,10 @@ fn unwind(skip: usize, out: &mut [usize]) -> (usize, u16) {
             seen < u16::MAX as usize
         });
     }
-    (written, seen.saturating_sub(skip).min(u16::MAX as usize) as u16)
+    (
+        written,
+        seen.saturating_sub(skip).min(u16::MAX as usize) as u16,
+    )
 }
 
 #[cfg(all(
@@ -166,7 +169,10 @@ mod frame_pointers {
             }
             fp = next;
         }
-        (written, seen.saturating_sub(skip).min(u16::MAX as usize) as u16)
+        (
+            written,
+            seen.saturating_sub(skip).min(u16::MAX as usize) as u16,
+        )
     }
 }
 

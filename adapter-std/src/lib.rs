@@ -44,7 +44,10 @@
 
 mod allocator;
 mod capture;
+pub mod cli;
+mod files;
 mod guard;
+mod source;
 mod state;
 pub mod symbolize;
 
@@ -53,8 +56,13 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 pub use allocator::TracingAllocator;
 pub use capture::Capture;
+pub use files::{dump, load, parse, FileError};
+pub use source::{format_traceback, SourceLines};
 pub use tracemalloc_core as core;
-pub use tracemalloc_core::{Frame, Snapshot, Trace, Traceback, DEFAULT_DOMAIN, MAX_NFRAME};
+pub use tracemalloc_core::{
+    DomainFilter, Filter, Frame, KeyType, Snapshot, Statistic, StatisticDiff, StatsError, Trace,
+    TraceFilter, Traceback, DEFAULT_DOMAIN, MAX_NFRAME,
+};
 
 /// Everything that can go wrong in the API.
 #[derive(Debug)]
@@ -70,6 +78,8 @@ pub enum Error {
     NotInstalled,
     /// The inner allocator had no memory for the trace tables.
     OutOfMemory,
+    /// Statistics were asked for with an invalid combination (cumulative by traceback).
+    Stats(StatsError),
     /// Debug info could not be read.
     Symbols {
         /// The file.
@@ -83,7 +93,10 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::InvalidNframe(n) => {
-                write!(f, "the number of frames must be in range [1; {MAX_NFRAME}], got {n}")
+                write!(
+                    f,
+                    "the number of frames must be in range [1; {MAX_NFRAME}], got {n}"
+                )
             }
             Error::NotTracing => f.write_str(
                 "the tracemalloc module must be tracing memory allocations to take a snapshot",
@@ -92,12 +105,21 @@ impl fmt::Display for Error {
                 "tracemalloc::TracingAllocator is not the #[global_allocator] of this program",
             ),
             Error::OutOfMemory => f.write_str("no memory for the trace tables"),
-            Error::Symbols { path, reason } => write!(f, "cannot read debug info of {path}: {reason}"),
+            Error::Stats(e) => write!(f, "{e}"),
+            Error::Symbols { path, reason } => {
+                write!(f, "cannot read debug info of {path}: {reason}")
+            }
         }
     }
 }
 
 impl std::error::Error for Error {}
+
+impl From<StatsError> for Error {
+    fn from(e: StatsError) -> Error {
+        Error::Stats(e)
+    }
+}
 
 /// How tracing runs; [`start`] uses the defaults with its `nframe`.
 #[derive(Clone, Debug, PartialEq, Eq)]

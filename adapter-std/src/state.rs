@@ -109,7 +109,10 @@ fn env_config() -> Option<Config> {
     if value.is_empty() || value == "0" {
         return None;
     }
-    let nframe = value.parse::<usize>().unwrap_or(1).clamp(1, tracemalloc_core::MAX_NFRAME);
+    let nframe = value
+        .parse::<usize>()
+        .unwrap_or(1)
+        .clamp(1, tracemalloc_core::MAX_NFRAME);
     Some(Config {
         nframe,
         ..Config::default()
@@ -323,7 +326,15 @@ fn record(
     frames: &[usize],
     total: u16,
 ) {
-    record_locked(inner, &mut shard_of(addr).lock(), domain, addr, size, frames, total);
+    record_locked(
+        inner,
+        &mut shard_of(addr).lock(),
+        domain,
+        addr,
+        size,
+        frames,
+        total,
+    );
 }
 
 fn record_locked(
@@ -449,7 +460,8 @@ pub(crate) fn tracer_memory() -> u64 {
 pub(crate) fn copy_raw() -> RawSnapshot {
     let limit = traceback_limit().min(u16::MAX as usize) as u16;
     let mut raw = RawSnapshot::new(limit);
-    let locked: [spin::MutexGuard<'_, Shard>; SHARDS] = core::array::from_fn(|i| SHARD_TABLE[i].lock());
+    let locked: [spin::MutexGuard<'_, Shard>; SHARDS] =
+        core::array::from_fn(|i| SHARD_TABLE[i].lock());
     for shard in &locked {
         if let Some(tracer) = shard.tracer.as_ref() {
             raw.add(tracer);

@@ -107,7 +107,12 @@ impl ElfResolver {
         }
         drop(frames);
         if found.is_empty() {
-            // No DWARF for this address: the symbol table may still name the function.
+            // No DWARF for this address: the symbol table may still name the function. Such
+            // frames (C runtime, code built without debug info) are shown only with plumbing,
+            // since the nearest symbol can be a neighbour's.
+            if !self.show_plumbing {
+                return Some(Vec::new());
+            }
             let name = self.loader.find_symbol(probe)?;
             let name = rustc_demangle::demangle(name).to_string();
             found.push((Some(strip_hash(&name).to_owned()), None, 0));
@@ -249,7 +254,10 @@ mod tests {
 
     #[test]
     fn hashes_are_stripped_from_symbol_names() {
-        assert_eq!(strip_hash("app::cache::insert::h0123456789abcdef"), "app::cache::insert");
+        assert_eq!(
+            strip_hash("app::cache::insert::h0123456789abcdef"),
+            "app::cache::insert"
+        );
         assert_eq!(strip_hash("app::cache::hello"), "app::cache::hello");
     }
 
@@ -260,8 +268,14 @@ mod tests {
             Some("<alloc::vec::Vec<T> as core::clone::Clone>::clone"),
             None
         ));
-        assert!(is_plumbing(Some("x"), Some("/rustc/abc/library/alloc/src/vec/mod.rs")));
-        assert!(!is_plumbing(Some("leaky_service::Cache::insert"), Some("examples/leaky_service.rs")));
+        assert!(is_plumbing(
+            Some("x"),
+            Some("/rustc/abc/library/alloc/src/vec/mod.rs")
+        ));
+        assert!(!is_plumbing(
+            Some("leaky_service::Cache::insert"),
+            Some("examples/leaky_service.rs")
+        ));
     }
 
     #[test]

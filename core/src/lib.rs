@@ -3,7 +3,7 @@
 //! Everything here is `#![no_std]` and needs no allocator for tracing: the [`tracer::Tracer`]
 //! records allocations into a fixed-capacity [`table::TraceTable`] and interns call stacks in a
 //! [`traceback::TracebackStore`], both over storage the adapter provides. With the `alloc`
-//! feature the same crate takes [`snapshot::Snapshot`]s and analyses them exactly as CPython's
+//! feature the same crate takes `Snapshot`s and analyses them exactly as CPython's
 //! `tracemalloc` module does: statistics grouped by file, line or traceback, diffs between two
 //! snapshots, filters, Python-identical text, and snapshot files.
 //!
@@ -42,3 +42,11 @@ pub use format::format_size;
 pub use snapshot::{Frame, RawSnapshot, Resolver, Snapshot, Trace, Traceback};
 #[cfg(feature = "alloc")]
 pub use stats::{KeyType, Statistic, StatisticDiff, StatsError};
+
+// `core::error::Error` (Rust 1.81) lets `?` turn these into `Box<dyn Error>` in applications.
+#[cfg(feature = "alloc")]
+impl core::error::Error for stats::StatsError {}
+#[cfg(feature = "alloc")]
+impl core::error::Error for codec::binary::DecodeError {}
+#[cfg(feature = "json")]
+impl core::error::Error for codec::json::JsonError {}
