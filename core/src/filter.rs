@@ -147,7 +147,11 @@ impl<'f> Compiled<'f> {
     /// Frames most recent first; none reads as CPython's single `<unknown>:0` frame.
     fn match_traceback(&self, frames: &[Frame]) -> bool {
         let unknown = [Frame::unknown()];
-        let frames = if frames.is_empty() { &unknown[..] } else { frames };
+        let frames = if frames.is_empty() {
+            &unknown[..]
+        } else {
+            frames
+        };
         let inclusive = self.filter.inclusive;
         if self.filter.all_frames {
             if frames
@@ -477,7 +481,7 @@ mod tests {
 
     #[test]
     fn fnmatch_many_stars_stay_fast() {
-        let name: String = core::iter::repeat('a').take(10_000).collect();
+        let name = "a".repeat(10_000);
         let pattern = "*a*a*a*a*a*a*a*a*a*a*a*a*a*a*a*a*b";
         assert!(!fnmatch(&name, pattern));
     }
@@ -491,6 +495,9 @@ mod tests {
             .with_lineno(123)
             .with_all_frames(true)
             .with_domain(4);
-        assert_eq!((f.lineno, f.all_frames, f.domain), (Some(123), true, Some(4)));
+        assert_eq!(
+            (f.lineno, f.all_frames, f.domain),
+            (Some(123), true, Some(4))
+        );
     }
 }

@@ -30,6 +30,7 @@ pub mod snapshot;
 #[cfg(feature = "alloc")]
 pub mod stats;
 
+pub use codec::{encode_tracer, DecodeError, Sink, SliceSink};
 pub use table::{Slot, TraceTable};
 pub use traceback::{TracebackEntry, TracebackId, TracebackStorage, TracebackStore};
 pub use tracer::{Counters, Recorded, Tracer, TracerStorage, DEFAULT_DOMAIN, MAX_NFRAME};

@@ -210,7 +210,8 @@ fn group_by<'a>(
         }
     }
     let mut grouped = Grouped::default();
-    for (i, (traceback, &(size, count))) in snapshot.tracebacks.iter().zip(&per_traceback).enumerate()
+    for (i, (traceback, &(size, count))) in
+        snapshot.tracebacks.iter().zip(&per_traceback).enumerate()
     {
         if count == 0 {
             continue;
@@ -250,6 +251,22 @@ impl Snapshot {
     /// With `cumulative`, every frame of a trace counts, not only the most recent one (each
     /// key once per trace; see the [module docs](crate::stats)). Cumulative mode with
     /// [`KeyType::Traceback`] is an error, as in Python.
+    ///
+    /// ```
+    /// use tracemalloc_core::snapshot::snapshot_from_traces;
+    /// use tracemalloc_core::{Frame, KeyType, Traceback};
+    ///
+    /// let at = |file: &str, line| Traceback::new(vec![Frame::new(file, line)]);
+    /// let snapshot = snapshot_from_traces(
+    ///     1,
+    ///     [(0, 100, at("src/main.rs", 7)), (0, 30 * 1024, at("src/cache.rs", 42))],
+    /// );
+    /// let top = snapshot.statistics(KeyType::Lineno, false).unwrap();
+    /// assert_eq!(
+    ///     top[0].to_string(),
+    ///     "src/cache.rs:42: size=30.0 KiB, count=1, average=30.0 KiB"
+    /// );
+    /// ```
     pub fn statistics(
         &self,
         key_type: KeyType,
@@ -278,6 +295,23 @@ impl Snapshot {
 
     /// Differences from an `old` snapshot grouped by `key_type`, biggest change first: Python's
     /// `Snapshot.compare_to()`. Keys only in `old` show with size and count 0.
+    ///
+    /// ```
+    /// use tracemalloc_core::snapshot::snapshot_from_traces;
+    /// use tracemalloc_core::{Frame, KeyType, Traceback};
+    ///
+    /// let at = |file: &str, line| Traceback::new(vec![Frame::new(file, line)]);
+    /// let start = snapshot_from_traces(1, [(0, 100, at("src/main.rs", 7))]);
+    /// let now = snapshot_from_traces(
+    ///     1,
+    ///     [(0, 100, at("src/main.rs", 7)), (0, 30 * 1024, at("src/cache.rs", 42))],
+    /// );
+    /// let growth = now.compare_to(&start, KeyType::Lineno, false).unwrap();
+    /// assert_eq!(
+    ///     growth[0].to_string(),
+    ///     "src/cache.rs:42: size=30.0 KiB (+30.0 KiB), count=1 (+1), average=30.0 KiB"
+    /// );
+    /// ```
     pub fn compare_to(
         &self,
         old: &Snapshot,
@@ -346,15 +380,15 @@ mod tests {
     #[test]
     fn cumulative_counts_a_trace_once_per_key() {
         // a.rs:1 -> a.rs:2 -> a.rs:1 (recursion): CPython would count 3 traces for a.rs.
-        let s = snapshot_from_traces(
-            3,
-            [(0, 100, tb(&[("a.rs", 1), ("a.rs", 2), ("a.rs", 1)]))],
-        );
+        let s = snapshot_from_traces(3, [(0, 100, tb(&[("a.rs", 1), ("a.rs", 2), ("a.rs", 1)]))]);
         let by_file = s.statistics(KeyType::Filename, true).unwrap();
         assert_eq!(by_file.len(), 1);
         assert_eq!((by_file[0].size, by_file[0].count), (100, 1));
         let by_line = s.statistics(KeyType::Lineno, true).unwrap();
-        let sizes: Vec<_> = by_line.iter().map(|s| (s.traceback.clone(), s.size, s.count)).collect();
+        let sizes: Vec<_> = by_line
+            .iter()
+            .map(|s| (s.traceback.clone(), s.size, s.count))
+            .collect();
         assert_eq!(
             sizes,
             vec![(tb(&[("a.rs", 2)]), 100, 1), (tb(&[("a.rs", 1)]), 100, 1)]

@@ -25,7 +25,7 @@ impl TracebackId {
         TracebackId(index & Self::MASK)
     }
 
-    /// The id's index into [`TracebackStore::entries`].
+    /// The id's index into the store's entries (see [`TracebackStore::raw_parts`]).
     #[inline]
     pub const fn index(self) -> u32 {
         self.0

@@ -9,6 +9,8 @@ use tracemalloc_core::{
 };
 
 type Raw<'a> = (u32, u64, &'a [(&'a str, u32)], u16);
+/// A trace in Python's raw form, owned: (domain, size, frames, total_nframe).
+type OwnedRaw = (u32, u64, Vec<(String, u32)>, u16);
 
 /// Python's raw traces: frames most recent first.
 fn snapshot(traceback_limit: u16, raw: &[Raw<'_>]) -> Snapshot {
@@ -58,7 +60,7 @@ fn create_snapshots() -> (Snapshot, Snapshot) {
 }
 
 /// The snapshot's traces back in Python's raw form.
-fn raw(s: &Snapshot) -> Vec<(u32, u64, Vec<(String, u32)>, u16)> {
+fn raw(s: &Snapshot) -> Vec<OwnedRaw> {
     s.traces
         .iter()
         .map(|t| {
@@ -73,9 +75,16 @@ fn raw(s: &Snapshot) -> Vec<(u32, u64, Vec<(String, u32)>, u16)> {
         .collect()
 }
 
-fn expect(list: &[Raw<'_>]) -> Vec<(u32, u64, Vec<(String, u32)>, u16)> {
+fn expect(list: &[Raw<'_>]) -> Vec<OwnedRaw> {
     list.iter()
-        .map(|&(d, s, f, n)| (d, s, f.iter().map(|&(f, l)| (f.to_string(), l)).collect(), n))
+        .map(|&(d, s, f, n)| {
+            (
+                d,
+                s,
+                f.iter().map(|&(f, l)| (f.to_string(), l)).collect(),
+                n,
+            )
+        })
         .collect()
 }
 
@@ -100,7 +109,13 @@ fn stat(traceback: Traceback, size: u64, count: u64) -> Statistic {
     }
 }
 
-fn diff(traceback: Traceback, size: u64, size_diff: i64, count: u64, count_diff: i64) -> StatisticDiff {
+fn diff(
+    traceback: Traceback,
+    size: u64,
+    size_diff: i64,
+    count: u64,
+    count_diff: i64,
+) -> StatisticDiff {
     StatisticDiff {
         traceback,
         size,
@@ -132,12 +147,21 @@ fn filter_traces_excludes_then_includes_lines() {
             (3, 7, &[("<unknown>", 0)], 1),
         ])
     );
-    assert_eq!(raw(&s), original, "filter_traces must not touch the original");
+    assert_eq!(
+        raw(&s),
+        original,
+        "filter_traces must not touch the original"
+    );
 
     let s4 = s3.filter_traces(&[a2, a5]);
     assert_eq!(
         raw(&s4),
-        expect(&[(0, 10, AB, 3), (0, 10, AB, 3), (0, 10, AB, 3), (1, 2, A5B, 3)])
+        expect(&[
+            (0, 10, AB, 3),
+            (0, 10, AB, 3),
+            (0, 10, AB, 3),
+            (1, 2, A5B, 3)
+        ])
     );
 
     let s5 = s.filter_traces(&[]);
@@ -236,7 +260,10 @@ fn group_by_file() {
     );
     assert_eq!(
         s2.statistics(KeyType::Filename, false).unwrap(),
-        vec![stat(filename("a.py"), 5032, 5), stat(filename("c.py"), 400, 1)]
+        vec![
+            stat(filename("a.py"), 5032, 5),
+            stat(filename("c.py"), 400, 1)
+        ]
     );
     assert_eq!(
         s2.compare_to(&s1, KeyType::Filename, false).unwrap(),
@@ -341,14 +368,17 @@ fn compare_to_cumulative_diffs_every_frame() {
 
 #[test]
 fn compare_to_sorts_by_absolute_size_diff_then_size() {
-    let old = snapshot(1, &[(0, 100, &[("x.rs", 1)], 1), (0, 50, &[("y.rs", 1)], 1)]);
+    let old = snapshot(
+        1,
+        &[(0, 100, &[("x.rs", 1)], 1), (0, 50, &[("y.rs", 1)], 1)],
+    );
     let new = snapshot(
         1,
         &[
-            (0, 90, &[("x.rs", 1)], 1),  // -10, size 90
-            (0, 60, &[("y.rs", 1)], 1),  // +10, size 60
-            (0, 10, &[("z.rs", 1)], 1),  // +10, size 10
-            (0, 10, &[("w.rs", 1)], 1),  // +10, size 10, count 1: tie broken by traceback
+            (0, 90, &[("x.rs", 1)], 1), // -10, size 90
+            (0, 60, &[("y.rs", 1)], 1), // +10, size 60
+            (0, 10, &[("z.rs", 1)], 1), // +10, size 10
+            (0, 10, &[("w.rs", 1)], 1), // +10, size 10, count 1: tie broken by traceback
         ],
     );
     let order: Vec<String> = new
@@ -393,7 +423,8 @@ fn format_traceback() {
     let (s, _) = create_snapshots();
     let tb = s.traceback_of(&s.traces[0]);
     let getline = |f: &str, l: u32| Some(format!("  <{f}, {l}>"));
-    let lines = |limit, most_recent_first| tb.format_with_source(limit, most_recent_first, &getline);
+    let lines =
+        |limit, most_recent_first| tb.format_with_source(limit, most_recent_first, &getline);
     let b4 = ["  File \"b.py\", line 4", "    <b.py, 4>"];
     let a2 = ["  File \"a.py\", line 2", "    <a.py, 2>"];
     assert_eq!(lines(None, false), [b4, a2].concat());
@@ -402,7 +433,10 @@ fn format_traceback() {
     assert_eq!(lines(None, true), [a2, b4].concat());
     assert_eq!(lines(Some(1), true), a2);
     assert_eq!(lines(Some(-1), true), b4);
-    assert_eq!(tb.format(None, false), ["  File \"b.py\", line 4", "  File \"a.py\", line 2"]);
+    assert_eq!(
+        tb.format(None, false),
+        ["  File \"b.py\", line 4", "  File \"a.py\", line 2"]
+    );
 }
 
 #[test]
@@ -432,7 +466,8 @@ fn filter_match_frame() {
 
 #[test]
 fn filter_match_filename() {
-    let m = |inclusive, name: &str, pattern: &str| Filter::new(inclusive, pattern).match_frame(name, 0);
+    let m =
+        |inclusive, name: &str, pattern: &str| Filter::new(inclusive, pattern).match_frame(name, 0);
     assert!(m(true, "abc", "abc"));
     assert!(!m(true, "12356", "abc"));
     assert!(!m(true, "<unknown>", "abc"));

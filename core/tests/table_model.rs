@@ -18,10 +18,25 @@ fn domain_of(id: TracebackId) -> u32 {
 
 #[derive(Clone, Debug)]
 enum TableOp {
-    Insert { addr: usize, size: u64, tb: u32 },
-    Remove { domain: u32, addr: usize },
-    Realloc { old: usize, new: usize, size: u64, tb: u32 },
-    Get { domain: u32, addr: usize },
+    Insert {
+        addr: usize,
+        size: u64,
+        tb: u32,
+    },
+    Remove {
+        domain: u32,
+        addr: usize,
+    },
+    Realloc {
+        old: usize,
+        new: usize,
+        size: u64,
+        tb: u32,
+    },
+    Get {
+        domain: u32,
+        addr: usize,
+    },
 }
 
 fn addr() -> impl Strategy<Value = usize> {
@@ -84,10 +99,18 @@ fn check_table(table: &TraceTable<'_>, model: &Model) {
     }
     let mut live: Vec<_> = table
         .iter()
-        .map(|s| ((domain_of(s.traceback()), s.addr()), (s.size(), s.traceback().index())))
+        .map(|s| {
+            (
+                (domain_of(s.traceback()), s.addr()),
+                (s.size(), s.traceback().index()),
+            )
+        })
         .collect();
     live.sort();
-    assert_eq!(live, model.iter().map(|(k, v)| (*k, *v)).collect::<Vec<_>>());
+    assert_eq!(
+        live,
+        model.iter().map(|(k, v)| (*k, *v)).collect::<Vec<_>>()
+    );
 }
 
 fn run_table(slot_count: usize, ops: &[TableOp]) {
@@ -183,9 +206,23 @@ proptest! {
 
 #[derive(Clone, Debug)]
 enum TracerOp {
-    Alloc { domain: u32, addr: usize, size: usize, site: usize },
-    Free { domain: u32, addr: usize },
-    Realloc { domain: u32, old: usize, new: usize, size: usize, site: usize },
+    Alloc {
+        domain: u32,
+        addr: usize,
+        size: usize,
+        site: usize,
+    },
+    Free {
+        domain: u32,
+        addr: usize,
+    },
+    Realloc {
+        domain: u32,
+        old: usize,
+        new: usize,
+        size: usize,
+        site: usize,
+    },
     ResetPeak,
     Clear,
 }

@@ -3,9 +3,9 @@
 //! A device has no room to build a snapshot in memory, so [`encode_tracer`] writes one straight
 //! from a live tracer into a [`Sink`] (a UART, defmt, semihosting) without allocating: every
 //! section starts with a count the tracer already knows, and the checksum is a trailer computed
-//! as the bytes go out. The host decodes it with [`Snapshot::load_bytes`] and resolves the raw
-//! addresses later with the firmware's debug info ([`Snapshot::resolve_addresses`]).
-//! [`Snapshot::dump_bytes`] writes the same format with resolved frames added.
+//! as the bytes go out. The host decodes it with `Snapshot::load_bytes` and resolves the raw
+//! addresses later with the firmware's debug info (`Snapshot::resolve_addresses`).
+//! `Snapshot::dump_bytes` writes the same format with resolved frames added.
 //!
 //! Layout, version 1 (every number an unsigned LEB128 varint unless noted):
 //!
@@ -211,11 +211,30 @@ impl<S: Sink> Writer<S> {
 
 /// Streams a snapshot of `tracer` into `sink` without allocating: Python's `take_snapshot()`
 /// followed by `dump()`, for a device. `traceback_limit` is the limit the adapter captures
-/// stacks with. Tracebacks carry raw addresses only; decode with [`Snapshot::load_bytes`] and
+/// stacks with. Tracebacks carry raw addresses only; decode with `Snapshot::load_bytes` and
 /// resolve them on the host.
 ///
 /// The caller holds the tracer's lock for the whole call, so the sink should be fast or the
 /// snapshot taken into a [`SliceSink`] first.
+///
+/// ```
+/// use tracemalloc_core::{encode_tracer, Slot, SliceSink, TracebackEntry, TracebackStorage};
+/// use tracemalloc_core::{Tracer, TracerStorage};
+///
+/// let (mut slots, mut entries) = ([Slot::EMPTY; 16], [TracebackEntry::EMPTY; 8]);
+/// let (mut index, mut frames) = ([0u32; 16], [0usize; 32]);
+/// let mut tracer = Tracer::new(TracerStorage {
+///     slots: &mut slots,
+///     tracebacks: TracebackStorage { entries: &mut entries, index: &mut index, frames: &mut frames },
+/// });
+/// tracer.record_alloc(0, 0x2000_0100, 64, &[0x0800_1234, 0x0800_0400], 2);
+///
+/// let mut buf = [0u8; 256];
+/// let mut sink = SliceSink::new(&mut buf);
+/// encode_tracer(&tracer, 16, &mut sink);
+/// let bytes = sink.written().expect("buffer large enough");
+/// assert_eq!(&bytes[..6], b"TMSNAP");
+/// ```
 pub fn encode_tracer<S: Sink>(tracer: &Tracer<'_>, traceback_limit: u16, sink: S) {
     let mut w = Writer::new(sink);
     w.header(
@@ -642,7 +661,11 @@ mod with_alloc {
                 16,
                 [
                     (0, 1000, tb.clone()),
-                    (3, 24, Traceback::new(alloc::vec![Frame::new("src/a.rs", 9)])),
+                    (
+                        3,
+                        24,
+                        Traceback::new(alloc::vec![Frame::new("src/a.rs", 9)]),
+                    ),
                     (0, 5, tb),
                 ],
             );
@@ -700,12 +723,18 @@ mod with_alloc {
         #[test]
         fn header_errors_are_typed() {
             let bytes = sample().dump_bytes();
-            assert_eq!(Snapshot::load_bytes(b"").unwrap_err(), DecodeError::Truncated { at: 0 });
+            assert_eq!(
+                Snapshot::load_bytes(b"").unwrap_err(),
+                DecodeError::Truncated { at: 0 }
+            );
             assert_eq!(
                 Snapshot::load_bytes(b"TMS").unwrap_err(),
                 DecodeError::Truncated { at: 3 }
             );
-            assert_eq!(Snapshot::load_bytes(b"PK\x03\x04").unwrap_err(), DecodeError::BadMagic);
+            assert_eq!(
+                Snapshot::load_bytes(b"PK\x03\x04").unwrap_err(),
+                DecodeError::BadMagic
+            );
             assert_eq!(
                 Snapshot::load_bytes(b"TMSNAP").unwrap_err(),
                 DecodeError::Truncated { at: 6 }
@@ -726,7 +755,10 @@ mod with_alloc {
             trailing.push(0);
             assert!(matches!(
                 Snapshot::load_bytes(&with_crc(&trailing)),
-                Err(DecodeError::Invalid { what: "bytes after the last trace", .. })
+                Err(DecodeError::Invalid {
+                    what: "bytes after the last trace",
+                    ..
+                })
             ));
         }
 

@@ -83,7 +83,10 @@ impl fmt::Display for JsonError {
         match self {
             JsonError::Syntax(e) => write!(f, "invalid JSON snapshot: {e}"),
             JsonError::WrongFormat(name) => {
-                write!(f, "not a JSON snapshot: format is {name:?}, expected {FORMAT:?}")
+                write!(
+                    f,
+                    "not a JSON snapshot: format is {name:?}, expected {FORMAT:?}"
+                )
             }
             JsonError::UnsupportedVersion(v) => {
                 write!(

@@ -1,0 +1,305 @@
+//! Property tests of the snapshot files: round trips keep statistics, a device stream decodes
+//! to what a host-side snapshot of the same tracer shows, and damaged files are refused
+//! without panicking.
+#![cfg(feature = "alloc")]
+
+use proptest::prelude::*;
+use tracemalloc_core::codec::{encode_tracer, DecodeError, SliceSink};
+use tracemalloc_core::snapshot::{snapshot_from_traces, AddressesOnly};
+use tracemalloc_core::{
+    Frame, KeyType, RawSnapshot, Resolver, Slot, Snapshot, Traceback, TracebackEntry,
+    TracebackStorage, Tracer, TracerStorage,
+};
+
+const FILES: [&str; 4] = ["src/main.rs", "src/cache.rs", "src/ünï.rs", "<unknown>"];
+const FUNCTIONS: [&str; 3] = [
+    "app::main",
+    "app::cache::insert",
+    "alloc::vec::Vec<T>::push",
+];
+
+fn frame() -> impl Strategy<Value = Frame> {
+    (
+        0..FILES.len(),
+        0u32..6,
+        proptest::option::of(0..FUNCTIONS.len()),
+    )
+        .prop_map(|(f, line, func)| Frame {
+            function: func.map(|i| FUNCTIONS[i].into()),
+            ..Frame::new(FILES[f], line)
+        })
+}
+
+fn snapshot() -> impl Strategy<Value = Snapshot> {
+    let traceback =
+        (proptest::collection::vec(frame(), 0..5), 0u16..8).prop_map(|(frames, extra)| {
+            let total_nframe = frames.len() as u16 + extra;
+            Traceback {
+                frames,
+                total_nframe,
+            }
+        });
+    let trace = (0u32..3, 0u64..100_000, traceback);
+    (
+        1u16..20,
+        proptest::collection::vec(trace, 0..40),
+        any::<u64>(),
+    )
+        .prop_map(|(limit, traces, memory)| {
+            let mut s = snapshot_from_traces(limit, traces);
+            s.tracer_memory = memory;
+            s
+        })
+}
+
+fn all_statistics(s: &Snapshot) -> Vec<String> {
+    let mut out = Vec::new();
+    for (key, cumulative) in [
+        (KeyType::Filename, false),
+        (KeyType::Lineno, false),
+        (KeyType::Traceback, false),
+        (KeyType::Filename, true),
+        (KeyType::Lineno, true),
+    ] {
+        for stat in s.statistics(key, cumulative).unwrap() {
+            out.push(format!(
+                "{key:?} {cumulative} {stat} {:?}",
+                stat.traceback.frames
+            ));
+        }
+    }
+    out
+}
+
+/// Tracebacks as addresses most recent first, then a traced allocation.
+#[derive(Clone, Debug)]
+struct Alloc {
+    domain: u32,
+    addr: usize,
+    size: usize,
+    stack: Vec<usize>,
+}
+
+fn allocs() -> impl Strategy<Value = Vec<Alloc>> {
+    let stack = proptest::collection::vec(
+        prop_oneof![
+            0x0800_0000usize..0x0800_0100,
+            Just(usize::MAX - 1),
+            1usize..4
+        ],
+        0..6,
+    );
+    proptest::collection::vec(
+        (0u32..2, 1usize..64, 0usize..5000, stack).prop_map(|(domain, a, size, stack)| Alloc {
+            domain,
+            addr: a * 16,
+            size,
+            stack,
+        }),
+        0..60,
+    )
+}
+
+struct Arrays {
+    slots: Vec<Slot>,
+    entries: Vec<TracebackEntry>,
+    index: Vec<u32>,
+    frames: Vec<usize>,
+}
+
+impl Arrays {
+    /// Small on purpose: the table and the traceback store both fill up.
+    fn new() -> Arrays {
+        Arrays {
+            slots: vec![Slot::EMPTY; 32],
+            entries: vec![TracebackEntry::EMPTY; 12],
+            index: vec![0; 32],
+            frames: vec![0; 40],
+        }
+    }
+
+    fn tracer(&mut self, allocs: &[Alloc]) -> Tracer<'_> {
+        let mut t = Tracer::new(TracerStorage {
+            slots: &mut self.slots,
+            tracebacks: TracebackStorage {
+                entries: &mut self.entries,
+                index: &mut self.index,
+                frames: &mut self.frames,
+            },
+        });
+        for (i, a) in allocs.iter().enumerate() {
+            t.record_alloc(a.domain, a.addr, a.size, &a.stack, a.stack.len() as u16 + 1);
+            if i % 5 == 4 {
+                t.record_free(a.domain, allocs[i / 2].addr);
+            }
+        }
+        t
+    }
+}
+
+/// Names addresses deterministically; some are inlined (two frames), small ones hidden.
+struct FakeSymbols;
+
+impl Resolver for FakeSymbols {
+    fn resolve(&mut self, address: usize, out: &mut Vec<Frame>) -> bool {
+        match address {
+            1..=3 => true,
+            a if a % 3 == 0 => {
+                out.push(Frame::new("src/inlined.rs", (a % 7) as u32));
+                out.push(Frame::new(FILES[a % 3], (a % 11) as u32));
+                true
+            }
+            a if a % 3 == 1 => {
+                out.push(Frame::new(FILES[a % 4], (a % 5) as u32));
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+fn device_bytes(tracer: &Tracer<'_>) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    encode_tracer(tracer, 8, &mut bytes);
+    bytes
+}
+
+proptest! {
+    #[test]
+    fn binary_round_trip_preserves_statistics(s in snapshot()) {
+        let back = Snapshot::load_bytes(&s.dump_bytes()).unwrap();
+        prop_assert_eq!(all_statistics(&back), all_statistics(&s));
+        prop_assert_eq!(&back.tracebacks, &s.tracebacks);
+        prop_assert_eq!(back.counters, s.counters);
+        prop_assert_eq!(back.tracer_memory, s.tracer_memory);
+        let diffs = back.compare_to(&s, KeyType::Lineno, false).unwrap();
+        prop_assert!(diffs.iter().all(|d| d.size_diff == 0 && d.count_diff == 0));
+    }
+
+    #[cfg(feature = "json")]
+    #[test]
+    fn json_round_trip_preserves_statistics(s in snapshot()) {
+        let back = Snapshot::from_json(&s.to_json()).unwrap();
+        prop_assert_eq!(all_statistics(&back), all_statistics(&s));
+        prop_assert_eq!(back.counters, s.counters);
+        prop_assert_eq!(back.traceback_limit, s.traceback_limit);
+    }
+
+    /// What a device streams decodes to the statistics a host-side snapshot of the same tracer
+    /// gives, before and after resolving the addresses.
+    #[test]
+    fn device_stream_matches_a_host_snapshot(allocs in allocs()) {
+        let mut arrays = Arrays::new();
+        let tracer = arrays.tracer(&allocs);
+        let mut raw = RawSnapshot::new(8);
+        raw.add(&tracer);
+        let bytes = device_bytes(&tracer);
+
+        let mut decoded = Snapshot::load_bytes(&bytes).unwrap();
+        prop_assert_eq!(decoded.traces.len(), tracer.table().len());
+        prop_assert_eq!(decoded.counters, *tracer.counters());
+        prop_assert_eq!(decoded.traceback_limit, 8);
+        let total: u64 = decoded.traces.iter().map(|t| t.size).sum();
+        prop_assert_eq!(total, tracer.counters().current);
+
+        let host = raw.clone().resolve(&mut AddressesOnly);
+        prop_assert_eq!(all_statistics(&decoded), all_statistics(&host));
+
+        decoded.resolve_addresses(&mut FakeSymbols);
+        let host = raw.resolve(&mut FakeSymbols);
+        prop_assert_eq!(all_statistics(&decoded), all_statistics(&host));
+
+        // The fixed-buffer sink writes the same bytes, or says how many it needs.
+        let mut buf = vec![0u8; bytes.len()];
+        let mut sink = SliceSink::new(&mut buf);
+        encode_tracer(&tracer, 8, &mut sink);
+        prop_assert_eq!(sink.written(), Some(&bytes[..]));
+        let mut small = vec![0u8; bytes.len() - 1];
+        let mut sink = SliceSink::new(&mut small);
+        encode_tracer(&tracer, 8, &mut sink);
+        prop_assert_eq!((sink.written(), sink.needed()), (None, bytes.len()));
+    }
+
+    /// Every truncation and every single changed byte of real files is refused.
+    #[test]
+    fn truncated_or_flipped_files_are_refused(
+        s in snapshot(),
+        allocs in allocs(),
+        at in any::<prop::sample::Index>(),
+        xor in 1u8..=255,
+    ) {
+        let mut arrays = Arrays::new();
+        let tracer = arrays.tracer(&allocs);
+        for bytes in [s.dump_bytes(), device_bytes(&tracer)] {
+            for len in 0..bytes.len() {
+                prop_assert!(Snapshot::load_bytes(&bytes[..len]).is_err());
+            }
+            let mut flipped = bytes.clone();
+            let i = at.index(bytes.len());
+            flipped[i] ^= xor;
+            let err = Snapshot::load_bytes(&flipped).unwrap_err();
+            match i {
+                0..=5 => prop_assert_eq!(err, DecodeError::BadMagic),
+                6 => prop_assert!(matches!(err, DecodeError::UnsupportedVersion(_)), "{:?}", err),
+                _ => prop_assert!(matches!(err, DecodeError::Checksum { .. }), "{:?}", err),
+            }
+        }
+    }
+
+    /// Several changed bytes anywhere never make the decoder panic.
+    #[test]
+    fn damaged_files_never_panic(
+        s in snapshot(),
+        flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..16),
+    ) {
+        let mut bytes = s.dump_bytes();
+        for (at, value) in flips {
+            let i = at.index(bytes.len());
+            bytes[i] = value;
+        }
+        let _ = Snapshot::load_bytes(&bytes);
+    }
+}
+
+#[test]
+fn device_snapshot_reports_store_overflow_and_unknown_stacks() {
+    let mut arrays = Arrays::new();
+    // 40 pool frames: the fifth 9-frame stack no longer fits, and one stack is empty.
+    let mut allocs: Vec<Alloc> = (0..6)
+        .map(|i| Alloc {
+            domain: 0,
+            addr: 16 * (i + 1),
+            size: 10,
+            stack: (0..9).map(|f| 0x0800_0000 + 0x100 * i + f).collect(),
+        })
+        .collect();
+    allocs.push(Alloc {
+        domain: 0,
+        addr: 0x1000,
+        size: 7,
+        stack: Vec::new(),
+    });
+    let mut t = Tracer::new(TracerStorage {
+        slots: &mut arrays.slots,
+        tracebacks: TracebackStorage {
+            entries: &mut arrays.entries,
+            index: &mut arrays.index,
+            frames: &mut arrays.frames,
+        },
+    });
+    for a in &allocs {
+        t.record_alloc(a.domain, a.addr, a.size, &a.stack, a.stack.len() as u16);
+    }
+    let decoded = Snapshot::load_bytes(&device_bytes(&t)).unwrap();
+    let stats: Vec<String> = decoded
+        .statistics(KeyType::Filename, false)
+        .unwrap()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert!(
+        stats.contains(&"<traceback store full>:0: size=20 B, count=2, average=10 B".to_string()),
+        "{stats:?}"
+    );
+    assert!(stats.contains(&"<unknown>:0: size=7 B, count=1, average=7 B".to_string()));
+}
