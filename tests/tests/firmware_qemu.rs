@@ -1,0 +1,164 @@
+//! End to end on a microcontroller: builds the example firmware, runs it in QEMU
+//! (`ci/firmware.sh`), compares its decoded defmt log with the golden file, then renders the
+//! snapshots it wrote through semihosting with the `tracemalloc` CLI against the firmware's ELF
+//! and checks that the leaking line is the top site and the top growth site.
+//!
+//! Needs qemu-system-arm, arm-none-eabi-size, defmt-print and the thumbv6m/thumbv7m targets
+//! (`ci/install.sh`). Set `TRACEMALLOC_SKIP_QEMU=1` to skip it on a machine without them, and
+//! `TRACEMALLOC_BLESS=1` to rewrite the golden file after an intended change.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The decoded log with what varies between builds masked: frame addresses.
+fn stable_part(log: &str) -> String {
+    let mut out = String::new();
+    for line in log.lines() {
+        match line.find("frames=[") {
+            Some(at) => {
+                out.push_str(&line[..at]);
+                out.push_str("frames=[..]");
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// The number after `key=` in `line`.
+fn field(line: &str, key: &str) -> u64 {
+    let rest = &line[line
+        .find(&format!("{key}="))
+        .unwrap_or_else(|| panic!("no {key} in {line}"))
+        + key.len()
+        + 1..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().unwrap()
+}
+
+/// `src/main.rs:N` of the firmware line marked as the leak.
+fn leak_site() -> String {
+    let source =
+        std::fs::read_to_string(root().join("adapter-embedded/firmware/src/main.rs")).unwrap();
+    let line = source
+        .lines()
+        .position(|l| l.contains("// the leak:"))
+        .expect("the firmware marks its leaking line")
+        + 1;
+    format!("src/main.rs:{line}")
+}
+
+fn cli(args: &[&str]) -> String {
+    let mut out = Vec::new();
+    let args = args.iter().map(|s| s.to_string()).collect();
+    tracemalloc::cli::run(args, &mut out).unwrap_or_else(|e| panic!("tracemalloc CLI: {e}"));
+    String::from_utf8(out).unwrap()
+}
+
+#[test]
+fn firmware_in_qemu_reports_the_leaking_line_as_top_growth_site() {
+    if std::env::var_os("TRACEMALLOC_SKIP_QEMU").is_some() {
+        eprintln!("skipped: TRACEMALLOC_SKIP_QEMU is set");
+        return;
+    }
+    let root = root();
+    let out = root.join("target/firmware-test");
+    let status = Command::new("bash")
+        .arg(root.join("ci/firmware.sh"))
+        .env("OUT", &out)
+        .status()
+        .expect("bash runs ci/firmware.sh");
+    let log = std::fs::read_to_string(out.join("log.txt")).unwrap_or_default();
+    assert!(status.success(), "ci/firmware.sh failed:\n{log}");
+
+    // 1. The device's own report, as users see it in the defmt log.
+    let golden_path = root.join("adapter-embedded/firmware/expected/log.out");
+    let actual = stable_part(&log);
+    if std::env::var_os("TRACEMALLOC_BLESS").is_some() {
+        std::fs::create_dir_all(golden_path.parent().unwrap()).unwrap();
+        std::fs::write(&golden_path, &actual).unwrap();
+    }
+    let golden = std::fs::read_to_string(&golden_path).unwrap();
+    assert_eq!(
+        actual,
+        golden,
+        "decoded defmt log differs from {}",
+        golden_path.display()
+    );
+
+    let check = log.lines().find(|l| l.contains("check: traced=")).unwrap();
+    let (traced, requested, used) = (
+        field(check, "traced"),
+        field(check, "requested"),
+        field(check, "used"),
+    );
+    assert_eq!(
+        traced, requested,
+        "traced bytes are the bytes the firmware requested"
+    );
+    assert!(
+        traced <= used,
+        "traced bytes never exceed the heap's used(): {check}"
+    );
+    assert!(log.contains("check: passed"));
+    assert!(
+        log.contains("45 interrupt allocations"),
+        "SysTick allocated: {log}"
+    );
+    let growth = log
+        .lines()
+        .skip_while(|l| !l.contains("by growth since baseline"))
+        .nth(1)
+        .unwrap();
+    assert!(
+        growth.contains("(+2560) count=40 (+40)"),
+        "the outbox payloads grow most: {growth}"
+    );
+
+    // 2. The host's report of the dumped snapshots, resolved with the firmware's debug info.
+    let elf = out.join("firmware.elf");
+    let (elf, snapshot, baseline) = (
+        elf.to_str().unwrap(),
+        out.join("snapshot.tmsnap"),
+        out.join("baseline.tmsnap"),
+    );
+    let leak = leak_site();
+    let stats = cli(&[
+        "stats",
+        snapshot.to_str().unwrap(),
+        "--elf",
+        elf,
+        "--key",
+        "lineno",
+    ]);
+    let top = stats.lines().next().unwrap_or_default();
+    // The path is relative to the workspace the ELF sits in, so only its end is fixed.
+    let (site, rest) = top.split_once(": ").unwrap_or_default();
+    assert!(
+        site.ends_with(&leak) && rest.starts_with("size=2880 B, count=45"),
+        "top site is the leak:\n{stats}"
+    );
+    let compare = cli(&[
+        "compare",
+        baseline.to_str().unwrap(),
+        snapshot.to_str().unwrap(),
+        "--elf",
+        elf,
+        "--key",
+        "lineno",
+    ]);
+    let top = compare.lines().next().unwrap_or_default();
+    let (site, rest) = top.split_once(": ").unwrap_or_default();
+    assert!(
+        site.ends_with(&leak) && rest.starts_with("size=2880 B (+2560 B), count=45 (+40)"),
+        "top growth site is the leak:\n{compare}"
+    );
+}
