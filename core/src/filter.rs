@@ -141,7 +141,8 @@ impl<'f> Compiled<'f> {
     }
 
     fn match_frame_impl(&self, filename: &str, lineno: u32) -> bool {
-        self.pattern.matches(filename) && self.filter.lineno.is_none_or_eq(lineno)
+        let line_matches = self.filter.lineno.is_none() || self.filter.lineno == Some(lineno);
+        self.pattern.matches(filename) && line_matches
     }
 
     /// Frames most recent first; none reads as CPython's single `<unknown>:0` frame.
@@ -174,16 +175,6 @@ impl<'f> Compiled<'f> {
             Some(d) => res || domain != d,
             None => res,
         }
-    }
-}
-
-trait LinenoExt {
-    fn is_none_or_eq(&self, lineno: u32) -> bool;
-}
-
-impl LinenoExt for Option<u32> {
-    fn is_none_or_eq(&self, lineno: u32) -> bool {
-        self.map_or(true, |l| l == lineno)
     }
 }
 
