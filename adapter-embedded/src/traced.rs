@@ -419,3 +419,125 @@ where
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use std::alloc::System;
+    use std::boxed::Box;
+    use std::sync::atomic::AtomicUsize;
+
+    /// `System`, counting bytes as a heap's `used()` would.
+    struct Counted(AtomicUsize);
+
+    // SAFETY: forwards to `System` unchanged.
+    unsafe impl GlobalAlloc for Counted {
+        unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+            self.0.fetch_add(l.size(), Ordering::Relaxed);
+            // SAFETY: the caller's contract is passed on.
+            unsafe { System.alloc(l) }
+        }
+        unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+            self.0.fetch_sub(l.size(), Ordering::Relaxed);
+            // SAFETY: the caller's contract is passed on.
+            unsafe { System.dealloc(p, l) }
+        }
+    }
+
+    impl Heap for Counted {
+        fn used(&self) -> usize {
+            self.0.load(Ordering::Relaxed)
+        }
+        fn free(&self) -> usize {
+            usize::MAX
+        }
+    }
+
+    type Small = TracedHeap<Counted, 8, 4, 16, 2>;
+
+    fn heap() -> &'static Small {
+        Box::leak(Box::new(Small::new(Counted(AtomicUsize::new(0)))))
+    }
+
+    fn layout(size: usize) -> Layout {
+        Layout::from_size_align(size, 8).unwrap()
+    }
+
+    #[test]
+    fn nothing_is_traced_before_start_or_after_stop() {
+        let h = heap();
+        // SAFETY: nonzero layouts; every block is freed with its layout.
+        unsafe {
+            let a = h.alloc(layout(16));
+            assert_eq!(h.counters(), Counters::default());
+            h.start(CallStacks::ReturnAddress);
+            let b = h.alloc(layout(32));
+            h.dealloc(a, layout(16)); // untraced block: not an error
+            assert_eq!(h.traced_memory(), (32, 32));
+            h.stop();
+            assert!(!h.is_tracing());
+            assert_eq!(h.counters(), Counters::default());
+            h.dealloc(b, layout(32));
+        }
+    }
+
+    #[test]
+    fn full_table_counts_blocks_as_untraced_and_traced_stays_within_used() {
+        let h = heap();
+        h.start(CallStacks::ReturnAddress);
+        assert_eq!(h.trace_capacity(), 6);
+        let blocks: std::vec::Vec<_> = (0..8)
+            // SAFETY: nonzero layout.
+            .map(|_| unsafe { h.alloc(layout(10)) })
+            .collect();
+        let c = h.counters();
+        assert_eq!((c.traces, c.current), (6, 60));
+        assert_eq!((c.untraced_blocks, c.untraced_bytes), (2, 20));
+        assert!(c.current <= h.heap().used() as u64);
+        for b in blocks {
+            // SAFETY: allocated above with this layout.
+            unsafe { h.dealloc(b, layout(10)) };
+        }
+        assert_eq!(h.traced_memory(), (0, 60));
+        h.reset_peak();
+        assert_eq!(h.traced_memory(), (0, 0));
+    }
+
+    #[test]
+    fn realloc_moves_the_trace_to_the_new_size() {
+        let h = heap();
+        h.start(CallStacks::ReturnAddress);
+        // SAFETY: nonzero layouts; the block is freed with its final layout.
+        unsafe {
+            let a = h.alloc_zeroed(layout(8));
+            let b = h.realloc(a, layout(8), 100);
+            assert_eq!(h.traced_memory(), (100, 100));
+            h.dealloc(b, layout(100));
+        }
+        assert_eq!(h.counters().traces, 0);
+    }
+
+    #[test]
+    fn baseline_diffs_and_snapshots_come_from_the_same_tracer() {
+        let h = heap();
+        h.start(CallStacks::ReturnAddress);
+        // SAFETY: nonzero layouts; blocks freed with their layouts.
+        unsafe {
+            let a = h.alloc(layout(8));
+            h.mark_baseline();
+            let b = h.alloc(layout(24));
+            let r = h.report::<2>(Order::Growth);
+            // Off Cortex-M stacks are empty, so every block shares one site.
+            assert_eq!(r.sites.len(), 1);
+            assert_eq!((r.sites[0].size, r.sites[0].size_diff), (32, 24));
+            assert_eq!(r.heap_used, 32);
+            let mut buf = [0u8; 256];
+            let mut sink = tracemalloc_core::codec::SliceSink::new(&mut buf);
+            assert!(h.write_snapshot(&mut sink));
+            assert!(sink.written().unwrap().starts_with(b"TMSNAP"));
+            h.dealloc(a, layout(8));
+            h.dealloc(b, layout(24));
+        }
+    }
+}
