@@ -51,7 +51,7 @@ impl CliError {
 impl fmt::Display for CliError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            CliError::Usage(m) => write!(f, "{m}\n{USAGE}"),
+            CliError::Usage(m) => write!(f, "{m} (tracemalloc --help shows the usage)"),
             CliError::File(e) => write!(f, "{e}"),
             CliError::Failed(m) => f.write_str(m),
         }
@@ -99,9 +99,13 @@ fn parse_pattern(inclusive: bool, value: &str) -> Filter {
     Filter::new(inclusive, value)
 }
 
-fn parse(args: Vec<String>) -> Result<Options, CliError> {
+/// The options, or `None` when help was asked for.
+fn parse(args: Vec<String>) -> Result<Option<Options>, CliError> {
     let mut args = args.into_iter();
     let command = args.next().ok_or_else(|| usage("no command given"))?;
+    if command == "-h" || command == "--help" {
+        return Ok(None);
+    }
     let mut positional = Vec::new();
     let mut options = Options {
         command: Command::Stats(PathBuf::new()),
@@ -143,7 +147,7 @@ fn parse(args: Vec<String>) -> Result<Options, CliError> {
                 let value = args.next().ok_or_else(|| usage("--elf needs a file"))?;
                 options.elf = Some(PathBuf::from(value));
             }
-            "-h" | "--help" => return Err(usage("help")),
+            "-h" | "--help" => return Ok(None),
             flag if flag.starts_with('-') && flag.len() > 1 => {
                 return Err(usage(format!("unknown option {flag:?}")));
             }
@@ -176,7 +180,7 @@ fn parse(args: Vec<String>) -> Result<Options, CliError> {
             "--cumulative works with --key filename or lineno, not traceback",
         ));
     }
-    Ok(options)
+    Ok(Some(options))
 }
 
 fn open(path: &PathBuf, options: &Options) -> Result<Snapshot, CliError> {
@@ -199,7 +203,10 @@ fn take_limit<T>(items: Vec<T>, limit: usize) -> impl Iterator<Item = T> {
 
 /// Runs the command line `args` (without the program name), writing the report to `out`.
 pub fn run(args: Vec<String>, out: &mut dyn Write) -> Result<(), CliError> {
-    let options = parse(args)?;
+    let write_err = |e: std::io::Error| CliError::Failed(format!("cannot write the report: {e}"));
+    let Some(options) = parse(args)? else {
+        return writeln!(out, "{USAGE}").map_err(write_err);
+    };
     let write_err = |e: std::io::Error| CliError::Failed(format!("cannot write the report: {e}"));
     match &options.command {
         Command::Stats(path) => {
@@ -284,14 +291,14 @@ mod tests {
             "frob a",
             "stats a --key traceback --cumulative",
         ] {
-            let err = parse(args(bad)).unwrap_err();
+            let err = parse(args(bad)).map(|_| ()).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{bad}: {err}");
         }
     }
 
     #[test]
     fn defaults_are_lineno_and_ten() {
-        let o = parse(args("stats f")).unwrap();
+        let o = parse(args("stats f")).unwrap().unwrap();
         assert_eq!((o.key, o.limit, o.cumulative), (KeyType::Lineno, 10, false));
         assert_eq!(o.command, Command::Stats(PathBuf::from("f")));
     }

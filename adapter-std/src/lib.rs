@@ -128,7 +128,8 @@ pub struct Config {
     pub nframe: usize,
     /// Extra frames captured so that the allocator plumbing between the application and the
     /// allocator (`Vec::push` → `RawVec::grow_one` → … → `__rust_alloc`) does not use up the
-    /// limit. 0 captures exactly `nframe` raw frames.
+    /// limit. 0 captures exactly `nframe` raw frames. The default is 8 in optimized builds,
+    /// where most plumbing is inlined, and 24 in debug builds, where none is.
     pub hidden_frame_allowance: usize,
     /// Trace slots each of the 16 shards starts with (rounded up to a power of two).
     pub initial_slots_per_shard: usize,
@@ -147,7 +148,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             nframe: 1,
-            hidden_frame_allowance: 8,
+            hidden_frame_allowance: if cfg!(debug_assertions) { 24 } else { 8 },
             initial_slots_per_shard: 4096,
             grow: true,
             tracebacks_per_shard: 16 * 1024,

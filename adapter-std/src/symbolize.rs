@@ -183,6 +183,7 @@ fn is_plumbing(function: Option<&str>, file: Option<&str>) -> bool {
     const PREFIXES: &[&str] = &[
         "tracemalloc::",
         "tracemalloc_core::",
+        "tracemalloc_embedded::",
         "alloc::",
         "core::",
         "std::",

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The project's test command (README, .ci/run): installs what the tests need, then runs every
+# check CI runs, one function a job, in order. Stops at the first failure.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+job() { echo; echo "=== ci/test: $*"; }
+
+install() { job install; bash ci/install.sh; }
+
+format() { job "cargo fmt --check"; cargo fmt --all -- --check; }
+
+lint() {
+  job "cargo clippy -D warnings"
+  cargo clippy --workspace --all-targets -- -D warnings
+  cargo clippy -p tracemalloc-core --all-targets --all-features -- -D warnings
+}
+
+no_std() {
+  job "core builds for Cortex-M, without and with alloc"
+  for target in thumbv6m-none-eabi thumbv7m-none-eabi; do
+    cargo build -q -p tracemalloc-core --target "$target"
+  done
+  cargo build -q -p tracemalloc-core --target thumbv7m-none-eabi --features alloc
+}
+
+tests() {
+  # The firmware test (tests/tests/firmware_qemu.rs) builds the example firmware and runs it in
+  # QEMU through ci/firmware.sh.
+  job "cargo test"
+  cargo test --workspace
+}
+
+install
+format
+lint
+no_std
+tests

@@ -1,0 +1,306 @@
+//! The tracing allocator end to end: blocks allocated at known lines, in several threads, are
+//! reported at exactly those lines with exactly their sizes; realloc, zero-size, over-aligned and
+//! zeroed blocks, `object_traceback`, peaks, domains and errors behave as in Python.
+//!
+//! One process has one tracer, so the tests take turns (`serial`).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::sync::Mutex;
+
+use tracemalloc::{DomainFilter, Filter, KeyType, Snapshot, TraceFilter, TracingAllocator};
+
+/// The system allocator, remembering the last block it handed out, to check that the wrapper
+/// returns exactly what its inner allocator returns.
+struct Recording;
+
+thread_local! {
+    // Per thread: other threads (the test harness's) allocate at the same time.
+    static LAST_FROM_INNER: Cell<usize> = const { Cell::new(0) };
+}
+
+fn remember(p: *mut u8) {
+    let _ = LAST_FROM_INNER.try_with(|last| last.set(p as usize));
+}
+
+// SAFETY: forwards to `System` unchanged; only records the returned address.
+unsafe impl GlobalAlloc for Recording {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's contract is forwarded.
+        let p = unsafe { System.alloc(layout) };
+        remember(p);
+        p
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: the caller's contract is forwarded.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's contract is forwarded.
+        let p = unsafe { System.alloc_zeroed(layout) };
+        remember(p);
+        p
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: the caller's contract is forwarded.
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        remember(p);
+        p
+    }
+}
+
+#[global_allocator]
+static ALLOC: TracingAllocator<Recording> = TracingAllocator::new(Recording);
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+const THIS_FILE: &str = "tests/tests/allocator.rs";
+
+/// The line of this file holding `marker` (a comment on the allocating line).
+fn line_of(marker: &str) -> u32 {
+    let needle = format!("// {marker}");
+    include_str!("allocator.rs")
+        .lines()
+        .position(|l| l.trim_end().ends_with(&needle))
+        .unwrap_or_else(|| panic!("marker {marker} not found")) as u32
+        + 1
+}
+
+/// Statistics by line, for this file only.
+fn stats_here(snapshot: &Snapshot) -> Vec<(u32, u64, u64)> {
+    let only_here = [TraceFilter::Filter(Filter::new(true, THIS_FILE))];
+    snapshot
+        .filter_traces(&only_here)
+        .statistics(KeyType::Lineno, false)
+        .unwrap()
+        .iter()
+        .map(|s| (s.traceback.frames[0].lineno, s.size, s.count))
+        .collect()
+}
+
+fn find(stats: &[(u32, u64, u64)], line: u32) -> Option<(u64, u64)> {
+    stats.iter().find(|s| s.0 == line).map(|s| (s.1, s.2))
+}
+
+#[inline(never)]
+fn worker_a() -> Vec<Box<[u8]>> {
+    (0..100)
+        .map(|_| vec![1u8; 1000].into_boxed_slice())
+        .collect() // SITE-A
+}
+
+#[inline(never)]
+fn worker_b() -> Vec<Box<[u8]>> {
+    (0..50)
+        .map(|_| vec![2u8; 3000].into_boxed_slice())
+        .collect() // SITE-B
+}
+
+#[inline(never)]
+fn worker_c() -> Vec<Box<[u64]>> {
+    (0..25).map(|_| vec![3u64; 7].into_boxed_slice()).collect() // SITE-C
+}
+
+#[test]
+fn threads_allocating_at_once_are_reported_at_their_lines_with_exact_sizes() {
+    let _s = serial();
+    tracemalloc::start(8).unwrap();
+    let (a, b, c) = std::thread::scope(|s| {
+        let a = s.spawn(worker_a);
+        let b = s.spawn(worker_b);
+        let c = s.spawn(worker_c);
+        (a.join().unwrap(), b.join().unwrap(), c.join().unwrap())
+    });
+    let snapshot = tracemalloc::take_snapshot().unwrap();
+    let stats = stats_here(&snapshot);
+    // Each line allocates its blocks and the Vec that collects them (16-byte boxed slices).
+    let expect = |n: u64, block: u64| Some((n * block + n * 16, n + 1));
+    assert_eq!(
+        find(&stats, line_of("SITE-A")),
+        expect(100, 1000),
+        "{stats:?}"
+    );
+    assert_eq!(
+        find(&stats, line_of("SITE-B")),
+        expect(50, 3000),
+        "{stats:?}"
+    );
+    assert_eq!(find(&stats, line_of("SITE-C")), expect(25, 56), "{stats:?}");
+    drop((a, b, c));
+    let after = tracemalloc::take_snapshot().unwrap();
+    let stats = stats_here(&after);
+    for site in ["SITE-A", "SITE-B", "SITE-C"] {
+        assert_eq!(
+            find(&stats, line_of(site)),
+            None,
+            "{site} freed but still traced"
+        );
+    }
+    tracemalloc::stop();
+}
+
+#[test]
+fn realloc_moves_the_trace_to_the_growing_line_and_keeps_counts_exact() {
+    let _s = serial();
+    tracemalloc::start(4).unwrap();
+    let mut v: Vec<u8> = Vec::with_capacity(16); // REALLOC-FIRST
+    let before = tracemalloc::traced_memory().0;
+    v.reserve_exact(200_000); // REALLOC-GROW
+    let cap = v.capacity() as u64;
+    let stats = stats_here(&tracemalloc::take_snapshot().unwrap());
+    assert_eq!(
+        find(&stats, line_of("REALLOC-GROW")),
+        Some((cap, 1)),
+        "{stats:?}"
+    );
+    assert_eq!(find(&stats, line_of("REALLOC-FIRST")), None);
+    let grown = tracemalloc::traced_memory().0;
+    assert!(grown >= before + 200_000 - 16, "{before} -> {grown}");
+    v.shrink_to(1000); // REALLOC-SHRINK
+    let stats = stats_here(&tracemalloc::take_snapshot().unwrap());
+    assert_eq!(
+        find(&stats, line_of("REALLOC-SHRINK")),
+        Some((v.capacity() as u64, 1))
+    );
+    drop(v);
+    tracemalloc::stop();
+}
+
+#[test]
+fn zero_sized_values_allocate_nothing_and_add_no_trace() {
+    let _s = serial();
+    tracemalloc::start(1).unwrap();
+    let unit = Box::new(()); // ZST-BOX
+    let empty: Vec<u64> = Vec::with_capacity(0); // ZST-VEC
+    let stats = stats_here(&tracemalloc::take_snapshot().unwrap());
+    assert_eq!(find(&stats, line_of("ZST-BOX")), None);
+    assert_eq!(find(&stats, line_of("ZST-VEC")), None);
+    let one = Box::new(1u8); // ONE-BYTE
+    let stats = stats_here(&tracemalloc::take_snapshot().unwrap());
+    assert_eq!(find(&stats, line_of("ONE-BYTE")), Some((1, 1)));
+    drop(one);
+    drop((unit, empty));
+    tracemalloc::stop();
+}
+
+#[test]
+fn over_aligned_and_zeroed_blocks_are_traced_and_returned_unchanged() {
+    let _s = serial();
+    tracemalloc::start(2).unwrap();
+    let layout = Layout::from_size_align(10_000, 4096).unwrap();
+    // SAFETY: the layout has a non-zero size; the block is freed below with the same layout.
+    let aligned = unsafe { std::alloc::alloc(layout) }; // ALIGNED
+    assert!(!aligned.is_null());
+    assert_eq!(aligned as usize % 4096, 0);
+    assert_eq!(aligned as usize, LAST_FROM_INNER.with(Cell::get));
+    let zeroed = vec![0u8; 77_777]; // ZEROED
+    assert_eq!(zeroed.as_ptr() as usize, LAST_FROM_INNER.with(Cell::get));
+    assert!(zeroed.iter().all(|&b| b == 0));
+    let stats = stats_here(&tracemalloc::take_snapshot().unwrap());
+    assert_eq!(find(&stats, line_of("ALIGNED")), Some((10_000, 1)));
+    assert_eq!(find(&stats, line_of("ZEROED")), Some((77_777, 1)));
+    // SAFETY: allocated above with this layout.
+    unsafe { std::alloc::dealloc(aligned, layout) };
+    drop(zeroed);
+    tracemalloc::stop();
+}
+
+#[test]
+fn object_traceback_names_the_allocating_line() {
+    let _s = serial();
+    tracemalloc::start(3).unwrap();
+    let boxed = Box::new([5u8; 300]); // OBJECT
+    let tb = tracemalloc::object_traceback(&*boxed).expect("traced");
+    assert_eq!(&*tb.frames[0].filename, THIS_FILE);
+    assert_eq!(tb.frames[0].lineno, line_of("OBJECT"));
+    assert!(tb.frames.len() <= 3);
+    let on_stack = 5u8;
+    assert!(tracemalloc::object_traceback(&on_stack).is_none());
+    drop(boxed);
+    tracemalloc::stop();
+}
+
+#[test]
+fn traced_memory_peak_and_reset_follow_python() {
+    let _s = serial();
+    tracemalloc::start(1).unwrap();
+    let (base, _) = tracemalloc::traced_memory();
+    let big = vec![1u8; 1 << 20];
+    let (current, peak) = tracemalloc::traced_memory();
+    assert!(current >= base + (1 << 20));
+    drop(big);
+    let (after, peak_after) = tracemalloc::traced_memory();
+    assert!(after < current);
+    assert!(peak_after >= peak);
+    tracemalloc::reset_peak();
+    let (now, reset) = tracemalloc::traced_memory();
+    assert!(reset < 1 << 20 && reset >= now, "{now} {reset}");
+    assert!(tracemalloc::tracemalloc_memory() > 0);
+    tracemalloc::clear_traces();
+    assert_eq!(tracemalloc::traced_memory().0 < 1 << 20, true);
+    tracemalloc::stop();
+}
+
+#[test]
+fn errors_match_python() {
+    let _s = serial();
+    assert!(matches!(
+        tracemalloc::start(0),
+        Err(tracemalloc::Error::InvalidNframe(0))
+    ));
+    assert!(tracemalloc::start(65_536).is_err());
+    assert!(!tracemalloc::is_tracing());
+    assert!(matches!(
+        tracemalloc::take_snapshot(),
+        Err(tracemalloc::Error::NotTracing)
+    ));
+    tracemalloc::start(65_535).unwrap();
+    assert_eq!(tracemalloc::traceback_limit(), 65_535);
+    let deep = vec![1u8; 10]; // DEEP
+    let stats = stats_here(&tracemalloc::take_snapshot().unwrap());
+    assert_eq!(find(&stats, line_of("DEEP")), Some((10, 1)));
+    drop(deep);
+    tracemalloc::stop();
+    assert!(!tracemalloc::is_tracing());
+}
+
+#[test]
+fn tracked_foreign_memory_lives_in_its_own_domain() {
+    let _s = serial();
+    tracemalloc::start(2).unwrap();
+    let arena = [0u8; 64];
+    assert!(tracemalloc::track(7, &arena[0], 4096)); // TRACKED
+    let snapshot = tracemalloc::take_snapshot().unwrap();
+    let only7 = snapshot.filter_traces(&[TraceFilter::Domain(DomainFilter::new(true, 7))]);
+    assert_eq!(only7.traces.len(), 1);
+    assert_eq!(only7.traces[0].size, 4096);
+    let stats = stats_here(&only7);
+    assert_eq!(find(&stats, line_of("TRACKED")), Some((4096, 1)));
+    let not7 = snapshot.filter_traces(&[TraceFilter::Domain(DomainFilter::new(false, 7))]);
+    assert!(not7.traces.iter().all(|t| t.domain == 0));
+    assert!(tracemalloc::untrack(7, &arena[0]));
+    assert!(!tracemalloc::untrack(7, &arena[0]));
+    tracemalloc::stop();
+}
+
+#[test]
+fn many_live_blocks_grow_the_tables_without_losing_any() {
+    let _s = serial();
+    tracemalloc::start(1).unwrap();
+    let blocks: Vec<Box<u64>> = (0..200_000).map(Box::new).collect(); // MANY
+    let snapshot = tracemalloc::take_snapshot().unwrap();
+    assert_eq!(snapshot.counters.untraced_blocks, 0);
+    let stats = stats_here(&snapshot);
+    // The boxes and the Vec collecting them.
+    let collected = 200_000 * std::mem::size_of::<Box<u64>>() as u64;
+    assert_eq!(
+        find(&stats, line_of("MANY")),
+        Some((200_000 * 8 + collected, 200_001))
+    );
+    drop(blocks);
+    tracemalloc::stop();
+}
