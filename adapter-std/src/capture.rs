@@ -10,6 +10,8 @@
 //! Frames are stored as return address minus one: an address inside the call instruction, so that
 //! symbolization names the calling line even when the call is the last instruction of a line.
 
+use core::mem::MaybeUninit;
+
 /// How call stacks are captured.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Capture {
@@ -42,10 +44,16 @@ impl Capture {
 }
 
 /// Fills `out` with up to `out.len()` frames of the caller's stack, most recent first, skipping
-/// `skip` frames first. Returns `(frames written, total depth)`; the depth counts every frame
-/// the walk saw (saturating at `u16::MAX`), as CPython's `total_nframe` does.
+/// `skip` frames first. Returns `(n, total depth)`, where the first `n` elements of `out` are
+/// written; the depth counts every frame the walk saw (saturating at `u16::MAX`), as CPython's
+/// `total_nframe` does. `out` may be uninitialised: zeroing a 96-frame buffer on every
+/// allocation would cost more than walking the frames.
 #[inline(always)]
-pub(crate) fn capture(method: Capture, skip: usize, out: &mut [usize]) -> (usize, u16) {
+pub(crate) fn capture(
+    method: Capture,
+    skip: usize,
+    out: &mut [MaybeUninit<usize>],
+) -> (usize, u16) {
     match method {
         #[cfg(all(
             any(target_arch = "x86_64", target_arch = "aarch64"),
@@ -56,7 +64,7 @@ pub(crate) fn capture(method: Capture, skip: usize, out: &mut [usize]) -> (usize
     }
 }
 
-fn unwind(skip: usize, out: &mut [usize]) -> (usize, u16) {
+fn unwind(skip: usize, out: &mut [MaybeUninit<usize>]) -> (usize, u16) {
     let mut seen = 0usize;
     let mut written = 0usize;
     // SAFETY: `trace_unsynchronized` requires that no other thread unwinds through it at the
@@ -64,11 +72,9 @@ fn unwind(skip: usize, out: &mut [usize]) -> (usize, u16) {
     // thread-safe on the platforms std supports, and our callback neither panics nor unwinds.
     unsafe {
         backtrace::trace_unsynchronized(|frame| {
-            if seen >= skip {
-                if written < out.len() {
-                    out[written] = (frame.ip() as usize).saturating_sub(1);
-                    written += 1;
-                }
+            if seen >= skip && written < out.len() {
+                out[written].write((frame.ip() as usize).saturating_sub(1));
+                written += 1;
             }
             seen += 1;
             seen < u16::MAX as usize
@@ -86,6 +92,7 @@ fn unwind(skip: usize, out: &mut [usize]) -> (usize, u16) {
 ))]
 mod frame_pointers {
     use core::cell::Cell;
+    use core::mem::MaybeUninit;
 
     thread_local! {
         /// This thread's stack as `(low, high)`; `(0, 0)` until read, `(1, 0)` when unknown.
@@ -133,7 +140,7 @@ mod frame_pointers {
     }
 
     #[inline(always)]
-    pub(super) fn walk(skip: usize, out: &mut [usize]) -> (usize, u16) {
+    pub(super) fn walk(skip: usize, out: &mut [MaybeUninit<usize>]) -> (usize, u16) {
         let (_, high) = match STACK.try_with(Cell::get) {
             Ok((0, 0)) | Err(_) => read_stack_bounds(),
             Ok(bounds) => bounds,
@@ -160,7 +167,7 @@ mod frame_pointers {
                 break;
             }
             if seen >= skip && written < out.len() {
-                out[written] = ret - 1;
+                out[written].write(ret - 1);
                 written += 1;
             }
             seen += 1;
@@ -182,9 +189,16 @@ mod tests {
 
     #[inline(never)]
     fn leaf(method: Capture) -> (Vec<usize>, u16) {
-        let mut buf = [0usize; 64];
+        let mut buf = [MaybeUninit::new(0usize); 64];
         let (n, total) = capture(method, 0, &mut buf);
-        (buf[..n].to_vec(), total)
+        // SAFETY: `capture` wrote the first `n` elements (they were initialised anyway).
+        (
+            buf[..n]
+                .iter()
+                .map(|f| unsafe { f.assume_init() })
+                .collect(),
+            total,
+        )
     }
 
     #[inline(never)]
@@ -209,7 +223,7 @@ mod tests {
 
     #[test]
     fn capture_respects_the_buffer_and_counts_the_total() {
-        let mut buf = [0usize; 2];
+        let mut buf = [MaybeUninit::new(0usize); 2];
         let (n, total) = capture(Capture::Auto.resolved(), 0, &mut buf);
         assert_eq!(n, 2);
         assert!(total >= 2);

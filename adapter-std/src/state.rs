@@ -12,6 +12,7 @@
 //! tracing is on, or the wrapper is not the global allocator and it says so.
 
 use core::alloc::{GlobalAlloc, Layout};
+use core::mem::MaybeUninit;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering::*};
 
 use tracemalloc_core::table::Slot;
@@ -226,7 +227,9 @@ fn allocate_tracer(inner: &dyn GlobalAlloc, config: &Config) -> Option<Tracer<'s
     let slots = config.initial_slots_per_shard.next_power_of_two();
     let entries = config.tracebacks_per_shard.max(2);
     let index = (entries * 2).next_power_of_two();
-    let frames = entries * config.nframe.min(64).max(4);
+    // Room for every entry to hold a full capture (deeper limits share a bounded pool).
+    let depth = config.nframe.saturating_add(config.hidden_frame_allowance);
+    let frames = entries * depth.clamp(4, STACK_FRAMES);
     Some(Tracer::new(TracerStorage {
         slots: allocate_array::<Slot>(inner, slots)?,
         tracebacks: TracebackStorage {
@@ -238,7 +241,8 @@ fn allocate_tracer(inner: &dyn GlobalAlloc, config: &Config) -> Option<Tracer<'s
 }
 
 thread_local! {
-    static DEEP_FRAMES: core::cell::RefCell<Vec<usize>> = const { core::cell::RefCell::new(Vec::new()) };
+    static DEEP_FRAMES: core::cell::RefCell<Vec<MaybeUninit<usize>>> =
+        const { core::cell::RefCell::new(Vec::new()) };
 }
 
 /// Captures the caller's stack and runs `f` with it.
@@ -251,15 +255,20 @@ fn with_stack<R>(f: impl FnOnce(&[usize], u16) -> R) -> R {
         Capture::Unwinder
     };
     if depth <= STACK_FRAMES {
-        let mut buf = [0usize; STACK_FRAMES];
+        let mut buf = [MaybeUninit::<usize>::uninit(); STACK_FRAMES];
         let (n, total) = capture(method, 0, &mut buf[..depth]);
-        f(&buf[..n], total)
+        // SAFETY: `capture` initialised the first `n` elements, and `MaybeUninit<usize>` has
+        // the layout of `usize`.
+        let frames = unsafe { core::slice::from_raw_parts(buf.as_ptr().cast::<usize>(), n) };
+        f(frames, total)
     } else {
         // Limits beyond the stack buffer: a per-thread buffer, allocated under the guard.
         DEEP_FRAMES.with_borrow_mut(|buf| {
-            buf.resize(depth, 0);
+            buf.resize(depth, MaybeUninit::new(0));
             let (n, total) = capture(method, 0, buf);
-            f(&buf[..n], total)
+            // SAFETY: as above; the buffer is initialised anyway.
+            let frames = unsafe { core::slice::from_raw_parts(buf.as_ptr().cast::<usize>(), n) };
+            f(frames, total)
         })
     }
 }

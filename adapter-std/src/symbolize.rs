@@ -283,7 +283,7 @@ mod tests {
     fn own_executable_resolves_a_function_address() {
         let mut resolver = ElfResolver::for_current_process().expect("own executable");
         resolver.show_plumbing(true);
-        let address = own_executable_resolves_a_function_address as usize;
+        let address = own_executable_resolves_a_function_address as fn() as usize;
         let mut out = Vec::new();
         assert!(resolver.resolve(address, &mut out));
         assert!(
