@@ -1,0 +1,447 @@
+//! Runs every variant of every workload interleaved and prints median times and ratios.
+//!
+//! Each round runs each variant of a workload once, in an order shuffled anew every round, so
+//! a burst of load from other processes lands on different variants in different rounds; the
+//! medians over rounds then drop it. The variant binaries must sit next to this one (build them
+//! with `cargo build --release -p tracemalloc-bench`).
+//!
+//! ```text
+//! compare [--rounds N] [--workloads hashmap,json,...] [--no-main] [--no-sweep] [--no-memory]
+//!         [--no-heaptrack] [--no-dhat] [--svg PATH]
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use tracemalloc_bench::report::{markdown_table, median, median_ratio, overhead_svg, Threshold};
+use tracemalloc_bench::{parse_seconds, Workload};
+
+const HEAPTRACK: &str = "/usr/bin/heaptrack";
+const SWEEP_NFRAMES: [usize; 7] = [1, 2, 4, 8, 16, 32, 64];
+
+struct Options {
+    rounds: usize,
+    workloads: Vec<Workload>,
+    main: bool,
+    sweep: bool,
+    memory: bool,
+    heaptrack: bool,
+    dhat: bool,
+    svg: PathBuf,
+}
+
+fn options() -> Result<Options, String> {
+    let mut o = Options {
+        rounds: 5,
+        workloads: Workload::ALL.to_vec(),
+        main: true,
+        sweep: true,
+        memory: true,
+        heaptrack: Path::new(HEAPTRACK).exists(),
+        dhat: true,
+        svg: PathBuf::from("BENCHMARKS-overhead.svg"),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--rounds" => {
+                o.rounds = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .filter(|&n| n > 0)
+                    .ok_or("--rounds needs a positive number")?
+            }
+            "--workloads" => {
+                o.workloads = args
+                    .next()
+                    .ok_or("--workloads needs a list")?
+                    .split(',')
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()?
+            }
+            "--svg" => o.svg = args.next().ok_or("--svg needs a path")?.into(),
+            "--no-main" => o.main = false,
+            "--no-sweep" => o.sweep = false,
+            "--no-memory" => o.memory = false,
+            "--no-heaptrack" => o.heaptrack = false,
+            "--no-dhat" => o.dhat = false,
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(o)
+}
+
+/// One way of running a workload.
+#[derive(Clone)]
+struct Variant {
+    /// Column name.
+    label: String,
+    /// Binary next to this one.
+    bin: &'static str,
+    args: Vec<String>,
+    /// Run under heaptrack.
+    heaptrack: bool,
+    /// Label of the variant this one's ratio is taken against.
+    baseline: String,
+}
+
+impl Variant {
+    fn new(label: &str, bin: &'static str, args: &[&str], baseline: &str) -> Variant {
+        Variant {
+            label: label.to_string(),
+            bin,
+            args: args.iter().map(|s| s.to_string()).collect(),
+            heaptrack: false,
+            baseline: baseline.to_string(),
+        }
+    }
+}
+
+const UNTRACED: &str = "untraced";
+const UNTRACED_2T: &str = "untraced 2T";
+const OFF: &str = "off";
+const NFRAME1: &str = "nframe 1";
+const NFRAME16: &str = "nframe 16";
+const NFRAME16_2T: &str = "nframe 16 2T";
+const MODALLOC: &str = "mod-alloc";
+const DHAT: &str = "dhat-rs";
+const HEAPTRACK_LABEL: &str = "heaptrack";
+
+/// Column order of the main tables.
+const COLUMNS: [&str; 9] = [
+    UNTRACED,
+    OFF,
+    NFRAME1,
+    NFRAME16,
+    UNTRACED_2T,
+    NFRAME16_2T,
+    MODALLOC,
+    DHAT,
+    HEAPTRACK_LABEL,
+];
+
+fn variants(w: Workload, o: &Options) -> Vec<Variant> {
+    let name = w.name();
+    let mut v = vec![
+        Variant::new(UNTRACED, "untraced", &[name], UNTRACED),
+        Variant::new(OFF, "traced", &[name, "--off"], UNTRACED),
+        Variant::new(NFRAME1, "traced", &[name, "--nframe", "1"], UNTRACED),
+        Variant::new(NFRAME16, "traced", &[name, "--nframe", "16"], UNTRACED),
+        Variant::new(MODALLOC, "modalloc", &[name], UNTRACED),
+    ];
+    if !w.is_multithreaded() {
+        // Two copies of the workload at once: contention on the tracer's locks and counters.
+        v.push(Variant::new(
+            UNTRACED_2T,
+            "untraced",
+            &[name, "--threads", "2"],
+            UNTRACED_2T,
+        ));
+        v.push(Variant::new(
+            NFRAME16_2T,
+            "traced",
+            &[name, "--nframe", "16", "--threads", "2"],
+            UNTRACED_2T,
+        ));
+    }
+    if o.dhat {
+        v.push(Variant::new(DHAT, "dhat", &[name], UNTRACED));
+    }
+    if o.heaptrack {
+        let mut h = Variant::new(HEAPTRACK_LABEL, "untraced", &[name], UNTRACED);
+        h.heaptrack = true;
+        v.push(h);
+    }
+    v
+}
+
+/// Runs one variant once; its wall time in seconds, or NaN when it failed.
+fn run(dir: &Path, v: &Variant) -> f64 {
+    let bin = dir.join(v.bin);
+    let mut cmd = if v.heaptrack {
+        let out = std::env::temp_dir().join("tracemalloc-bench-heaptrack-%p");
+        let mut c = Command::new(HEAPTRACK);
+        c.arg("-o").arg(out).arg(&bin);
+        c
+    } else {
+        Command::new(&bin)
+    };
+    cmd.args(&v.args)
+        .env_remove("RUST_TRACEMALLOC")
+        .env_remove("BENCH_NFRAME");
+    let output = match cmd.output() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("compare: cannot run {}: {e}", bin.display());
+            return f64::NAN;
+        }
+    };
+    if v.heaptrack {
+        remove_heaptrack_files();
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    match parse_seconds(&stdout) {
+        Some(s) if output.status.success() => s,
+        _ => {
+            eprintln!(
+                "compare: {} {:?} failed ({}):\n{}{}",
+                v.bin,
+                v.args,
+                output.status,
+                stdout,
+                String::from_utf8_lossy(&output.stderr)
+            );
+            f64::NAN
+        }
+    }
+}
+
+fn remove_heaptrack_files() {
+    let Ok(dir) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in dir.flatten() {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with("tracemalloc-bench-heaptrack-")
+        {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// A small deterministic shuffle (xorshift), different every round.
+fn shuffled<T: Clone>(items: &[T], round: usize) -> Vec<T> {
+    let mut v = items.to_vec();
+    let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ (round as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03);
+    for i in (1..v.len()).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    v
+}
+
+/// Times of every variant, one per round.
+type Times = BTreeMap<String, Vec<f64>>;
+
+fn run_interleaved(dir: &Path, what: &str, variants: &[Variant], rounds: usize) -> Times {
+    let mut times: Times = BTreeMap::new();
+    for round in 0..rounds {
+        eprint!("compare: {what} round {}/{rounds}:", round + 1);
+        for v in shuffled(variants, round) {
+            let t = run(dir, &v);
+            eprint!(" {}={t:.3}", v.label);
+            times.entry(v.label.clone()).or_default().push(t);
+        }
+        eprintln!();
+    }
+    times
+}
+
+fn ratio(times: &Times, variants: &[Variant], label: &str) -> Option<f64> {
+    let v = variants.iter().find(|v| v.label == label)?;
+    median_ratio(times.get(label)?, times.get(&v.baseline)?)
+}
+
+fn fmt_opt(x: Option<f64>, f: impl Fn(f64) -> String) -> String {
+    x.map_or_else(|| "—".to_string(), f)
+}
+
+fn main_tables(dir: &Path, o: &Options) {
+    let mut seconds_rows = Vec::new();
+    let mut ratio_rows = Vec::new();
+    let mut peer_rows = Vec::new();
+    let mut verdicts = Vec::new();
+    for &w in &o.workloads {
+        let vs = variants(w, o);
+        let times = run_interleaved(dir, w.name(), &vs, o.rounds);
+        let mut srow = vec![w.name().to_string()];
+        let mut rrow = vec![w.name().to_string()];
+        for col in COLUMNS {
+            srow.push(fmt_opt(times.get(col).and_then(|t| median(t)), |s| {
+                format!("{s:.3}")
+            }));
+            rrow.push(fmt_opt(ratio(&times, &vs, col), |r| format!("{r:.2}x")));
+        }
+        seconds_rows.push(srow);
+        ratio_rows.push(rrow);
+        // Peers against tracemalloc at nframe 16, round by round.
+        let t16 = times.get(NFRAME16);
+        let vs_peer = |peer: &str| {
+            t16.zip(times.get(peer))
+                .and_then(|(t, p)| median_ratio(p, t))
+        };
+        peer_rows.push(vec![
+            w.name().to_string(),
+            fmt_opt(vs_peer(MODALLOC), |r| format!("{r:.2}x")),
+            fmt_opt(vs_peer(DHAT), |r| format!("{r:.1}x")),
+            fmt_opt(vs_peer(HEAPTRACK_LABEL), |r| format!("{r:.1}x")),
+        ]);
+        let mut check = |what: &str, value: Option<f64>, limit: f64, lower_is_better: bool| {
+            if let Some(x) = value {
+                let met = if lower_is_better {
+                    x <= limit
+                } else {
+                    x >= limit
+                };
+                verdicts.push(format!(
+                    "- {w}: {what} = {x:.2} (target {} {limit}): {}",
+                    if lower_is_better { "<=" } else { ">=" },
+                    if met { "met" } else { "NOT met" }
+                ));
+            }
+        };
+        check(
+            "nframe 1 / untraced",
+            ratio(&times, &vs, NFRAME1),
+            1.15,
+            true,
+        );
+        check(
+            "nframe 16 / untraced",
+            ratio(&times, &vs, NFRAME16),
+            1.3,
+            true,
+        );
+        let two_threads = if w.is_multithreaded() {
+            ratio(&times, &vs, NFRAME16)
+        } else {
+            ratio(&times, &vs, NFRAME16_2T)
+        };
+        check("nframe 16, 2 threads / untraced", two_threads, 1.5, true);
+        check("mod-alloc / nframe 16", vs_peer(MODALLOC), 1.0, false);
+        check("dhat-rs / nframe 16", vs_peer(DHAT), 10.0, false);
+    }
+    let mut header = vec!["workload".to_string()];
+    header.extend(COLUMNS.iter().map(|c| c.to_string()));
+    println!(
+        "### Median wall time (s) over {} interleaved rounds\n",
+        o.rounds
+    );
+    println!("{}", markdown_table(&header, &seconds_rows));
+    println!("### Median ratio to untraced (per round, then median)\n");
+    println!(
+        "`2T` columns run two copies of the workload at once and are divided by `untraced 2T`;"
+    );
+    println!("`channel` has two threads of its own, so its `nframe 16` is the 2-thread figure.\n");
+    println!("{}", markdown_table(&header, &ratio_rows));
+    println!("### Peers relative to tracemalloc at nframe 16 (>1: tracemalloc is faster)\n");
+    let peer_header: Vec<String> = [
+        "workload",
+        "mod-alloc / tm16",
+        "dhat-rs / tm16",
+        "heaptrack / tm16",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    println!("{}", markdown_table(&peer_header, &peer_rows));
+    println!("### Targets\n");
+    println!("{}\n", verdicts.join("\n"));
+}
+
+fn sweep(dir: &Path, o: &Options) {
+    let w = Workload::Hashmap;
+    let mut vs = vec![Variant::new(UNTRACED, "untraced", &[w.name()], UNTRACED)];
+    for n in SWEEP_NFRAMES {
+        let nframe = n.to_string();
+        vs.push(Variant::new(
+            &format!("nframe {n}"),
+            "traced",
+            &[w.name(), "--nframe", &nframe],
+            UNTRACED,
+        ));
+    }
+    let times = run_interleaved(dir, "sweep", &vs, o.rounds);
+    let base = times.get(UNTRACED).and_then(|t| median(t));
+    let mut rows = Vec::new();
+    let mut points = Vec::new();
+    for n in SWEEP_NFRAMES {
+        let label = format!("nframe {n}");
+        let r = ratio(&times, &vs, &label);
+        let t = times.get(&label).and_then(|t| median(t));
+        // 1.8 M allocations and 0.3 M reallocations in the hashmap workload.
+        let ns_per_alloc = t.zip(base).map(|(t, b)| (t - b) * 1e9 / 2.1e6);
+        rows.push(vec![
+            n.to_string(),
+            fmt_opt(t, |s| format!("{s:.3}")),
+            fmt_opt(r, |r| format!("{r:.2}x")),
+            fmt_opt(ns_per_alloc, |ns| format!("{ns:.0}")),
+        ]);
+        if let Some(r) = r {
+            points.push((n as f64, r));
+        }
+    }
+    println!(
+        "### nframe sweep, hashmap workload (untraced median {} s)\n",
+        fmt_opt(base, |s| format!("{s:.3}"))
+    );
+    let header: Vec<String> = ["nframe", "median s", "ratio", "extra ns per alloc/realloc"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    println!("{}", markdown_table(&header, &rows));
+    let svg = overhead_svg(
+        "tracemalloc overhead vs nframe (hashmap workload, median of interleaved runs)",
+        &points,
+        &[
+            Threshold {
+                y: 1.15,
+                label: "target nframe 1: 1.15x".into(),
+            },
+            Threshold {
+                y: 1.3,
+                label: "target nframe 16: 1.3x".into(),
+            },
+        ],
+    );
+    match std::fs::write(&o.svg, svg) {
+        Ok(()) => println!("Chart written to `{}`.\n", o.svg.display()),
+        Err(e) => eprintln!("compare: cannot write {}: {e}", o.svg.display()),
+    }
+}
+
+fn memory(dir: &Path) {
+    eprintln!("compare: memory and snapshots at scale");
+    match Command::new(dir.join("memory"))
+        .env_remove("RUST_TRACEMALLOC")
+        .output()
+    {
+        Ok(out) => {
+            print!("{}", String::from_utf8_lossy(&out.stdout));
+            if !out.status.success() {
+                eprintln!(
+                    "compare: memory failed ({}): {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        Err(e) => eprintln!("compare: cannot run memory: {e}"),
+    }
+}
+
+fn main() {
+    let o = match options() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("compare: {e}");
+            std::process::exit(2);
+        }
+    };
+    let exe = std::env::current_exe().expect("current executable");
+    let dir = exe.parent().expect("executable directory").to_path_buf();
+    if o.main {
+        main_tables(&dir, &o);
+    }
+    if o.sweep {
+        sweep(&dir, &o);
+    }
+    if o.memory {
+        memory(&dir);
+    }
+}

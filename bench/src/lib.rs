@@ -1,0 +1,162 @@
+//! Whole-process benchmarks of tracemalloc (issue 5).
+//!
+//! Every variant is its own binary, because each needs its own `#[global_allocator]`:
+//! `untraced` (`System`), `traced` (tracemalloc, `--nframe N`, or `--off` to install the wrapper
+//! without ever starting it), `dhat` (dhat-rs heap profiling) and `modalloc` (mod-alloc with
+//! call-site backtraces). They share the [`workloads`] and this harness: parse the arguments,
+//! prepare the workload untimed, time its run, print one `RESULT` line. The `compare` binary
+//! runs them interleaved and prints median ratios; `memory` measures table memory and
+//! snapshots at scale.
+#![deny(missing_docs, unreachable_pub)]
+
+pub mod report;
+pub mod workloads;
+
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant};
+
+pub use workloads::{Prepared, Workload};
+
+/// What a variant binary was asked to run.
+#[derive(Clone, Debug)]
+pub struct Args {
+    /// The workload.
+    pub workload: Workload,
+    /// Copies of the workload running at once, one per thread (1: on the main thread).
+    pub threads: usize,
+    /// Traceback limit (the `traced` binary only).
+    pub nframe: usize,
+    /// Install the tracing wrapper but never start tracing (the `traced` binary only).
+    pub off: bool,
+}
+
+const USAGE: &str = "usage: <variant> WORKLOAD [--threads N] [--nframe N] [--off]
+  WORKLOAD: hashmap | json | channel | tree
+  --nframe N also from the BENCH_NFRAME environment variable (default 16)";
+
+impl Args {
+    /// Parses the process arguments; prints the usage and exits on an error.
+    pub fn from_env() -> Args {
+        match Args::parse(std::env::args().skip(1)) {
+            Ok(args) => args,
+            Err(e) => {
+                eprintln!("{e}\n{USAGE}");
+                std::process::exit(2);
+            }
+        }
+    }
+
+    /// Parses arguments (without the program name).
+    pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
+        let mut workload = None;
+        let mut threads = 1;
+        let mut nframe = std::env::var("BENCH_NFRAME")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(16);
+        let mut off = false;
+        let mut args = args.into_iter();
+        while let Some(arg) = args.next() {
+            let mut number = |name: &str| -> Result<usize, String> {
+                args.next()
+                    .and_then(|v| v.parse().ok())
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| format!("{name} needs a positive number"))
+            };
+            match arg.as_str() {
+                "--threads" => threads = number("--threads")?,
+                "--nframe" => nframe = number("--nframe")?,
+                "--off" => off = true,
+                name if workload.is_none() => workload = Some(name.parse()?),
+                other => return Err(format!("unexpected argument {other:?}")),
+            }
+        }
+        Ok(Args {
+            workload: workload.ok_or("no workload given")?,
+            threads,
+            nframe,
+            off,
+        })
+    }
+}
+
+/// Prepares `threads` copies of `workload` (untimed), then times their run, all at once when
+/// there is more than one. Returns the wall time and the sum of the checksums.
+pub fn time_workload(workload: Workload, threads: usize) -> (Duration, u64) {
+    if threads <= 1 {
+        let prepared = workload.prepare();
+        let start = Instant::now();
+        let checksum = prepared.run();
+        return (start.elapsed(), checksum);
+    }
+    // Every thread prepares, then all wait at the barrier with the timer's thread, so the timer
+    // starts when the last setup is done.
+    let barrier = Arc::new(Barrier::new(threads + 1));
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let barrier = Arc::clone(&barrier);
+            thread::spawn(move || {
+                let prepared = workload.prepare();
+                barrier.wait();
+                prepared.run()
+            })
+        })
+        .collect();
+    barrier.wait();
+    let start = Instant::now();
+    let checksum = handles
+        .into_iter()
+        .map(|h| h.join().expect("workload thread"))
+        .sum();
+    (start.elapsed(), checksum)
+}
+
+/// Prints the machine-readable result line the `compare` driver parses:
+/// `RESULT variant=traced workload=hashmap threads=1 nframe=16 seconds=0.123456 checksum=…`,
+/// followed by `extra` (`key=value` pairs).
+pub fn print_result(variant: &str, args: &Args, elapsed: Duration, checksum: u64, extra: &str) {
+    println!(
+        "RESULT variant={variant} workload={} threads={} seconds={:.6} checksum={checksum}{}{extra}",
+        args.workload,
+        args.threads,
+        elapsed.as_secs_f64(),
+        if extra.is_empty() { "" } else { " " },
+    );
+}
+
+/// Reads `seconds=` from a `RESULT` line of a variant's output.
+pub fn parse_seconds(output: &str) -> Option<f64> {
+    output
+        .lines()
+        .filter(|l| l.starts_with("RESULT "))
+        .flat_map(str::split_whitespace)
+        .find_map(|field| field.strip_prefix("seconds="))
+        .and_then(|v| v.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Args, String> {
+        Args::parse(s.split_whitespace().map(String::from))
+    }
+
+    #[test]
+    fn arguments_parse_in_any_order() {
+        let a = parse("--nframe 4 tree --threads 2 --off").unwrap();
+        assert_eq!(a.workload, Workload::Tree);
+        assert_eq!((a.nframe, a.threads, a.off), (4, 2, true));
+        assert!(parse("--nframe 0 tree").is_err());
+        assert!(parse("tree json").is_err());
+        assert!(parse("").is_err());
+    }
+
+    #[test]
+    fn the_driver_reads_the_seconds_back() {
+        let out = "noise\nRESULT variant=x workload=tree threads=1 seconds=0.250000 checksum=1\n";
+        assert_eq!(parse_seconds(out), Some(0.25));
+        assert_eq!(parse_seconds("RESULT variant=x"), None);
+    }
+}
