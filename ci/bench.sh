@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Issue 5's benchmark: builds every variant of tracemalloc-bench (untraced, traced with tracing
+# off / nframe 1 / nframe 16, mod-alloc, dhat-rs), runs them interleaved (5 rounds by default;
+# heaptrack too when /usr/bin/heaptrack exists), then the nframe sweep (writing
+# BENCHMARKS-overhead.svg) and the memory / snapshot-at-scale measurements. Prints Markdown and
+# keeps a copy in target/bench/report.md. Arguments go to the driver, e.g.
+#   ci/bench.sh --rounds 7 --workloads hashmap,tree --no-memory
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+cargo build --release -p tracemalloc-bench
+target="${CARGO_TARGET_DIR:-$root/target}"
+mkdir -p "$target/bench"
+{
+  echo "<!-- $(date -u +%Y-%m-%dT%H:%MZ), $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' + uncommitted changes'), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | xargs) -->"
+  "$target/release/compare" --svg "$root/BENCHMARKS-overhead.svg" "$@"
+} | tee "$target/bench/report.md"
