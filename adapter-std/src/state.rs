@@ -65,7 +65,9 @@ static SHARD_TABLE: [spin::Mutex<Shard>; SHARDS] = [EMPTY_SHARD; SHARDS];
 fn shard_of(addr: usize) -> &'static spin::Mutex<Shard> {
     // Blocks are at least 8-byte aligned and neighbours come from one thread: mix before
     // picking so consecutive blocks spread over shards.
-    let h = (addr as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - SHARDS.trailing_zeros());
+    // A multiplier unlike the trace table's: with the same one, a shard's blocks would all hash
+    // into one sixteenth of its table (same top bits), one long probe chain.
+    let h = (addr as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93) >> (64 - SHARDS.trailing_zeros());
     &SHARD_TABLE[h as usize]
 }
 
