@@ -57,7 +57,7 @@ impl Default for TracingAllocator<System> {
 impl<A: GlobalAlloc> TracingAllocator<A> {
     #[inline(always)]
     fn tracing(&self) -> bool {
-        state::is_on() || state::on_state_change(&self.inner)
+        state::should_record(&self.inner)
     }
 }
 
@@ -70,7 +70,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TracingAllocator<A> {
         // SAFETY: forwarded with the caller's layout, which meets `alloc`'s contract.
         let ptr = unsafe { self.inner.alloc(layout) };
         if !ptr.is_null() && self.tracing() {
-            state::on_alloc(&self.inner, 0, ptr as usize, layout.size());
+            state::on_alloc(&self.inner, ptr as usize, layout.size());
         }
         ptr
     }
@@ -80,7 +80,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TracingAllocator<A> {
         // SAFETY: as for `alloc`.
         let ptr = unsafe { self.inner.alloc_zeroed(layout) };
         if !ptr.is_null() && self.tracing() {
-            state::on_alloc(&self.inner, 0, ptr as usize, layout.size());
+            state::on_alloc(&self.inner, ptr as usize, layout.size());
         }
         ptr
     }
@@ -90,7 +90,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TracingAllocator<A> {
         // Forget first: once the inner allocator has the block back, another thread may get
         // the same address, and its trace must not be removed by this free.
         if state::is_on() {
-            state::on_free(0, ptr as usize);
+            state::on_free(ptr as usize);
         }
         // SAFETY: the caller guarantees `ptr` was allocated by this allocator (so by `inner`)
         // with `layout`.

@@ -47,8 +47,10 @@ mod capture;
 pub mod cli;
 mod files;
 mod guard;
+mod interner;
 mod source;
 mod state;
+mod storage;
 pub mod symbolize;
 
 use std::fmt;
@@ -135,9 +137,10 @@ pub struct Config {
     pub initial_slots_per_shard: usize,
     /// Whether a shard's table doubles when full (else new blocks are counted as untraced).
     pub grow: bool,
-    /// Distinct tracebacks each shard can intern; later ones are reported as
+    /// Distinct tracebacks the process-wide store starts with room for; it doubles when full
+    /// (up to 2^24), and a stack that still finds no room is reported as
     /// `<traceback store full>`.
-    pub tracebacks_per_shard: usize,
+    pub initial_tracebacks: usize,
     /// How stacks are captured.
     pub capture: Capture,
     /// Whether snapshots keep the frames of `std`, `alloc`, `core` and the tracer.
@@ -151,7 +154,7 @@ impl Default for Config {
             hidden_frame_allowance: if cfg!(debug_assertions) { 24 } else { 8 },
             initial_slots_per_shard: 4096,
             grow: true,
-            tracebacks_per_shard: 16 * 1024,
+            initial_tracebacks: 4096,
             capture: Capture::Auto,
             show_plumbing: false,
         }
@@ -232,7 +235,7 @@ pub fn tracemalloc_memory() -> usize {
 /// `get_object_traceback`).
 pub fn object_traceback<T: ?Sized>(ptr: *const T) -> Option<Traceback> {
     let _guard = guard::Guard::enter()?;
-    let (_, addresses, total) = state::trace_of(DEFAULT_DOMAIN, ptr as *const u8 as usize)?;
+    let (_, addresses, total) = state::trace_of(ptr as *const u8 as usize)?;
     let mut frames = Vec::new();
     symbolize::with_process_resolver(|resolver| {
         let mut scratch = Vec::new();

@@ -1,10 +1,12 @@
 //! The process-wide tracer behind the allocator and the API.
 //!
-//! The core's [`Tracer`] is `&mut self`; here it is sharded so that threads allocating at once
-//! rarely meet: a block's address picks one of [`SHARDS`] tracers, each behind its own spin lock
-//! (a lock inside an allocator must never allocate, and the critical sections are tens of
-//! nanoseconds). Each shard interns its own tracebacks, so a record takes exactly one lock.
-//! The global current size and peak are kept in two atomics, so `traced_memory()` is exact.
+//! The core's [`Tracer`] is `&mut self`; here its trace table is sharded so that threads
+//! allocating at once rarely meet: a block's page picks one of [`SHARDS`] tracers, each behind
+//! its own spin lock (a lock inside an allocator must never allocate, and the critical sections
+//! are tens of nanoseconds). Call stacks are interned once for the whole process, in the
+//! [`interner`](crate::interner), and the shards record the ids it hands out. Blocks of other
+//! domains (`track`) live in one more tracer with its own store. The global current size and
+//! peak are kept in two atomics, so `traced_memory()` is exact.
 //!
 //! Tracing memory comes from the inner allocator directly. `start()` only arms the tracer; the
 //! next allocation through the wrapper, which has the inner allocator at hand, obtains the
@@ -17,10 +19,12 @@ use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering:
 
 use tracemalloc_core::table::Slot;
 use tracemalloc_core::traceback::{TracebackEntry, TracebackStorage};
-use tracemalloc_core::{Counters, RawSnapshot, Tracer, TracerStorage};
+use tracemalloc_core::{RawSnapshot, Recorded, Tracer, TracerStorage, DEFAULT_DOMAIN};
 
 use crate::capture::{capture, Capture};
 use crate::guard::Guard;
+use crate::interner;
+use crate::storage::{allocate_array, free_array};
 use crate::Config;
 
 /// Number of trace-table shards (a power of two).
@@ -61,27 +65,44 @@ const EMPTY_SHARD: spin::Mutex<Shard> = spin::Mutex::new(Shard {
 });
 static SHARD_TABLE: [spin::Mutex<Shard>; SHARDS] = [EMPTY_SHARD; SHARDS];
 
+/// Blocks of domains other than the default one: rare (`track`), so one fixed-size tracer.
+static FOREIGN: spin::Mutex<Option<Tracer<'static>>> = spin::Mutex::new(None);
+const FOREIGN_SLOTS: usize = 4096;
+const FOREIGN_TRACEBACKS: usize = 1024;
+
 #[inline(always)]
 fn shard_of(addr: usize) -> &'static spin::Mutex<Shard> {
-    // Blocks are at least 8-byte aligned and neighbours come from one thread: mix before
-    // picking so consecutive blocks spread over shards.
-    // A multiplier unlike the trace table's: with the same one, a shard's blocks would all hash
-    // into one sixteenth of its table (same top bits), one long probe chain.
-    let h = (addr as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93) >> (64 - SHARDS.trailing_zeros());
+    // By 4 KiB page, so that neighbouring blocks share a shard and the table's locality (it
+    // maps neighbours to neighbouring slots) survives sharding; threads allocate from different
+    // pages, so they still spread over shards. The multiplier differs from the table's: with the
+    // same one, a shard's blocks would all hash into one sixteenth of its table.
+    let page = (addr >> 12) as u64;
+    let h = page.wrapping_mul(0xD6E8_FEB8_6659_FD93) >> (64 - SHARDS.trailing_zeros());
     &SHARD_TABLE[h as usize]
 }
 
-/// Whether the allocator should record: the one load on every allocation.
+/// Whether tracing is on.
 #[inline(always)]
 pub(crate) fn is_on() -> bool {
     STATE.load(Relaxed) == ON
+}
+
+/// Whether the allocator should record this allocation: while tracing is off this is the one
+/// relaxed load the allocator pays; only the first allocation and arming take the slow path.
+#[inline(always)]
+pub(crate) fn should_record(inner: &dyn GlobalAlloc) -> bool {
+    match STATE.load(Relaxed) {
+        ON => true,
+        OFF => false,
+        _ => on_state_change(inner),
+    }
 }
 
 /// Called by the allocator when tracing is not on: handles the first allocation (which reads
 /// `RUST_TRACEMALLOC`) and arming. Returns whether tracing is now on.
 #[cold]
 #[inline(never)]
-pub(crate) fn on_state_change(inner: &dyn GlobalAlloc) -> bool {
+fn on_state_change(inner: &dyn GlobalAlloc) -> bool {
     match STATE.load(Acquire) {
         ENV_PENDING => {
             let Some(_guard) = Guard::enter() else {
@@ -151,8 +172,7 @@ fn read_env(name: &str) -> Option<String> {
 /// Records the configuration and arms the tracer; the next allocation through the wrapper
 /// switches tracing on.
 pub(crate) fn request_start(config: Config) {
-    let depth = config.nframe + config.hidden_frame_allowance;
-    CAPTURE_DEPTH.store(depth.min(u16::MAX as usize), Relaxed);
+    CAPTURE_DEPTH.store(capture_depth(&config), Relaxed);
     NFRAME.store(config.nframe, Relaxed);
     METHOD.store(
         u8::from(config.capture.resolved() == Capture::Unwinder),
@@ -179,21 +199,20 @@ fn arm(inner: &dyn GlobalAlloc) -> bool {
     let Some(config) = CONFIG.lock().clone() else {
         return false;
     };
-    for shard in &SHARD_TABLE {
-        let mut shard = shard.lock();
-        shard.grow = config.grow;
-        if let Some(tracer) = shard.tracer.as_mut() {
-            tracer.clear();
-            continue;
-        }
-        match allocate_tracer(inner, &config) {
-            Some(tracer) => shard.tracer = Some(tracer),
-            None => {
-                ARM_FAILED.store(true, Relaxed);
-                STATE.store(OFF, Release);
-                return false;
-            }
-        }
+    let ready = allocate_shards(inner, &config)
+        && allocate_foreign(
+            inner,
+            config.nframe.saturating_add(config.hidden_frame_allowance),
+        )
+        && interner::reset(
+            inner,
+            config.initial_tracebacks.max(16),
+            capture_depth(&config).clamp(4, STACK_FRAMES),
+        );
+    if !ready {
+        ARM_FAILED.store(true, Relaxed);
+        STATE.store(OFF, Release);
+        return false;
     }
     CURRENT.store(0, Relaxed);
     PEAK.store(0, Relaxed);
@@ -201,45 +220,65 @@ fn arm(inner: &dyn GlobalAlloc) -> bool {
     true
 }
 
-/// A zeroed array of `len` values from `inner`, or `None` when it has no memory.
-fn allocate_array<T>(inner: &dyn GlobalAlloc, len: usize) -> Option<&'static mut [T]> {
-    let layout = Layout::array::<T>(len.max(1)).ok()?;
-    // SAFETY: the layout has a non-zero size. The memory is zeroed, and every `T` used here
-    // (slots, traceback entries, integers) is valid when all-zero. The block is owned by the
-    // returned slice alone until `free_array` gives it back, so the `'static` borrow is unique.
-    unsafe {
-        let ptr = inner.alloc_zeroed(layout).cast::<T>();
-        if ptr.is_null() {
-            return None;
+fn capture_depth(config: &Config) -> usize {
+    config
+        .nframe
+        .saturating_add(config.hidden_frame_allowance)
+        .min(u16::MAX as usize)
+}
+
+/// Creates (first start) or clears (later starts) the shard tracers.
+fn allocate_shards(inner: &dyn GlobalAlloc, config: &Config) -> bool {
+    for shard in &SHARD_TABLE {
+        let mut shard = shard.lock();
+        shard.grow = config.grow;
+        if let Some(tracer) = shard.tracer.as_mut() {
+            tracer.clear();
+            continue;
         }
-        Some(core::slice::from_raw_parts_mut(ptr, len.max(1)))
+        let Some(slots) =
+            allocate_array::<Slot>(inner, config.initial_slots_per_shard.next_power_of_two())
+        else {
+            return false;
+        };
+        // The shards' own traceback stores stay empty: they record ids of the shared store.
+        shard.tracer = Some(Tracer::new(TracerStorage {
+            slots,
+            tracebacks: TracebackStorage {
+                entries: &mut [],
+                index: &mut [],
+                frames: &mut [],
+            },
+        }));
     }
+    true
 }
 
-/// Gives an array from [`allocate_array`] back to `inner`.
-fn free_array<T>(inner: &dyn GlobalAlloc, array: &'static mut [T]) {
-    if let Ok(layout) = Layout::array::<T>(array.len()) {
-        // SAFETY: `array` came from `allocate_array` on this allocator with this length, so the
-        // layout matches, and the caller gave up its only reference.
-        unsafe { inner.dealloc(array.as_mut_ptr().cast(), layout) }
+/// Creates (first start) or clears the tracer of the other domains.
+fn allocate_foreign(inner: &dyn GlobalAlloc, depth: usize) -> bool {
+    let mut foreign = FOREIGN.lock();
+    if let Some(tracer) = foreign.as_mut() {
+        tracer.clear();
+        return true;
     }
-}
-
-fn allocate_tracer(inner: &dyn GlobalAlloc, config: &Config) -> Option<Tracer<'static>> {
-    let slots = config.initial_slots_per_shard.next_power_of_two();
-    let entries = config.tracebacks_per_shard.max(2);
-    let index = (entries * 2).next_power_of_two();
-    // Room for every entry to hold a full capture (deeper limits share a bounded pool).
-    let depth = config.nframe.saturating_add(config.hidden_frame_allowance);
-    let frames = entries * depth.clamp(4, STACK_FRAMES);
-    Some(Tracer::new(TracerStorage {
-        slots: allocate_array::<Slot>(inner, slots)?,
+    let frames = FOREIGN_TRACEBACKS * depth.clamp(4, STACK_FRAMES);
+    let (Some(slots), Some(entries), Some(index), Some(frames)) = (
+        allocate_array::<Slot>(inner, FOREIGN_SLOTS),
+        allocate_array::<TracebackEntry>(inner, FOREIGN_TRACEBACKS),
+        allocate_array::<u32>(inner, FOREIGN_TRACEBACKS * 2),
+        allocate_array::<usize>(inner, frames),
+    ) else {
+        return false; // what was allocated stays unused: start fails for lack of memory anyway
+    };
+    *foreign = Some(Tracer::new(TracerStorage {
+        slots,
         tracebacks: TracebackStorage {
-            entries: allocate_array::<TracebackEntry>(inner, entries)?,
-            index: allocate_array::<u32>(inner, index)?,
-            frames: allocate_array::<usize>(inner, frames)?,
+            entries,
+            index,
+            frames,
         },
-    }))
+    }));
+    true
 }
 
 thread_local! {
@@ -277,20 +316,20 @@ fn with_stack<R>(f: impl FnOnce(&[usize], u16) -> R) -> R {
 
 /// Records a new block. Called by the allocator with tracing on and a non-null block.
 #[inline(always)]
-pub(crate) fn on_alloc(inner: &dyn GlobalAlloc, domain: u32, addr: usize, size: usize) {
+pub(crate) fn on_alloc(inner: &dyn GlobalAlloc, addr: usize, size: usize) {
     let Some(_guard) = Guard::enter() else {
         return;
     };
-    with_stack(|frames, total| record(inner, domain, addr, size, frames, total));
+    with_stack(|frames, total| record(inner, addr, size, frames, total));
 }
 
 /// Forgets a block. Called by the allocator with tracing on.
 #[inline(always)]
-pub(crate) fn on_free(domain: u32, addr: usize) {
+pub(crate) fn on_free(addr: usize) {
     let Some(_guard) = Guard::enter() else {
         return;
     };
-    forget(domain, addr);
+    forget_locked(&mut shard_of(addr).lock(), addr);
 }
 
 /// Reallocates through `inner` and moves the trace. The old block's shard stays locked across
@@ -311,6 +350,8 @@ pub(crate) unsafe fn realloc(
         return unsafe { inner.realloc(ptr, layout, new_size) };
     };
     with_stack(|frames, total| {
+        let id = interner::intern(inner, frames, total);
+        let generation = interner::generation();
         let old = ptr as usize;
         let mut old_shard = shard_of(old).lock();
         // SAFETY: forwarded unchanged under the caller's contract.
@@ -319,70 +360,72 @@ pub(crate) unsafe fn realloc(
             return new; // the old block is untouched, and so is its trace
         }
         if new as usize == old {
-            record_locked(inner, &mut old_shard, 0, old, new_size, frames, total);
+            insert_locked(inner, &mut old_shard, old, new_size, id, generation);
         } else {
-            forget_locked(&mut old_shard, 0, old);
+            forget_locked(&mut old_shard, old);
             drop(old_shard);
-            record(inner, 0, new as usize, new_size, frames, total);
+            insert_locked(
+                inner,
+                &mut shard_of(new as usize).lock(),
+                new as usize,
+                new_size,
+                id,
+                generation,
+            );
         }
         new
     })
 }
 
-fn record(
-    inner: &dyn GlobalAlloc,
-    domain: u32,
-    addr: usize,
-    size: usize,
-    frames: &[usize],
-    total: u16,
-) {
-    record_locked(
+/// Records a default-domain block allocated from the stack `frames`.
+fn record(inner: &dyn GlobalAlloc, addr: usize, size: usize, frames: &[usize], total: u16) -> bool {
+    let id = interner::intern(inner, frames, total);
+    let generation = interner::generation();
+    insert_locked(
         inner,
         &mut shard_of(addr).lock(),
-        domain,
         addr,
         size,
-        frames,
-        total,
-    );
+        id,
+        generation,
+    )
 }
 
-fn record_locked(
+fn insert_locked(
     inner: &dyn GlobalAlloc,
     shard: &mut Shard,
-    domain: u32,
     addr: usize,
     size: usize,
-    frames: &[usize],
-    total: u16,
-) {
-    // Re-checked under the lock: `stop()` switches off before clearing each shard, so a
-    // record that raced with it does not leave a trace behind.
-    if !is_on() {
-        return;
+    id: tracemalloc_core::TracebackId,
+    generation: u32,
+) -> bool {
+    // Re-checked under the lock: `stop()` switches off, and `clear_traces()` starts a new
+    // generation of ids, while holding every shard lock; a record that raced with either
+    // leaves nothing behind.
+    if !is_on() || interner::generation() != generation {
+        return false;
     }
     let grow = shard.grow;
     let Some(tracer) = shard.tracer.as_mut() else {
-        return;
+        return false;
     };
     if grow && tracer.table_is_full() {
         grow_table(inner, tracer);
     }
     let before = tracer.counters().current;
-    tracer.record_alloc(domain, addr, size, frames, total);
-    let after = tracer.counters().current;
-    account(before, after);
+    let recorded = tracer.record_alloc_with(DEFAULT_DOMAIN, addr, size, id);
+    account(before, tracer.counters().current);
+    recorded == Recorded::Traced
 }
 
-fn forget(domain: u32, addr: usize) -> bool {
-    forget_locked(&mut shard_of(addr).lock(), domain, addr)
-}
-
-fn forget_locked(shard: &mut Shard, domain: u32, addr: usize) -> bool {
+fn forget_locked(shard: &mut Shard, addr: usize) -> bool {
     let Some(tracer) = shard.tracer.as_mut() else {
         return false;
     };
+    forget_in(tracer, DEFAULT_DOMAIN, addr)
+}
+
+fn forget_in(tracer: &mut Tracer<'static>, domain: u32, addr: usize) -> bool {
     match tracer.record_free(domain, addr) {
         Some(size) => {
             CURRENT.fetch_sub(size, Relaxed);
@@ -425,16 +468,24 @@ pub(crate) fn stop() {
     clear();
 }
 
-/// Python's `clear_traces()`.
+/// Python's `clear_traces()`. Every shard stays locked until the traceback store is cleared,
+/// so no record can pair an old id with the new store.
 pub(crate) fn clear() {
     let _guard = Guard::enter();
-    for shard in &SHARD_TABLE {
-        if let Some(tracer) = shard.lock().tracer.as_mut() {
+    let mut locked: [spin::MutexGuard<'_, Shard>; SHARDS] =
+        core::array::from_fn(|i| SHARD_TABLE[i].lock());
+    for shard in &mut locked {
+        if let Some(tracer) = shard.tracer.as_mut() {
             tracer.clear();
         }
     }
+    if let Some(tracer) = FOREIGN.lock().as_mut() {
+        tracer.clear();
+    }
+    interner::clear();
     CURRENT.store(0, Relaxed);
     PEAK.store(0, Relaxed);
+    drop(locked);
 }
 
 /// Whether tracing is on (Python's `is_tracing()`).
@@ -460,44 +511,57 @@ pub(crate) fn reset_peak() {
 
 /// Bytes the tracer holds (Python's `get_tracemalloc_memory()`).
 pub(crate) fn tracer_memory() -> u64 {
-    SHARD_TABLE
+    let shards: usize = SHARD_TABLE
         .iter()
-        .filter_map(|s| s.lock().tracer.as_ref().map(|t| t.memory_bytes() as u64))
-        .sum()
+        .filter_map(|s| s.lock().tracer.as_ref().map(Tracer::memory_bytes))
+        .sum();
+    let foreign = FOREIGN.lock().as_ref().map_or(0, Tracer::memory_bytes);
+    (shards + foreign + interner::memory_bytes()) as u64
 }
 
-/// Copies every shard into a raw snapshot, holding all shard locks at once so the copy is
-/// consistent. The caller holds the guard, so the copy's own allocations are not traced.
+/// Copies every shard, the shared traceback store and the other domains' tracer into a raw
+/// snapshot, holding all their locks at once so the copy is consistent. The caller holds the
+/// guard, so the copy's own allocations are not traced.
 pub(crate) fn copy_raw() -> RawSnapshot {
     let limit = traceback_limit().min(u16::MAX as usize) as u16;
     let mut raw = RawSnapshot::new(limit);
     let locked: [spin::MutexGuard<'_, Shard>; SHARDS] =
         core::array::from_fn(|i| SHARD_TABLE[i].lock());
-    for shard in &locked {
-        if let Some(tracer) = shard.tracer.as_ref() {
-            raw.add(tracer);
-        }
+    let store = interner::STORE.lock();
+    let foreign = FOREIGN.lock();
+    if let Some(store) = store.as_ref() {
+        raw.add_sharing(locked.iter().filter_map(|s| s.tracer.as_ref()), store);
     }
-    let mut counters = Counters::default();
-    for shard in &locked {
-        if let Some(tracer) = shard.tracer.as_ref() {
-            counters.merge(tracer.counters());
-        }
+    if let Some(tracer) = foreign.as_ref() {
+        raw.add(tracer);
     }
-    drop(locked);
-    let (current, peak) = traced_memory();
-    counters.current = current;
-    counters.peak = peak;
-    raw.set_counters(counters);
+    drop((foreign, store, locked));
+    raw.set_current_and_peak(traced_memory());
     raw
 }
 
-/// The trace of one block: size and raw frames.
-pub(crate) fn trace_of(domain: u32, addr: usize) -> Option<(u64, Vec<usize>, u16)> {
-    let shard = shard_of(addr).lock();
-    let (size, tb) = shard.tracer.as_ref()?.trace(domain, addr)?;
-    let frames = tb.frames.to_vec();
-    Some((size, frames, tb.total_nframe))
+/// The trace of one default-domain block: size and raw frames.
+pub(crate) fn trace_of(addr: usize) -> Option<(u64, Vec<usize>, u16)> {
+    let (size, id) = {
+        let shard = shard_of(addr).lock();
+        let slot = shard.tracer.as_ref()?.table().get(addr, |_| true)?;
+        (slot.size(), slot.traceback())
+    };
+    let (frames, total) = interner::frames_of(id);
+    Some((size, frames, total))
+}
+
+/// An allocator that never has memory: `track` has no inner allocator at hand, so the shared
+/// store cannot grow there (a full one reports the stack as `<traceback store full>`).
+struct NoMemory;
+
+// SAFETY: `alloc` always fails, which `GlobalAlloc` allows, and `dealloc` is never reached
+// since nothing is ever handed out.
+unsafe impl GlobalAlloc for NoMemory {
+    unsafe fn alloc(&self, _layout: Layout) -> *mut u8 {
+        core::ptr::null_mut()
+    }
+    unsafe fn dealloc(&self, _ptr: *mut u8, _layout: Layout) {}
 }
 
 /// Records memory that did not come from the global allocator (`track`).
@@ -508,16 +572,18 @@ pub(crate) fn track(domain: u32, addr: usize, size: usize) -> bool {
     let Some(_guard) = Guard::enter() else {
         return false;
     };
-    // No inner allocator at hand: the table cannot grow here, a full one counts as untraced.
     with_stack(|frames, total| {
-        let mut shard = shard_of(addr).lock();
-        let Some(tracer) = shard.tracer.as_mut() else {
+        if domain == DEFAULT_DOMAIN {
+            return record(&NoMemory, addr, size, frames, total);
+        }
+        let mut foreign = FOREIGN.lock();
+        let Some(tracer) = foreign.as_mut() else {
             return false;
         };
         let before = tracer.counters().current;
         let recorded = tracer.record_alloc(domain, addr, size, frames, total);
         account(before, tracer.counters().current);
-        recorded == tracemalloc_core::Recorded::Traced
+        recorded == Recorded::Traced
     })
 }
 
@@ -526,5 +592,11 @@ pub(crate) fn untrack(domain: u32, addr: usize) -> bool {
     let Some(_guard) = Guard::enter() else {
         return false;
     };
-    forget(domain, addr)
+    if domain == DEFAULT_DOMAIN {
+        return forget_locked(&mut shard_of(addr).lock(), addr);
+    }
+    match FOREIGN.lock().as_mut() {
+        Some(tracer) => forget_in(tracer, domain, addr),
+        None => false,
+    }
 }

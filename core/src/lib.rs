@@ -32,7 +32,7 @@ pub mod stats;
 
 pub use codec::{encode_tracer, DecodeError, Sink, SliceSink};
 pub use table::{Slot, TraceTable};
-pub use traceback::{TracebackEntry, TracebackId, TracebackStorage, TracebackStore};
+pub use traceback::{StoreFull, TracebackEntry, TracebackId, TracebackStorage, TracebackStore};
 pub use tracer::{Counters, Recorded, Tracer, TracerStorage, DEFAULT_DOMAIN, MAX_NFRAME};
 
 #[cfg(feature = "alloc")]

@@ -14,7 +14,7 @@ use core::hash::{Hash, Hasher};
 use hashbrown::HashMap;
 
 use crate::table::Slot;
-use crate::traceback::{TracebackEntry, TracebackId};
+use crate::traceback::{TracebackEntry, TracebackId, TracebackStore};
 use crate::tracer::{Counters, Tracer};
 
 /// A source location: Python's `tracemalloc.Frame`, plus the function name when known.
@@ -214,9 +214,33 @@ impl RawSnapshot {
         self.tracer_memory += tracer.memory_bytes() as u64;
     }
 
-    /// Overrides the merged counters (a sharded adapter knows the exact global peak).
-    pub fn set_counters(&mut self, counters: Counters) {
-        self.counters = counters;
+    /// Copies tracers that record ids interned in one shared `tracebacks` store (see
+    /// [`Tracer::record_alloc_with`]): their slots form one part with that store.
+    pub fn add_sharing<'t>(
+        &mut self,
+        tracers: impl IntoIterator<Item = &'t Tracer<'t>>,
+        tracebacks: &TracebackStore<'_>,
+    ) {
+        let (entries, frames) = tracebacks.raw_parts();
+        let mut part = RawPart {
+            slots: Vec::new(),
+            entries: entries.to_vec(),
+            frames: frames.to_vec(),
+        };
+        for tracer in tracers {
+            part.slots.extend_from_slice(tracer.table().slots());
+            self.counters.merge(tracer.counters());
+            self.tracer_memory += tracer.memory_bytes() as u64;
+        }
+        self.tracer_memory += tracebacks.memory_bytes() as u64;
+        self.parts.push(part);
+    }
+
+    /// Overrides the summed current size and peak (shards' peaks add up to more than the
+    /// real peak; a sharded adapter keeps the exact pair itself).
+    pub fn set_current_and_peak(&mut self, (current, peak): (u64, u64)) {
+        self.counters.current = current;
+        self.counters.peak = peak;
     }
 
     /// Adds bytes the adapter uses beyond the tracers' storage.

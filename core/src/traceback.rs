@@ -84,6 +84,10 @@ impl TracebackEntry {
     }
 }
 
+/// The store has no room for another traceback.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreFull;
+
 /// A borrowed view of one interned traceback.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TracebackRef<'s> {
@@ -96,6 +100,7 @@ pub struct TracebackRef<'s> {
 }
 
 /// The storage a [`TracebackStore`] works in.
+#[derive(Debug)]
 pub struct TracebackStorage<'a> {
     /// One entry per distinct traceback; entry 0 is reserved for [`TracebackId::OVERFLOW`].
     pub entries: &'a mut [TracebackEntry],
@@ -117,11 +122,12 @@ pub struct TracebackStore<'a> {
     overflowed: usize,
 }
 
-/// Hashes a stack on every allocation, so it must be short on latency: two lanes take alternate
-/// frames and only an xor and a rotate sit on each lane's dependency chain (the multiplies do
-/// not), which made interning about 3x faster than a serial FNV-style chain at 24 frames.
+/// A 64-bit hash of a stack captured in `domain`. It runs on every allocation, so it must be
+/// short on latency: two lanes take alternate frames and only an xor and a rotate sit on each
+/// lane's dependency chain (the multiplies do not), about 3x faster than a serial FNV-style
+/// chain at 24 frames. Adapters use it to key per-thread caches of interned ids.
 #[inline]
-fn hash_frames(domain: u32, frames: &[usize]) -> u32 {
+pub fn stack_hash(domain: u32, frames: &[usize]) -> u64 {
     const K1: u64 = 0x9E37_79B9_7F4A_7C15;
     const K2: u64 = 0xC2B2_AE3D_27D4_EB4F;
     let mut a = 0x243F_6A88_85A3_08D3 ^ u64::from(domain);
@@ -135,6 +141,12 @@ fn hash_frames(domain: u32, frames: &[usize]) -> u32 {
         a ^= (*last as u64).wrapping_mul(K2);
     }
     let h = (a ^ b.rotate_left(17)).wrapping_mul(K1);
+    h ^ (h >> 29)
+}
+
+#[inline]
+fn hash_frames(domain: u32, frames: &[usize]) -> u32 {
+    let h = stack_hash(domain, frames);
     (h ^ (h >> 32)) as u32
 }
 
@@ -212,13 +224,28 @@ impl<'a> TracebackStore<'a> {
         )
     }
 
-    /// The id of `frames` captured in `domain`, interning it if new.
+    /// The id of `frames` captured in `domain`, interning it if new; when the store is full,
+    /// [`TracebackId::OVERFLOW`] (counted in [`TracebackStore::overflowed`]).
     pub fn intern(&mut self, domain: u32, frames: &[usize], total_nframe: u16) -> TracebackId {
+        match self.try_intern(domain, frames, total_nframe) {
+            Ok(id) => id,
+            Err(StoreFull) => self.overflow(),
+        }
+    }
+
+    /// Like [`TracebackStore::intern`], but a new stack that does not fit is an error, so that
+    /// the owner can [`TracebackStore::migrate`] to bigger storage and try again.
+    pub fn try_intern(
+        &mut self,
+        domain: u32,
+        frames: &[usize],
+        total_nframe: u16,
+    ) -> Result<TracebackId, StoreFull> {
         let len = frames.len().min(u16::MAX as usize);
         let frames = &frames[..len];
         let hash = hash_frames(domain, frames);
         if self.index.is_empty() {
-            return self.overflow();
+            return Err(StoreFull);
         }
         let mut i = hash as usize & self.index_mask;
         loop {
@@ -232,15 +259,15 @@ impl<'a> TracebackStore<'a> {
                 && e.total_nframe == total_nframe
                 && &self.frames[e.start()..e.start() + e.len()] == frames
             {
-                return TracebackId(id);
+                return Ok(TracebackId(id));
             }
             i = (i + 1) & self.index_mask;
         }
         if self.entry_count >= self.entry_capacity()
             || self.frames.len() - self.frame_count < len
-            || self.frame_count > u32::MAX as usize
+            || self.frame_count + len > u32::MAX as usize
         {
-            return self.overflow();
+            return Err(StoreFull);
         }
         let id = self.entry_count;
         let start = self.frame_count;
@@ -255,7 +282,42 @@ impl<'a> TracebackStore<'a> {
         };
         self.entry_count += 1;
         self.index[i] = id as u32;
-        TracebackId(id as u32)
+        Ok(TracebackId(id as u32))
+    }
+
+    /// Moves every traceback into `storage`, keeping their ids, and makes it the store's
+    /// storage. Returns the old storage so its owner can release it. Fails, changing nothing and
+    /// handing `storage` back, when it cannot hold what the store holds.
+    pub fn migrate(
+        &mut self,
+        storage: TracebackStorage<'a>,
+    ) -> Result<TracebackStorage<'a>, TracebackStorage<'a>> {
+        let mut next = TracebackStore::new(storage);
+        if next.entry_capacity() < self.entry_count || next.frames.len() < self.frame_count {
+            return Err(next.into_storage());
+        }
+        next.entries[..self.entry_count].copy_from_slice(&self.entries[..self.entry_count]);
+        next.frames[..self.frame_count].copy_from_slice(&self.frames[..self.frame_count]);
+        for id in 1..self.entry_count {
+            let mut i = self.entries[id].hash as usize & next.index_mask;
+            while next.index[i] != 0 {
+                i = (i + 1) & next.index_mask;
+            }
+            next.index[i] = id as u32;
+        }
+        next.entry_count = self.entry_count;
+        next.frame_count = self.frame_count;
+        next.overflowed = self.overflowed;
+        core::mem::swap(self, &mut next);
+        Ok(next.into_storage())
+    }
+
+    fn into_storage(self) -> TracebackStorage<'a> {
+        TracebackStorage {
+            entries: self.entries,
+            index: self.index,
+            frames: self.frames,
+        }
     }
 
     fn overflow(&mut self) -> TracebackId {
@@ -362,6 +424,45 @@ mod tests {
     }
 
     #[test]
+    fn migrate_keeps_ids_and_frames_and_makes_room() {
+        let mut a = Arrays::new();
+        let mut s = a.store();
+        let big = [9usize; 8];
+        let x = s.intern(0, &big, 8);
+        let y = s.intern(3, &[1, 2], 2);
+        assert_eq!(s.try_intern(4, &big, 8), Err(StoreFull));
+        let mut entries = [TracebackEntry::EMPTY; 32];
+        let mut index = [0u32; 64];
+        let mut frames = [0usize; 256];
+        let old = s
+            .migrate(TracebackStorage {
+                entries: &mut entries,
+                index: &mut index,
+                frames: &mut frames,
+            })
+            .unwrap();
+        assert_eq!(old.frames.len(), 16);
+        assert_eq!(s.get(x).frames, &big);
+        assert_eq!((s.get(y).domain, s.get(y).frames), (3, &[1usize, 2][..]));
+        assert_eq!(s.intern(0, &big, 8), x, "lookups find migrated entries");
+        assert_ne!(s.try_intern(4, &big, 8), Err(StoreFull));
+    }
+
+    #[test]
+    fn migrate_into_too_small_storage_changes_nothing() {
+        let mut a = Arrays::new();
+        let mut s = a.store();
+        s.intern(0, &[1, 2, 3], 3);
+        let unused = s.migrate(TracebackStorage {
+            entries: &mut [],
+            index: &mut [],
+            frames: &mut [],
+        });
+        assert!(unused.is_err());
+        assert_eq!(s.get(TracebackId::from_index(1)).frames, &[1, 2, 3]);
+    }
+
+    #[test]
     fn empty_storage_never_panics() {
         let mut s = TracebackStore::new(TracebackStorage {
             entries: &mut [],
@@ -370,5 +471,48 @@ mod tests {
         });
         assert_eq!(s.intern(0, &[1], 1), TracebackId::OVERFLOW);
         assert!(s.get(TracebackId::from_index(5)).frames.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod growth_tests {
+    extern crate std;
+    use super::*;
+    use std::vec;
+    use std::vec::Vec;
+
+    fn storage(entries: usize, frames: usize) -> TracebackStorage<'static> {
+        TracebackStorage {
+            entries: vec![TracebackEntry::EMPTY; entries].leak(),
+            index: vec![0u32; (entries * 2).next_power_of_two()].leak(),
+            frames: vec![0usize; frames].leak(),
+        }
+    }
+
+    #[test]
+    fn interning_again_after_growth_finds_every_stack() {
+        let mut store = TracebackStore::new(storage(16, 64));
+        let stacks: Vec<Vec<usize>> = (0..5000usize)
+            .map(|i| (0..1 + i % 20).map(|j| 0x1000 + (i >> j) * 8).collect())
+            .collect();
+        let mut ids = Vec::new();
+        for s in &stacks {
+            let id = loop {
+                match store.try_intern(0, s, s.len() as u16) {
+                    Ok(id) => break id,
+                    Err(StoreFull) => {
+                        let cap = store.entry_capacity() * 2;
+                        let frames = (store.frame_count() + s.len()) * 2;
+                        store.migrate(storage(cap, frames)).unwrap();
+                    }
+                }
+            };
+            ids.push(id);
+        }
+        let len = store.len();
+        for (s, id) in stacks.iter().zip(&ids) {
+            assert_eq!(store.try_intern(0, s, s.len() as u16), Ok(*id));
+        }
+        assert_eq!(store.len(), len);
     }
 }

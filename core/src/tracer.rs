@@ -92,7 +92,9 @@ impl<'a> Tracer<'a> {
         self.insert(domain, addr, size as u64, traceback)
     }
 
-    /// Records a block under a traceback interned before (for adapters that cache ids).
+    /// Records a block under a traceback interned before: by this tracer, or, for adapters that
+    /// shard the table and share one traceback store, by that store. A tracer whose own store
+    /// is empty reads every such id as the default domain, so sharing tracers serve domain 0.
     pub fn record_alloc_with(
         &mut self,
         domain: u32,

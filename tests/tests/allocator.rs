@@ -310,3 +310,37 @@ fn many_live_blocks_grow_the_tables_without_losing_any() {
     drop(many);
     tracemalloc::stop();
 }
+
+/// A binary tree built recursively: every node is allocated from a distinct call stack.
+struct Node(Option<Box<Node>>, Option<Box<Node>>);
+
+#[inline(never)]
+fn build(depth: u32) -> Option<Box<Node>> {
+    if depth == 0 {
+        return None;
+    }
+    let left = build(depth - 1);
+    let right = build(depth - 1);
+    Some(Box::new(Node(left, right))) // TREE-NODE
+}
+
+#[test]
+fn thousands_of_distinct_stacks_grow_the_traceback_store() {
+    let _s = serial();
+    fresh(16);
+    let tree = build(13); // 8191 nodes, each from its own stack: more than the store starts with
+    let snapshot = tracemalloc::take_snapshot().unwrap();
+    let full = snapshot
+        .tracebacks
+        .iter()
+        .any(|tb| tb.frames.iter().any(|f| f.filename.contains("store full")));
+    assert!(!full, "a stack was reported as <traceback store full>");
+    let node = std::mem::size_of::<Node>() as u64;
+    let stats = stats_here(&snapshot);
+    assert_eq!(
+        find(&stats, line_of("TREE-NODE")),
+        Some((8191 * node, 8191))
+    );
+    drop(tree);
+    tracemalloc::stop();
+}

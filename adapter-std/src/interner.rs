@@ -1,0 +1,190 @@
+//! One traceback store for the whole process, and a per-thread cache in front of it.
+//!
+//! The trace tables are sharded by address, but call stacks are not: with a store per shard,
+//! every stack was interned up to 16 times, and a program with many distinct stacks (deep
+//! recursion) filled every shard's store. One shared store holds each stack once and grows from
+//! the inner allocator. Its lock is taken only on a miss of the per-thread cache, which maps a
+//! stack's 64-bit hash to its id, so threads rarely meet there and most allocations skip the
+//! store's frame comparison altogether.
+//!
+//! The cache trusts the 64-bit hash: two different stacks with the same hash would share an id
+//! (about one chance in 10^19 per lookup). The store itself compares frames.
+
+use core::alloc::GlobalAlloc;
+use core::cell::RefCell;
+use core::sync::atomic::{AtomicU32, Ordering::Relaxed};
+
+use tracemalloc_core::traceback::{
+    stack_hash, StoreFull, TracebackEntry, TracebackId, TracebackStorage, TracebackStore,
+};
+
+use crate::storage::{allocate_array, free_array};
+
+/// The shared store; `None` until tracing first starts.
+pub(crate) static STORE: spin::Mutex<Option<TracebackStore<'static>>> = spin::Mutex::new(None);
+
+/// Bumped whenever the store is cleared, which invalidates every id the caches hold.
+static GENERATION: AtomicU32 = AtomicU32::new(1);
+
+const CACHE_SLOTS: usize = 1024;
+
+#[derive(Clone, Copy)]
+struct CacheEntry {
+    key: u64,
+    generation: u32,
+    id: u32,
+}
+
+const EMPTY_ENTRY: CacheEntry = CacheEntry {
+    key: 0,
+    generation: 0,
+    id: 0,
+};
+
+thread_local! {
+    // 16 KiB a thread, const-initialised: no allocation, no destructor.
+    static CACHE: RefCell<[CacheEntry; CACHE_SLOTS]> =
+        const { RefCell::new([EMPTY_ENTRY; CACHE_SLOTS]) };
+}
+
+/// The current generation; a record compares it again under its shard lock.
+#[inline(always)]
+pub(crate) fn generation() -> u32 {
+    GENERATION.load(Relaxed)
+}
+
+/// The id of a default-domain stack, from this thread's cache or the shared store.
+#[inline(always)]
+pub(crate) fn intern(inner: &dyn GlobalAlloc, frames: &[usize], total: u16) -> TracebackId {
+    let key = (stack_hash(0, frames) ^ u64::from(total).wrapping_mul(0xA24B_AED4_963E_E407)) | 1;
+    let slot = (key >> 32) as usize & (CACHE_SLOTS - 1);
+    let generation = generation();
+    let hit = CACHE.try_with(|cache| {
+        let cache = cache.try_borrow().ok()?;
+        let e = cache[slot];
+        (e.key == key && e.generation == generation).then_some(e.id)
+    });
+    if let Ok(Some(id)) = hit {
+        return TracebackId::from_index(id);
+    }
+    let id = intern_shared(inner, frames, total);
+    if id != TracebackId::OVERFLOW {
+        let _ = CACHE.try_with(|cache| {
+            if let Ok(mut cache) = cache.try_borrow_mut() {
+                cache[slot] = CacheEntry {
+                    key,
+                    generation,
+                    id: id.index(),
+                };
+            }
+        });
+    }
+    id
+}
+
+#[cold]
+fn intern_shared(inner: &dyn GlobalAlloc, frames: &[usize], total: u16) -> TracebackId {
+    let mut store = STORE.lock();
+    let Some(store) = store.as_mut() else {
+        return TracebackId::OVERFLOW;
+    };
+    match store.try_intern(0, frames, total) {
+        Ok(id) => id,
+        Err(StoreFull) => {
+            grow(inner, store, frames.len());
+            store.intern(0, frames, total)
+        }
+    }
+}
+
+/// Storage for a store of `entries` tracebacks and `frames` frames in all.
+fn allocate(
+    inner: &dyn GlobalAlloc,
+    entries: usize,
+    frames: usize,
+) -> Option<TracebackStorage<'static>> {
+    let entries_array = allocate_array::<TracebackEntry>(inner, entries)?;
+    let Some(index) = allocate_array::<u32>(inner, (entries * 2).next_power_of_two()) else {
+        free_array(inner, entries_array);
+        return None;
+    };
+    let Some(frames) = allocate_array::<usize>(inner, frames) else {
+        free_array(inner, entries_array);
+        free_array(inner, index);
+        return None;
+    };
+    Some(TracebackStorage {
+        entries: entries_array,
+        index,
+        frames,
+    })
+}
+
+fn release(inner: &dyn GlobalAlloc, storage: TracebackStorage<'static>) {
+    free_array(inner, storage.entries);
+    free_array(inner, storage.index);
+    free_array(inner, storage.frames);
+}
+
+/// Doubles the store (and makes room for `more` frames). On failure the store stays as it was
+/// and the stack is reported as `<traceback store full>`.
+#[cold]
+fn grow(inner: &dyn GlobalAlloc, store: &mut TracebackStore<'static>, more: usize) {
+    let capacity = (store.entry_capacity() * 2).clamp(16, TracebackId::MASK as usize + 1);
+    let frame_capacity = (store.frame_count() + more) * 2;
+    let Some(storage) = allocate(inner, capacity, frame_capacity) else {
+        return;
+    };
+    match store.migrate(storage) {
+        Ok(old) | Err(old) => release(inner, old),
+    }
+}
+
+/// Creates the store at first start, or clears it (and invalidates every cached id).
+pub(crate) fn reset(inner: &dyn GlobalAlloc, entries: usize, depth: usize) -> bool {
+    let mut store = STORE.lock();
+    GENERATION.fetch_add(1, Relaxed);
+    match store.as_mut() {
+        Some(store) => {
+            store.clear();
+            true
+        }
+        None => match allocate(inner, entries, entries * depth) {
+            Some(storage) => {
+                *store = Some(TracebackStore::new(storage));
+                true
+            }
+            None => false,
+        },
+    }
+}
+
+/// Clears the store, invalidating every cached id (Python's `clear_traces()`). The caller holds
+/// every shard lock, so no record can use an old id against the new store.
+pub(crate) fn clear() {
+    let mut store = STORE.lock();
+    GENERATION.fetch_add(1, Relaxed);
+    if let Some(store) = store.as_mut() {
+        store.clear();
+    }
+}
+
+/// The frames of an interned traceback.
+pub(crate) fn frames_of(id: TracebackId) -> (Vec<usize>, u16) {
+    let store = STORE.lock();
+    match store.as_ref() {
+        Some(store) => {
+            let tb = store.get(id);
+            (tb.frames.to_vec(), tb.total_nframe)
+        }
+        None => (Vec::new(), 0),
+    }
+}
+
+/// Bytes the store holds.
+pub(crate) fn memory_bytes() -> usize {
+    STORE
+        .lock()
+        .as_ref()
+        .map_or(0, TracebackStore::memory_bytes)
+}
