@@ -312,7 +312,10 @@ fn many_live_blocks_grow_the_tables_without_losing_any() {
 }
 
 /// A binary tree built recursively: every node is allocated from a distinct call stack.
-struct Node(Option<Box<Node>>, Option<Box<Node>>);
+struct Node(
+    #[allow(dead_code)] Option<Box<Node>>,
+    #[allow(dead_code)] Option<Box<Node>>,
+);
 
 #[inline(never)]
 fn build(depth: u32) -> Option<Box<Node>> {
