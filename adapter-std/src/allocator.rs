@@ -87,14 +87,14 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TracingAllocator<A> {
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // Forget first: once the inner allocator has the block back, another thread may get
-        // the same address, and its trace must not be removed by this free.
         if state::is_on() {
-            state::on_free(ptr as usize);
+            // SAFETY: the caller guarantees `ptr` was allocated by this allocator (so by
+            // `inner`) with `layout`; forwarded unchanged.
+            unsafe { state::dealloc(&self.inner, ptr, layout) }
+        } else {
+            // SAFETY: as above.
+            unsafe { self.inner.dealloc(ptr, layout) }
         }
-        // SAFETY: the caller guarantees `ptr` was allocated by this allocator (so by `inner`)
-        // with `layout`.
-        unsafe { self.inner.dealloc(ptr, layout) }
     }
 
     #[inline]

@@ -70,15 +70,62 @@ static FOREIGN: spin::Mutex<Option<Tracer<'static>>> = spin::Mutex::new(None);
 const FOREIGN_SLOTS: usize = 4096;
 const FOREIGN_TRACEBACKS: usize = 1024;
 
+/// Where each shard's table lies, readable without its lock, so that the slot a block will use
+/// can be prefetched while the stack is walked (or the inner allocator frees): a table of a
+/// million traces misses the cache on most accesses. Stale values only prefetch the wrong line.
+struct TableHint {
+    base: AtomicUsize,
+    log2_slots: AtomicU8,
+}
+
+#[allow(clippy::declare_interior_mutable_const)]
+const NO_HINT: TableHint = TableHint {
+    base: AtomicUsize::new(0),
+    log2_slots: AtomicU8::new(0),
+};
+static HINTS: [TableHint; SHARDS] = [NO_HINT; SHARDS];
+
+fn publish_hint(shard: usize, tracer: &Tracer<'_>) {
+    let hint = &HINTS[shard];
+    hint.base
+        .store(tracer.table().slots_ptr() as usize, Relaxed);
+    hint.log2_slots
+        .store(tracer.table().slot_count().trailing_zeros() as u8, Relaxed);
+}
+
+/// Asks the CPU to fetch the table slot of `addr` into the cache.
 #[inline(always)]
-fn shard_of(addr: usize) -> &'static spin::Mutex<Shard> {
+fn prefetch_slot(addr: usize) {
+    let hint = &HINTS[shard_index(addr)];
+    let base = hint.base.load(Relaxed);
+    if base == 0 {
+        return;
+    }
+    let home = tracemalloc_core::table::home_index(addr, u32::from(hint.log2_slots.load(Relaxed)));
+    let line = base.wrapping_add(home.wrapping_mul(core::mem::size_of::<Slot>()));
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint: it never faults and has no architectural effect, whatever
+    // the address.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(line as *const i8);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = line;
+}
+
+#[inline(always)]
+fn shard_index(addr: usize) -> usize {
     // By 4 KiB page, so that neighbouring blocks share a shard and the table's locality (it
     // maps neighbours to neighbouring slots) survives sharding; threads allocate from different
     // pages, so they still spread over shards. The multiplier differs from the table's: with the
     // same one, a shard's blocks would all hash into one sixteenth of its table.
     let page = (addr >> 12) as u64;
-    let h = page.wrapping_mul(0xD6E8_FEB8_6659_FD93) >> (64 - SHARDS.trailing_zeros());
-    &SHARD_TABLE[h as usize]
+    (page.wrapping_mul(0xD6E8_FEB8_6659_FD93) >> (64 - SHARDS.trailing_zeros())) as usize
+}
+
+#[inline(always)]
+fn shard_of(addr: usize) -> &'static spin::Mutex<Shard> {
+    &SHARD_TABLE[shard_index(addr)]
 }
 
 /// Whether tracing is on.
@@ -229,7 +276,7 @@ fn capture_depth(config: &Config) -> usize {
 
 /// Creates (first start) or clears (later starts) the shard tracers.
 fn allocate_shards(inner: &dyn GlobalAlloc, config: &Config) -> bool {
-    for shard in &SHARD_TABLE {
+    for (i, shard) in SHARD_TABLE.iter().enumerate() {
         let mut shard = shard.lock();
         shard.grow = config.grow;
         if let Some(tracer) = shard.tracer.as_mut() {
@@ -242,14 +289,16 @@ fn allocate_shards(inner: &dyn GlobalAlloc, config: &Config) -> bool {
             return false;
         };
         // The shards' own traceback stores stay empty: they record ids of the shared store.
-        shard.tracer = Some(Tracer::new(TracerStorage {
+        let tracer = Tracer::new(TracerStorage {
             slots,
             tracebacks: TracebackStorage {
                 entries: &mut [],
                 index: &mut [],
                 frames: &mut [],
             },
-        }));
+        });
+        publish_hint(i, &tracer);
+        shard.tracer = Some(tracer);
     }
     true
 }
@@ -320,16 +369,28 @@ pub(crate) fn on_alloc(inner: &dyn GlobalAlloc, addr: usize, size: usize) {
     let Some(_guard) = Guard::enter() else {
         return;
     };
+    prefetch_slot(addr);
     with_stack(|frames, total| record(inner, addr, size, frames, total));
 }
 
-/// Forgets a block. Called by the allocator with tracing on.
+/// Frees a block through `inner` and forgets its trace. The shard stays locked across the inner
+/// call (a free address may be handed to another thread at once, and its new trace must not be
+/// the one removed here), which also lets the prefetched slot arrive while `inner` works.
+///
+/// # Safety
+/// The caller's `GlobalAlloc::dealloc` contract for `ptr` and `layout`.
 #[inline(always)]
-pub(crate) fn on_free(addr: usize) {
+pub(crate) unsafe fn dealloc(inner: &dyn GlobalAlloc, ptr: *mut u8, layout: Layout) {
     let Some(_guard) = Guard::enter() else {
-        return;
+        // SAFETY: forwarded unchanged under the caller's contract.
+        return unsafe { inner.dealloc(ptr, layout) };
     };
-    forget_locked(&mut shard_of(addr).lock(), addr);
+    let addr = ptr as usize;
+    prefetch_slot(addr);
+    let mut shard = shard_of(addr).lock();
+    // SAFETY: forwarded unchanged under the caller's contract.
+    unsafe { inner.dealloc(ptr, layout) };
+    forget_locked(&mut shard, addr);
 }
 
 /// Reallocates through `inner` and moves the trace. The old block's shard stays locked across
@@ -410,7 +471,7 @@ fn insert_locked(
         return false;
     };
     if grow && tracer.table_is_full() {
-        grow_table(inner, tracer);
+        grow_table(inner, shard_index(addr), tracer);
     }
     let before = tracer.counters().current;
     let recorded = tracer.record_alloc_with(DEFAULT_DOMAIN, addr, size, id);
@@ -450,7 +511,7 @@ fn account(before: u64, after: u64) {
 /// Doubles a shard's table. On failure the table stays as it was and the block that triggered
 /// the growth is counted as untraced by the core.
 #[cold]
-fn grow_table(inner: &dyn GlobalAlloc, tracer: &mut Tracer<'static>) {
+fn grow_table(inner: &dyn GlobalAlloc, shard: usize, tracer: &mut Tracer<'static>) {
     let len = tracer.table().slot_count().max(1) * 2;
     let Some(bigger) = allocate_array::<Slot>(inner, len) else {
         return;
@@ -459,6 +520,7 @@ fn grow_table(inner: &dyn GlobalAlloc, tracer: &mut Tracer<'static>) {
         Ok(old) => free_array(inner, old),
         Err(unused) => free_array(inner, unused),
     }
+    publish_hint(shard, tracer);
 }
 
 /// Python's `stop()`: switches tracing off and forgets every trace. The tables' storage is kept

@@ -114,6 +114,14 @@ const REGION_SHIFT: u32 = 10;
 /// Granularity of block addresses inside a region (allocators align to at least 16 bytes).
 const GRAIN_SHIFT: u32 = 4;
 
+/// The home slot of `addr` in a table of `2^log2_slots` slots: where a lookup starts. Adapters
+/// use it to prefetch the slot before they take the table's lock.
+#[inline]
+pub fn home_index(addr: usize, log2_slots: u32) -> usize {
+    let mask = (1usize << log2_slots.min(usize::BITS - 1)) - 1;
+    home_slot(addr, 64 - log2_slots, mask)
+}
+
 /// The home slot of `addr` in a table of `mask + 1` slots, `shift = 64 - log2(mask + 1)`.
 #[inline]
 fn home_slot(addr: usize, shift: u32, mask: usize) -> usize {
@@ -173,6 +181,12 @@ impl<'a> TraceTable<'a> {
     #[inline]
     pub fn slot_count(&self) -> usize {
         self.slots.len()
+    }
+
+    /// Where the slots start in memory, for prefetching (see [`home_index`]).
+    #[inline]
+    pub fn slots_ptr(&self) -> *const Slot {
+        self.slots.as_ptr()
     }
 
     /// The raw slots, empty ones included, for a fast copy into a snapshot.
@@ -384,6 +398,15 @@ mod tests {
         }
         assert!(t.migrate(&mut tiny).is_err());
         assert_eq!(t.len(), 3);
+    }
+
+    #[test]
+    fn home_index_agrees_with_the_table() {
+        let mut storage = [Slot::EMPTY; 64];
+        let t = TraceTable::new(&mut storage);
+        for addr in (0x1000..0x9000).step_by(48) {
+            assert_eq!(home_index(addr, 6), t.home(addr));
+        }
     }
 
     #[test]
