@@ -54,10 +54,51 @@ impl Default for TracingAllocator<System> {
     }
 }
 
+// The traced paths live out of line, so that while tracing is off each method is one relaxed
+// load, a compare and a tail call into the inner allocator, with no frame of its own to set up.
 impl<A: GlobalAlloc> TracingAllocator<A> {
-    #[inline(always)]
-    fn tracing(&self) -> bool {
-        state::should_record(&self.inner)
+    /// # Safety
+    /// `GlobalAlloc::alloc`'s (or `alloc_zeroed`'s) contract for `layout`.
+    #[inline(never)]
+    unsafe fn alloc_traced(&self, layout: Layout, zeroed: bool) -> *mut u8 {
+        // SAFETY: forwarded with the caller's layout, which meets the contract.
+        let ptr = unsafe {
+            if zeroed {
+                self.inner.alloc_zeroed(layout)
+            } else {
+                self.inner.alloc(layout)
+            }
+        };
+        if !ptr.is_null() && state::should_record(&self.inner) {
+            state::on_alloc(&self.inner, ptr as usize, layout.size());
+        }
+        ptr
+    }
+
+    /// # Safety
+    /// `GlobalAlloc::dealloc`'s contract for `ptr` and `layout`.
+    #[inline(never)]
+    unsafe fn dealloc_traced(&self, ptr: *mut u8, layout: Layout) {
+        if state::is_on() {
+            // SAFETY: the caller's contract, forwarded unchanged.
+            unsafe { state::dealloc(&self.inner, ptr, layout) }
+        } else {
+            // SAFETY: as above.
+            unsafe { self.inner.dealloc(ptr, layout) }
+        }
+    }
+
+    /// # Safety
+    /// `GlobalAlloc::realloc`'s contract for `ptr`, `layout` and `new_size`.
+    #[inline(never)]
+    unsafe fn realloc_traced(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if state::should_record(&self.inner) {
+            // SAFETY: the caller's contract, forwarded unchanged.
+            unsafe { state::realloc(&self.inner, ptr, layout, new_size) }
+        } else {
+            // SAFETY: as above.
+            unsafe { self.inner.realloc(ptr, layout, new_size) }
+        }
     }
 }
 
@@ -67,44 +108,42 @@ impl<A: GlobalAlloc> TracingAllocator<A> {
 unsafe impl<A: GlobalAlloc> GlobalAlloc for TracingAllocator<A> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded with the caller's layout, which meets `alloc`'s contract.
-        let ptr = unsafe { self.inner.alloc(layout) };
-        if !ptr.is_null() && self.tracing() {
-            state::on_alloc(&self.inner, ptr as usize, layout.size());
+        if state::is_off() {
+            // SAFETY: forwarded with the caller's layout, which meets `alloc`'s contract.
+            return unsafe { self.inner.alloc(layout) };
         }
-        ptr
+        // SAFETY: as above.
+        unsafe { self.alloc_traced(layout, false) }
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: as for `alloc`.
-        let ptr = unsafe { self.inner.alloc_zeroed(layout) };
-        if !ptr.is_null() && self.tracing() {
-            state::on_alloc(&self.inner, ptr as usize, layout.size());
+        if state::is_off() {
+            // SAFETY: forwarded with the caller's layout, which meets the contract.
+            return unsafe { self.inner.alloc_zeroed(layout) };
         }
-        ptr
+        // SAFETY: as above.
+        unsafe { self.alloc_traced(layout, true) }
     }
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if state::is_on() {
+        if state::is_off() {
             // SAFETY: the caller guarantees `ptr` was allocated by this allocator (so by
             // `inner`) with `layout`; forwarded unchanged.
-            unsafe { state::dealloc(&self.inner, ptr, layout) }
-        } else {
-            // SAFETY: as above.
-            unsafe { self.inner.dealloc(ptr, layout) }
+            return unsafe { self.inner.dealloc(ptr, layout) };
         }
+        // SAFETY: as above.
+        unsafe { self.dealloc_traced(ptr, layout) }
     }
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if self.tracing() {
+        if state::is_off() {
             // SAFETY: the caller's contract for `realloc` is forwarded unchanged.
-            unsafe { state::realloc(&self.inner, ptr, layout, new_size) }
-        } else {
-            // SAFETY: the caller's contract for `realloc` is forwarded unchanged.
-            unsafe { self.inner.realloc(ptr, layout, new_size) }
+            return unsafe { self.inner.realloc(ptr, layout, new_size) };
         }
+        // SAFETY: as above.
+        unsafe { self.realloc_traced(ptr, layout, new_size) }
     }
 }

@@ -181,6 +181,14 @@ pub(crate) fn frames_of(id: TracebackId) -> (Vec<usize>, u16) {
     }
 }
 
+/// Tracebacks and frames the store holds now.
+pub(crate) fn sizes() -> (usize, usize) {
+    STORE
+        .lock()
+        .as_ref()
+        .map_or((0, 0), |s| (s.len(), s.frame_count()))
+}
+
 /// Bytes the store holds.
 pub(crate) fn memory_bytes() -> usize {
     STORE

@@ -48,6 +48,7 @@ pub mod cli;
 mod files;
 mod guard;
 mod interner;
+mod sampler;
 mod source;
 mod state;
 mod storage;
@@ -145,6 +146,27 @@ pub struct Config {
     pub capture: Capture,
     /// Whether snapshots keep the frames of `std`, `alloc`, `core` and the tracer.
     pub show_plumbing: bool,
+    /// 0 (the default) traces every block. N > 0 samples: on average one block per N bytes
+    /// allocated is traced (Poisson sampling, as tcmalloc and Go do), statistics and
+    /// `traced_memory()` become estimates scaled back up, and the cost drops to almost nothing.
+    /// [`DEFAULT_SAMPLE_INTERVAL`] suits always-on production use.
+    pub sample_interval: u64,
+}
+
+/// A sample interval for always-on production tracing: one sample per 512 KiB allocated, as
+/// Go's heap profiler defaults to.
+pub const DEFAULT_SAMPLE_INTERVAL: u64 = 512 * 1024;
+
+impl Config {
+    /// The configuration for always-on production tracing: `nframe` frames, one sample per
+    /// [`DEFAULT_SAMPLE_INTERVAL`] bytes.
+    pub fn sampled(nframe: usize) -> Config {
+        Config {
+            nframe,
+            sample_interval: DEFAULT_SAMPLE_INTERVAL,
+            ..Config::default()
+        }
+    }
 }
 
 impl Default for Config {
@@ -157,6 +179,7 @@ impl Default for Config {
             initial_tracebacks: 4096,
             capture: Capture::Auto,
             show_plumbing: false,
+            sample_interval: 0,
         }
     }
 }

@@ -24,6 +24,7 @@ use tracemalloc_core::{RawSnapshot, Recorded, Tracer, TracerStorage, DEFAULT_DOM
 use crate::capture::{capture, Capture};
 use crate::guard::Guard;
 use crate::interner;
+use crate::sampler;
 use crate::storage::{allocate_array, free_array};
 use crate::Config;
 
@@ -128,14 +129,21 @@ fn shard_of(addr: usize) -> &'static spin::Mutex<Shard> {
     &SHARD_TABLE[shard_index(addr)]
 }
 
+/// Whether tracing is off (and the first allocation has been seen): the allocator's one load
+/// while tracing is off.
+#[inline(always)]
+pub(crate) fn is_off() -> bool {
+    STATE.load(Relaxed) == OFF
+}
+
 /// Whether tracing is on.
 #[inline(always)]
 pub(crate) fn is_on() -> bool {
     STATE.load(Relaxed) == ON
 }
 
-/// Whether the allocator should record this allocation: while tracing is off this is the one
-/// relaxed load the allocator pays; only the first allocation and arming take the slow path.
+/// Whether the allocator should record this allocation; the first allocation and arming take
+/// the slow path here.
 #[inline(always)]
 pub(crate) fn should_record(inner: &dyn GlobalAlloc) -> bool {
     match STATE.load(Relaxed) {
@@ -226,8 +234,11 @@ pub(crate) fn request_start(config: Config) {
         Relaxed,
     );
     ARM_FAILED.store(false, Relaxed);
+    let sample_interval = config.sample_interval;
     *CONFIG.lock() = Some(config);
     if STATE.load(Acquire) != ON {
+        // Only while off: the filter must keep marking the blocks already traced.
+        sampler::configure(sample_interval);
         STATE.store(ARMED, Release);
     }
 }
@@ -366,6 +377,9 @@ fn with_stack<R>(f: impl FnOnce(&[usize], u16) -> R) -> R {
 /// Records a new block. Called by the allocator with tracing on and a non-null block.
 #[inline(always)]
 pub(crate) fn on_alloc(inner: &dyn GlobalAlloc, addr: usize, size: usize) {
+    if !sampler::take(size) {
+        return;
+    }
     let Some(_guard) = Guard::enter() else {
         return;
     };
@@ -381,7 +395,12 @@ pub(crate) fn on_alloc(inner: &dyn GlobalAlloc, addr: usize, size: usize) {
 /// The caller's `GlobalAlloc::dealloc` contract for `ptr` and `layout`.
 #[inline(always)]
 pub(crate) unsafe fn dealloc(inner: &dyn GlobalAlloc, ptr: *mut u8, layout: Layout) {
-    let Some(_guard) = Guard::enter() else {
+    let guard = if sampler::maybe_traced(ptr as usize) {
+        Guard::enter()
+    } else {
+        None // sampling, and this block was certainly not sampled
+    };
+    let Some(_guard) = guard else {
         // SAFETY: forwarded unchanged under the caller's contract.
         return unsafe { inner.dealloc(ptr, layout) };
     };
@@ -406,10 +425,25 @@ pub(crate) unsafe fn realloc(
     layout: Layout,
     new_size: usize,
 ) -> *mut u8 {
-    let Some(_guard) = Guard::enter() else {
+    let record_new = sampler::take(new_size);
+    let guard = if record_new || sampler::maybe_traced(ptr as usize) {
+        Guard::enter()
+    } else {
+        None // sampling: neither the old block nor the new one is traced
+    };
+    let Some(_guard) = guard else {
         // SAFETY: forwarded unchanged under the caller's contract.
         return unsafe { inner.realloc(ptr, layout, new_size) };
     };
+    if !record_new {
+        let mut old_shard = shard_of(ptr as usize).lock();
+        // SAFETY: forwarded unchanged under the caller's contract.
+        let new = unsafe { inner.realloc(ptr, layout, new_size) };
+        if !new.is_null() {
+            forget_locked(&mut old_shard, ptr as usize);
+        }
+        return new;
+    }
     with_stack(|frames, total| {
         let id = interner::intern(inner, frames, total);
         let generation = interner::generation();
@@ -473,9 +507,17 @@ fn insert_locked(
     if grow && tracer.table_is_full() {
         grow_table(inner, shard_index(addr), tracer);
     }
-    let before = tracer.counters().current;
+    let (before, traces_before) = (tracer.counters().current, tracer.counters().traces);
     let recorded = tracer.record_alloc_with(DEFAULT_DOMAIN, addr, size, id);
-    account(before, tracer.counters().current);
+    if recorded == Recorded::Traced {
+        // A trace at the same address is replaced (a realloc in place): it had this size.
+        let replaced = (before + size as u64).saturating_sub(tracer.counters().current);
+        account(size as u64, replaced);
+        let new_trace = tracer.counters().traces > traces_before;
+        if new_trace && sampler::interval() != 0 {
+            sampler::mark(addr);
+        }
+    }
     recorded == Recorded::Traced
 }
 
@@ -489,7 +531,10 @@ fn forget_locked(shard: &mut Shard, addr: usize) -> bool {
 fn forget_in(tracer: &mut Tracer<'static>, domain: u32, addr: usize) -> bool {
     match tracer.record_free(domain, addr) {
         Some(size) => {
-            CURRENT.fetch_sub(size, Relaxed);
+            account(0, size);
+            if sampler::interval() != 0 {
+                sampler::unmark(addr);
+            }
             true
         }
         None => false,
@@ -497,14 +542,19 @@ fn forget_in(tracer: &mut Tracer<'static>, domain: u32, addr: usize) -> bool {
 }
 
 #[inline(always)]
-fn account(before: u64, after: u64) {
-    if after >= before {
-        let now = CURRENT.fetch_add(after - before, Relaxed) + (after - before);
+/// Adds a traced block of `added` bytes and removes one of `removed` bytes (either may be 0)
+/// from the global current size and peak. While sampling, sizes count for the bytes they
+/// stand for, so `traced_memory()` is an estimate of the real total.
+fn account(added: u64, removed: u64) {
+    let (added, removed) = (sampler::scaled(added), sampler::scaled(removed));
+    if added >= removed {
+        let grow = added - removed;
+        let now = CURRENT.fetch_add(grow, Relaxed) + grow;
         if now > PEAK.load(Relaxed) {
             PEAK.fetch_max(now, Relaxed);
         }
     } else {
-        CURRENT.fetch_sub(before - after, Relaxed);
+        CURRENT.fetch_sub(removed - added, Relaxed);
     }
 }
 
@@ -545,6 +595,7 @@ pub(crate) fn clear() {
         tracer.clear();
     }
     interner::clear();
+    sampler::configure(sampler::interval());
     CURRENT.store(0, Relaxed);
     PEAK.store(0, Relaxed);
     drop(locked);
@@ -587,6 +638,18 @@ pub(crate) fn tracer_memory() -> u64 {
 pub(crate) fn copy_raw() -> RawSnapshot {
     let limit = traceback_limit().min(u16::MAX as usize) as u16;
     let mut raw = RawSnapshot::new(limit);
+    // Room for the copy, taken and paged in before any lock: sizes read now may grow a little
+    // before the locks are held, hence the slack.
+    let slots: usize = HINTS
+        .iter()
+        .map(|h| 1usize << h.log2_slots.load(Relaxed))
+        .sum();
+    let (entries, frames) = interner::sizes();
+    raw.reserve(
+        slots,
+        entries + entries / 8 + 64,
+        frames + frames / 8 + 1024,
+    );
     let locked: [spin::MutexGuard<'_, Shard>; SHARDS] =
         core::array::from_fn(|i| SHARD_TABLE[i].lock());
     let store = interner::STORE.lock();
@@ -599,6 +662,7 @@ pub(crate) fn copy_raw() -> RawSnapshot {
     }
     drop((foreign, store, locked));
     raw.set_current_and_peak(traced_memory());
+    raw.set_sample_interval(sampler::interval());
     raw
 }
 
@@ -644,7 +708,12 @@ pub(crate) fn track(domain: u32, addr: usize, size: usize) -> bool {
         };
         let before = tracer.counters().current;
         let recorded = tracer.record_alloc(domain, addr, size, frames, total);
-        account(before, tracer.counters().current);
+        if recorded == Recorded::Traced {
+            account(
+                size as u64,
+                (before + size as u64).saturating_sub(tracer.counters().current),
+            );
+        }
         recorded == Recorded::Traced
     })
 }

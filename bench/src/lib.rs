@@ -29,9 +29,11 @@ pub struct Args {
     pub nframe: usize,
     /// Install the tracing wrapper but never start tracing (the `traced` binary only).
     pub off: bool,
+    /// Sample one block per this many bytes on average; 0 traces every block (`traced` only).
+    pub sample: u64,
 }
 
-const USAGE: &str = "usage: <variant> WORKLOAD [--threads N] [--nframe N] [--off]
+const USAGE: &str = "usage: <variant> WORKLOAD [--threads N] [--nframe N] [--off] [--sample BYTES]
   WORKLOAD: hashmap | json | channel | tree
   --nframe N also from the BENCH_NFRAME environment variable (default 16)";
 
@@ -56,6 +58,7 @@ impl Args {
             .and_then(|v| v.parse().ok())
             .unwrap_or(16);
         let mut off = false;
+        let mut sample = 0;
         let mut args = args.into_iter();
         while let Some(arg) = args.next() {
             let mut number = |name: &str| -> Result<usize, String> {
@@ -68,6 +71,7 @@ impl Args {
                 "--threads" => threads = number("--threads")?,
                 "--nframe" => nframe = number("--nframe")?,
                 "--off" => off = true,
+                "--sample" => sample = number("--sample")? as u64,
                 name if workload.is_none() => workload = Some(name.parse()?),
                 other => return Err(format!("unexpected argument {other:?}")),
             }
@@ -77,6 +81,7 @@ impl Args {
             threads,
             nframe,
             off,
+            sample,
         })
     }
 }

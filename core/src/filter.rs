@@ -371,6 +371,7 @@ impl Snapshot {
             traceback_limit: self.traceback_limit,
             counters: self.counters,
             tracer_memory: self.tracer_memory,
+            sample_interval: self.sample_interval,
             ..Snapshot::default()
         };
         let mut remap = alloc::vec![u32::MAX; n];

@@ -26,6 +26,8 @@ pub mod filter;
 #[cfg(feature = "alloc")]
 pub mod format;
 #[cfg(feature = "alloc")]
+pub mod sampling;
+#[cfg(feature = "alloc")]
 pub mod snapshot;
 #[cfg(feature = "alloc")]
 pub mod stats;

@@ -23,6 +23,7 @@ use core::str::FromStr;
 
 use hashbrown::HashMap;
 
+use crate::sampling::sample_weight;
 use crate::snapshot::{Frame, Snapshot, Traceback};
 
 /// How traces are grouped: Python's `key_type` argument.
@@ -200,15 +201,7 @@ fn group_by<'a>(
     if cumulative && key_type == KeyType::Traceback {
         return Err(StatsError::CumulativeTraceback);
     }
-    let mut per_traceback = alloc::vec![(0u64, 0u64); snapshot.tracebacks.len()];
-    for trace in &snapshot.traces {
-        // An index past the tracebacks cannot come out of a snapshot or a decoder; skip it
-        // rather than panic.
-        if let Some(sum) = per_traceback.get_mut(trace.traceback as usize) {
-            sum.0 = sum.0.saturating_add(trace.size);
-            sum.1 += 1;
-        }
-    }
+    let per_traceback = totals_per_traceback(snapshot);
     let mut grouped = Grouped::default();
     for (i, (traceback, &(size, count))) in
         snapshot.tracebacks.iter().zip(&per_traceback).enumerate()
@@ -239,6 +232,37 @@ fn group_by<'a>(
         }
     }
     Ok(grouped)
+}
+
+/// Bytes and blocks per traceback: exact sums, or, for a sampled snapshot, the estimates the
+/// sampled traces stand for (rounded once per traceback).
+fn totals_per_traceback(snapshot: &Snapshot) -> Vec<(u64, u64)> {
+    let n = snapshot.tracebacks.len();
+    // An index past the tracebacks cannot come out of a snapshot or a decoder; such traces are
+    // skipped rather than panicking.
+    if snapshot.sample_interval == 0 {
+        let mut totals = alloc::vec![(0u64, 0u64); n];
+        for trace in &snapshot.traces {
+            if let Some(sum) = totals.get_mut(trace.traceback as usize) {
+                sum.0 = sum.0.saturating_add(trace.size);
+                sum.1 += 1;
+            }
+        }
+        return totals;
+    }
+    let mut estimates = alloc::vec![(0f64, 0f64); n];
+    for trace in &snapshot.traces {
+        if let Some(sum) = estimates.get_mut(trace.traceback as usize) {
+            let weight = sample_weight(trace.size, snapshot.sample_interval);
+            sum.0 += trace.size as f64 * weight;
+            sum.1 += weight;
+        }
+    }
+    // `as` saturates, and +0.5 rounds the non-negative estimates to the nearest integer.
+    estimates
+        .into_iter()
+        .map(|(size, count)| ((size + 0.5) as u64, (count + 0.5) as u64))
+        .collect()
 }
 
 fn diff(new: u64, old: u64) -> i64 {

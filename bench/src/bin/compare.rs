@@ -104,16 +104,18 @@ const OFF: &str = "off";
 const NFRAME1: &str = "nframe 1";
 const NFRAME16: &str = "nframe 16";
 const NFRAME16_2T: &str = "nframe 16 2T";
+const SAMPLED: &str = "sampled 16";
 const MODALLOC: &str = "mod-alloc";
 const DHAT: &str = "dhat-rs";
 const HEAPTRACK_LABEL: &str = "heaptrack";
 
 /// Column order of the main tables.
-const COLUMNS: [&str; 9] = [
+const COLUMNS: [&str; 10] = [
     UNTRACED,
     OFF,
     NFRAME1,
     NFRAME16,
+    SAMPLED,
     UNTRACED_2T,
     NFRAME16_2T,
     MODALLOC,
@@ -128,6 +130,13 @@ fn variants(w: Workload, o: &Options) -> Vec<Variant> {
         Variant::new(OFF, "traced", &[name, "--off"], UNTRACED),
         Variant::new(NFRAME1, "traced", &[name, "--nframe", "1"], UNTRACED),
         Variant::new(NFRAME16, "traced", &[name, "--nframe", "16"], UNTRACED),
+        // Always-on production mode: 16 frames, one sample per 512 KiB (the default interval).
+        Variant::new(
+            SAMPLED,
+            "traced",
+            &[name, "--nframe", "16", "--sample", "524288"],
+            UNTRACED,
+        ),
         Variant::new(MODALLOC, "modalloc", &[name], UNTRACED),
     ];
     if !w.is_multithreaded() {
@@ -313,6 +322,12 @@ fn main_tables(dir: &Path, o: &Options) {
             ratio(&times, &vs, NFRAME16_2T)
         };
         check("nframe 16, 2 threads / untraced", two_threads, 1.5, true);
+        check(
+            "sampled (512 KiB, nframe 16) / untraced",
+            ratio(&times, &vs, SAMPLED),
+            1.02,
+            true,
+        );
         check("mod-alloc / nframe 16", vs_peer(MODALLOC), 1.0, false);
         check("dhat-rs / nframe 16", vs_peer(DHAT), 10.0, false);
     }

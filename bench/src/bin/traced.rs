@@ -1,5 +1,6 @@
-//! The workload under tracemalloc's `TracingAllocator`, tracing with `--nframe N` frames, or
-//! with `--off` the wrapper installed and tracing never started.
+//! The workload under tracemalloc's `TracingAllocator`, tracing with `--nframe N` frames
+//! (sampling one block per `--sample BYTES` when given), or with `--off` the wrapper installed
+//! and tracing never started.
 
 #[global_allocator]
 static ALLOC: tracemalloc::TracingAllocator = tracemalloc::TracingAllocator::system();
@@ -7,7 +8,12 @@ static ALLOC: tracemalloc::TracingAllocator = tracemalloc::TracingAllocator::sys
 fn main() {
     let args = tracemalloc_bench::Args::from_env();
     if !args.off {
-        if let Err(e) = tracemalloc::start(args.nframe) {
+        let config = tracemalloc::Config {
+            nframe: args.nframe,
+            sample_interval: args.sample,
+            ..tracemalloc::Config::default()
+        };
+        if let Err(e) = tracemalloc::start_with(config) {
             eprintln!("traced: cannot start tracing: {e}");
             std::process::exit(1);
         }
@@ -19,8 +25,9 @@ fn main() {
         format!("mode=off peak={peak}")
     } else {
         format!(
-            "mode=on nframe={} peak={peak} tracer_memory={}",
+            "mode=on nframe={} sample={} peak={peak} tracer_memory={}",
             args.nframe,
+            args.sample,
             tracemalloc::tracemalloc_memory()
         )
     };

@@ -7,13 +7,14 @@
 //! addresses later with the firmware's debug info (`Snapshot::resolve_addresses`).
 //! `Snapshot::dump_bytes` writes the same format with resolved frames added.
 //!
-//! Layout, version 1 (every number an unsigned LEB128 varint unless noted):
+//! Layout, version 2 (every number an unsigned LEB128 varint unless noted):
 //!
 //! ```text
 //! magic "TMSNAP" (6 bytes), version (1 byte)
 //! traceback_limit
 //! counters: current, peak, traces, untraced_blocks, untraced_bytes
 //! tracer_memory
+//! sample_interval (0: every block traced)
 //! strings:    count, then per string: byte length, UTF-8 bytes
 //! tracebacks: count, then per traceback:
 //!     flags (1 = addresses, 2 = frames, 4 = the "traceback store full" entry)
@@ -36,7 +37,7 @@ use crate::tracer::Tracer;
 /// The first bytes of every snapshot file.
 pub const MAGIC: &[u8; 6] = b"TMSNAP";
 /// The format version this crate writes and reads.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 
 const FLAG_ADDRESSES: u64 = 1;
 #[cfg_attr(not(feature = "alloc"), allow(dead_code))]
@@ -179,7 +180,13 @@ impl<S: Sink> Writer<S> {
         self.bytes(&buf[..n]);
     }
 
-    fn header(&mut self, traceback_limit: u16, c: &crate::tracer::Counters, memory: u64) {
+    fn header(
+        &mut self,
+        traceback_limit: u16,
+        c: &crate::tracer::Counters,
+        memory: u64,
+        sample_interval: u64,
+    ) {
         self.varint(u64::from(traceback_limit));
         for v in [
             c.current,
@@ -188,6 +195,7 @@ impl<S: Sink> Writer<S> {
             c.untraced_blocks,
             c.untraced_bytes,
             memory,
+            sample_interval,
         ] {
             self.varint(v);
         }
@@ -237,10 +245,12 @@ impl<S: Sink> Writer<S> {
 /// ```
 pub fn encode_tracer<S: Sink>(tracer: &Tracer<'_>, traceback_limit: u16, sink: S) {
     let mut w = Writer::new(sink);
+    // A device traces every block: sample interval 0.
     w.header(
         traceback_limit,
         tracer.counters(),
         tracer.memory_bytes() as u64,
+        0,
     );
     w.varint(0); // no strings: frames are resolved on the host
     let store = tracer.tracebacks();
@@ -345,7 +355,12 @@ mod with_alloc {
         /// Writes [`Snapshot::dump_bytes`] into `sink`.
         pub fn write_to<S: Sink>(&self, sink: S) {
             let mut w = Writer::new(sink);
-            w.header(self.traceback_limit, &self.counters, self.tracer_memory);
+            w.header(
+                self.traceback_limit,
+                &self.counters,
+                self.tracer_memory,
+                self.sample_interval,
+            );
 
             let mut table = StringTable::default();
             // (filename, lineno, function + 1) per frame, in traceback order.
@@ -533,6 +548,7 @@ mod with_alloc {
             untraced_bytes: r.varint()?,
         };
         let tracer_memory = r.varint()?;
+        let sample_interval = r.varint()?;
 
         let n = r.count(1, "string count exceeds the file")?;
         let mut strings: Vec<Arc<str>> = Vec::with_capacity(n);
@@ -638,6 +654,7 @@ mod with_alloc {
             traceback_limit,
             counters,
             tracer_memory,
+            sample_interval,
         })
     }
 
@@ -673,6 +690,7 @@ mod with_alloc {
             s.counters.untraced_blocks = 2;
             s.counters.untraced_bytes = 300;
             s.tracer_memory = 4096;
+            s.sample_interval = 65536;
             s
         }
 
@@ -696,7 +714,7 @@ mod with_alloc {
         fn round_trip_keeps_every_field() {
             let s = sample();
             let bytes = s.dump_bytes();
-            assert_eq!(&bytes[..7], b"TMSNAP\x01");
+            assert_eq!(&bytes[..7], b"TMSNAP\x02");
             let back = Snapshot::load_bytes(&bytes).unwrap();
             assert_eq!(back.traces, s.traces);
             assert_eq!(back.tracebacks, s.tracebacks);
@@ -704,6 +722,7 @@ mod with_alloc {
             assert_eq!(back.traceback_limit, 16);
             assert_eq!(back.counters, s.counters);
             assert_eq!(back.tracer_memory, 4096);
+            assert_eq!(back.sample_interval, s.sample_interval);
             let f = &back.tracebacks[0].frames[0];
             assert_eq!(f.function.as_deref(), Some("app::b"));
             assert_eq!(back.tracebacks[0].frames[1].function, None);
@@ -739,11 +758,11 @@ mod with_alloc {
                 Snapshot::load_bytes(b"TMSNAP").unwrap_err(),
                 DecodeError::Truncated { at: 6 }
             );
-            let mut v2 = bytes.clone();
-            v2[6] = 2;
+            let mut v1 = bytes.clone();
+            v1[6] = 1;
             assert_eq!(
-                Snapshot::load_bytes(&v2).unwrap_err(),
-                DecodeError::UnsupportedVersion(2)
+                Snapshot::load_bytes(&v1).unwrap_err(),
+                DecodeError::UnsupportedVersion(1)
             );
             let mut flipped = bytes.clone();
             flipped[12] ^= 0x10;
@@ -765,20 +784,20 @@ mod with_alloc {
         #[test]
         fn forged_counts_are_refused_before_allocating() {
             // Header fields, then a string count of 2^40.
-            let mut body = b"TMSNAP\x01".to_vec();
-            body.extend_from_slice(&[16, 0, 0, 0, 0, 0, 0]);
+            let mut body = b"TMSNAP\x02".to_vec();
+            body.extend_from_slice(&[16, 0, 0, 0, 0, 0, 0, 0]);
             body.extend_from_slice(&[0x80, 0x80, 0x80, 0x80, 0x80, 0x20]);
             let err = Snapshot::load_bytes(&with_crc(&body)).unwrap_err();
             assert_eq!(
                 err,
                 DecodeError::Invalid {
-                    at: 14,
+                    at: 15,
                     what: "string count exceeds the file"
                 }
             );
             assert_eq!(
                 err.to_string(),
-                "invalid snapshot file at byte 14: string count exceeds the file"
+                "invalid snapshot file at byte 15: string count exceeds the file"
             );
         }
 
@@ -789,7 +808,7 @@ mod with_alloc {
             s.tracebacks[0].frames.clear();
             let mut bytes = Vec::new();
             let mut w = Writer::new(&mut bytes);
-            w.header(s.traceback_limit, &s.counters, s.tracer_memory);
+            w.header(s.traceback_limit, &s.counters, s.tracer_memory, 0);
             w.varint(0);
             w.varint(1);
             w.varint(FLAG_ADDRESSES);

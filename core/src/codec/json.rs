@@ -11,7 +11,7 @@
 //! ```
 //!
 //! `function` is optional, and readers ignore fields they do not know. We also write the
-//! optional `counters` and `tracer_memory`. Raw addresses are not part of this form: resolve a
+//! optional `counters`, `tracer_memory` and `sample_interval`. Raw addresses are not part of this form: resolve a
 //! snapshot before converting it.
 
 use alloc::string::String;
@@ -40,6 +40,13 @@ struct FileDoc {
     counters: Option<CountersDoc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     tracer_memory: Option<u64>,
+    /// Mean bytes between sampled blocks; absent or 0: every block was traced.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    sample_interval: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Serialize, Deserialize)]
@@ -136,6 +143,7 @@ impl Snapshot {
                 untraced_bytes: c.untraced_bytes,
             }),
             tracer_memory: Some(self.tracer_memory),
+            sample_interval: self.sample_interval,
         };
         // Serializing plain structs of strings and numbers into memory cannot fail.
         serde_json::to_string(&doc).unwrap_or_default()
@@ -192,6 +200,7 @@ impl Snapshot {
             };
         }
         snapshot.tracer_memory = doc.tracer_memory.unwrap_or(0);
+        snapshot.sample_interval = doc.sample_interval;
         Ok(snapshot)
     }
 }
@@ -221,6 +230,16 @@ mod tests {
         assert!(json.starts_with(
             r#"{"format":"tracemalloc-snapshot","version":1,"traceback_limit":16,"traces":[{"domain":0,"size":1000,"total_nframe":2,"frames":[{"filename":"src/b.rs","lineno":2,"function":"app::b"},{"filename":"src/a.rs","lineno":1}]}]"#
         ), "{json}");
+    }
+
+    #[test]
+    fn the_sample_interval_round_trips_and_defaults_to_zero() {
+        let mut s = Snapshot::from_json(ISSUE_EXAMPLE).unwrap();
+        assert_eq!(s.sample_interval, 0);
+        assert!(!s.to_json().contains("sample_interval"));
+        s.sample_interval = 524_288;
+        let back = Snapshot::from_json(&s.to_json()).unwrap();
+        assert_eq!(back.sample_interval, 524_288);
     }
 
     #[test]

@@ -1,0 +1,170 @@
+//! Poisson sampling, for tracing that stays on in production.
+//!
+//! With a sample interval of N bytes, each thread counts down the bytes it allocates and
+//! records only the allocation that crosses zero, then draws the next gap from an exponential
+//! distribution of mean N (as tcmalloc and Go's heap profiler do). Unsampled allocations cost a
+//! thread-local subtraction. Snapshots carry N, and statistics scale each sampled block by the
+//! number of blocks it stands for (`tracemalloc_core::sampling`).
+//!
+//! Frees must not look up the trace table for every block, most of which were never sampled:
+//! a small counting filter over addresses (64 Ki one-byte buckets, 64 KiB) says "certainly not
+//! sampled" for almost all of them, and only the rest take the traced path.
+
+use core::cell::Cell;
+use core::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
+
+/// Mean bytes between samples; 0 records every block.
+static INTERVAL: AtomicU64 = AtomicU64::new(0);
+
+const BUCKETS: usize = 1 << 16;
+#[allow(clippy::declare_interior_mutable_const)]
+const ZERO: AtomicU8 = AtomicU8::new(0);
+/// How many live sampled blocks hash to each bucket (saturating: a full bucket stays "maybe").
+static MAYBE_SAMPLED: [AtomicU8; BUCKETS] = [ZERO; BUCKETS];
+
+thread_local! {
+    /// Bytes left before the next sample, and the generator's state (0: not seeded yet).
+    static COUNTDOWN: Cell<(i64, u64)> = const { Cell::new((0, 0)) };
+}
+
+/// Sets the interval (0: trace every block) and forgets every mark.
+pub(crate) fn configure(interval: u64) {
+    INTERVAL.store(interval, Relaxed);
+    for bucket in &MAYBE_SAMPLED {
+        bucket.store(0, Relaxed);
+    }
+}
+
+/// The mean bytes between samples; 0 when every block is traced.
+#[inline(always)]
+pub(crate) fn interval() -> u64 {
+    INTERVAL.load(Relaxed)
+}
+
+/// Whether this allocation of `size` bytes is to be recorded.
+#[inline(always)]
+pub(crate) fn take(size: usize) -> bool {
+    let interval = interval();
+    if interval == 0 {
+        return true;
+    }
+    COUNTDOWN
+        .try_with(|countdown| {
+            let (left, rng) = countdown.get();
+            let left = left - size as i64;
+            if left > 0 && rng != 0 {
+                countdown.set((left, rng));
+                return false;
+            }
+            // The allocation covers every sample point up to `left <= 0`: it is sampled once,
+            // and the countdown restarts after its end, so a block of `size` bytes is sampled
+            // with probability exactly 1 - exp(-size / interval) (the gaps are memoryless).
+            let first = rng == 0;
+            let (mut left, mut rng) = (left, rng);
+            let mut crossed = !first;
+            loop {
+                let (gap, next) = next_gap(rng, interval);
+                rng = next;
+                left += gap;
+                if left > 0 {
+                    break;
+                }
+                crossed = true;
+            }
+            countdown.set((left, rng));
+            // A thread's first allocation seeds the generator: it is sampled only if a gap
+            // drawn from its start falls inside it, like any other.
+            crossed
+        })
+        .unwrap_or(false)
+}
+
+/// Draws an exponential gap of mean `interval` bytes.
+#[cold]
+fn next_gap(rng: u64, interval: u64) -> (i64, u64) {
+    let mut state = if rng == 0 {
+        // Seeded from a stack address: it differs between threads (and runs, with ASLR).
+        let local = 0u8;
+        (&local as *const u8 as u64) ^ 0x9E37_79B9_7F4A_7C15
+    } else {
+        rng
+    };
+    // splitmix64
+    state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    // u in (0, 1]: 53 random bits, never 0 so the logarithm is finite.
+    let u = ((z >> 11) + 1) as f64 / (1u64 << 53) as f64;
+    let gap = -u.ln() * interval as f64;
+    (gap.min(i64::MAX as f64 / 2.0) as i64 + 1, state.max(1))
+}
+
+#[inline(always)]
+fn bucket(addr: usize) -> &'static AtomicU8 {
+    &MAYBE_SAMPLED[((addr as u64 >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 48) as usize]
+}
+
+/// Notes that the block at `addr` is traced while sampling.
+pub(crate) fn mark(addr: usize) {
+    let _ = bucket(addr).fetch_update(Relaxed, Relaxed, |n| n.checked_add(1));
+}
+
+/// Notes that the traced block at `addr` is gone.
+pub(crate) fn unmark(addr: usize) {
+    let _ = bucket(addr).fetch_update(Relaxed, Relaxed, |n| match n {
+        0 | u8::MAX => None,
+        n => Some(n - 1),
+    });
+}
+
+/// Whether the block at `addr` may be traced: always true without sampling.
+#[inline(always)]
+pub(crate) fn maybe_traced(addr: usize) -> bool {
+    interval() == 0 || bucket(addr).load(Relaxed) != 0
+}
+
+/// Bytes a traced block of `size` bytes stands for in `traced_memory()`.
+#[inline(always)]
+pub(crate) fn scaled(size: u64) -> u64 {
+    match interval() {
+        0 => size,
+        interval => {
+            (size as f64 * tracemalloc_core::sampling::sample_weight(size, interval)).round() as u64
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gaps_average_the_interval() {
+        let mut rng = 0;
+        let mut total = 0i64;
+        let n = 100_000;
+        for _ in 0..n {
+            let (gap, next) = next_gap(rng, 4096);
+            assert!(gap >= 1);
+            total += gap;
+            rng = next;
+        }
+        let mean = total as f64 / n as f64;
+        assert!((mean - 4096.0).abs() < 4096.0 * 0.02, "mean gap {mean}");
+    }
+
+    #[test]
+    fn the_filter_counts_and_saturates() {
+        let addr = 0x7000_1230;
+        assert_eq!(bucket(addr).load(Relaxed), 0);
+        mark(addr);
+        mark(addr);
+        unmark(addr);
+        assert_eq!(bucket(addr).load(Relaxed), 1);
+        unmark(addr);
+        unmark(addr); // never below zero
+        assert_eq!(bucket(addr).load(Relaxed), 0);
+    }
+}

@@ -1,0 +1,97 @@
+//! Sampling mode: one block per N bytes on average is traced, and statistics scale the samples
+//! back up. The estimates of each site must land within 10% of the exact figures.
+
+use tracemalloc::{Config, Filter, KeyType, TraceFilter, TracingAllocator};
+
+#[global_allocator]
+static ALLOC: TracingAllocator = TracingAllocator::system();
+
+const THIS_FILE: &str = "tests/tests/sampling.rs";
+
+fn line_of(marker: &str) -> u32 {
+    let needle = format!("// {marker}");
+    include_str!("sampling.rs")
+        .lines()
+        .position(|l| l.trim_end().ends_with(&needle))
+        .unwrap() as u32
+        + 1
+}
+
+/// `n` blocks made by `make`, kept in a Vec allocated before the first of them.
+fn blocks<T>(n: usize, make: impl Fn() -> T) -> Vec<T> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(make());
+    }
+    out
+}
+
+fn estimates(snapshot: &tracemalloc::Snapshot) -> Vec<(u32, u64, u64)> {
+    snapshot
+        .filter_traces(&[TraceFilter::Filter(Filter::new(true, THIS_FILE))])
+        .statistics(KeyType::Lineno, false)
+        .unwrap()
+        .iter()
+        .map(|s| (s.traceback.frames[0].lineno, s.size, s.count))
+        .collect()
+}
+
+fn close(estimate: u64, exact: u64) -> bool {
+    (estimate as f64 - exact as f64).abs() <= exact as f64 * 0.10
+}
+
+#[test]
+fn sampled_estimates_of_each_site_are_within_ten_percent() {
+    tracemalloc::start_with(Config {
+        nframe: 4,
+        sample_interval: 4096,
+        ..Config::default()
+    })
+    .unwrap();
+    let big = blocks(2_000, || vec![1u8; 10_000]); // BIG
+    let mid = blocks(20_000, || vec![2u8; 1_000]); // MID
+    let small = blocks(200_000, || vec![3u8; 64]); // SMALL
+    let snapshot = tracemalloc::take_snapshot().unwrap();
+    assert_eq!(snapshot.sample_interval, 4096);
+    let stats = estimates(&snapshot);
+    let sites = [
+        ("BIG", 2_000u64, 10_000u64),
+        ("MID", 20_000, 1_000),
+        ("SMALL", 200_000, 64),
+    ];
+    for (site, n, size) in sites {
+        let line = line_of(site);
+        let &(_, bytes, count) = stats
+            .iter()
+            .find(|s| s.0 == line)
+            .unwrap_or_else(|| panic!("{site} not sampled: {stats:?}"));
+        assert!(
+            close(bytes, n * size),
+            "{site}: {bytes} bytes estimated, {} real",
+            n * size
+        );
+        assert!(
+            close(count, n),
+            "{site}: {count} blocks estimated, {n} real"
+        );
+    }
+    // Far fewer blocks were traced than allocated.
+    assert!(
+        snapshot.traces.len() < 20_000,
+        "{} traces",
+        snapshot.traces.len()
+    );
+    let (current, _) = tracemalloc::traced_memory();
+    let live: u64 = sites.iter().map(|(_, n, size)| n * size).sum();
+    assert!(
+        close(current as u64, live) || current as u64 > live,
+        "traced_memory {current} vs {live} live"
+    );
+
+    // Freed blocks leave the estimates, sampled or not.
+    drop(small);
+    let stats = estimates(&tracemalloc::take_snapshot().unwrap());
+    assert!(!stats.iter().any(|s| s.0 == line_of("SMALL")), "{stats:?}");
+    drop((big, mid));
+    tracemalloc::stop();
+}
