@@ -285,6 +285,19 @@ impl<'a> TraceTable<'a> {
         Some(removed)
     }
 
+    /// Mean number of slots a lookup of a live trace visits (1.0 is ideal): a health check of
+    /// the hash, used by tests that guard against clustering.
+    pub fn mean_probe_length(&self) -> f64 {
+        let total: usize = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.is_occupied())
+            .map(|(i, s)| (i.wrapping_sub(self.home(s.addr)) & self.mask) + 1)
+            .sum();
+        total as f64 / self.len.max(1) as f64
+    }
+
     /// Removes every trace.
     pub fn clear(&mut self) {
         self.slots.fill(Slot::EMPTY);
@@ -417,16 +430,8 @@ mod tests {
         assert!(t.get(16, |_| true).is_none());
     }
 
-    /// Mean number of slots a lookup visits, over every live trace.
     fn mean_probe_length(t: &TraceTable<'_>) -> f64 {
-        let total: usize = t
-            .slots
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.is_occupied())
-            .map(|(i, s)| (i.wrapping_sub(t.home(s.addr)) & t.mask) + 1)
-            .sum();
-        total as f64 / t.len() as f64
+        t.mean_probe_length()
     }
 
     #[test]
