@@ -33,14 +33,68 @@ impl Capture {
         ))
     }
 
-    /// The method `Auto` stands for here.
+    /// The method `Auto` stands for here: frame pointers where a walker exists and this build
+    /// keeps the chain (checked once against the unwinder), the unwinder otherwise.
     pub(crate) fn resolved(self) -> Capture {
         match self {
-            Capture::Auto if Capture::frame_pointers_supported() => Capture::FramePointers,
+            Capture::Auto if Capture::frame_pointers_supported() && frame_pointers_work() => {
+                Capture::FramePointers
+            }
             Capture::Auto => Capture::Unwinder,
             other => other,
         }
     }
+}
+
+/// Whether the frame-pointer walk sees the same callers as the unwinder: false when this code
+/// was built without `-C force-frame-pointers=yes`, where the register holds data and the walk
+/// would report garbage. Checked once; the answer cannot change while the program runs.
+fn frame_pointers_work() -> bool {
+    use core::sync::atomic::{AtomicU8, Ordering::Relaxed};
+    static KNOWN: AtomicU8 = AtomicU8::new(0); // 0 unknown, 1 no, 2 yes
+    match KNOWN.load(Relaxed) {
+        0 => {
+            let works = probe_outer();
+            KNOWN.store(if works { 2 } else { 1 }, Relaxed);
+            works
+        }
+        known => known == 2,
+    }
+}
+
+#[inline(never)]
+fn probe_outer() -> bool {
+    core::hint::black_box(probe_middle())
+}
+
+#[inline(never)]
+fn probe_middle() -> bool {
+    core::hint::black_box(probe_leaf())
+}
+
+/// Walks both ways from here. The frame pointers' first caller must be a return address inside
+/// `probe_middle` (without frame pointers the register still holds some outer frame's, whose
+/// callers the unwinder sees as well), and the first three callers must be the unwinder's too.
+#[inline(never)]
+fn probe_leaf() -> bool {
+    if !Capture::frame_pointers_supported() {
+        return false;
+    }
+    let mut walked = [MaybeUninit::new(0usize); 8];
+    let (n, _) = capture(Capture::FramePointers, 0, &mut walked);
+    let mut unwound = [MaybeUninit::new(0usize); 32];
+    let (m, _) = unwind(0, &mut unwound);
+    // SAFETY: both buffers were initialised before the captures.
+    let (walked, unwound) = unsafe {
+        (
+            core::slice::from_raw_parts(walked.as_ptr().cast::<usize>(), n),
+            core::slice::from_raw_parts(unwound.as_ptr().cast::<usize>(), m),
+        )
+    };
+    let middle = probe_middle as fn() -> bool as usize;
+    n >= 3
+        && walked[0].wrapping_sub(middle) < 256
+        && walked[..3].iter().all(|f| unwound.contains(f))
 }
 
 /// Fills `out` with up to `out.len()` frames of the caller's stack, most recent first, skipping
@@ -219,6 +273,15 @@ mod tests {
         let (unwound, _) = middle(Capture::Unwinder);
         let common = frames.iter().filter(|f| unwound.contains(f)).count();
         assert!(common >= 2, "fp {frames:x?} vs unwind {unwound:x?}");
+    }
+
+    #[test]
+    fn this_build_keeps_frame_pointers_and_auto_uses_them() {
+        // The workspace builds with -C force-frame-pointers=yes (.cargo/config.toml).
+        if Capture::frame_pointers_supported() {
+            assert!(frame_pointers_work());
+            assert_eq!(Capture::Auto.resolved(), Capture::FramePointers);
+        }
     }
 
     #[test]
