@@ -24,6 +24,12 @@ no_std() {
   cargo build -q -p tracemalloc-core --target thumbv7m-none-eabi --features alloc
 }
 
+docs() {
+  job "cargo doc, warnings denied"
+  RUSTDOCFLAGS="-D warnings" cargo doc -q --no-deps -p tracemalloc -p tracemalloc-embedded
+  RUSTDOCFLAGS="-D warnings" cargo doc -q --no-deps -p tracemalloc-core --all-features
+}
+
 tests() {
   # The firmware test (tests/tests/firmware_qemu.rs) builds the example firmware and runs it in
   # QEMU through ci/firmware.sh.
@@ -35,4 +41,5 @@ install
 format
 lint
 no_std
+docs
 tests

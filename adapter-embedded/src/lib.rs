@@ -12,7 +12,7 @@
 //! - On the device: start/stop, traced current and peak, reset peak, the top N sites by size
 //!   or by growth since a baseline the firmware marks ([`report`]); with the `defmt` feature
 //!   `Report::log` prints them.
-//! - With the `semihosting` feature, [`semihosting::HostFile`] writes a snapshot file on the
+//! - With the `semihosting` feature, `semihosting::HostFile` writes a snapshot file on the
 //!   host for `tracemalloc stats FILE --elf FIRMWARE`.
 #![no_std]
 #![deny(missing_docs, unreachable_pub, unsafe_op_in_unsafe_fn)]
