@@ -232,40 +232,13 @@ mod log {
 mod tests {
     extern crate std;
     use super::*;
-    use tracemalloc_core::{Slot, TracebackEntry, TracebackStorage, TracerStorage};
 
-    struct Arrays {
-        slots: [Slot; 64],
-        entries: [TracebackEntry; 16],
-        index: [u32; 32],
-        frames: [usize; 64],
-    }
-
-    impl Arrays {
-        fn new() -> Self {
-            Arrays {
-                slots: [Slot::EMPTY; 64],
-                entries: [TracebackEntry::EMPTY; 16],
-                index: [0; 32],
-                frames: [0; 64],
-            }
-        }
-        fn tracer(&mut self) -> Tracer<'_> {
-            Tracer::new(TracerStorage {
-                slots: &mut self.slots,
-                tracebacks: TracebackStorage {
-                    entries: &mut self.entries,
-                    index: &mut self.index,
-                    frames: &mut self.frames,
-                },
-            })
-        }
-    }
+    type Arrays = tracemalloc_core::TracerArrays<64, 16, 64>;
 
     #[test]
     fn tally_sums_blocks_per_traceback() {
         let mut a = Arrays::new();
-        let mut t = a.tracer();
+        let mut t = Tracer::new(a.storage());
         t.record_alloc(0, 0x100, 10, &[0xa1], 1);
         t.record_alloc(0, 0x200, 20, &[0xa1], 1);
         t.record_alloc(0, 0x300, 5, &[0xb1, 0xc1], 2);
@@ -281,7 +254,7 @@ mod tests {
     #[test]
     fn top_sites_by_size_keeps_the_n_largest_in_order() {
         let mut a = Arrays::new();
-        let mut t = a.tracer();
+        let mut t = Tracer::new(a.storage());
         // Site k has k blocks of 10 bytes.
         let mut addr = 0x1000;
         for k in 1..=6usize {
@@ -304,7 +277,7 @@ mod tests {
     #[test]
     fn growth_ranks_by_absolute_change_since_the_baseline() {
         let mut a = Arrays::new();
-        let mut t = a.tracer();
+        let mut t = Tracer::new(a.storage());
         let (steady, leak, shrink) = (&[0x11usize][..], &[0x21usize][..], &[0x31usize][..]);
         t.record_alloc(0, 0x100, 100, steady, 1);
         t.record_alloc(0, 0x200, 64, shrink, 1);
@@ -332,7 +305,7 @@ mod tests {
     #[test]
     fn sites_freed_entirely_still_show_their_loss() {
         let mut a = Arrays::new();
-        let mut t = a.tracer();
+        let mut t = Tracer::new(a.storage());
         t.record_alloc(0, 0x100, 8, &[0x11], 1);
         let mut baseline = [SiteTotals::ZERO; 16];
         tally(&t, &mut baseline);
@@ -348,7 +321,7 @@ mod tests {
     #[test]
     fn frames_are_cut_to_the_report_depth() {
         let mut a = Arrays::new();
-        let mut t = a.tracer();
+        let mut t = Tracer::new(a.storage());
         t.record_alloc(0, 0x100, 8, &[1, 2, 3, 4], 9);
         let mut totals = [SiteTotals::ZERO; 16];
         tally(&t, &mut totals);

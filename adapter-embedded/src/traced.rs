@@ -14,22 +14,11 @@ use core::sync::atomic::{AtomicBool, Ordering};
 
 use critical_section::{CriticalSection, Mutex};
 use tracemalloc_core::codec::{encode_tracer, Sink};
-use tracemalloc_core::{
-    Counters, Slot, TracebackEntry, TracebackStorage, Tracer, TracerStorage, DEFAULT_DOMAIN,
-};
+use tracemalloc_core::{Counters, Tracer, TracerArrays, DEFAULT_DOMAIN};
 
 use crate::heap::Heap;
 use crate::report::{self, Order, Report, SiteTotals};
 use crate::stack::{self, CallStacks};
-
-/// The arrays the tracer works in.
-struct Storage<const SLOTS: usize, const TRACEBACKS: usize, const FRAMES: usize> {
-    slots: [Slot; SLOTS],
-    entries: [TracebackEntry; TRACEBACKS],
-    /// Twice as many index cells as entries keeps the traceback index at most half full.
-    index: [[u32; 2]; TRACEBACKS],
-    frames: [usize; FRAMES],
-}
 
 /// What the lock protects.
 struct State<const TRACEBACKS: usize> {
@@ -97,7 +86,7 @@ pub struct TracedHeap<
     /// Read without the lock on every event, so an idle tracer costs one load.
     tracing: AtomicBool,
     state: Mutex<RefCell<State<TRACEBACKS>>>,
-    storage: UnsafeCell<Storage<SLOTS, TRACEBACKS, FRAMES>>,
+    storage: UnsafeCell<TracerArrays<SLOTS, TRACEBACKS, FRAMES>>,
 }
 
 // SAFETY: `storage` is reached only once, in `start` under the critical section, to build the
@@ -135,12 +124,7 @@ impl<H, const SLOTS: usize, const TRACEBACKS: usize, const FRAMES: usize, const 
                 totals: [SiteTotals::ZERO; TRACEBACKS],
                 baseline: [SiteTotals::ZERO; TRACEBACKS],
             })),
-            storage: UnsafeCell::new(Storage {
-                slots: [Slot::EMPTY; SLOTS],
-                entries: [TracebackEntry::EMPTY; TRACEBACKS],
-                index: [[0; 2]; TRACEBACKS],
-                frames: [0; FRAMES],
-            }),
+            storage: UnsafeCell::new(TracerArrays::new()),
         }
     }
 
@@ -166,14 +150,7 @@ impl<H, const SLOTS: usize, const TRACEBACKS: usize, const FRAMES: usize, const 
                 // before the first start (it is never reset), so this `&mut` is unique. The
                 // heap is `'static`, so is its storage.
                 let storage = unsafe { &mut *self.storage.get() };
-                state.tracer = Some(Tracer::new(TracerStorage {
-                    slots: &mut storage.slots,
-                    tracebacks: TracebackStorage {
-                        entries: &mut storage.entries,
-                        index: storage.index.as_flattened_mut(),
-                        frames: &mut storage.frames,
-                    },
-                }));
+                state.tracer = Some(Tracer::new(storage.storage()));
             }
             state.call_stacks = call_stacks;
             self.tracing.store(true, Ordering::Relaxed);
@@ -229,7 +206,7 @@ impl<H, const SLOTS: usize, const TRACEBACKS: usize, const FRAMES: usize, const 
     /// Bytes of RAM the tracer uses (Python's `get_tracemalloc_memory()`): its storage and the
     /// per-site totals, whether tracing or not.
     pub const fn tracemalloc_memory(&self) -> usize {
-        core::mem::size_of::<Storage<SLOTS, TRACEBACKS, FRAMES>>()
+        core::mem::size_of::<TracerArrays<SLOTS, TRACEBACKS, FRAMES>>()
             + core::mem::size_of::<State<TRACEBACKS>>()
     }
 

@@ -35,13 +35,18 @@ impl ElfResolver {
             path: path.display().to_string(),
             reason: e.to_string(),
         })?;
-        let mut roots = Vec::new();
-        if let Some(root) = workspace_of(path) {
-            roots.push(root);
-        }
-        if let Ok(cwd) = std::env::current_dir() {
-            roots.push(cwd.display().to_string());
-        }
+        // Where relative paths start, best guess first: the workspace the binary was built in
+        // (found from its `target` folder, then from the current directory's Cargo
+        // workspace), then the current directory itself.
+        let cwd = std::env::current_dir().ok();
+        let roots = [
+            workspace_of(path),
+            cwd.as_deref().and_then(cargo_workspace_around),
+            cwd.map(|d| d.display().to_string()),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         Ok(ElfResolver {
             loader,
             bias,
@@ -210,6 +215,23 @@ fn workspace_of(path: &Path) -> Option<String> {
     None
 }
 
+/// The nearest folder at or above `dir` whose `Cargo.toml` declares a `[workspace]`, else the
+/// nearest with a `Cargo.toml` at all (cargo runs tests in the package's folder, and a binary
+/// may be built into a target folder elsewhere).
+fn cargo_workspace_around(dir: &Path) -> Option<String> {
+    let mut package = None;
+    for d in dir.ancestors() {
+        let Ok(manifest) = std::fs::read_to_string(d.join("Cargo.toml")) else {
+            continue;
+        };
+        if manifest.lines().any(|l| l.trim() == "[workspace]") {
+            return Some(d.display().to_string());
+        }
+        package.get_or_insert_with(|| d.display().to_string());
+    }
+    package
+}
+
 /// The load bias of the main executable: 0 unless it is position-independent.
 #[cfg(any(target_os = "linux", target_os = "android"))]
 fn main_program_bias() -> usize {
@@ -277,6 +299,13 @@ mod tests {
             Some("leaky_service::Cache::insert"),
             Some("examples/leaky_service.rs")
         ));
+    }
+
+    #[test]
+    fn the_workspace_is_found_from_a_member_folder() {
+        let member = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let root = cargo_workspace_around(member).unwrap();
+        assert_eq!(Path::new(&root), member.parent().unwrap());
     }
 
     #[test]

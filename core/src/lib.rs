@@ -35,7 +35,9 @@ pub mod stats;
 pub use codec::{encode_tracer, DecodeError, Sink, SliceSink};
 pub use table::{Slot, TraceTable};
 pub use traceback::{StoreFull, TracebackEntry, TracebackId, TracebackStorage, TracebackStore};
-pub use tracer::{Counters, Recorded, Tracer, TracerStorage, DEFAULT_DOMAIN, MAX_NFRAME};
+pub use tracer::{
+    Counters, Recorded, Tracer, TracerArrays, TracerStorage, DEFAULT_DOMAIN, MAX_NFRAME,
+};
 
 #[cfg(feature = "alloc")]
 pub use filter::{fnmatch, DomainFilter, Filter, TraceFilter};

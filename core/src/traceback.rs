@@ -359,33 +359,17 @@ impl<'a> TracebackStore<'a> {
 mod tests {
     use super::*;
 
-    struct Arrays {
-        entries: [TracebackEntry; 8],
-        index: [u32; 16],
-        frames: [usize; 16],
-    }
+    /// 8 tracebacks (16 index cells), 16 frames.
+    type Arrays = crate::TracerArrays<1, 8, 16>;
 
-    impl Arrays {
-        fn new() -> Self {
-            Arrays {
-                entries: [TracebackEntry::EMPTY; 8],
-                index: [0; 16],
-                frames: [0; 16],
-            }
-        }
-        fn store(&mut self) -> TracebackStore<'_> {
-            TracebackStore::new(TracebackStorage {
-                entries: &mut self.entries,
-                index: &mut self.index,
-                frames: &mut self.frames,
-            })
-        }
+    fn store(a: &mut Arrays) -> TracebackStore<'_> {
+        TracebackStore::new(a.storage().tracebacks)
     }
 
     #[test]
     fn identical_stacks_share_one_id() {
         let mut a = Arrays::new();
-        let mut s = a.store();
+        let mut s = store(&mut a);
         let x = s.intern(0, &[1, 2, 3], 3);
         let y = s.intern(0, &[1, 2, 4], 3);
         assert_ne!(x, y);
@@ -397,7 +381,7 @@ mod tests {
     #[test]
     fn domain_and_total_depth_are_part_of_the_key() {
         let mut a = Arrays::new();
-        let mut s = a.store();
+        let mut s = store(&mut a);
         let x = s.intern(0, &[1], 1);
         assert_ne!(s.intern(7, &[1], 1), x);
         assert_ne!(s.intern(0, &[1], 9), x);
@@ -408,7 +392,7 @@ mod tests {
     #[test]
     fn full_store_answers_overflow_and_counts_it() {
         let mut a = Arrays::new();
-        let mut s = a.store();
+        let mut s = store(&mut a);
         // 16 frames of pool: two 8-frame stacks fill it.
         let big = [9usize; 8];
         assert_ne!(s.intern(0, &big, 8), TracebackId::OVERFLOW);
@@ -426,7 +410,7 @@ mod tests {
     #[test]
     fn migrate_keeps_ids_and_frames_and_makes_room() {
         let mut a = Arrays::new();
-        let mut s = a.store();
+        let mut s = store(&mut a);
         let big = [9usize; 8];
         let x = s.intern(0, &big, 8);
         let y = s.intern(3, &[1, 2], 2);
@@ -451,7 +435,7 @@ mod tests {
     #[test]
     fn migrate_into_too_small_storage_changes_nothing() {
         let mut a = Arrays::new();
-        let mut s = a.store();
+        let mut s = store(&mut a);
         s.intern(0, &[1, 2, 3], 3);
         let unused = s.migrate(TracebackStorage {
             entries: &mut [],

@@ -7,7 +7,9 @@
 //! and [`Counters::untraced_bytes`] so its loss is visible in every snapshot.
 
 use crate::table::{InsertError, Inserted, Slot, TraceTable};
-use crate::traceback::{TracebackId, TracebackRef, TracebackStorage, TracebackStore};
+use crate::traceback::{
+    TracebackEntry, TracebackId, TracebackRef, TracebackStorage, TracebackStore,
+};
 
 /// The default heap's domain. Other numbers name other heaps (arenas, pools, device memory).
 pub const DEFAULT_DOMAIN: u32 = 0;
@@ -57,6 +59,53 @@ pub struct TracerStorage<'a> {
     pub slots: &'a mut [Slot],
     /// Traceback store arrays.
     pub tracebacks: TracebackStorage<'a>,
+}
+
+/// A tracer's arrays with their sizes in the type, zero-initialised so that a `static` costs
+/// only bss: the storage a microcontroller gives its tracer (and tests theirs).
+///
+/// `SLOTS` trace slots (at most 3/4 hold live blocks), `TRACEBACKS` distinct call stacks (with
+/// twice as many index cells, so the index stays at most half full) and `FRAMES` frames in the
+/// pool the call stacks share.
+pub struct TracerArrays<const SLOTS: usize, const TRACEBACKS: usize, const FRAMES: usize> {
+    slots: [Slot; SLOTS],
+    entries: [TracebackEntry; TRACEBACKS],
+    index: [[u32; 2]; TRACEBACKS],
+    frames: [usize; FRAMES],
+}
+
+impl<const SLOTS: usize, const TRACEBACKS: usize, const FRAMES: usize>
+    TracerArrays<SLOTS, TRACEBACKS, FRAMES>
+{
+    /// Empty arrays.
+    pub const fn new() -> Self {
+        TracerArrays {
+            slots: [Slot::EMPTY; SLOTS],
+            entries: [TracebackEntry::EMPTY; TRACEBACKS],
+            index: [[0; 2]; TRACEBACKS],
+            frames: [0; FRAMES],
+        }
+    }
+
+    /// The arrays as a tracer's storage.
+    pub fn storage(&mut self) -> TracerStorage<'_> {
+        TracerStorage {
+            slots: &mut self.slots,
+            tracebacks: TracebackStorage {
+                entries: &mut self.entries,
+                index: self.index.as_flattened_mut(),
+                frames: &mut self.frames,
+            },
+        }
+    }
+}
+
+impl<const SLOTS: usize, const TRACEBACKS: usize, const FRAMES: usize> Default
+    for TracerArrays<SLOTS, TRACEBACKS, FRAMES>
+{
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// Records allocations into a trace table and a traceback store.
@@ -237,40 +286,14 @@ impl<'a> Tracer<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::traceback::TracebackEntry;
 
-    struct Arrays {
-        slots: [Slot; 8],
-        entries: [TracebackEntry; 8],
-        index: [u32; 16],
-        frames: [usize; 64],
-    }
-
-    impl Arrays {
-        fn new() -> Self {
-            Arrays {
-                slots: [Slot::EMPTY; 8],
-                entries: [TracebackEntry::EMPTY; 8],
-                index: [0; 16],
-                frames: [0; 64],
-            }
-        }
-        fn tracer(&mut self) -> Tracer<'_> {
-            Tracer::new(TracerStorage {
-                slots: &mut self.slots,
-                tracebacks: TracebackStorage {
-                    entries: &mut self.entries,
-                    index: &mut self.index,
-                    frames: &mut self.frames,
-                },
-            })
-        }
-    }
+    /// 8 slots (6 live blocks), 8 tracebacks, 64 frames.
+    type Arrays = TracerArrays<8, 8, 64>;
 
     #[test]
     fn counters_follow_alloc_free_and_peak() {
         let mut a = Arrays::new();
-        let mut t = a.tracer();
+        let mut t = Tracer::new(a.storage());
         t.record_alloc(0, 0x1000, 100, &[1, 2], 2);
         t.record_alloc(0, 0x2000, 50, &[1, 2], 2);
         assert_eq!(t.counters().current, 150);
@@ -285,7 +308,7 @@ mod tests {
     #[test]
     fn realloc_moves_the_trace_and_takes_the_new_traceback() {
         let mut a = Arrays::new();
-        let mut t = a.tracer();
+        let mut t = Tracer::new(a.storage());
         t.record_alloc(0, 0x1000, 10, &[1], 1);
         t.record_realloc(0, 0x1000, 0x3000, 40, &[2], 1);
         assert!(t.trace(0, 0x1000).is_none());
@@ -299,7 +322,7 @@ mod tests {
     #[test]
     fn full_table_counts_untraced_blocks_and_bytes() {
         let mut a = Arrays::new();
-        let mut t = a.tracer();
+        let mut t = Tracer::new(a.storage());
         for i in 1..=10 {
             t.record_alloc(0, i * 16, 3, &[1], 1);
         }
@@ -312,7 +335,7 @@ mod tests {
     #[test]
     fn domains_separate_equal_addresses() {
         let mut a = Arrays::new();
-        let mut t = a.tracer();
+        let mut t = Tracer::new(a.storage());
         t.record_alloc(0, 0x10, 1, &[1], 1);
         t.record_alloc(5, 0x10, 2, &[1], 1);
         assert_eq!(t.record_free(5, 0x10), Some(2));
@@ -322,7 +345,7 @@ mod tests {
     #[test]
     fn clear_forgets_everything() {
         let mut a = Arrays::new();
-        let mut t = a.tracer();
+        let mut t = Tracer::new(a.storage());
         t.record_alloc(0, 0x10, 1, &[1], 1);
         t.clear();
         assert_eq!(*t.counters(), Counters::default());
