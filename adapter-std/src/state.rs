@@ -1,12 +1,12 @@
 //! The process-wide tracer behind the allocator and the API.
 //!
 //! The core's [`Tracer`] is `&mut self`; here its trace table is sharded so that threads
-//! allocating at once rarely meet: a block's page picks one of [`SHARDS`] tracers, each behind
-//! its own spin lock (a lock inside an allocator must never allocate, and the critical sections
-//! are tens of nanoseconds). Call stacks are interned once for the whole process, in the
-//! [`interner`](crate::interner), and the shards record the ids it hands out. Blocks of other
-//! domains (`track`) live in one more tracer with its own store. The global current size and
-//! peak are kept in two atomics, so `traced_memory()` is exact.
+//! allocating at once rarely meet: a block's 1 MiB chunk of address space picks one of
+//! [`SHARDS`] tracers, each behind its own spin lock (a lock inside an allocator must never
+//! allocate, and the critical sections are tens of nanoseconds). Call stacks are interned once
+//! for the whole process, in the [`interner`](crate::interner), and the shards record the ids
+//! it hands out. Blocks of other domains (`track`) live in one more tracer with its own store.
+//! The global current size and peak are kept in two atomics, so `traced_memory()` is exact.
 //!
 //! Tracing memory comes from the inner allocator directly. `start()` only arms the tracer; the
 //! next allocation through the wrapper, which has the inner allocator at hand, obtains the
