@@ -278,8 +278,50 @@ fn arm(inner: &dyn GlobalAlloc) -> bool {
     }
     CURRENT.store(0, Relaxed);
     PEAK.store(0, Relaxed);
+    #[cfg(unix)]
+    fork::register();
     STATE.store(ON, Release);
     true
+}
+
+/// Keeps `fork()` from copying a lock that another thread holds into the child, where nobody
+/// would ever release it and the child's first allocation would spin forever: the forking
+/// thread takes every tracer lock before the fork and releases them after, on both sides.
+#[cfg(unix)]
+mod fork {
+    use super::{interner, AtomicBool, Relaxed, FOREIGN, SHARD_TABLE};
+
+    static REGISTERED: AtomicBool = AtomicBool::new(false);
+
+    pub(super) fn register() {
+        if !REGISTERED.swap(true, Relaxed) {
+            // SAFETY: the handlers only take and release spin locks: they never allocate and
+            // never unwind, as fork handlers must not.
+            unsafe { libc::pthread_atfork(Some(prepare), Some(release), Some(release)) };
+        }
+    }
+
+    /// Takes every lock, in the order snapshots take them, and keeps them past the fork.
+    extern "C" fn prepare() {
+        for shard in &SHARD_TABLE {
+            core::mem::forget(shard.lock());
+        }
+        core::mem::forget(interner::STORE.lock());
+        core::mem::forget(FOREIGN.lock());
+    }
+
+    extern "C" fn release() {
+        // SAFETY: `prepare` took each of these locks on this very thread just before the fork
+        // and leaked its guard, so this thread (in the parent, or its copy in the child) is
+        // their holder and nothing else can hold them.
+        unsafe {
+            FOREIGN.force_unlock();
+            interner::STORE.force_unlock();
+            for shard in SHARD_TABLE.iter().rev() {
+                shard.force_unlock();
+            }
+        }
+    }
 }
 
 fn capture_depth(config: &Config) -> usize {

@@ -1,0 +1,72 @@
+//! `fork()` while other threads allocate: the child must be able to allocate and take a
+//! snapshot, not spin forever on a tracer lock that a thread which no longer exists held.
+#![cfg(unix)]
+
+use std::hint::black_box;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracemalloc::TracingAllocator;
+
+#[global_allocator]
+static ALLOC: TracingAllocator = TracingAllocator::system();
+
+/// Waits for `pid` at most `limit`; its exit status, or `None` (and the child killed).
+fn wait_for(pid: libc::pid_t, limit: Duration) -> Option<i32> {
+    let deadline = Instant::now() + limit;
+    let mut status = 0;
+    loop {
+        // SAFETY: `status` is a valid out-pointer; `pid` is our own child.
+        let done = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if done == pid {
+            return libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
+        }
+        if Instant::now() > deadline {
+            // SAFETY: killing and reaping our own child.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, &mut status, 0);
+            }
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn a_child_forked_while_threads_allocate_can_still_allocate_and_snapshot() {
+    tracemalloc::start(8).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    black_box(vec![0u8; 48]);
+                }
+            })
+        })
+        .collect();
+    for round in 0..40 {
+        // SAFETY: the child only allocates through the global allocator (which the tracer's
+        // fork handlers and glibc's keep usable), takes a snapshot and leaves with `_exit`.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            let kept = black_box(vec![1u8; 1000]);
+            let ok =
+                tracemalloc::take_snapshot().is_ok_and(|s| s.traces.iter().any(|t| t.size == 1000));
+            drop(kept);
+            // SAFETY: ends the child without running the parent's exit handlers.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        let status = wait_for(pid, Duration::from_secs(20));
+        assert_eq!(status, Some(0), "child of round {round} hung or failed");
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+    tracemalloc::stop();
+}
