@@ -37,9 +37,22 @@ tests() {
   cargo test --workspace
 }
 
+demo() {
+  # The README's first command, optimized as users run it (inlining changes which frames the
+  # tracer must hide): its report must name the leaking line.
+  job "the demo finds its leak (release build)"
+  local out file=adapter-std/examples/leaky_service/cache.rs line
+  line=$(grep -n "the leaking line" "$file" | cut -d: -f1)
+  out=$(cargo run -q --release --example leaky_service)
+  echo "$out" | grep -E "since_start #1|Leak found"
+  echo "$out" | grep -q "since_start #1: $file:0: "
+  echo "$out" | grep -q "Leak found: $file:$line grows fastest"
+}
+
 install
 format
 lint
 no_std
 docs
 tests
+demo

@@ -176,8 +176,14 @@ fn strip_hash(name: &str) -> &str {
 /// Whether a frame is allocation plumbing rather than the application's code.
 fn is_plumbing(function: Option<&str>, file: Option<&str>) -> bool {
     if let Some(file) = file {
-        // The standard library's sources (and the crates it vendors, such as hashbrown).
-        if file.starts_with("/rustc/") || file.starts_with("/rust/deps/") {
+        // The standard library's sources (and the crates it vendors, such as hashbrown), and
+        // this crate's: an inlined frame carries only its short name (`alloc<System>`), so the
+        // wrapper's own method inlined into `__rust_alloc` is known by its file alone.
+        const OWN_SOURCES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/");
+        if file.starts_with("/rustc/")
+            || file.starts_with("/rust/deps/")
+            || file.starts_with(OWN_SOURCES)
+        {
             return true;
         }
     }
