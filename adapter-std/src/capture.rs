@@ -81,9 +81,9 @@ fn probe_leaf() -> bool {
         return false;
     }
     let mut walked = [MaybeUninit::new(0usize); 8];
-    let (n, _) = capture(Capture::FramePointers, 0, &mut walked);
+    let (n, _) = capture(Capture::FramePointers, &mut walked);
     let mut unwound = [MaybeUninit::new(0usize); 32];
-    let (m, _) = unwind(0, &mut unwound);
+    let (m, _) = unwind(&mut unwound);
     // SAFETY: both buffers were initialised before the captures.
     let (walked, unwound) = unsafe {
         (
@@ -97,28 +97,23 @@ fn probe_leaf() -> bool {
         && walked[..3].iter().all(|f| unwound.contains(f))
 }
 
-/// Fills `out` with up to `out.len()` frames of the caller's stack, most recent first, skipping
-/// `skip` frames first. Returns `(n, total depth)`, where the first `n` elements of `out` are
-/// written; the depth counts every frame the walk saw (saturating at `u16::MAX`), as CPython's
+/// Fills `out` with up to `out.len()` frames of the caller's stack, most recent first. Returns
+/// `(n, total depth)`, where the first `n` elements of `out` are written; the depth counts every frame the walk saw (saturating at `u16::MAX`), as CPython's
 /// `total_nframe` does. `out` may be uninitialised: zeroing a 96-frame buffer on every
 /// allocation would cost more than walking the frames.
 #[inline(always)]
-pub(crate) fn capture(
-    method: Capture,
-    skip: usize,
-    out: &mut [MaybeUninit<usize>],
-) -> (usize, u16) {
+pub(crate) fn capture(method: Capture, out: &mut [MaybeUninit<usize>]) -> (usize, u16) {
     match method {
         #[cfg(all(
             any(target_arch = "x86_64", target_arch = "aarch64"),
             any(target_os = "linux", target_os = "android")
         ))]
-        Capture::FramePointers | Capture::Auto => frame_pointers::walk(skip, out),
-        _ => unwind(skip, out),
+        Capture::FramePointers | Capture::Auto => frame_pointers::walk(out),
+        _ => unwind(out),
     }
 }
 
-fn unwind(skip: usize, out: &mut [MaybeUninit<usize>]) -> (usize, u16) {
+fn unwind(out: &mut [MaybeUninit<usize>]) -> (usize, u16) {
     let mut seen = 0usize;
     let mut written = 0usize;
     // SAFETY: `trace_unsynchronized` requires that no other thread unwinds through it at the
@@ -126,7 +121,7 @@ fn unwind(skip: usize, out: &mut [MaybeUninit<usize>]) -> (usize, u16) {
     // thread-safe on the platforms std supports, and our callback neither panics nor unwinds.
     unsafe {
         backtrace::trace_unsynchronized(|frame| {
-            if seen >= skip && written < out.len() {
+            if written < out.len() {
                 out[written].write((frame.ip() as usize).saturating_sub(1));
                 written += 1;
             }
@@ -134,10 +129,7 @@ fn unwind(skip: usize, out: &mut [MaybeUninit<usize>]) -> (usize, u16) {
             seen < u16::MAX as usize
         });
     }
-    (
-        written,
-        seen.saturating_sub(skip).min(u16::MAX as usize) as u16,
-    )
+    (written, seen.min(u16::MAX as usize) as u16)
 }
 
 #[cfg(all(
@@ -193,47 +185,58 @@ mod frame_pointers {
         bounds
     }
 
+    /// The frame record `[caller's fp, return address]` at `fp`, if `fp` can hold one: a
+    /// valid chain is aligned, stays below the top of the stack and holds a return address.
     #[inline(always)]
-    pub(super) fn walk(skip: usize, out: &mut [MaybeUninit<usize>]) -> (usize, u16) {
+    fn record(fp: usize, high: usize) -> Option<(usize, usize)> {
+        if fp == 0 || fp % core::mem::align_of::<usize>() != 0 || fp + 16 > high {
+            return None;
+        }
+        // SAFETY: `fp` lies between the current frame (the walk starts from our own frame
+        // pointer and only moves upwards) and the top of this thread's stack, which is mapped;
+        // it is aligned, so both words are readable.
+        let (next, ret) = unsafe {
+            (
+                *(fp as *const usize),
+                *((fp + core::mem::size_of::<usize>()) as *const usize),
+            )
+        };
+        (ret != 0).then_some((next, ret))
+    }
+
+    #[inline(always)]
+    pub(super) fn walk(out: &mut [MaybeUninit<usize>]) -> (usize, u16) {
         let (_, high) = match STACK.try_with(Cell::get) {
             Ok((0, 0)) | Err(_) => read_stack_bounds(),
             Ok(bounds) => bounds,
         };
         if high == 0 {
-            return super::unwind(skip, out); // stack bounds unknown: walking would be unsafe
+            return super::unwind(out); // stack bounds unknown: walking would be unsafe
         }
         let mut fp = frame_pointer();
-        let mut seen = 0usize;
         let mut written = 0usize;
-        // Each frame record is [caller's fp, return address]. A valid chain strictly increases
-        // and stays below the top of the stack; anything else ends the walk.
-        while fp != 0 && fp % core::mem::align_of::<usize>() == 0 && fp + 16 <= high {
-            // SAFETY: `fp` lies between the current frame (we started from our own frame
-            // pointer and only move upwards) and the top of this thread's stack, which is
-            // mapped; it is aligned, so both words are readable.
-            let (next, ret) = unsafe {
-                (
-                    *(fp as *const usize),
-                    *((fp + core::mem::size_of::<usize>()) as *const usize),
-                )
-            };
-            if ret == 0 {
-                break;
+        // Fill `out`; the chain must strictly increase, anything else ends it.
+        while let Some((next, ret)) = record(fp, high) {
+            if written == out.len() {
+                // Only counting from here (CPython's total_nframe): a leaner loop.
+                let mut total = written;
+                while let Some((next, _)) = record(fp, high) {
+                    total += 1;
+                    if next <= fp || total >= u16::MAX as usize {
+                        break;
+                    }
+                    fp = next;
+                }
+                return (written, total.min(u16::MAX as usize) as u16);
             }
-            if seen >= skip && written < out.len() {
-                out[written].write(ret - 1);
-                written += 1;
-            }
-            seen += 1;
-            if next <= fp || seen >= u16::MAX as usize {
+            out[written].write(ret - 1);
+            written += 1;
+            if next <= fp {
                 break;
             }
             fp = next;
         }
-        (
-            written,
-            seen.saturating_sub(skip).min(u16::MAX as usize) as u16,
-        )
+        (written, written.min(u16::MAX as usize) as u16)
     }
 }
 
@@ -244,7 +247,7 @@ mod tests {
     #[inline(never)]
     fn leaf(method: Capture) -> (Vec<usize>, u16) {
         let mut buf = [MaybeUninit::new(0usize); 64];
-        let (n, total) = capture(method, 0, &mut buf);
+        let (n, total) = capture(method, &mut buf);
         // SAFETY: `capture` wrote the first `n` elements (they were initialised anyway).
         (
             buf[..n]
@@ -287,7 +290,7 @@ mod tests {
     #[test]
     fn capture_respects_the_buffer_and_counts_the_total() {
         let mut buf = [MaybeUninit::new(0usize); 2];
-        let (n, total) = capture(Capture::Auto.resolved(), 0, &mut buf);
+        let (n, total) = capture(Capture::Auto.resolved(), &mut buf);
         assert_eq!(n, 2);
         assert!(total >= 2);
     }

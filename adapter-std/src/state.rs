@@ -403,7 +403,7 @@ fn with_stack<R>(f: impl FnOnce(&[usize], u16) -> R) -> R {
     };
     if depth <= STACK_FRAMES {
         let mut buf = [MaybeUninit::<usize>::uninit(); STACK_FRAMES];
-        let (n, total) = capture(method, 0, &mut buf[..depth]);
+        let (n, total) = capture(method, &mut buf[..depth]);
         // SAFETY: `capture` initialised the first `n` elements, and `MaybeUninit<usize>` has
         // the layout of `usize`.
         let frames = unsafe { core::slice::from_raw_parts(buf.as_ptr().cast::<usize>(), n) };
@@ -412,7 +412,7 @@ fn with_stack<R>(f: impl FnOnce(&[usize], u16) -> R) -> R {
         // Limits beyond the stack buffer: a per-thread buffer, allocated under the guard.
         DEEP_FRAMES.with_borrow_mut(|buf| {
             buf.resize(depth, MaybeUninit::new(0));
-            let (n, total) = capture(method, 0, buf);
+            let (n, total) = capture(method, buf);
             // SAFETY: as above; the buffer is initialised anyway.
             let frames = unsafe { core::slice::from_raw_parts(buf.as_ptr().cast::<usize>(), n) };
             f(frames, total)
@@ -433,9 +433,8 @@ pub(crate) fn on_alloc(inner: &dyn GlobalAlloc, addr: usize, size: usize) {
     with_stack(|frames, total| record(inner, addr, size, frames, total));
 }
 
-/// Frees a block through `inner` and forgets its trace. The shard stays locked across the inner
-/// call (a free address may be handed to another thread at once, and its new trace must not be
-/// the one removed here), which also lets the prefetched slot arrive while `inner` works.
+/// Forgets a block's trace, then frees it through `inner`: in this order, no other thread can
+/// be handed the address (and record a new trace at it) before the old trace is gone.
 ///
 /// # Safety
 /// The caller's `GlobalAlloc::dealloc` contract for `ptr` and `layout`.
@@ -451,11 +450,10 @@ pub(crate) unsafe fn dealloc(inner: &dyn GlobalAlloc, ptr: *mut u8, layout: Layo
         return unsafe { inner.dealloc(ptr, layout) };
     };
     let addr = ptr as usize;
-    prefetch_slot(addr);
-    let mut shard = shard_of(addr).lock();
+    forget_locked(&mut shard_of(addr).lock(), addr);
+    drop(_guard);
     // SAFETY: forwarded unchanged under the caller's contract.
     unsafe { inner.dealloc(ptr, layout) };
-    forget_locked(&mut shard, addr);
 }
 
 /// Reallocates through `inner` and moves the trace. The old block's shard stays locked across

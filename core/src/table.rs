@@ -226,6 +226,7 @@ impl<'a> TraceTable<'a> {
     }
 
     /// Records a trace, or replaces the one already recorded for the same key.
+    #[inline]
     pub fn insert(
         &mut self,
         addr: usize,
@@ -260,6 +261,7 @@ impl<'a> TraceTable<'a> {
     }
 
     /// Removes and returns the trace of `addr`, if any.
+    #[inline]
     pub fn remove(&mut self, addr: usize, is_key: impl Fn(TracebackId) -> bool) -> Option<Slot> {
         let mut hole = self.find(addr, is_key)?;
         let removed = self.slots[hole];

@@ -144,6 +144,7 @@ impl<'a> Tracer<'a> {
     /// Records a block under a traceback interned before: by this tracer, or, for adapters that
     /// shard the table and share one traceback store, by that store. A tracer whose own store
     /// is empty reads every such id as the default domain, so sharing tracers serve domain 0.
+    #[inline]
     pub fn record_alloc_with(
         &mut self,
         domain: u32,
@@ -154,6 +155,7 @@ impl<'a> Tracer<'a> {
         self.insert(domain, addr, size as u64, traceback)
     }
 
+    #[inline]
     fn insert(&mut self, domain: u32, addr: usize, size: u64, traceback: TracebackId) -> Recorded {
         if traceback == TracebackId::OVERFLOW && domain != DEFAULT_DOMAIN {
             // The overflow traceback belongs to the default domain; recording the block under it
@@ -195,6 +197,7 @@ impl<'a> Tracer<'a> {
     /// Forgets the block at `addr` in `domain`. Returns its size if it was traced; freeing an
     /// untraced block (allocated before tracing started, or dropped when the table was full) is
     /// not an error.
+    #[inline]
     pub fn record_free(&mut self, domain: u32, addr: usize) -> Option<u64> {
         let tracebacks = &self.tracebacks;
         let slot = self
