@@ -94,10 +94,10 @@ fn publish_hint(shard: usize, tracer: &Tracer<'_>) {
         .store(tracer.table().slot_count().trailing_zeros() as u8, Relaxed);
 }
 
-/// Asks the CPU to fetch the table slot of `addr` into the cache.
+/// Asks the CPU to fetch the table slot of `addr` (in `shard`) into the cache.
 #[inline(always)]
-fn prefetch_slot(addr: usize) {
-    let hint = &HINTS[shard_index(addr)];
+fn prefetch_slot(addr: usize, shard: usize) {
+    let hint = &HINTS[shard];
     let base = hint.base.load(Relaxed);
     if base == 0 {
         return;
@@ -429,8 +429,9 @@ pub(crate) fn on_alloc(inner: &dyn GlobalAlloc, addr: usize, size: usize) {
     let Some(_guard) = Guard::enter() else {
         return;
     };
-    prefetch_slot(addr);
-    with_stack(|frames, total| record(inner, addr, size, frames, total));
+    let shard = shard_index(addr);
+    prefetch_slot(addr, shard);
+    with_stack(|frames, total| record(inner, shard, addr, size, frames, total));
 }
 
 /// Forgets a block's trace, then frees it through `inner`: in this order, no other thread can
@@ -492,20 +493,32 @@ pub(crate) unsafe fn realloc(
         let id = interner::intern(inner, frames, total);
         let generation = interner::generation();
         let old = ptr as usize;
-        let mut old_shard = shard_of(old).lock();
+        let old_index = shard_index(old);
+        let mut old_shard = SHARD_TABLE[old_index].lock();
         // SAFETY: forwarded unchanged under the caller's contract.
         let new = unsafe { inner.realloc(ptr, layout, new_size) };
         if new.is_null() {
             return new; // the old block is untouched, and so is its trace
         }
         if new as usize == old {
-            insert_locked(inner, &mut old_shard, old, new_size, id, generation);
+            insert_locked(
+                inner,
+                &mut old_shard,
+                old_index,
+                old,
+                new_size,
+                id,
+                generation,
+            );
         } else {
             forget_locked(&mut old_shard, old);
             drop(old_shard);
+            let index = shard_index(new as usize);
+            let mut new_shard = SHARD_TABLE[index].lock();
             insert_locked(
                 inner,
-                &mut shard_of(new as usize).lock(),
+                &mut new_shard,
+                index,
                 new as usize,
                 new_size,
                 id,
@@ -516,23 +529,28 @@ pub(crate) unsafe fn realloc(
     })
 }
 
-/// Records a default-domain block allocated from the stack `frames`.
-fn record(inner: &dyn GlobalAlloc, addr: usize, size: usize, frames: &[usize], total: u16) -> bool {
+/// Records a default-domain block of `shard` allocated from the stack `frames`.
+#[inline(always)]
+fn record(
+    inner: &dyn GlobalAlloc,
+    shard: usize,
+    addr: usize,
+    size: usize,
+    frames: &[usize],
+    total: u16,
+) -> bool {
     let id = interner::intern(inner, frames, total);
     let generation = interner::generation();
-    insert_locked(
-        inner,
-        &mut shard_of(addr).lock(),
-        addr,
-        size,
-        id,
-        generation,
-    )
+    let mut locked = SHARD_TABLE[shard].lock();
+    insert_locked(inner, &mut locked, shard, addr, size, id, generation)
 }
 
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn insert_locked(
     inner: &dyn GlobalAlloc,
     shard: &mut Shard,
+    index: usize,
     addr: usize,
     size: usize,
     id: tracemalloc_core::TracebackId,
@@ -549,7 +567,7 @@ fn insert_locked(
         return false;
     };
     if grow && tracer.table_is_full() {
-        grow_table(inner, shard_index(addr), tracer);
+        grow_table(inner, index, tracer);
     }
     let (before, traces_before) = (tracer.counters().current, tracer.counters().traces);
     let recorded = tracer.record_alloc_with(DEFAULT_DOMAIN, addr, size, id);
@@ -565,6 +583,7 @@ fn insert_locked(
     recorded == Recorded::Traced
 }
 
+#[inline(always)]
 fn forget_locked(shard: &mut Shard, addr: usize) -> bool {
     let Some(tracer) = shard.tracer.as_mut() else {
         return false;
@@ -572,6 +591,7 @@ fn forget_locked(shard: &mut Shard, addr: usize) -> bool {
     forget_in(tracer, DEFAULT_DOMAIN, addr)
 }
 
+#[inline(always)]
 fn forget_in(tracer: &mut Tracer<'static>, domain: u32, addr: usize) -> bool {
     match tracer.record_free(domain, addr) {
         Some(size) => {
@@ -585,10 +605,10 @@ fn forget_in(tracer: &mut Tracer<'static>, domain: u32, addr: usize) -> bool {
     }
 }
 
-#[inline(always)]
 /// Adds a traced block of `added` bytes and removes one of `removed` bytes (either may be 0)
 /// from the global current size and peak. While sampling, sizes count for the bytes they
 /// stand for, so `traced_memory()` is an estimate of the real total.
+#[inline(always)]
 fn account(added: u64, removed: u64) {
     let (added, removed) = (sampler::scaled(added), sampler::scaled(removed));
     if added >= removed {
@@ -744,7 +764,7 @@ pub(crate) fn track(domain: u32, addr: usize, size: usize) -> bool {
     };
     with_stack(|frames, total| {
         if domain == DEFAULT_DOMAIN {
-            return record(&NoMemory, addr, size, frames, total);
+            return record(&NoMemory, shard_index(addr), addr, size, frames, total);
         }
         let mut foreign = FOREIGN.lock();
         let Some(tracer) = foreign.as_mut() else {
