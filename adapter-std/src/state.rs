@@ -40,20 +40,37 @@ const ARMED: u8 = 2;
 const ENV_PENDING: u8 = 3;
 
 /// The tracing state: one relaxed load of it is all the allocator pays while tracing is off.
-static STATE: AtomicU8 = AtomicU8::new(ENV_PENDING);
+static STATE: OwnLine<AtomicU8> = OwnLine(AtomicU8::new(ENV_PENDING));
 /// Frames to capture: the traceback limit plus the allowance for hidden plumbing frames.
 static CAPTURE_DEPTH: AtomicUsize = AtomicUsize::new(1);
 /// The traceback limit users asked for (frames kept after hiding plumbing).
 static NFRAME: AtomicUsize = AtomicUsize::new(1);
 /// 0: frame pointers, 1: unwinder.
 static METHOD: AtomicU8 = AtomicU8::new(0);
-static CURRENT: AtomicU64 = AtomicU64::new(0);
-static PEAK: AtomicU64 = AtomicU64::new(0);
+
+/// Keeps what it holds on cache lines of its own. The current size and peak change on every
+/// traced allocation, from every thread; sharing a line with the state flag that every
+/// allocation reads, or with a shard lock, would make each core miss on the other's writes.
+#[repr(align(128))]
+struct OwnLine<T>(T);
+
+impl<T> core::ops::Deref for OwnLine<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+static CURRENT: OwnLine<AtomicU64> = OwnLine(AtomicU64::new(0));
+static PEAK: OwnLine<AtomicU64> = OwnLine(AtomicU64::new(0));
 /// Set when arming failed because the inner allocator had no memory for the tables.
 static ARM_FAILED: AtomicBool = AtomicBool::new(false);
 static CONFIG: spin::Mutex<Option<Config>> = spin::Mutex::new(None);
 static ARMING: spin::Mutex<()> = spin::Mutex::new(());
 
+/// One shard, on cache lines of its own: threads working in different shards must not slow each
+/// other through a shared line.
+#[repr(align(128))]
 struct Shard {
     tracer: Option<Tracer<'static>>,
     grow: bool,
