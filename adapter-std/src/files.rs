@@ -75,39 +75,23 @@ pub fn load(path: impl AsRef<Path>) -> Result<Snapshot, FileError> {
         path: name.clone(),
         source,
     })?;
-    parse(&bytes).map_err(|e| e.with_path(name))
+    parse_named(&bytes, name)
 }
 
 /// Parses the bytes of a snapshot file of either form.
 pub fn parse(bytes: &[u8]) -> Result<Snapshot, FileError> {
-    if bytes.starts_with(MAGIC) {
-        return Snapshot::load_bytes(bytes).map_err(|source| FileError::Binary {
-            path: String::new(),
-            source,
-        });
-    }
-    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
-    if first == Some(&b'{') {
-        let text = std::str::from_utf8(bytes).map_err(|_| FileError::NotASnapshot {
-            path: String::new(),
-        })?;
-        return Snapshot::from_json(text).map_err(|source| FileError::Json {
-            path: String::new(),
-            source,
-        });
-    }
-    Err(FileError::NotASnapshot {
-        path: String::new(),
-    })
+    parse_named(bytes, String::new())
 }
 
-impl FileError {
-    fn with_path(self, name: String) -> FileError {
-        match self {
-            FileError::Io { source, .. } => FileError::Io { path: name, source },
-            FileError::Binary { source, .. } => FileError::Binary { path: name, source },
-            FileError::Json { source, .. } => FileError::Json { path: name, source },
-            FileError::NotASnapshot { .. } => FileError::NotASnapshot { path: name },
-        }
+/// [`parse`], with errors naming `path`.
+fn parse_named(bytes: &[u8], path: String) -> Result<Snapshot, FileError> {
+    if bytes.starts_with(MAGIC) {
+        return Snapshot::load_bytes(bytes).map_err(|source| FileError::Binary { path, source });
     }
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    let text = match std::str::from_utf8(bytes) {
+        Ok(text) if first == Some(&b'{') => text,
+        _ => return Err(FileError::NotASnapshot { path }),
+    };
+    Snapshot::from_json(text).map_err(|source| FileError::Json { path, source })
 }

@@ -208,7 +208,7 @@ pub fn start_with(config: Config) -> Result<(), Error> {
     state::request_start(config);
     // Any allocation through the wrapper switches tracing on; make one.
     drop(std::hint::black_box(Box::new(0u64)));
-    if state::is_tracing() {
+    if state::is_on() {
         Ok(())
     } else if state::arm_failed() {
         Err(Error::OutOfMemory)
@@ -225,7 +225,7 @@ pub fn stop() {
 
 /// Whether allocations are being traced.
 pub fn is_tracing() -> bool {
-    state::is_tracing()
+    state::is_on()
 }
 
 /// Forgets every trace; tracing goes on (Python's `clear_traces`).
@@ -261,14 +261,8 @@ pub fn object_traceback<T: ?Sized>(ptr: *const T) -> Option<Traceback> {
     let (_, addresses, total) = state::trace_of(ptr as *const u8 as usize)?;
     let mut frames = Vec::new();
     symbolize::with_process_resolver(|resolver| {
-        let mut scratch = Vec::new();
         for &address in &addresses {
-            scratch.clear();
-            if resolver.resolve(address, &mut scratch) {
-                frames.append(&mut scratch);
-            } else {
-                frames.push(Frame::unresolved(address));
-            }
+            resolver.frames_at(address, &mut frames);
         }
     });
     let mut traceback = Traceback {

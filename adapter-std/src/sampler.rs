@@ -125,10 +125,11 @@ pub(crate) fn maybe_traced(addr: usize) -> bool {
     interval() == 0 || bucket(addr).load(Relaxed) != 0
 }
 
-/// Bytes a traced block of `size` bytes stands for in `traced_memory()`.
+/// Bytes a traced block of `size` bytes stands for in `traced_memory()`, sampling with
+/// `interval` (from [`interval`]).
 #[inline(always)]
-pub(crate) fn scaled(size: u64) -> u64 {
-    match interval() {
+pub(crate) fn scaled(size: u64, interval: u64) -> u64 {
+    match interval {
         0 => size,
         interval => {
             (size as f64 * tracemalloc_core::sampling::sample_weight(size, interval)).round() as u64

@@ -145,6 +145,12 @@ fn shard_index(addr: usize) -> usize {
     (chunk >> (64 - SHARDS.trailing_zeros())) as usize
 }
 
+/// Every shard locked, in index order: the one order every whole-tracer operation (snapshot,
+/// clear, fork) takes them in, so they cannot deadlock against each other.
+fn lock_all_shards() -> [spin::MutexGuard<'static, Shard>; SHARDS] {
+    core::array::from_fn(|i| SHARD_TABLE[i].lock())
+}
+
 #[inline(always)]
 fn shard_of(addr: usize) -> &'static spin::Mutex<Shard> {
     &SHARD_TABLE[shard_index(addr)]
@@ -306,7 +312,7 @@ fn arm(inner: &dyn GlobalAlloc) -> bool {
 /// thread takes every tracer lock before the fork and releases them after, on both sides.
 #[cfg(unix)]
 mod fork {
-    use super::{interner, AtomicBool, Relaxed, FOREIGN, SHARD_TABLE};
+    use super::{interner, lock_all_shards, AtomicBool, Relaxed, FOREIGN, SHARD_TABLE};
 
     static REGISTERED: AtomicBool = AtomicBool::new(false);
 
@@ -320,9 +326,7 @@ mod fork {
 
     /// Takes every lock, in the order snapshots take them, and keeps them past the fork.
     extern "C" fn prepare() {
-        for shard in &SHARD_TABLE {
-            core::mem::forget(shard.lock());
-        }
+        core::mem::forget(lock_all_shards());
         core::mem::forget(interner::STORE.lock());
         core::mem::forget(FOREIGN.lock());
     }
@@ -627,7 +631,11 @@ fn forget_in(tracer: &mut Tracer<'static>, domain: u32, addr: usize) -> bool {
 /// stand for, so `traced_memory()` is an estimate of the real total.
 #[inline(always)]
 fn account(added: u64, removed: u64) {
-    let (added, removed) = (sampler::scaled(added), sampler::scaled(removed));
+    let interval = sampler::interval();
+    let (added, removed) = (
+        sampler::scaled(added, interval),
+        sampler::scaled(removed, interval),
+    );
     if added >= removed {
         let grow = added - removed;
         let now = CURRENT.fetch_add(grow, Relaxed) + grow;
@@ -665,8 +673,7 @@ pub(crate) fn stop() {
 /// so no record can pair an old id with the new store.
 pub(crate) fn clear() {
     let _guard = Guard::enter();
-    let mut locked: [spin::MutexGuard<'_, Shard>; SHARDS] =
-        core::array::from_fn(|i| SHARD_TABLE[i].lock());
+    let mut locked = lock_all_shards();
     for shard in &mut locked {
         if let Some(tracer) = shard.tracer.as_mut() {
             tracer.clear();
@@ -680,11 +687,6 @@ pub(crate) fn clear() {
     CURRENT.store(0, Relaxed);
     PEAK.store(0, Relaxed);
     drop(locked);
-}
-
-/// Whether tracing is on (Python's `is_tracing()`).
-pub(crate) fn is_tracing() -> bool {
-    is_on()
 }
 
 /// The traceback limit (Python's `get_traceback_limit()`).
@@ -731,8 +733,7 @@ pub(crate) fn copy_raw() -> RawSnapshot {
         entries + entries / 8 + 64,
         frames + frames / 8 + 1024,
     );
-    let locked: [spin::MutexGuard<'_, Shard>; SHARDS] =
-        core::array::from_fn(|i| SHARD_TABLE[i].lock());
+    let locked = lock_all_shards();
     let store = interner::STORE.lock();
     let foreign = FOREIGN.lock();
     if let Some(store) = store.as_ref() {

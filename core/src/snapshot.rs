@@ -145,6 +145,16 @@ pub trait Resolver {
     /// pushing none hides the address (tracer or allocator plumbing). Returns false, pushing
     /// nothing, when the address is unknown: the snapshot then shows [`Frame::unresolved`].
     fn resolve(&mut self, address: usize, out: &mut Vec<Frame>) -> bool;
+
+    /// Pushes the frames a traceback shows for `address`: what [`Resolver::resolve`] finds, or
+    /// [`Frame::unresolved`] when it knows nothing.
+    fn frames_at(&mut self, address: usize, out: &mut Vec<Frame>) {
+        let before = out.len();
+        if !self.resolve(address, out) {
+            out.truncate(before);
+            out.push(Frame::unresolved(address));
+        }
+    }
 }
 
 /// A resolver that knows nothing: every frame shows as its address.
@@ -334,7 +344,6 @@ impl Snapshot {
     /// the firmware's debug info). Tracebacks without addresses are kept as they are.
     pub fn resolve_addresses(&mut self, resolver: &mut dyn Resolver) {
         let mut cache: HashMap<usize, Vec<Frame>> = HashMap::new();
-        let mut scratch = Vec::new();
         for (traceback, addresses) in self.tracebacks.iter_mut().zip(&self.addresses) {
             if addresses.is_empty() {
                 continue;
@@ -342,12 +351,9 @@ impl Snapshot {
             let mut frames = Vec::with_capacity(addresses.len());
             for &address in addresses {
                 let resolved = cache.entry(address).or_insert_with(|| {
-                    scratch.clear();
-                    if resolver.resolve(address, &mut scratch) {
-                        scratch.clone()
-                    } else {
-                        alloc::vec![Frame::unresolved(address)]
-                    }
+                    let mut found = Vec::new();
+                    resolver.frames_at(address, &mut found);
+                    found
                 });
                 frames.extend(resolved.iter().cloned());
             }
