@@ -56,6 +56,8 @@ impl Default for TracingAllocator<System> {
 
 // The traced paths live out of line, so that while tracing is off each method is one relaxed
 // load, a compare and a tail call into the inner allocator, with no frame of its own to set up.
+// While sampling, the countdown (allocations) or the page filter (frees) is tested inline as
+// well, and only blocks that are or become sampled leave the fast path.
 impl<A: GlobalAlloc> TracingAllocator<A> {
     /// # Safety
     /// `GlobalAlloc::alloc`'s (or `alloc_zeroed`'s) contract for `layout`.
@@ -108,7 +110,7 @@ impl<A: GlobalAlloc> TracingAllocator<A> {
 unsafe impl<A: GlobalAlloc> GlobalAlloc for TracingAllocator<A> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if state::is_off() {
+        if state::passes_alloc(layout.size()) {
             // SAFETY: forwarded with the caller's layout, which meets `alloc`'s contract.
             return unsafe { self.inner.alloc(layout) };
         }
@@ -118,7 +120,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TracingAllocator<A> {
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if state::is_off() {
+        if state::passes_alloc(layout.size()) {
             // SAFETY: forwarded with the caller's layout, which meets the contract.
             return unsafe { self.inner.alloc_zeroed(layout) };
         }
@@ -128,7 +130,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TracingAllocator<A> {
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if state::is_off() {
+        if state::passes_free(ptr as usize) {
             // SAFETY: the caller guarantees `ptr` was allocated by this allocator (so by
             // `inner`) with `layout`; forwarded unchanged.
             return unsafe { self.inner.dealloc(ptr, layout) };
@@ -139,7 +141,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TracingAllocator<A> {
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if state::is_off() {
+        if state::passes_realloc(ptr as usize, new_size) {
             // SAFETY: the caller's contract for `realloc` is forwarded unchanged.
             return unsafe { self.inner.realloc(ptr, layout, new_size) };
         }

@@ -45,6 +45,24 @@ pub(crate) fn interval() -> u64 {
     INTERVAL.load(Relaxed)
 }
 
+/// Counts `size` bytes off this thread's countdown when that does not reach a sample point,
+/// and says whether it did: the allocator's inline test while sampling. When it returns
+/// false nothing changed, and [`take`] decides on the same bytes.
+#[inline(always)]
+pub(crate) fn skip(size: usize) -> bool {
+    COUNTDOWN
+        .try_with(|countdown| {
+            let (left, rng) = countdown.get();
+            let left = left.wrapping_sub(size as i64);
+            let skip = left > 0 && rng != 0;
+            if skip {
+                countdown.set((left, rng));
+            }
+            skip
+        })
+        .unwrap_or(true)
+}
+
 /// Whether this allocation of `size` bytes is to be recorded.
 #[inline(always)]
 pub(crate) fn take(size: usize) -> bool {

@@ -38,6 +38,8 @@ const OFF: u8 = 0;
 const ON: u8 = 1;
 const ARMED: u8 = 2;
 const ENV_PENDING: u8 = 3;
+/// On, sampling: the allocator tests the countdown and the free filter inline.
+const SAMPLING: u8 = 4;
 
 /// The tracing state: one relaxed load of it is all the allocator pays while tracing is off.
 static STATE: OwnLine<AtomicU8> = OwnLine(AtomicU8::new(ENV_PENDING));
@@ -156,17 +158,49 @@ fn shard_of(addr: usize) -> &'static spin::Mutex<Shard> {
     &SHARD_TABLE[shard_index(addr)]
 }
 
-/// Whether tracing is off (and the first allocation has been seen): the allocator's one load
-/// while tracing is off.
+/// Whether an allocation of `size` bytes needs nothing from the tracer: tracing is off, or
+/// sampling and these bytes reach no sample point (then they are counted off the countdown).
 #[inline(always)]
-pub(crate) fn is_off() -> bool {
-    STATE.load(Relaxed) == OFF
+pub(crate) fn passes_alloc(size: usize) -> bool {
+    match STATE.load(Relaxed) {
+        OFF => true,
+        SAMPLING => sampler::skip(size),
+        _ => false,
+    }
+}
+
+/// Whether freeing the block at `addr` needs nothing from the tracer: tracing is off, or
+/// sampling and the block is certainly not sampled.
+#[inline(always)]
+pub(crate) fn passes_free(addr: usize) -> bool {
+    match STATE.load(Relaxed) {
+        OFF => true,
+        SAMPLING => !sampler::maybe_traced(addr),
+        _ => false,
+    }
+}
+
+/// Whether reallocating the block at `addr` to `new_size` bytes needs nothing from the
+/// tracer: neither the old block nor the new one is traced.
+#[inline(always)]
+pub(crate) fn passes_realloc(addr: usize, new_size: usize) -> bool {
+    match STATE.load(Relaxed) {
+        OFF => true,
+        // The filter first: `skip` consumes the countdown only when the tracer is skipped.
+        SAMPLING => !sampler::maybe_traced(addr) && sampler::skip(new_size),
+        _ => false,
+    }
 }
 
 /// Whether tracing is on.
 #[inline(always)]
 pub(crate) fn is_on() -> bool {
-    STATE.load(Relaxed) == ON
+    is_on_state(STATE.load(Relaxed))
+}
+
+#[inline(always)]
+fn is_on_state(state: u8) -> bool {
+    state == ON || state == SAMPLING
 }
 
 /// Whether the allocator should record this allocation; the first allocation and arming take
@@ -174,7 +208,7 @@ pub(crate) fn is_on() -> bool {
 #[inline(always)]
 pub(crate) fn should_record(inner: &dyn GlobalAlloc) -> bool {
     match STATE.load(Relaxed) {
-        ON => true,
+        ON | SAMPLING => true,
         OFF => false,
         _ => on_state_change(inner),
     }
@@ -204,7 +238,7 @@ fn on_state_change(inner: &dyn GlobalAlloc) -> bool {
             };
             arm(inner)
         }
-        state => state == ON,
+        state => is_on_state(state),
     }
 }
 
@@ -263,7 +297,7 @@ pub(crate) fn request_start(config: Config) {
     ARM_FAILED.store(false, Relaxed);
     let sample_interval = config.sample_interval;
     *CONFIG.lock() = Some(config);
-    if STATE.load(Acquire) != ON {
+    if !is_on_state(STATE.load(Acquire)) {
         // Only while off: the filter must keep marking the blocks already traced.
         sampler::configure(sample_interval);
         STATE.store(ARMED, Release);
@@ -279,7 +313,7 @@ pub(crate) fn arm_failed() -> bool {
 fn arm(inner: &dyn GlobalAlloc) -> bool {
     let _arming = ARMING.lock();
     if STATE.load(Acquire) != ARMED {
-        return STATE.load(Acquire) == ON;
+        return is_on_state(STATE.load(Acquire));
     }
     let Some(config) = CONFIG.lock().clone() else {
         return false;
@@ -303,7 +337,12 @@ fn arm(inner: &dyn GlobalAlloc) -> bool {
     PEAK.store(0, Relaxed);
     #[cfg(unix)]
     fork::register();
-    STATE.store(ON, Release);
+    let on = if sampler::interval() == 0 {
+        ON
+    } else {
+        SAMPLING
+    };
+    STATE.store(on, Release);
     true
 }
 

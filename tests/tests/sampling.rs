@@ -92,6 +92,31 @@ fn sampled_estimates_of_each_site_are_within_ten_percent() {
     drop(small);
     let stats = estimates(&tracemalloc::take_snapshot().unwrap());
     assert!(!stats.iter().any(|s| s.0 == line_of("SMALL")), "{stats:?}");
+
+    // Blocks grown by realloc are sampled on their new size, whichever of their two blocks
+    // was sampled, and leave with their last free.
+    // All small blocks exist before any grows, so no freed one is handed out again (which
+    // would overwrite a trace left behind).
+    let mut grown = blocks(20_000, || vec![4u8; 8]); // SEED
+    for v in &mut grown {
+        v.reserve_exact(992); // GROWN
+    }
+    let stats = estimates(&tracemalloc::take_snapshot().unwrap());
+    let line = line_of("GROWN");
+    let &(_, bytes, count) = stats.iter().find(|s| s.0 == line).expect("GROWN sampled");
+    let real = grown.iter().map(Vec::capacity).sum::<usize>() as u64;
+    assert!(
+        close(bytes, real),
+        "GROWN: {bytes} bytes estimated, {real} real"
+    );
+    assert!(close(count, 20_000), "GROWN: {count} blocks estimated");
+    drop(grown);
+    let stats = estimates(&tracemalloc::take_snapshot().unwrap());
+    // Neither the grown blocks nor the small ones they were reallocated from stay behind.
+    assert!(
+        !stats.iter().any(|s| s.0 == line || s.0 == line_of("SEED")),
+        "{stats:?}"
+    );
     drop((big, mid));
     tracemalloc::stop();
 }
