@@ -239,6 +239,10 @@ pub fn traceback_limit() -> usize {
 }
 
 /// Current and peak size of traced blocks, in bytes (Python's `get_traced_memory`).
+///
+/// Threads publish their changes in batches of 64 KiB, so the figures are exact for the calling
+/// thread's blocks and for threads that have exited, and miss under 64 KiB of each other
+/// running thread's most recent changes.
 pub fn traced_memory() -> (usize, usize) {
     let (current, peak) = state::traced_memory();
     (current as usize, peak as usize)

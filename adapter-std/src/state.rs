@@ -6,7 +6,8 @@
 //! allocate, and the critical sections are tens of nanoseconds). Call stacks are interned once
 //! for the whole process, in the [`interner`](crate::interner), and the shards record the ids
 //! it hands out. Blocks of other domains (`track`) live in one more tracer with its own store.
-//! The global current size and peak are kept in two atomics, so `traced_memory()` is exact.
+//! The global current size and peak live in two atomics that each thread updates once per
+//! 64 KiB of change (see [`account`]), not once per block.
 //!
 //! Tracing memory comes from the inner allocator directly. `start()` only arms the tracer; the
 //! next allocation through the wrapper, which has the inner allocator at hand, obtains the
@@ -14,8 +15,9 @@
 //! tracing is on, or the wrapper is not the global allocator and it says so.
 
 use core::alloc::{GlobalAlloc, Layout};
+use core::cell::Cell;
 use core::mem::MaybeUninit;
-use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering::*};
+use core::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicUsize, Ordering::*};
 
 use tracemalloc_core::table::Slot;
 use tracemalloc_core::traceback::{TracebackEntry, TracebackStorage};
@@ -63,8 +65,10 @@ impl<T> core::ops::Deref for OwnLine<T> {
     }
 }
 
-static CURRENT: OwnLine<AtomicU64> = OwnLine(AtomicU64::new(0));
-static PEAK: OwnLine<AtomicU64> = OwnLine(AtomicU64::new(0));
+/// Traced bytes every thread has published. Signed: one thread may publish the frees of
+/// blocks before another publishes their allocation.
+static CURRENT: OwnLine<AtomicI64> = OwnLine(AtomicI64::new(0));
+static PEAK: OwnLine<AtomicI64> = OwnLine(AtomicI64::new(0));
 /// Set when arming failed because the inner allocator had no memory for the tables.
 static ARM_FAILED: AtomicBool = AtomicBool::new(false);
 static CONFIG: spin::Mutex<Option<Config>> = spin::Mutex::new(None);
@@ -666,24 +670,101 @@ fn forget_in(tracer: &mut Tracer<'static>, domain: u32, addr: usize) -> bool {
 }
 
 /// Adds a traced block of `added` bytes and removes one of `removed` bytes (either may be 0)
-/// from the global current size and peak. While sampling, sizes count for the bytes they
-/// stand for, so `traced_memory()` is an estimate of the real total.
+/// from the current size and peak. While sampling, sizes count for the bytes they stand for,
+/// so `traced_memory()` is an estimate of the real total. Called under a shard (or the
+/// foreign) lock, which orders it with `clear()`.
+///
+/// The change goes to this thread's [`Pending`] sum, published to the global atomics once it
+/// reaches [`PUBLISH_BYTES`] either way: two atomic updates per block were a sixth of what
+/// full tracing cost, and with several threads each one moved a cache line between cores.
 #[inline(always)]
 fn account(added: u64, removed: u64) {
     let interval = sampler::interval();
-    let (added, removed) = (
-        sampler::scaled(added, interval),
-        sampler::scaled(removed, interval),
-    );
-    if added >= removed {
-        let grow = added - removed;
-        let now = CURRENT.fetch_add(grow, Relaxed) + grow;
-        if now > PEAK.load(Relaxed) {
-            PEAK.fetch_max(now, Relaxed);
-        }
-    } else {
-        CURRENT.fetch_sub(removed - added, Relaxed);
+    let change =
+        sampler::scaled(added, interval) as i64 - sampler::scaled(removed, interval) as i64;
+    let generation = interner::generation();
+    let pending = PENDING.try_with(|pending| pending.add(change, generation));
+    if pending.is_err() {
+        publish(change, change.max(0)); // this thread's locals are gone: publish at once
     }
+}
+
+/// Published changes never lag a thread's own by more than this.
+const PUBLISH_BYTES: i64 = 64 * 1024;
+
+/// A thread's traced-size change not yet published to [`CURRENT`], and the highest that
+/// running sum reached since: the peak the thread's blocks may have set, given the total the
+/// other threads had published. With one thread, the peak is exact; with several, each one's
+/// unpublished change (under [`PUBLISH_BYTES`]) is missing from the others' view.
+struct Pending {
+    change: Cell<i64>,
+    high: Cell<i64>,
+    /// The store generation the change belongs to: `clear()` voids changes made before it.
+    generation: Cell<u32>,
+}
+
+impl Pending {
+    #[inline(always)]
+    fn add(&self, change: i64, generation: u32) {
+        if self.generation.get() != generation {
+            self.take();
+            self.generation.set(generation);
+        }
+        let sum = self.change.get() + change;
+        self.change.set(sum);
+        if sum > self.high.get() {
+            self.high.set(sum);
+        }
+        if sum.unsigned_abs() >= PUBLISH_BYTES as u64 {
+            let (change, high) = self.take();
+            publish(change, high);
+        }
+    }
+
+    fn take(&self) -> (i64, i64) {
+        (self.change.replace(0), self.high.replace(0))
+    }
+
+    /// Publishes this thread's change, if it belongs to the current generation. Takes a shard
+    /// lock, which `clear()` holds while it starts a new generation.
+    fn publish_now(&self) {
+        let _locked = SHARD_TABLE[0].lock();
+        let (change, high) = self.take();
+        if self.generation.get() == interner::generation() {
+            publish(change, high);
+        }
+    }
+}
+
+impl Drop for Pending {
+    /// A thread's last change is published when it exits.
+    fn drop(&mut self) {
+        self.publish_now();
+    }
+}
+
+thread_local! {
+    static PENDING: Pending = const {
+        Pending {
+            change: Cell::new(0),
+            high: Cell::new(0),
+            generation: Cell::new(0),
+        }
+    };
+}
+
+fn publish(change: i64, high: i64) {
+    let before = CURRENT.fetch_add(change, Relaxed);
+    let peak = before + high;
+    if peak > PEAK.load(Relaxed) {
+        PEAK.fetch_max(peak, Relaxed);
+    }
+}
+
+/// Publishes the calling thread's pending change, so that what it asks about includes its own
+/// blocks exactly.
+fn publish_own() {
+    let _ = PENDING.try_with(Pending::publish_now);
 }
 
 /// Doubles a shard's table. On failure the table stays as it was and the block that triggered
@@ -718,14 +799,15 @@ pub(crate) fn clear() {
             tracer.clear();
         }
     }
-    if let Some(tracer) = FOREIGN.lock().as_mut() {
+    let mut foreign = FOREIGN.lock();
+    if let Some(tracer) = foreign.as_mut() {
         tracer.clear();
     }
     interner::clear();
     sampler::configure(sampler::interval());
     CURRENT.store(0, Relaxed);
     PEAK.store(0, Relaxed);
-    drop(locked);
+    drop((foreign, locked));
 }
 
 /// The traceback limit (Python's `get_traceback_limit()`).
@@ -733,15 +815,18 @@ pub(crate) fn traceback_limit() -> usize {
     NFRAME.load(Relaxed)
 }
 
-/// `(current, peak)` traced bytes.
+/// `(current, peak)` traced bytes: exact for the calling thread's blocks, within
+/// [`PUBLISH_BYTES`] per other thread for theirs.
 pub(crate) fn traced_memory() -> (u64, u64) {
-    let current = CURRENT.load(Relaxed);
-    (current, PEAK.load(Relaxed).max(current))
+    publish_own();
+    let current = CURRENT.load(Relaxed).max(0);
+    (current as u64, PEAK.load(Relaxed).max(current) as u64)
 }
 
 /// Python's `reset_peak()`.
 pub(crate) fn reset_peak() {
-    PEAK.store(CURRENT.load(Relaxed), Relaxed);
+    publish_own();
+    PEAK.store(CURRENT.load(Relaxed).max(0), Relaxed);
 }
 
 /// Bytes the tracer holds (Python's `get_tracemalloc_memory()`).

@@ -257,6 +257,38 @@ fn traced_memory_peak_and_reset_follow_python() {
 }
 
 #[test]
+fn small_changes_count_in_this_thread_and_when_other_threads_exit() {
+    let _s = serial();
+    fresh(1);
+    // Each thread publishes its changes to the global figures in batches; what the calling
+    // thread did is always included, below the batch size too.
+    let (base, _) = tracemalloc::traced_memory();
+    let small = vec![1u8; 3000];
+    let (current, _) = tracemalloc::traced_memory();
+    assert!(current >= base + 3000, "{base} -> {current}");
+    tracemalloc::reset_peak();
+    let spike = vec![2u8; 20_000];
+    drop(std::hint::black_box(spike));
+    let (now, peak) = tracemalloc::traced_memory();
+    assert!(
+        peak >= now + 20_000,
+        "a 20 kB spike left peak {peak} at {now}"
+    );
+    // Threads publish what is left when they exit.
+    let workers: Vec<_> = (0..4)
+        .map(|_| std::thread::spawn(|| vec![3u8; 10_000]))
+        .collect();
+    let kept: Vec<Vec<u8>> = workers.into_iter().map(|w| w.join().unwrap()).collect();
+    let (after, _) = tracemalloc::traced_memory();
+    assert!(
+        after >= now + 40_000,
+        "{now} -> {after} after 4 threads kept 40 kB"
+    );
+    drop((kept, small));
+    tracemalloc::stop();
+}
+
+#[test]
 fn errors_match_python() {
     let _s = serial();
     assert!(matches!(
