@@ -12,7 +12,7 @@
 
 use core::alloc::GlobalAlloc;
 use core::cell::RefCell;
-use core::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed};
 
 use tracemalloc_core::traceback::{
     stack_hash, StoreFull, TracebackEntry, TracebackId, TracebackStorage, TracebackStore,
@@ -22,6 +22,9 @@ use crate::storage::{allocate_array, free_array};
 
 /// The shared store; `None` until tracing first starts.
 pub(crate) static STORE: spin::Mutex<Option<TracebackStore<'static>>> = spin::Mutex::new(None);
+
+/// Bytes the store may grow to (`Config::max_traceback_memory`).
+static MAX_BYTES: AtomicUsize = AtomicUsize::new(usize::MAX);
 
 /// Bumped whenever the store is cleared, which invalidates every id the caches hold.
 static GENERATION: AtomicU32 = AtomicU32::new(1);
@@ -97,6 +100,13 @@ fn intern_shared(inner: &dyn GlobalAlloc, frames: &[usize], total: u16) -> Trace
     }
 }
 
+/// Bytes [`allocate`] takes for `entries` tracebacks and `frames` frames.
+fn storage_bytes(entries: usize, frames: usize) -> usize {
+    entries * core::mem::size_of::<TracebackEntry>()
+        + (entries * 2).next_power_of_two() * core::mem::size_of::<u32>()
+        + frames * core::mem::size_of::<usize>()
+}
+
 /// Storage for a store of `entries` tracebacks and `frames` frames in all.
 fn allocate(
     inner: &dyn GlobalAlloc,
@@ -126,12 +136,16 @@ fn release(inner: &dyn GlobalAlloc, storage: TracebackStorage<'static>) {
     free_array(inner, storage.frames);
 }
 
-/// Doubles the store (and makes room for `more` frames). On failure the store stays as it was
-/// and the stack is reported as `<traceback store full>`.
+/// Doubles the store (and makes room for `more` frames). When the bigger store would pass the
+/// limit, or on failure, the store stays as it was and the stack is reported as
+/// `<traceback store full>`.
 #[cold]
 fn grow(inner: &dyn GlobalAlloc, store: &mut TracebackStore<'static>, more: usize) {
     let capacity = (store.entry_capacity() * 2).clamp(16, TracebackId::MASK as usize + 1);
     let frame_capacity = (store.frame_count() + more) * 2;
+    if storage_bytes(capacity, frame_capacity) > MAX_BYTES.load(Relaxed) {
+        return;
+    }
     let Some(storage) = allocate(inner, capacity, frame_capacity) else {
         return;
     };
@@ -140,9 +154,16 @@ fn grow(inner: &dyn GlobalAlloc, store: &mut TracebackStore<'static>, more: usiz
     }
 }
 
-/// Creates the store at first start, or clears it (and invalidates every cached id).
-pub(crate) fn reset(inner: &dyn GlobalAlloc, entries: usize, depth: usize) -> bool {
+/// Creates the store at first start, or clears it (and invalidates every cached id); it may
+/// grow to `max_bytes`.
+pub(crate) fn reset(
+    inner: &dyn GlobalAlloc,
+    entries: usize,
+    depth: usize,
+    max_bytes: usize,
+) -> bool {
     let mut store = STORE.lock();
+    MAX_BYTES.store(max_bytes, Relaxed);
     GENERATION.fetch_add(1, Relaxed);
     match store.as_mut() {
         Some(store) => {

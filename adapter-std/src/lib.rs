@@ -142,6 +142,12 @@ pub struct Config {
     /// (up to 2^24), and a stack that still finds no room is reported as
     /// `<traceback store full>`.
     pub initial_tracebacks: usize,
+    /// Bytes the traceback store may grow to ([`DEFAULT_MAX_TRACEBACK_MEMORY`] by default).
+    /// A program whose every allocation comes from a new call stack (deep recursion) would
+    /// otherwise make the store grow with every block; past the limit, new stacks are reported
+    /// as `<traceback store full>` and their blocks still count. It bounds growth: a store
+    /// kept from an earlier `start()` stays as big as it was.
+    pub max_traceback_memory: usize,
     /// How stacks are captured.
     pub capture: Capture,
     /// Whether snapshots keep the frames of `std`, `alloc`, `core` and the tracer.
@@ -152,6 +158,10 @@ pub struct Config {
     /// [`DEFAULT_SAMPLE_INTERVAL`] suits always-on production use.
     pub sample_interval: u64,
 }
+
+/// The default limit on the traceback store's growth: room for about a million distinct
+/// 16-frame stacks.
+pub const DEFAULT_MAX_TRACEBACK_MEMORY: usize = 256 << 20;
 
 /// A sample interval for always-on production tracing: one sample per 512 KiB allocated, as
 /// Go's heap profiler defaults to.
@@ -177,6 +187,7 @@ impl Default for Config {
             initial_slots_per_shard: 4096,
             grow: true,
             initial_tracebacks: 4096,
+            max_traceback_memory: DEFAULT_MAX_TRACEBACK_MEMORY,
             capture: Capture::Auto,
             show_plumbing: false,
             sample_interval: 0,

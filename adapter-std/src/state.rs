@@ -331,6 +331,7 @@ fn arm(inner: &dyn GlobalAlloc) -> bool {
             inner,
             config.initial_tracebacks.max(16),
             capture_depth(&config).clamp(4, STACK_FRAMES),
+            config.max_traceback_memory,
         );
     if !ready {
         ARM_FAILED.store(true, Relaxed);
