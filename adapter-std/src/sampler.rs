@@ -47,14 +47,15 @@ pub(crate) fn interval() -> u64 {
 
 /// Counts `size` bytes off this thread's countdown when that does not reach a sample point,
 /// and says whether it did: the allocator's inline test while sampling. When it returns
-/// false nothing changed, and [`take`] decides on the same bytes.
+/// false nothing changed, and [`take`] decides on the same bytes. A thread's countdown starts
+/// at 0, so its first allocation (never of 0 bytes) goes to [`take`], which seeds it.
 #[inline(always)]
 pub(crate) fn skip(size: usize) -> bool {
     COUNTDOWN
         .try_with(|countdown| {
             let (left, rng) = countdown.get();
             let left = left.wrapping_sub(size as i64);
-            let skip = left > 0 && rng != 0;
+            let skip = left > 0;
             if skip {
                 countdown.set((left, rng));
             }
@@ -147,7 +148,13 @@ pub(crate) fn unmark(addr: usize) {
 /// Whether the block at `addr` may be traced: always true without sampling.
 #[inline(always)]
 pub(crate) fn maybe_traced(addr: usize) -> bool {
-    interval() == 0 || bucket(addr).load(Relaxed) != 0
+    interval() == 0 || maybe_sampled(addr)
+}
+
+/// Whether the block at `addr` may have been sampled, for callers that know sampling is on.
+#[inline(always)]
+pub(crate) fn maybe_sampled(addr: usize) -> bool {
+    bucket(addr).load(Relaxed) != 0
 }
 
 /// Bytes a traced block of `size` bytes stands for in `traced_memory()`, sampling with

@@ -179,7 +179,7 @@ pub(crate) fn passes_alloc(size: usize) -> bool {
 pub(crate) fn passes_free(addr: usize) -> bool {
     match STATE.load(Relaxed) {
         OFF => true,
-        SAMPLING => !sampler::maybe_traced(addr),
+        SAMPLING => !sampler::maybe_sampled(addr),
         _ => false,
     }
 }
@@ -191,7 +191,7 @@ pub(crate) fn passes_realloc(addr: usize, new_size: usize) -> bool {
     match STATE.load(Relaxed) {
         OFF => true,
         // The filter first: `skip` consumes the countdown only when the tracer is skipped.
-        SAMPLING => !sampler::maybe_traced(addr) && sampler::skip(new_size),
+        SAMPLING => !sampler::maybe_sampled(addr) && sampler::skip(new_size),
         _ => false,
     }
 }

@@ -32,6 +32,18 @@ pub fn median_ratio(times: &[f64], baseline: &[f64]) -> Option<f64> {
     median(&ratios)
 }
 
+/// The fastest of `times` over the fastest of `baseline`: on a shared machine, noise only ever
+/// adds time, so the best round of each is the least disturbed estimate of their ratio.
+pub fn best_ratio(times: &[f64], baseline: &[f64]) -> Option<f64> {
+    let best = |v: &[f64]| {
+        v.iter()
+            .copied()
+            .filter(|x| x.is_finite())
+            .min_by(f64::total_cmp)
+    };
+    Some(best(times)? / best(baseline)?)
+}
+
 /// A Markdown table with a header row.
 pub fn markdown_table(header: &[String], rows: &[Vec<String>]) -> String {
     let mut out = String::new();
@@ -200,6 +212,12 @@ mod tests {
         let t = [2.0, 30.0, 4.0];
         let b = [1.0, 10.0, 2.0];
         assert_eq!(median_ratio(&t, &b), Some(2.0));
+    }
+
+    #[test]
+    fn best_ratio_divides_the_fastest_rounds_and_skips_failed_ones() {
+        assert_eq!(best_ratio(&[3.0, f64::NAN, 2.5], &[2.0, 1.25]), Some(2.0));
+        assert_eq!(best_ratio(&[f64::NAN], &[1.0]), None);
     }
 
     #[test]
