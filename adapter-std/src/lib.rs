@@ -36,6 +36,10 @@
 //! | `PyTraceMalloc_Track/Untrack`       | [`track`], [`untrack`]                |
 //! | `PYTHONTRACEMALLOC=N`               | `RUST_TRACEMALLOC=N`                  |
 //!
+//! `RUST_TRACEMALLOC_SAMPLE=BYTES` beside `RUST_TRACEMALLOC` samples one block per BYTES
+//! allocated on average (see [`Config::sample_interval`]): always-on tracing of a deployed
+//! program without a code change.
+//!
 //! Build with `-C force-frame-pointers=yes` (in `.cargo/config.toml`: `[build] rustflags =
 //! ["-C", "force-frame-pointers=yes"]`): stacks are then captured by walking frame pointers,
 //! about 1 ns a frame, instead of unwinding, about 110 ns a frame.

@@ -247,6 +247,8 @@ fn on_state_change(inner: &dyn GlobalAlloc) -> bool {
 }
 
 /// `RUST_TRACEMALLOC=N` as `PYTHONTRACEMALLOC=N`: start with N frames (1 when not a number).
+/// `RUST_TRACEMALLOC_SAMPLE=BYTES` beside it samples one block per BYTES on average (0: every
+/// block), for always-on tracing without a code change.
 fn env_config() -> Option<Config> {
     let value = read_env("RUST_TRACEMALLOC")?;
     let value = value.trim();
@@ -257,10 +259,31 @@ fn env_config() -> Option<Config> {
         .parse::<usize>()
         .unwrap_or(1)
         .clamp(1, tracemalloc_core::MAX_NFRAME);
+    let sample_interval = match read_env("RUST_TRACEMALLOC_SAMPLE") {
+        None => 0,
+        Some(bytes) => bytes.trim().parse::<u64>().unwrap_or_else(|_| {
+            warn(b"tracemalloc: RUST_TRACEMALLOC_SAMPLE is not a number of bytes; using the default interval\n");
+            crate::DEFAULT_SAMPLE_INTERVAL
+        }),
+    };
     Some(Config {
         nframe,
+        sample_interval,
         ..Config::default()
     })
+}
+
+/// Writes a line to stderr without allocating or taking std's stderr lock (this runs inside
+/// the first allocation).
+fn warn(line: &[u8]) {
+    #[cfg(unix)]
+    // SAFETY: writes `line.len()` bytes from a valid buffer to file descriptor 2; a failed or
+    // short write only loses the warning.
+    unsafe {
+        libc::write(2, line.as_ptr().cast(), line.len());
+    }
+    #[cfg(not(unix))]
+    let _ = line;
 }
 
 #[cfg(unix)]

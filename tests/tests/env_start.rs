@@ -1,4 +1,5 @@
-//! `RUST_TRACEMALLOC=N` starts tracing with N frames before `main`, as `PYTHONTRACEMALLOC` does.
+//! `RUST_TRACEMALLOC=N` starts tracing with N frames before `main`, as `PYTHONTRACEMALLOC` does;
+//! `RUST_TRACEMALLOC_SAMPLE=BYTES` beside it makes that tracing sampled.
 
 use tracemalloc::TracingAllocator;
 
@@ -11,32 +12,51 @@ fn env_variable_starts_tracing_at_the_first_allocation() {
         // In the child: tracing must already be on, with the limit from the environment.
         assert!(tracemalloc::is_tracing());
         assert_eq!(tracemalloc::traceback_limit(), 5);
-        let kept = vec![0u8; 5555];
+        let expected: u64 = std::env::var("TRACEMALLOC_CHILD").unwrap().parse().unwrap();
+        // A block far bigger than the interval is sampled for certain.
+        let kept = vec![0u8; 5_000_000];
         let snapshot = tracemalloc::take_snapshot().unwrap();
-        assert!(snapshot.traces.iter().any(|t| t.size == 5555));
+        assert_eq!(snapshot.sample_interval, expected);
+        assert!(snapshot.traces.iter().any(|t| t.size == 5_000_000));
         drop(kept);
         return;
     }
     let exe = std::env::current_exe().unwrap();
-    let run = |value: Option<&str>| {
+    // The child is told the sample interval it must find.
+    let run = |value: Option<&str>, sample: Option<&str>, expected: u64| {
         let mut cmd = std::process::Command::new(&exe);
         cmd.args([
             "--exact",
             "env_variable_starts_tracing_at_the_first_allocation",
         ])
-        .env("TRACEMALLOC_CHILD", "1");
+        .env("TRACEMALLOC_CHILD", expected.to_string());
         match value {
             Some(v) => cmd.env("RUST_TRACEMALLOC", v),
             None => cmd.env_remove("RUST_TRACEMALLOC"),
         };
+        match sample {
+            Some(v) => cmd.env("RUST_TRACEMALLOC_SAMPLE", v),
+            None => cmd.env_remove("RUST_TRACEMALLOC_SAMPLE"),
+        };
         cmd.output().unwrap()
     };
-    let traced = run(Some("5"));
+    let ok = |out: &std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    };
+    ok(&run(Some("5"), None, 0));
+    ok(&run(Some("5"), Some("65536"), 65536));
+    // A value that is not a number says so and samples at the default interval.
+    let typo = run(Some("5"), Some("64k"), tracemalloc::DEFAULT_SAMPLE_INTERVAL);
+    ok(&typo);
     assert!(
-        traced.status.success(),
+        String::from_utf8_lossy(&typo.stderr).contains("RUST_TRACEMALLOC_SAMPLE is not a number"),
         "{}",
-        String::from_utf8_lossy(&traced.stdout)
+        String::from_utf8_lossy(&typo.stderr)
     );
     // Without the variable, tracing is off in the child and its assertion fails.
-    assert!(!run(None).status.success());
+    assert!(!run(None, None, 0).status.success());
 }
