@@ -11,7 +11,7 @@
 //! (about one chance in 10^19 per lookup). The store itself compares frames.
 
 use core::alloc::GlobalAlloc;
-use core::cell::RefCell;
+use core::cell::Cell;
 use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed};
 
 use tracemalloc_core::traceback::{
@@ -45,9 +45,10 @@ const EMPTY_ENTRY: CacheEntry = CacheEntry {
 };
 
 thread_local! {
-    // 16 KiB a thread, const-initialised: no allocation, no destructor.
-    static CACHE: RefCell<[CacheEntry; CACHE_SLOTS]> =
-        const { RefCell::new([EMPTY_ENTRY; CACHE_SLOTS]) };
+    // 16 KiB a thread, const-initialised: no allocation, no destructor. Cells, not a RefCell:
+    // entries are copied in and out whole, so no borrow flag is needed.
+    static CACHE: [Cell<CacheEntry>; CACHE_SLOTS] =
+        const { [const { Cell::new(EMPTY_ENTRY) }; CACHE_SLOTS] };
 }
 
 /// The current generation; a record compares it again under its shard lock.
@@ -63,8 +64,7 @@ pub(crate) fn intern(inner: &dyn GlobalAlloc, frames: &[usize], total: u16) -> T
     let slot = (key >> 32) as usize & (CACHE_SLOTS - 1);
     let generation = generation();
     let hit = CACHE.try_with(|cache| {
-        let cache = cache.try_borrow().ok()?;
-        let e = cache[slot];
+        let e = cache[slot].get();
         (e.key == key && e.generation == generation).then_some(e.id)
     });
     if let Ok(Some(id)) = hit {
@@ -73,13 +73,11 @@ pub(crate) fn intern(inner: &dyn GlobalAlloc, frames: &[usize], total: u16) -> T
     let id = intern_shared(inner, frames, total);
     if id != TracebackId::OVERFLOW {
         let _ = CACHE.try_with(|cache| {
-            if let Ok(mut cache) = cache.try_borrow_mut() {
-                cache[slot] = CacheEntry {
-                    key,
-                    generation,
-                    id: id.index(),
-                };
-            }
+            cache[slot].set(CacheEntry {
+                key,
+                generation,
+                id: id.index(),
+            });
         });
     }
     id
