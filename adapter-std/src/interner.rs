@@ -70,16 +70,17 @@ pub(crate) fn intern(inner: &dyn GlobalAlloc, frames: &[usize], total: u16) -> T
     if let Ok(Some(id)) = hit {
         return TracebackId::from_index(id);
     }
+    // `OVERFLOW` is cached too: once the store has reached its limit, a stack that found no
+    // room never will until `clear_traces()` (a new generation), and a program with that many
+    // stacks would otherwise take the store's lock on every allocation.
     let id = intern_shared(inner, frames, total);
-    if id != TracebackId::OVERFLOW {
-        let _ = CACHE.try_with(|cache| {
-            cache[slot].set(CacheEntry {
-                key,
-                generation,
-                id: id.index(),
-            });
+    let _ = CACHE.try_with(|cache| {
+        cache[slot].set(CacheEntry {
+            key,
+            generation,
+            id: id.index(),
         });
-    }
+    });
     id
 }
 

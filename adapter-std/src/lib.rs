@@ -150,7 +150,8 @@ pub struct Config {
     /// A program whose every allocation comes from a new call stack (deep recursion) would
     /// otherwise make the store grow with every block; past the limit, new stacks are reported
     /// as `<traceback store full>` and their blocks still count. It bounds growth: a store
-    /// kept from an earlier `start()` stays as big as it was.
+    /// kept from an earlier `start()` stays as big as it was; while the store moves to bigger
+    /// storage, both exist for a moment (up to 1.5 times the limit).
     pub max_traceback_memory: usize,
     /// How stacks are captured.
     pub capture: Capture,
@@ -159,7 +160,8 @@ pub struct Config {
     /// 0 (the default) traces every block. N > 0 samples: on average one block per N bytes
     /// allocated is traced (Poisson sampling, as tcmalloc and Go do), statistics and
     /// `traced_memory()` become estimates scaled back up, and the cost drops to almost nothing.
-    /// [`DEFAULT_SAMPLE_INTERVAL`] suits always-on production use.
+    /// [`DEFAULT_SAMPLE_INTERVAL`] suits always-on production use. Intervals above 1 TiB
+    /// count as 1 TiB.
     pub sample_interval: u64,
 }
 
@@ -255,9 +257,10 @@ pub fn traceback_limit() -> usize {
 
 /// Current and peak size of traced blocks, in bytes (Python's `get_traced_memory`).
 ///
-/// Threads publish their changes in batches of 64 KiB, so the figures are exact for the calling
-/// thread's blocks and for threads that have exited, and miss under 64 KiB of each other
-/// running thread's most recent changes.
+/// Threads publish their changes in batches of 64 KiB: the figures include every change the
+/// calling thread and exited threads made, and may miss under 64 KiB of each other running
+/// thread's latest changes (allocations or frees, so the peak may be off by as much). With one
+/// thread they are exact.
 pub fn traced_memory() -> (usize, usize) {
     let (current, peak) = state::traced_memory();
     (current as usize, peak as usize)
@@ -321,7 +324,9 @@ pub fn take_snapshot() -> Result<Snapshot, Error> {
 
 /// Records a block that did not come from the global allocator (an arena, a pool, an mmap'd
 /// buffer) under `domain`, with the caller's traceback (Python's `PyTraceMalloc_Track`). Returns
-/// whether it was recorded: tracing must be on and the table must have room.
+/// whether it was recorded: tracing must be on and the table must have room. While sampling,
+/// the block is sampled like an allocation of `size` bytes; one left out returns true, as the
+/// samples account for it.
 pub fn track<T: ?Sized>(domain: u32, ptr: *const T, size: usize) -> bool {
     state::track(domain, ptr as *const u8 as usize, size)
 }

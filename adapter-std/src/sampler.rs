@@ -11,14 +11,19 @@
 //! sampled" for almost all of them, and only the rest take the traced path. Buckets follow the
 //! page number, so frees of neighbouring blocks read the same byte: a filter hashed per block
 //! missed the cache on most frees, and that miss was most of what sampling cost. A page holding
-//! a sampled block sends its other frees down the traced path too, which at the default
-//! interval is under 1 % of frees (one page per 512 KiB sampled).
+//! a sampled block sends its other frees down the traced path too: at the default interval one
+//! page in 128 of the live heap holds a sample, so about 1 % of frees, until the live heap
+//! nears 64 Ki samples (32 GiB at 512 KiB) and most buckets are marked.
 
 use core::cell::Cell;
 use core::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
 
 /// Mean bytes between samples; 0 records every block.
 static INTERVAL: AtomicU64 = AtomicU64::new(0);
+
+/// Longest interval honoured (1 TiB, the largest traced block): a block then stands for at
+/// most about this many bytes, so sums of them stay far from `i64` overflow.
+pub(crate) const MAX_INTERVAL: u64 = 1 << 40;
 
 const BUCKETS: usize = 1 << 16;
 #[allow(clippy::declare_interior_mutable_const)]
@@ -33,7 +38,7 @@ thread_local! {
 
 /// Sets the interval (0: trace every block) and forgets every mark.
 pub(crate) fn configure(interval: u64) {
-    INTERVAL.store(interval, Relaxed);
+    INTERVAL.store(interval.min(MAX_INTERVAL), Relaxed);
     for bucket in &MAYBE_SAMPLED {
         bucket.store(0, Relaxed);
     }

@@ -259,9 +259,10 @@ fn env_config() -> Option<Config> {
         .parse::<usize>()
         .unwrap_or(1)
         .clamp(1, tracemalloc_core::MAX_NFRAME);
-    let sample_interval = match read_env("RUST_TRACEMALLOC_SAMPLE") {
-        None => 0,
-        Some(bytes) => bytes.trim().parse::<u64>().unwrap_or_else(|_| {
+    let sample = read_env("RUST_TRACEMALLOC_SAMPLE");
+    let sample_interval = match sample.as_deref().map(str::trim) {
+        None | Some("") => 0,
+        Some(bytes) => bytes.parse::<u64>().unwrap_or_else(|_| {
             warn(b"tracemalloc: RUST_TRACEMALLOC_SAMPLE is not a number of bytes; using the default interval\n");
             crate::DEFAULT_SAMPLE_INTERVAL
         }),
@@ -365,6 +366,7 @@ fn arm(inner: &dyn GlobalAlloc) -> bool {
     PEAK.store(0, Relaxed);
     #[cfg(unix)]
     fork::register();
+    exit_flush::create();
     let on = if sampler::interval() == 0 {
         ON
     } else {
@@ -578,8 +580,10 @@ pub(crate) unsafe fn realloc(
         return new;
     }
     with_stack(|frames, total| {
-        let id = interner::intern(inner, frames, total);
+        // The generation first: an id interned after a `clear_traces()` that this read
+        // missed is then refused under the lock, never recorded against the wrong store.
         let generation = interner::generation();
+        let id = interner::intern(inner, frames, total);
         let old = ptr as usize;
         let old_index = shard_index(old);
         let mut old_shard = SHARD_TABLE[old_index].lock();
@@ -627,8 +631,10 @@ fn record(
     frames: &[usize],
     total: u16,
 ) -> bool {
-    let id = interner::intern(inner, frames, total);
+    // The generation first: an id interned after a `clear_traces()` that this read missed is
+    // then refused under the lock, never recorded against the wrong store.
     let generation = interner::generation();
+    let id = interner::intern(inner, frames, total);
     let mut locked = SHARD_TABLE[shard].lock();
     insert_locked(inner, &mut locked, shard, addr, size, id, generation)
 }
@@ -684,7 +690,10 @@ fn forget_in(tracer: &mut Tracer<'static>, domain: u32, addr: usize) -> bool {
     match tracer.record_free(domain, addr) {
         Some(size) => {
             account(0, size);
-            if sampler::interval() != 0 {
+            // Only default-domain traces are marked (the allocator's frees are the ones the
+            // filter serves); unmarking for another domain's block on the same page would
+            // let a sampled block's free skip the tracer.
+            if domain == DEFAULT_DOMAIN && sampler::interval() != 0 {
                 sampler::unmark(addr);
             }
             true
@@ -704,6 +713,7 @@ fn forget_in(tracer: &mut Tracer<'static>, domain: u32, addr: usize) -> bool {
 #[inline(always)]
 fn account(added: u64, removed: u64) {
     let interval = sampler::interval();
+    // Sizes and intervals are bounded (MAX_SAMPLE_INTERVAL), so scaled sizes fit an i64.
     let change =
         sampler::scaled(added, interval) as i64 - sampler::scaled(removed, interval) as i64;
     let generation = interner::generation();
@@ -720,11 +730,17 @@ const PUBLISH_BYTES: i64 = 64 * 1024;
 /// running sum reached since: the peak the thread's blocks may have set, given the total the
 /// other threads had published. With one thread, the peak is exact; with several, each one's
 /// unpublished change (under [`PUBLISH_BYTES`]) is missing from the others' view.
+///
+/// No destructor: a thread-local with one registers it on first use, which may allocate
+/// through the global allocator (std aborts when that happens inside it). The thread's last
+/// change is published at exit by a pthread key's destructor instead ([`exit_flush`]).
 struct Pending {
     change: Cell<i64>,
     high: Cell<i64>,
     /// The store generation the change belongs to: `clear()` voids changes made before it.
     generation: Cell<u32>,
+    /// Whether this thread asked for [`exit_flush`] yet.
+    registered: Cell<bool>,
 }
 
 impl Pending {
@@ -734,7 +750,11 @@ impl Pending {
             self.take();
             self.generation.set(generation);
         }
-        let sum = self.change.get() + change;
+        if !self.registered.get() {
+            self.registered.set(true);
+            exit_flush::register();
+        }
+        let sum = self.change.get().saturating_add(change);
         self.change.set(sum);
         if sum > self.high.get() {
             self.high.set(sum);
@@ -760,26 +780,66 @@ impl Pending {
     }
 }
 
-impl Drop for Pending {
-    /// A thread's last change is published when it exits.
-    fn drop(&mut self) {
-        self.publish_now();
-    }
-}
-
 thread_local! {
     static PENDING: Pending = const {
         Pending {
             change: Cell::new(0),
             high: Cell::new(0),
             generation: Cell::new(0),
+            registered: Cell::new(false),
         }
     };
 }
 
+/// Publishes a thread's pending change when it exits, from the destructor of a pthread key the
+/// thread sets on its first change. glibc runs key destructors after the thread's Rust
+/// thread-local destructors, so frees made by those are included.
+#[cfg(unix)]
+mod exit_flush {
+    use core::sync::atomic::{AtomicUsize, Ordering::*};
+
+    /// The key plus one; 0 until created.
+    static KEY: AtomicUsize = AtomicUsize::new(0);
+
+    /// Creates the key; called once, when tracing first arms (not on the allocation path).
+    pub(super) fn create() {
+        if KEY.load(Acquire) != 0 {
+            return;
+        }
+        let mut key: libc::pthread_key_t = 0;
+        // SAFETY: `key` is a valid out-parameter; `flush` neither unwinds nor allocates.
+        if unsafe { libc::pthread_key_create(&mut key, Some(flush)) } == 0 {
+            KEY.store(key as usize + 1, Release);
+        }
+    }
+
+    /// Asks for this thread's exit flush. Without a key (creation failed), a thread's last
+    /// change (under 64 KiB) is lost when it exits.
+    pub(super) fn register() {
+        if let Some(key) = KEY.load(Acquire).checked_sub(1) {
+            // SAFETY: `key` was created by `pthread_key_create`; any non-null value makes
+            // the destructor run at thread exit, and it is never dereferenced. glibc may
+            // allocate key storage with its own malloc, never through the Rust allocator.
+            unsafe {
+                libc::pthread_setspecific(key as libc::pthread_key_t, 1 as *const libc::c_void)
+            };
+        }
+    }
+
+    extern "C" fn flush(_: *mut libc::c_void) {
+        let _ = super::PENDING.try_with(super::Pending::publish_now);
+    }
+}
+
+#[cfg(not(unix))]
+mod exit_flush {
+    pub(super) fn create() {}
+    pub(super) fn register() {}
+}
+
 fn publish(change: i64, high: i64) {
     let before = CURRENT.fetch_add(change, Relaxed);
-    let peak = before + high;
+    let peak = before.saturating_add(high);
     if peak > PEAK.load(Relaxed) {
         PEAK.fetch_max(peak, Relaxed);
     }
@@ -815,6 +875,10 @@ pub(crate) fn stop() {
 
 /// Python's `clear_traces()`. Every shard stays locked until the traceback store is cleared,
 /// so no record can pair an old id with the new store.
+///
+/// Lock order: all shards first, then the other domains' tracer and the store (snapshots and
+/// the fork handler take those two the other way round, which is safe only because every
+/// path that holds both holds all the shards first).
 pub(crate) fn clear() {
     let _guard = Guard::enter();
     let mut locked = lock_all_shards();
@@ -839,8 +903,8 @@ pub(crate) fn traceback_limit() -> usize {
     NFRAME.load(Relaxed)
 }
 
-/// `(current, peak)` traced bytes: exact for the calling thread's blocks, within
-/// [`PUBLISH_BYTES`] per other thread for theirs.
+/// `(current, peak)` traced bytes: with every change of the calling thread, missing under
+/// [`PUBLISH_BYTES`] of each other running thread's.
 pub(crate) fn traced_memory() -> (u64, u64) {
     publish_own();
     let current = CURRENT.load(Relaxed).max(0);
@@ -928,6 +992,11 @@ pub(crate) fn track(domain: u32, addr: usize, size: usize) -> bool {
     let Some(_guard) = Guard::enter() else {
         return false;
     };
+    // While sampling, a tracked block is sampled like an allocation of its size, so that the
+    // estimates scale it like every other trace; left out, it is still accounted for.
+    if !sampler::take(size) {
+        return true;
+    }
     with_stack(|frames, total| {
         if domain == DEFAULT_DOMAIN {
             return record(&NoMemory, shard_index(addr), addr, size, frames, total);

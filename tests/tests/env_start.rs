@@ -13,11 +13,12 @@ fn env_variable_starts_tracing_at_the_first_allocation() {
         assert!(tracemalloc::is_tracing());
         assert_eq!(tracemalloc::traceback_limit(), 5);
         let expected: u64 = std::env::var("TRACEMALLOC_CHILD").unwrap().parse().unwrap();
-        // A block far bigger than the interval is sampled for certain.
-        let kept = vec![0u8; 5_000_000];
+        // A block far bigger than the interval is sampled for certain (at 512 KiB, a 64 MiB
+        // block is missed with probability e^-128).
+        let kept = vec![0u8; 64 << 20];
         let snapshot = tracemalloc::take_snapshot().unwrap();
         assert_eq!(snapshot.sample_interval, expected);
-        assert!(snapshot.traces.iter().any(|t| t.size == 5_000_000));
+        assert!(snapshot.traces.iter().any(|t| t.size == 64 << 20));
         drop(kept);
         return;
     }

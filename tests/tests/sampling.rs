@@ -1,7 +1,7 @@
 //! Sampling mode: one block per N bytes on average is traced, and statistics scale the samples
 //! back up. The estimates of each site must land within 10% of the exact figures.
 
-use tracemalloc::{Config, Filter, KeyType, TraceFilter, TracingAllocator};
+use tracemalloc::{Config, DomainFilter, Filter, KeyType, TraceFilter, TracingAllocator};
 
 #[global_allocator]
 static ALLOC: TracingAllocator = TracingAllocator::system();
@@ -118,5 +118,39 @@ fn sampled_estimates_of_each_site_are_within_ten_percent() {
         "{stats:?}"
     );
     drop((big, mid));
+
+    // Tracked memory is sampled like allocations, so its estimate is right too.
+    let fake = |i: usize| (0x1000_0000 + i * 128) as *const u8;
+    for i in 0..20_000 {
+        assert!(tracemalloc::track(3, fake(i), 100));
+    }
+    let tracked: u64 = tracemalloc::take_snapshot()
+        .unwrap()
+        .filter_traces(&[TraceFilter::Domain(DomainFilter::new(true, 3))])
+        .statistics(KeyType::Filename, false)
+        .unwrap()
+        .iter()
+        .map(|s| s.size)
+        .sum();
+    assert!(
+        close(tracked, 2_000_000),
+        "{tracked} bytes tracked, 2000000 real"
+    );
+    for i in 0..20_000 {
+        tracemalloc::untrack(3, fake(i));
+    }
+
+    // Forgetting another domain's block on the page of a sampled block leaves the sampled
+    // block's free to the tracer.
+    let sampled = vec![5u8; 64 << 20]; // at 4096 bytes per sample, sampled for certain
+    let inside = sampled.as_ptr().wrapping_add(64);
+    assert!(tracemalloc::track(7, inside, 1 << 30)); // as big, sampled as surely
+    assert!(tracemalloc::untrack(7, inside));
+    drop(sampled);
+    let snapshot = tracemalloc::take_snapshot().unwrap();
+    assert!(
+        !snapshot.traces.iter().any(|t| t.size == 64 << 20),
+        "a freed sampled block kept its trace"
+    );
     tracemalloc::stop();
 }

@@ -35,7 +35,7 @@ struct Options {
 
 fn options() -> Result<Options, String> {
     let mut o = Options {
-        rounds: 5,
+        rounds: 7,
         workloads: Workload::ALL.to_vec(),
         main: true,
         sweep: true,
