@@ -477,14 +477,9 @@ fn allocate_foreign(inner: &dyn GlobalAlloc, depth: usize) -> bool {
     true
 }
 
-thread_local! {
-    static DEEP_FRAMES: core::cell::RefCell<Vec<MaybeUninit<usize>>> =
-        const { core::cell::RefCell::new(Vec::new()) };
-}
-
 /// Captures the caller's stack and runs `f` with it.
 #[inline(always)]
-fn with_stack<R>(f: impl FnOnce(&[usize], u16) -> R) -> R {
+fn with_stack<R>(inner: &dyn GlobalAlloc, f: impl FnOnce(&[usize], u16) -> R) -> R {
     let depth = CAPTURE_DEPTH.load(Relaxed);
     let method = if METHOD.load(Relaxed) == 0 {
         Capture::FramePointers
@@ -499,14 +494,23 @@ fn with_stack<R>(f: impl FnOnce(&[usize], u16) -> R) -> R {
         let frames = unsafe { core::slice::from_raw_parts(buf.as_ptr().cast::<usize>(), n) };
         f(frames, total)
     } else {
-        // Limits beyond the stack buffer: a per-thread buffer, allocated under the guard.
-        DEEP_FRAMES.with_borrow_mut(|buf| {
-            buf.resize(depth, MaybeUninit::new(0));
-            let (n, total) = capture(method, buf);
-            // SAFETY: as above; the buffer is initialised anyway.
+        // Limits beyond the stack buffer: a buffer from `inner` for this capture. (A
+        // thread-local buffer would need a destructor, and registering one may allocate
+        // through the global allocator, which std forbids from inside it.)
+        let Some(buf) = allocate_array::<MaybeUninit<usize>>(inner, depth) else {
+            // No memory: keep what the stack buffer holds.
+            let mut buf = [MaybeUninit::<usize>::uninit(); STACK_FRAMES];
+            let (n, total) = capture(method, &mut buf);
+            // SAFETY: as above.
             let frames = unsafe { core::slice::from_raw_parts(buf.as_ptr().cast::<usize>(), n) };
-            f(frames, total)
-        })
+            return f(frames, total);
+        };
+        let (n, total) = capture(method, buf);
+        // SAFETY: as above.
+        let frames = unsafe { core::slice::from_raw_parts(buf.as_ptr().cast::<usize>(), n) };
+        let result = f(frames, total);
+        free_array(inner, buf);
+        result
     }
 }
 
@@ -521,7 +525,9 @@ pub(crate) fn on_alloc(inner: &dyn GlobalAlloc, addr: usize, size: usize) {
     };
     let shard = shard_index(addr);
     prefetch_slot(addr, shard);
-    with_stack(|frames, total| record(inner, shard, addr, size, frames, total));
+    with_stack(inner, |frames, total| {
+        record(inner, shard, addr, size, frames, total)
+    });
 }
 
 /// Forgets a block's trace, then frees it through `inner`: in this order, no other thread can
@@ -579,7 +585,7 @@ pub(crate) unsafe fn realloc(
         }
         return new;
     }
-    with_stack(|frames, total| {
+    with_stack(inner, |frames, total| {
         // The generation first: an id interned after a `clear_traces()` that this read
         // missed is then refused under the lock, never recorded against the wrong store.
         let generation = interner::generation();
@@ -997,7 +1003,9 @@ pub(crate) fn track(domain: u32, addr: usize, size: usize) -> bool {
     if !sampler::take(size) {
         return true;
     }
-    with_stack(|frames, total| {
+    // `track` runs in the caller's code, not inside the allocator: `System` may lend the
+    // capture buffer of very deep limits.
+    with_stack(&std::alloc::System, |frames, total| {
         if domain == DEFAULT_DOMAIN {
             return record(&NoMemory, shard_index(addr), addr, size, frames, total);
         }

@@ -288,6 +288,27 @@ fn small_changes_count_in_this_thread_and_when_other_threads_exit() {
     tracemalloc::stop();
 }
 
+#[inline(never)]
+fn nest(depth: u32) -> Vec<u8> {
+    if depth == 0 {
+        return vec![9u8; 4321];
+    }
+    std::hint::black_box(nest(depth - 1))
+}
+
+#[test]
+fn limits_beyond_the_stack_buffer_keep_every_frame() {
+    let _s = serial();
+    fresh(200);
+    let kept = nest(150);
+    let snapshot = tracemalloc::take_snapshot().unwrap();
+    let trace = snapshot.traces.iter().find(|t| t.size == 4321).unwrap();
+    let frames = &snapshot.tracebacks[trace.traceback as usize].frames;
+    assert!(frames.len() > 150, "{} frames kept", frames.len());
+    drop(kept);
+    tracemalloc::stop();
+}
+
 #[test]
 fn errors_match_python() {
     let _s = serial();
