@@ -70,31 +70,35 @@ pub(crate) fn intern(inner: &dyn GlobalAlloc, frames: &[usize], total: u16) -> T
     if let Ok(Some(id)) = hit {
         return TracebackId::from_index(id);
     }
-    // `OVERFLOW` is cached too: once the store has reached its limit, a stack that found no
-    // room never will until `clear_traces()` (a new generation), and a program with that many
-    // stacks would otherwise take the store's lock on every allocation.
-    let id = intern_shared(inner, frames, total);
-    let _ = CACHE.try_with(|cache| {
-        cache[slot].set(CacheEntry {
-            key,
-            generation,
-            id: id.index(),
+    let (id, lasting) = intern_shared(inner, frames, total);
+    if lasting {
+        let _ = CACHE.try_with(|cache| {
+            cache[slot].set(CacheEntry {
+                key,
+                generation,
+                id: id.index(),
+            });
         });
-    });
+    }
     id
 }
 
+/// The id from the shared store, and whether it holds until the next generation: `OVERFLOW`
+/// does once the store is at its limit (a program with that many stacks would otherwise take
+/// the store's lock on every allocation), not when growing failed for want of memory or
+/// before the store exists.
 #[cold]
-fn intern_shared(inner: &dyn GlobalAlloc, frames: &[usize], total: u16) -> TracebackId {
+fn intern_shared(inner: &dyn GlobalAlloc, frames: &[usize], total: u16) -> (TracebackId, bool) {
     let mut store = STORE.lock();
     let Some(store) = store.as_mut() else {
-        return TracebackId::OVERFLOW;
+        return (TracebackId::OVERFLOW, false);
     };
     match store.try_intern(0, frames, total) {
-        Ok(id) => id,
+        Ok(id) => (id, true),
         Err(StoreFull) => {
-            grow(inner, store, frames.len());
-            store.intern(0, frames, total)
+            let at_limit = grow(inner, store, frames.len());
+            let id = store.intern(0, frames, total);
+            (id, id != TracebackId::OVERFLOW || at_limit)
         }
     }
 }
@@ -137,20 +141,24 @@ fn release(inner: &dyn GlobalAlloc, storage: TracebackStorage<'static>) {
 
 /// Doubles the store (and makes room for `more` frames). When the bigger store would pass the
 /// limit, or on failure, the store stays as it was and the stack is reported as
-/// `<traceback store full>`.
+/// `<traceback store full>`. Returns whether the store is at its limit (so it will not grow
+/// until the next generation).
 #[cold]
-fn grow(inner: &dyn GlobalAlloc, store: &mut TracebackStore<'static>, more: usize) {
+fn grow(inner: &dyn GlobalAlloc, store: &mut TracebackStore<'static>, more: usize) -> bool {
     let capacity = (store.entry_capacity() * 2).clamp(16, TracebackId::MASK as usize + 1);
     let frame_capacity = (store.frame_count() + more) * 2;
-    if storage_bytes(capacity, frame_capacity) > MAX_BYTES.load(Relaxed) {
-        return;
+    if storage_bytes(capacity, frame_capacity) > MAX_BYTES.load(Relaxed)
+        || capacity <= store.entry_capacity()
+    {
+        return true;
     }
     let Some(storage) = allocate(inner, capacity, frame_capacity) else {
-        return;
+        return false;
     };
     match store.migrate(storage) {
         Ok(old) | Err(old) => release(inner, old),
     }
+    false
 }
 
 /// Creates the store at first start, or clears it (and invalidates every cached id); it may

@@ -258,9 +258,9 @@ pub fn traceback_limit() -> usize {
 /// Current and peak size of traced blocks, in bytes (Python's `get_traced_memory`).
 ///
 /// Threads publish their changes in batches of 64 KiB: the figures include every change the
-/// calling thread and exited threads made, and may miss under 64 KiB of each other running
-/// thread's latest changes (allocations or frees, so the peak may be off by as much). With one
-/// thread they are exact.
+/// calling thread made and, on Unix, those of threads that have exited; they may miss under
+/// 64 KiB of each other thread's latest changes (allocations or frees, so the peak may be off
+/// by as much). With one thread they are exact.
 pub fn traced_memory() -> (usize, usize) {
     let (current, peak) = state::traced_memory();
     (current as usize, peak as usize)
@@ -332,7 +332,7 @@ pub fn track<T: ?Sized>(domain: u32, ptr: *const T, size: usize) -> bool {
 }
 
 /// Forgets a block recorded by [`track`] (Python's `PyTraceMalloc_Untrack`). Returns whether it
-/// was traced.
+/// was traced (false, while sampling, for a block that `track` left out).
 pub fn untrack<T: ?Sized>(domain: u32, ptr: *const T) -> bool {
     state::untrack(domain, ptr as *const u8 as usize)
 }

@@ -27,13 +27,14 @@ use crate::capture::{capture, Capture};
 use crate::guard::Guard;
 use crate::interner;
 use crate::sampler;
-use crate::storage::{allocate_array, free_array};
+use crate::storage::{allocate_array, allocate_uninit, free_array};
 use crate::Config;
 
 /// Number of trace-table shards (a power of two).
 pub(crate) const SHARDS: usize = 16;
 
-/// Frames captured into a buffer on the stack; deeper limits use a per-thread buffer.
+/// Frames captured into a buffer on the stack; deeper limits borrow one from the inner
+/// allocator for each capture.
 const STACK_FRAMES: usize = 96;
 
 const OFF: u8 = 0;
@@ -497,7 +498,7 @@ fn with_stack<R>(inner: &dyn GlobalAlloc, f: impl FnOnce(&[usize], u16) -> R) ->
         // Limits beyond the stack buffer: a buffer from `inner` for this capture. (A
         // thread-local buffer would need a destructor, and registering one may allocate
         // through the global allocator, which std forbids from inside it.)
-        let Some(buf) = allocate_array::<MaybeUninit<usize>>(inner, depth) else {
+        let Some(buf) = allocate_uninit::<usize>(inner, depth) else {
             // No memory: keep what the stack buffer holds.
             let mut buf = [MaybeUninit::<usize>::uninit(); STACK_FRAMES];
             let (n, total) = capture(method, &mut buf);
@@ -719,7 +720,7 @@ fn forget_in(tracer: &mut Tracer<'static>, domain: u32, addr: usize) -> bool {
 #[inline(always)]
 fn account(added: u64, removed: u64) {
     let interval = sampler::interval();
-    // Sizes and intervals are bounded (MAX_SAMPLE_INTERVAL), so scaled sizes fit an i64.
+    // Sizes and intervals are bounded (`sampler::MAX_INTERVAL`), so scaled sizes fit an i64.
     let change =
         sampler::scaled(added, interval) as i64 - sampler::scaled(removed, interval) as i64;
     let generation = interner::generation();
@@ -757,8 +758,7 @@ impl Pending {
             self.generation.set(generation);
         }
         if !self.registered.get() {
-            self.registered.set(true);
-            exit_flush::register();
+            self.registered.set(exit_flush::register());
         }
         let sum = self.change.get().saturating_add(change);
         self.change.set(sum);
@@ -802,7 +802,8 @@ thread_local! {
 
 /// Publishes a thread's pending change when it exits, from the destructor of a pthread key the
 /// thread sets on its first change. glibc runs key destructors after the thread's Rust
-/// thread-local destructors, so frees made by those are included.
+/// thread-local destructors, so frees made by those are included; elsewhere, or for frees
+/// made by other keys' destructors, the thread sets the key again and is flushed again.
 #[cfg(unix)]
 mod exit_flush {
     use core::sync::atomic::{AtomicUsize, Ordering::*};
@@ -822,28 +823,36 @@ mod exit_flush {
         }
     }
 
-    /// Asks for this thread's exit flush. Without a key (creation failed), a thread's last
-    /// change (under 64 KiB) is lost when it exits.
-    pub(super) fn register() {
-        if let Some(key) = KEY.load(Acquire).checked_sub(1) {
-            // SAFETY: `key` was created by `pthread_key_create`; any non-null value makes
-            // the destructor run at thread exit, and it is never dereferenced. glibc may
-            // allocate key storage with its own malloc, never through the Rust allocator.
-            unsafe {
-                libc::pthread_setspecific(key as libc::pthread_key_t, 1 as *const libc::c_void)
-            };
+    /// Asks for this thread's exit flush; false when there is no key yet (creation failed),
+    /// so the thread asks again with its next change.
+    pub(super) fn register() -> bool {
+        let Some(key) = KEY.load(Acquire).checked_sub(1) else {
+            return false;
+        };
+        // SAFETY: `key` was created by `pthread_key_create`; any non-null value makes the
+        // destructor run at thread exit, and it is never dereferenced. glibc may allocate key
+        // storage with its own malloc, never through the Rust allocator.
+        unsafe {
+            libc::pthread_setspecific(key as libc::pthread_key_t, 1 as *const libc::c_void) == 0
         }
     }
 
+    /// Runs at thread exit. Frees made after it (by destructors of keys that run later) ask
+    /// for the flush again, and the C library runs destructors again for keys set meanwhile.
     extern "C" fn flush(_: *mut libc::c_void) {
-        let _ = super::PENDING.try_with(super::Pending::publish_now);
+        let _ = super::PENDING.try_with(|pending| {
+            pending.publish_now();
+            pending.registered.set(false);
+        });
     }
 }
 
 #[cfg(not(unix))]
 mod exit_flush {
     pub(super) fn create() {}
-    pub(super) fn register() {}
+    pub(super) fn register() -> bool {
+        true // no exit flush: a thread's last change (under 64 KiB) is lost when it exits
+    }
 }
 
 fn publish(change: i64, high: i64) {

@@ -22,7 +22,26 @@ pub(crate) fn allocate_array<T>(inner: &dyn GlobalAlloc, len: usize) -> Option<&
     }
 }
 
-/// Gives an array from [`allocate_array`] back to `inner`.
+/// An uninitialised array of `len` values from `inner` (not zeroed: a capture buffer is written
+/// before it is read, and zeroing 65 535 frames on every allocation would cost microseconds).
+pub(crate) fn allocate_uninit<T>(
+    inner: &dyn GlobalAlloc,
+    len: usize,
+) -> Option<&'static mut [core::mem::MaybeUninit<T>]> {
+    let len = len.max(1);
+    let layout = Layout::array::<T>(len).ok()?;
+    // SAFETY: the layout has a non-zero size. `MaybeUninit` needs no initialisation. The block
+    // is owned by the returned slice alone until `free_array` gives it back.
+    unsafe {
+        let ptr = inner.alloc(layout).cast::<core::mem::MaybeUninit<T>>();
+        if ptr.is_null() {
+            return None;
+        }
+        Some(core::slice::from_raw_parts_mut(ptr, len))
+    }
+}
+
+/// Gives an array from [`allocate_array`] or [`allocate_uninit`] back to `inner`.
 pub(crate) fn free_array<T>(inner: &dyn GlobalAlloc, array: &'static mut [T]) {
     if let Ok(layout) = Layout::array::<T>(array.len()) {
         // SAFETY: `array` came from `allocate_array` on this allocator with this length (tables

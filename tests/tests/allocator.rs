@@ -288,6 +288,41 @@ fn small_changes_count_in_this_thread_and_when_other_threads_exit() {
     tracemalloc::stop();
 }
 
+/// Frees the block a thread left in a pthread key, when the thread exits.
+extern "C" fn free_at_exit(block: *mut libc::c_void) {
+    // SAFETY: the key's value is a `Box<[u8; 30_000]>` turned into a raw pointer, set once.
+    drop(unsafe { Box::from_raw(block.cast::<[u8; 30_000]>()) });
+}
+
+#[test]
+fn frees_in_later_thread_exit_destructors_are_counted() {
+    let _s = serial();
+    fresh(1);
+    // Created after the tracer's own key, so its destructor runs after the tracer's flush.
+    let mut key: libc::pthread_key_t = 0;
+    // SAFETY: `key` is a valid out-parameter; `free_at_exit` does not unwind.
+    assert_eq!(
+        unsafe { libc::pthread_key_create(&mut key, Some(free_at_exit)) },
+        0
+    );
+    let (before, _) = tracemalloc::traced_memory();
+    std::thread::spawn(move || {
+        let block = Box::into_raw(Box::new([7u8; 30_000]));
+        // SAFETY: `key` is live; the value is freed by `free_at_exit` only.
+        unsafe { libc::pthread_setspecific(key, block.cast()) };
+    })
+    .join()
+    .unwrap();
+    let (after, _) = tracemalloc::traced_memory();
+    assert!(
+        after < before + 15_000,
+        "{before} -> {after}: a block freed at thread exit is still counted"
+    );
+    // SAFETY: no thread uses the key any more.
+    unsafe { libc::pthread_key_delete(key) };
+    tracemalloc::stop();
+}
+
 #[inline(never)]
 fn nest(depth: u32) -> Vec<u8> {
     if depth == 0 {

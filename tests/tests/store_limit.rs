@@ -1,6 +1,7 @@
 //! The traceback store stops growing at `Config::max_traceback_memory`: a program whose every
 //! block comes from a new call stack keeps the tracer's memory bounded, and the blocks whose
-//! stacks found no room still count, under `<traceback store full>`.
+//! stacks found no room still count, under `<traceback store full>`. A stack refused only
+//! because the store could not grow at that moment is stored once it has grown.
 //!
 //! Its own process: a store kept from an earlier `start()` would already have room.
 
@@ -27,6 +28,48 @@ fn build(depth: u32) -> Option<Box<Node>> {
 
 #[test]
 fn the_store_stops_growing_at_its_limit_and_every_block_still_counts() {
+    // Both parts need a store that starts small, and `stop()` keeps the store: the part whose
+    // store may grow freely runs first.
+    // A stack that found the store full only because it could not grow there (`track` runs
+    // outside the allocator and lends it no memory) is stored once the store has grown.
+    tracemalloc::start_with(Config {
+        nframe: 16,
+        initial_tracebacks: 16,
+        ..Config::default()
+    })
+    .unwrap();
+    let fake = |depth: u32| (0x7000_0000 + depth as usize * 64) as *const u8;
+    let track_all = || {
+        for depth in 0..64 {
+            assert!(track_from(depth, fake(depth)));
+        }
+    };
+    let full_tracked = || {
+        let snapshot = tracemalloc::take_snapshot().unwrap();
+        snapshot
+            .traces
+            .iter()
+            .filter(|t| t.size == 48)
+            .filter(|t| {
+                let frames = &snapshot.tracebacks[t.traceback as usize].frames;
+                &*frames[0].filename == "<traceback store full>"
+            })
+            .count()
+    };
+    track_all();
+    assert!(full_tracked() > 0, "the 16-entry store held 64 new stacks");
+    for depth in 0..64 {
+        tracemalloc::untrack(0, fake(depth));
+    }
+    let grown = build(10); // 1023 stacks through the allocator: the store grows
+    track_all();
+    assert_eq!(full_tracked(), 0, "stacks stayed <traceback store full>");
+    for depth in 0..64 {
+        tracemalloc::untrack(0, fake(depth));
+    }
+    drop(grown);
+    tracemalloc::stop();
+
     const LIMIT: usize = 256 * 1024;
     tracemalloc::start_with(Config {
         nframe: 16,
@@ -60,4 +103,13 @@ fn the_store_stops_growing_at_its_limit_and_every_block_still_counts() {
     assert_eq!(here.size + full.size, 16383 * node);
     drop(tree);
     tracemalloc::stop();
+}
+
+/// Tracks 48 bytes at `at` from `depth` frames deeper than the caller: one stack per depth.
+#[inline(never)]
+fn track_from(depth: u32, at: *const u8) -> bool {
+    if depth == 0 {
+        return tracemalloc::track(0, at, 48);
+    }
+    std::hint::black_box(track_from(depth - 1, at))
 }
