@@ -46,6 +46,7 @@
 #![deny(unsafe_op_in_unsafe_fn, missing_docs, unreachable_pub)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+mod accounting;
 mod allocator;
 mod capture;
 pub mod cli;
@@ -262,13 +263,13 @@ pub fn traceback_limit() -> usize {
 /// 64 KiB of each other thread's latest changes (allocations or frees, so the peak may be off
 /// by as much). With one thread they are exact.
 pub fn traced_memory() -> (usize, usize) {
-    let (current, peak) = state::traced_memory();
+    let (current, peak) = accounting::traced_memory();
     (current as usize, peak as usize)
 }
 
 /// Sets the peak to the current size (Python's `reset_peak`).
 pub fn reset_peak() {
-    state::reset_peak();
+    accounting::reset_peak();
 }
 
 /// Bytes of memory the tracer uses for its tables (Python's `get_tracemalloc_memory`).

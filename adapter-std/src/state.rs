@@ -4,10 +4,9 @@
 //! allocating at once rarely meet: a block's 1 MiB chunk of address space picks one of
 //! [`SHARDS`] tracers, each behind its own spin lock (a lock inside an allocator must never
 //! allocate, and the critical sections are tens of nanoseconds). Call stacks are interned once
-//! for the whole process, in the [`interner`](crate::interner), and the shards record the ids
+//! for the whole process, in the [`crate::interner`], and the shards record the ids
 //! it hands out. Blocks of other domains (`track`) live in one more tracer with its own store.
-//! The global current size and peak live in two atomics that each thread updates once per
-//! 64 KiB of change (see [`account`]), not once per block.
+//! The traced size and peak are kept by [`crate::accounting`].
 //!
 //! Tracing memory comes from the inner allocator directly. `start()` only arms the tracer; the
 //! next allocation through the wrapper, which has the inner allocator at hand, obtains the
@@ -15,14 +14,14 @@
 //! tracing is on, or the wrapper is not the global allocator and it says so.
 
 use core::alloc::{GlobalAlloc, Layout};
-use core::cell::Cell;
 use core::mem::MaybeUninit;
-use core::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicUsize, Ordering::*};
+use core::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering::*};
 
 use tracemalloc_core::table::Slot;
 use tracemalloc_core::traceback::{TracebackEntry, TracebackStorage};
 use tracemalloc_core::{RawSnapshot, Recorded, Tracer, TracerStorage, DEFAULT_DOMAIN};
 
+use crate::accounting;
 use crate::capture::{capture, Capture};
 use crate::guard::Guard;
 use crate::interner;
@@ -57,7 +56,7 @@ static METHOD: AtomicU8 = AtomicU8::new(0);
 /// traced allocation, from every thread; sharing a line with the state flag that every
 /// allocation reads, or with a shard lock, would make each core miss on the other's writes.
 #[repr(align(128))]
-struct OwnLine<T>(T);
+pub(crate) struct OwnLine<T>(pub(crate) T);
 
 impl<T> core::ops::Deref for OwnLine<T> {
     type Target = T;
@@ -66,10 +65,6 @@ impl<T> core::ops::Deref for OwnLine<T> {
     }
 }
 
-/// Traced bytes every thread has published. Signed: one thread may publish the frees of
-/// blocks before another publishes their allocation.
-static CURRENT: OwnLine<AtomicI64> = OwnLine(AtomicI64::new(0));
-static PEAK: OwnLine<AtomicI64> = OwnLine(AtomicI64::new(0));
 /// Set when arming failed because the inner allocator had no memory for the tables.
 static ARM_FAILED: AtomicBool = AtomicBool::new(false);
 static CONFIG: spin::Mutex<Option<Config>> = spin::Mutex::new(None);
@@ -89,6 +84,12 @@ const EMPTY_SHARD: spin::Mutex<Shard> = spin::Mutex::new(Shard {
     grow: true,
 });
 static SHARD_TABLE: [spin::Mutex<Shard>; SHARDS] = [EMPTY_SHARD; SHARDS];
+
+/// Runs `f` under a lock that `clear()` holds while it starts a new generation (a shard's).
+pub(crate) fn with_generation_fixed<R>(f: impl FnOnce() -> R) -> R {
+    let _locked = SHARD_TABLE[0].lock();
+    f()
+}
 
 /// Blocks of domains other than the default one: rare (`track`), so one fixed-size tracer.
 static FOREIGN: spin::Mutex<Option<Tracer<'static>>> = spin::Mutex::new(None);
@@ -363,11 +364,10 @@ fn arm(inner: &dyn GlobalAlloc) -> bool {
         STATE.store(OFF, Release);
         return false;
     }
-    CURRENT.store(0, Relaxed);
-    PEAK.store(0, Relaxed);
+    accounting::reset();
     #[cfg(unix)]
     fork::register();
-    exit_flush::create();
+    accounting::arm();
     let on = if sampler::interval() == 0 {
         ON
     } else {
@@ -675,7 +675,7 @@ fn insert_locked(
     if recorded == Recorded::Traced {
         // A trace at the same address is replaced (a realloc in place): it had this size.
         let replaced = (before + size as u64).saturating_sub(tracer.counters().current);
-        account(size as u64, replaced);
+        accounting::account(size as u64, replaced);
         let new_trace = tracer.counters().traces > traces_before;
         if new_trace && sampler::interval() != 0 {
             sampler::mark(addr);
@@ -696,7 +696,7 @@ fn forget_locked(shard: &mut Shard, addr: usize) -> bool {
 fn forget_in(tracer: &mut Tracer<'static>, domain: u32, addr: usize) -> bool {
     match tracer.record_free(domain, addr) {
         Some(size) => {
-            account(0, size);
+            accounting::account(0, size);
             // Only default-domain traces are marked (the allocator's frees are the ones the
             // filter serves); unmarking for another domain's block on the same page would
             // let a sampled block's free skip the tracer.
@@ -707,166 +707,6 @@ fn forget_in(tracer: &mut Tracer<'static>, domain: u32, addr: usize) -> bool {
         }
         None => false,
     }
-}
-
-/// Adds a traced block of `added` bytes and removes one of `removed` bytes (either may be 0)
-/// from the current size and peak. While sampling, sizes count for the bytes they stand for,
-/// so `traced_memory()` is an estimate of the real total. Called under a shard (or the
-/// foreign) lock, which orders it with `clear()`.
-///
-/// The change goes to this thread's [`Pending`] sum, published to the global atomics once it
-/// reaches [`PUBLISH_BYTES`] either way: two atomic updates per block were a sixth of what
-/// full tracing cost, and with several threads each one moved a cache line between cores.
-#[inline(always)]
-fn account(added: u64, removed: u64) {
-    let interval = sampler::interval();
-    // Sizes and intervals are bounded (`sampler::MAX_INTERVAL`), so scaled sizes fit an i64.
-    let change =
-        sampler::scaled(added, interval) as i64 - sampler::scaled(removed, interval) as i64;
-    let generation = interner::generation();
-    let pending = PENDING.try_with(|pending| pending.add(change, generation));
-    if pending.is_err() {
-        publish(change, change.max(0)); // this thread's locals are gone: publish at once
-    }
-}
-
-/// Published changes never lag a thread's own by more than this.
-const PUBLISH_BYTES: i64 = 64 * 1024;
-
-/// A thread's traced-size change not yet published to [`CURRENT`], and the highest that
-/// running sum reached since: the peak the thread's blocks may have set, given the total the
-/// other threads had published. With one thread, the peak is exact; with several, each one's
-/// unpublished change (under [`PUBLISH_BYTES`]) is missing from the others' view.
-///
-/// No destructor: a thread-local with one registers it on first use, which may allocate
-/// through the global allocator (std aborts when that happens inside it). The thread's last
-/// change is published at exit by a pthread key's destructor instead ([`exit_flush`]).
-struct Pending {
-    change: Cell<i64>,
-    high: Cell<i64>,
-    /// The store generation the change belongs to: `clear()` voids changes made before it.
-    generation: Cell<u32>,
-    /// Whether this thread asked for [`exit_flush`] yet.
-    registered: Cell<bool>,
-}
-
-impl Pending {
-    #[inline(always)]
-    fn add(&self, change: i64, generation: u32) {
-        if self.generation.get() != generation {
-            self.take();
-            self.generation.set(generation);
-        }
-        if !self.registered.get() {
-            self.registered.set(exit_flush::register());
-        }
-        let sum = self.change.get().saturating_add(change);
-        self.change.set(sum);
-        if sum > self.high.get() {
-            self.high.set(sum);
-        }
-        if sum.unsigned_abs() >= PUBLISH_BYTES as u64 {
-            let (change, high) = self.take();
-            publish(change, high);
-        }
-    }
-
-    fn take(&self) -> (i64, i64) {
-        (self.change.replace(0), self.high.replace(0))
-    }
-
-    /// Publishes this thread's change, if it belongs to the current generation. Takes a shard
-    /// lock, which `clear()` holds while it starts a new generation.
-    fn publish_now(&self) {
-        let _locked = SHARD_TABLE[0].lock();
-        let (change, high) = self.take();
-        if self.generation.get() == interner::generation() {
-            publish(change, high);
-        }
-    }
-}
-
-// A destructor here would be registered from inside the allocator (see `Pending`).
-const _: () = assert!(!core::mem::needs_drop::<Pending>());
-
-thread_local! {
-    static PENDING: Pending = const {
-        Pending {
-            change: Cell::new(0),
-            high: Cell::new(0),
-            generation: Cell::new(0),
-            registered: Cell::new(false),
-        }
-    };
-}
-
-/// Publishes a thread's pending change when it exits, from the destructor of a pthread key the
-/// thread sets on its first change. glibc runs key destructors after the thread's Rust
-/// thread-local destructors, so frees made by those are included; elsewhere, or for frees
-/// made by other keys' destructors, the thread sets the key again and is flushed again.
-#[cfg(unix)]
-mod exit_flush {
-    use core::sync::atomic::{AtomicUsize, Ordering::*};
-
-    /// The key plus one; 0 until created.
-    static KEY: AtomicUsize = AtomicUsize::new(0);
-
-    /// Creates the key; called once, when tracing first arms (not on the allocation path).
-    pub(super) fn create() {
-        if KEY.load(Acquire) != 0 {
-            return;
-        }
-        let mut key: libc::pthread_key_t = 0;
-        // SAFETY: `key` is a valid out-parameter; `flush` neither unwinds nor allocates.
-        if unsafe { libc::pthread_key_create(&mut key, Some(flush)) } == 0 {
-            KEY.store(key as usize + 1, Release);
-        }
-    }
-
-    /// Asks for this thread's exit flush; false when there is no key yet (creation failed),
-    /// so the thread asks again with its next change.
-    pub(super) fn register() -> bool {
-        let Some(key) = KEY.load(Acquire).checked_sub(1) else {
-            return false;
-        };
-        // SAFETY: `key` was created by `pthread_key_create`; any non-null value makes the
-        // destructor run at thread exit, and it is never dereferenced. glibc may allocate key
-        // storage with its own malloc, never through the Rust allocator.
-        unsafe {
-            libc::pthread_setspecific(key as libc::pthread_key_t, 1 as *const libc::c_void) == 0
-        }
-    }
-
-    /// Runs at thread exit. Frees made after it (by destructors of keys that run later) ask
-    /// for the flush again, and the C library runs destructors again for keys set meanwhile.
-    extern "C" fn flush(_: *mut libc::c_void) {
-        let _ = super::PENDING.try_with(|pending| {
-            pending.publish_now();
-            pending.registered.set(false);
-        });
-    }
-}
-
-#[cfg(not(unix))]
-mod exit_flush {
-    pub(super) fn create() {}
-    pub(super) fn register() -> bool {
-        true // no exit flush: a thread's last change (under 64 KiB) is lost when it exits
-    }
-}
-
-fn publish(change: i64, high: i64) {
-    let before = CURRENT.fetch_add(change, Relaxed);
-    let peak = before.saturating_add(high);
-    if peak > PEAK.load(Relaxed) {
-        PEAK.fetch_max(peak, Relaxed);
-    }
-}
-
-/// Publishes the calling thread's pending change, so that what it asks about includes its own
-/// blocks exactly.
-fn publish_own() {
-    let _ = PENDING.try_with(Pending::publish_now);
 }
 
 /// Doubles a shard's table. On failure the table stays as it was and the block that triggered
@@ -911,28 +751,13 @@ pub(crate) fn clear() {
     }
     interner::clear();
     sampler::configure(sampler::interval());
-    CURRENT.store(0, Relaxed);
-    PEAK.store(0, Relaxed);
+    accounting::reset();
     drop((foreign, locked));
 }
 
 /// The traceback limit (Python's `get_traceback_limit()`).
 pub(crate) fn traceback_limit() -> usize {
     NFRAME.load(Relaxed)
-}
-
-/// `(current, peak)` traced bytes: with every change of the calling thread, missing under
-/// [`PUBLISH_BYTES`] of each other running thread's.
-pub(crate) fn traced_memory() -> (u64, u64) {
-    publish_own();
-    let current = CURRENT.load(Relaxed).max(0);
-    (current as u64, PEAK.load(Relaxed).max(current) as u64)
-}
-
-/// Python's `reset_peak()`.
-pub(crate) fn reset_peak() {
-    publish_own();
-    PEAK.store(CURRENT.load(Relaxed).max(0), Relaxed);
 }
 
 /// Bytes the tracer holds (Python's `get_tracemalloc_memory()`).
@@ -973,7 +798,7 @@ pub(crate) fn copy_raw() -> RawSnapshot {
         raw.add(tracer);
     }
     drop((foreign, store, locked));
-    raw.set_current_and_peak(traced_memory());
+    raw.set_current_and_peak(accounting::traced_memory());
     raw.set_sample_interval(sampler::interval());
     raw
 }
@@ -1028,7 +853,7 @@ pub(crate) fn track(domain: u32, addr: usize, size: usize) -> bool {
         let before = tracer.counters().current;
         let recorded = tracer.record_alloc(domain, addr, size, frames, total);
         if recorded == Recorded::Traced {
-            account(
+            accounting::account(
                 size as u64,
                 (before + size as u64).saturating_sub(tracer.counters().current),
             );

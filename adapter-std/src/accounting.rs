@@ -1,0 +1,202 @@
+//! The traced size and its peak (Python's `get_traced_memory()`), kept per thread and
+//! published in batches.
+//!
+//! Two atomic updates per block (the current size, and the peak when it grows) were a sixth of
+//! what full tracing cost, and with several threads each moved a cache line between cores. Each
+//! thread now sums its changes, with the highest point of that sum, and publishes them to the
+//! global figures once they reach [`PUBLISH_BYTES`] either way, when it asks for the figures,
+//! and when it exits.
+
+use core::cell::Cell;
+use core::sync::atomic::{AtomicI64, Ordering::Relaxed};
+
+use crate::state::{self, OwnLine};
+use crate::{interner, sampler};
+
+/// Traced bytes every thread has published. Signed: one thread may publish the frees of
+/// blocks before another publishes their allocation.
+static CURRENT: OwnLine<AtomicI64> = OwnLine(AtomicI64::new(0));
+static PEAK: OwnLine<AtomicI64> = OwnLine(AtomicI64::new(0));
+
+/// Adds a traced block of `added` bytes and removes one of `removed` bytes (either may be 0)
+/// from the current size and peak. While sampling, sizes count for the bytes they stand for,
+/// so `traced_memory()` is an estimate of the real total. Called under a shard (or the
+/// foreign) lock, which orders it with `clear()`. The change goes to this thread's [`Pending`]
+/// sum.
+#[inline(always)]
+pub(crate) fn account(added: u64, removed: u64) {
+    let interval = sampler::interval();
+    // Sizes and intervals are bounded (`sampler::MAX_INTERVAL`), so scaled sizes fit an i64.
+    let change =
+        sampler::scaled(added, interval) as i64 - sampler::scaled(removed, interval) as i64;
+    let generation = interner::generation();
+    let pending = PENDING.try_with(|pending| pending.add(change, generation));
+    if pending.is_err() {
+        publish(change, change.max(0)); // this thread's locals are gone: publish at once
+    }
+}
+
+/// Published changes never lag a thread's own by more than this.
+const PUBLISH_BYTES: i64 = 64 * 1024;
+
+/// A thread's traced-size change not yet published to [`CURRENT`], and the highest that
+/// running sum reached since: the peak the thread's blocks may have set, given the total the
+/// other threads had published. With one thread, the peak is exact; with several, each one's
+/// unpublished change (under [`PUBLISH_BYTES`]) is missing from the others' view.
+///
+/// No destructor: a thread-local with one registers it on first use, which may allocate
+/// through the global allocator (std aborts when that happens inside it). The thread's last
+/// change is published at exit by a pthread key's destructor instead ([`exit_flush`]).
+struct Pending {
+    change: Cell<i64>,
+    high: Cell<i64>,
+    /// The store generation the change belongs to: `clear()` voids changes made before it.
+    generation: Cell<u32>,
+    /// Whether this thread asked for [`exit_flush`] yet.
+    registered: Cell<bool>,
+}
+
+impl Pending {
+    #[inline(always)]
+    fn add(&self, change: i64, generation: u32) {
+        if self.generation.get() != generation {
+            self.take();
+            self.generation.set(generation);
+        }
+        if !self.registered.get() {
+            self.registered.set(exit_flush::register());
+        }
+        let sum = self.change.get().saturating_add(change);
+        self.change.set(sum);
+        if sum > self.high.get() {
+            self.high.set(sum);
+        }
+        if sum.unsigned_abs() >= PUBLISH_BYTES as u64 {
+            let (change, high) = self.take();
+            publish(change, high);
+        }
+    }
+
+    fn take(&self) -> (i64, i64) {
+        (self.change.replace(0), self.high.replace(0))
+    }
+
+    /// Publishes this thread's change, if it belongs to the current generation. Takes a shard
+    /// lock, which `clear()` holds while it starts a new generation.
+    fn publish_now(&self) {
+        state::with_generation_fixed(|| {
+            let (change, high) = self.take();
+            if self.generation.get() == interner::generation() {
+                publish(change, high);
+            }
+        });
+    }
+}
+
+// A destructor here would be registered from inside the allocator (see `Pending`).
+const _: () = assert!(!core::mem::needs_drop::<Pending>());
+
+thread_local! {
+    static PENDING: Pending = const {
+        Pending {
+            change: Cell::new(0),
+            high: Cell::new(0),
+            generation: Cell::new(0),
+            registered: Cell::new(false),
+        }
+    };
+}
+
+/// Publishes a thread's pending change when it exits, from the destructor of a pthread key the
+/// thread sets on its first change. glibc runs key destructors after the thread's Rust
+/// thread-local destructors, so frees made by those are included; elsewhere, or for frees
+/// made by other keys' destructors, the thread sets the key again and is flushed again.
+#[cfg(unix)]
+mod exit_flush {
+    use core::sync::atomic::{AtomicUsize, Ordering::*};
+
+    /// The key plus one; 0 until created.
+    static KEY: AtomicUsize = AtomicUsize::new(0);
+
+    /// Creates the key; called when tracing arms (not on the allocation path).
+    pub(super) fn create() {
+        if KEY.load(Acquire) != 0 {
+            return;
+        }
+        let mut key: libc::pthread_key_t = 0;
+        // SAFETY: `key` is a valid out-parameter; `flush` neither unwinds nor allocates.
+        if unsafe { libc::pthread_key_create(&mut key, Some(flush)) } == 0 {
+            KEY.store(key as usize + 1, Release);
+        }
+    }
+
+    /// Asks for this thread's exit flush; false when there is no key yet (creation failed),
+    /// so the thread asks again with its next change.
+    pub(super) fn register() -> bool {
+        let Some(key) = KEY.load(Acquire).checked_sub(1) else {
+            return false;
+        };
+        // SAFETY: `key` was created by `pthread_key_create`; any non-null value makes the
+        // destructor run at thread exit, and it is never dereferenced. glibc may allocate key
+        // storage with its own malloc, never through the Rust allocator.
+        unsafe {
+            libc::pthread_setspecific(key as libc::pthread_key_t, 1 as *const libc::c_void) == 0
+        }
+    }
+
+    /// Runs at thread exit. Frees made after it (by destructors of keys that run later) ask
+    /// for the flush again, and the C library runs destructors again for keys set meanwhile.
+    extern "C" fn flush(_: *mut libc::c_void) {
+        let _ = super::PENDING.try_with(|pending| {
+            pending.publish_now();
+            pending.registered.set(false);
+        });
+    }
+}
+
+#[cfg(not(unix))]
+mod exit_flush {
+    pub(super) fn create() {}
+    pub(super) fn register() -> bool {
+        true // no exit flush: a thread's last change (under 64 KiB) is lost when it exits
+    }
+}
+
+fn publish(change: i64, high: i64) {
+    let before = CURRENT.fetch_add(change, Relaxed);
+    let peak = before.saturating_add(high);
+    if peak > PEAK.load(Relaxed) {
+        PEAK.fetch_max(peak, Relaxed);
+    }
+}
+
+/// Publishes the calling thread's pending change, so that what it asks about includes its own
+/// blocks exactly.
+fn publish_own() {
+    let _ = PENDING.try_with(Pending::publish_now);
+}
+
+/// `(current, peak)` traced bytes: with every change of the calling thread, missing under
+/// [`PUBLISH_BYTES`] of each other running thread's.
+pub(crate) fn traced_memory() -> (u64, u64) {
+    publish_own();
+    let current = CURRENT.load(Relaxed).max(0);
+    (current as u64, PEAK.load(Relaxed).max(current) as u64)
+}
+
+/// Python's `reset_peak()`.
+pub(crate) fn reset_peak() {
+    publish_own();
+    PEAK.store(CURRENT.load(Relaxed).max(0), Relaxed);
+}
+
+/// Zeroes the figures (`start()`, `clear_traces()`), under every shard lock.
+pub(crate) fn reset() {
+    CURRENT.store(0, Relaxed);
+    PEAK.store(0, Relaxed);
+}
+
+/// Prepares the exit flush; called when tracing arms.
+pub(crate) fn arm() {
+    exit_flush::create();
+}
