@@ -139,7 +139,8 @@ pub struct Config {
     /// limit. 0 captures exactly `nframe` raw frames. The default is 8 in optimized builds,
     /// where most plumbing is inlined, and 24 in debug builds, where none is.
     pub hidden_frame_allowance: usize,
-    /// Trace slots each of the 16 shards starts with (rounded up to a power of two).
+    /// Trace slots each of the 16 shards starts with (rounded up to a power of two), at the
+    /// first start: later starts keep the tables' storage as it has grown.
     pub initial_slots_per_shard: usize,
     /// Whether a shard's table doubles when full (else new blocks are counted as untraced).
     pub grow: bool,
@@ -230,9 +231,12 @@ pub fn start_with(config: Config) -> Result<(), Error> {
         Ok(())
     } else if state::arm_failed() {
         Err(Error::OutOfMemory)
-    } else {
+    } else if state::is_armed() {
+        // Still armed after an allocation: the wrapper never saw it.
         state::stop();
         Err(Error::NotInstalled)
+    } else {
+        Ok(()) // switched on, then off again by a `stop()` on another thread
     }
 }
 

@@ -198,6 +198,11 @@ pub(crate) fn passes_realloc(addr: usize, new_size: usize) -> bool {
     }
 }
 
+/// Whether tracing waits for its first allocation through the wrapper.
+pub(crate) fn is_armed() -> bool {
+    STATE.load(Acquire) == ARMED
+}
+
 /// Whether tracing is on.
 #[inline(always)]
 pub(crate) fn is_on() -> bool {
@@ -388,14 +393,22 @@ mod fork {
 
     pub(super) fn register() {
         if !REGISTERED.swap(true, Relaxed) {
-            // SAFETY: the handlers only take and release spin locks: they never allocate and
-            // never unwind, as fork handlers must not.
+            // SAFETY: the handlers only take and release locks (the tracer's spin locks and the
+            // symbolizer's mutex): they never allocate and never unwind, as fork handlers must
+            // not.
             unsafe { libc::pthread_atfork(Some(prepare), Some(release), Some(release)) };
         }
     }
 
-    /// Takes every lock, in the order snapshots take them, and keeps them past the fork.
+    /// The symbolizer's lock while a fork is in progress.
+    static RESOLVER_HELD: spin::Mutex<Option<crate::symbolize::ForkHold>> = spin::Mutex::new(None);
+
+    /// Takes every lock and keeps them past the fork: the symbolizer's first (a thread that
+    /// symbolizes holds it while it allocates, so while it takes tracer locks), then the
+    /// tracer's, in the order snapshots take them.
     extern "C" fn prepare() {
+        let resolver = crate::symbolize::hold_for_fork();
+        *RESOLVER_HELD.lock() = Some(resolver);
         core::mem::forget(lock_all_shards());
         core::mem::forget(interner::STORE.lock());
         core::mem::forget(FOREIGN.lock());
@@ -412,6 +425,7 @@ mod fork {
                 shard.force_unlock();
             }
         }
+        drop(RESOLVER_HELD.lock().take());
     }
 }
 

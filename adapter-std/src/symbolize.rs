@@ -263,9 +263,26 @@ fn main_program_bias() -> usize {
 }
 
 /// Where an `ElfResolver` for the running process is cached between snapshots.
+static RESOLVER: std::sync::Mutex<Option<Result<ElfResolver, ()>>> = std::sync::Mutex::new(None);
+
+/// The resolver's lock, held across `fork()` by the tracer's fork handlers: a child forked while
+/// another thread was symbolizing would otherwise find it locked for ever.
+pub(crate) struct ForkHold(
+    #[allow(dead_code)] std::sync::MutexGuard<'static, Option<Result<ElfResolver, ()>>>,
+);
+
+// SAFETY: a hold is taken in the fork's prepare handler and dropped in its parent or child
+// handler, that is by the thread that took it or by that thread's copy in the child, which is
+// how a mutex must be unlocked.
+unsafe impl Send for ForkHold {}
+
+/// Takes the resolver's lock for the duration of a `fork()`.
+pub(crate) fn hold_for_fork() -> ForkHold {
+    ForkHold(RESOLVER.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+/// Runs `f` with the running process's resolver, created on first use.
 pub(crate) fn with_process_resolver<R>(f: impl FnOnce(&mut dyn Resolver) -> R) -> R {
-    static RESOLVER: std::sync::Mutex<Option<Result<ElfResolver, ()>>> =
-        std::sync::Mutex::new(None);
     let mut slot = RESOLVER.lock().unwrap_or_else(|e| e.into_inner());
     let resolver = slot.get_or_insert_with(|| ElfResolver::for_current_process().map_err(|_| ()));
     match resolver {

@@ -1,5 +1,6 @@
-//! `fork()` while other threads allocate: the child must be able to allocate and take a
-//! snapshot, not spin forever on a tracer lock that a thread which no longer exists held.
+//! `fork()` while other threads allocate and take snapshots: the child must be able to allocate
+//! and take a snapshot, not wait forever on a tracer or symbolizer lock that a thread which no
+//! longer exists held.
 #![cfg(unix)]
 
 use std::hint::black_box;
@@ -38,7 +39,7 @@ fn wait_for(pid: libc::pid_t, limit: Duration) -> Option<i32> {
 fn a_child_forked_while_threads_allocate_can_still_allocate_and_snapshot() {
     tracemalloc::start(8).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
-    let workers: Vec<_> = (0..2)
+    let mut workers: Vec<_> = (0..2)
         .map(|_| {
             let stop = Arc::clone(&stop);
             std::thread::spawn(move || {
@@ -48,6 +49,12 @@ fn a_child_forked_while_threads_allocate_can_still_allocate_and_snapshot() {
             })
         })
         .collect();
+    let snapshots = Arc::clone(&stop);
+    workers.push(std::thread::spawn(move || {
+        while !snapshots.load(Ordering::Relaxed) {
+            black_box(tracemalloc::take_snapshot().unwrap());
+        }
+    }));
     for round in 0..40 {
         // SAFETY: the child only allocates through the global allocator (which the tracer's
         // fork handlers and glibc's keep usable), takes a snapshot and leaves with `_exit`.
