@@ -21,15 +21,13 @@ static PEAK: OwnLine<AtomicI64> = OwnLine(AtomicI64::new(0));
 /// Adds a traced block of `added` bytes and removes one of `removed` bytes (either may be 0)
 /// from the current size and peak. While sampling, sizes count for the bytes they stand for,
 /// so `traced_memory()` is an estimate of the real total. Called under a shard (or the
-/// foreign) lock, which orders it with `clear()`. The change goes to this thread's [`Pending`]
-/// sum.
+/// foreign) lock, which orders it with `clear()`; the caller passes the sample interval and
+/// the store generation it read there. The change goes to this thread's [`Pending`] sum.
 #[inline(always)]
-pub(crate) fn account(added: u64, removed: u64) {
-    let interval = sampler::interval();
+pub(crate) fn account(added: u64, removed: u64, interval: u64, generation: u32) {
     // Sizes and intervals are bounded (`sampler::MAX_INTERVAL`), so scaled sizes fit an i64.
     let change =
         sampler::scaled(added, interval) as i64 - sampler::scaled(removed, interval) as i64;
-    let generation = interner::generation();
     let pending = PENDING.try_with(|pending| pending.add(change, generation));
     if pending.is_err() {
         publish(change, change.max(0)); // this thread's locals are gone: publish at once

@@ -501,32 +501,29 @@ fn with_stack<R>(inner: &dyn GlobalAlloc, f: impl FnOnce(&[usize], u16) -> R) ->
     } else {
         Capture::Unwinder
     };
-    if depth <= STACK_FRAMES {
-        let mut buf = [MaybeUninit::<usize>::uninit(); STACK_FRAMES];
-        let (n, total) = capture(method, &mut buf[..depth]);
-        // SAFETY: `capture` initialised the first `n` elements, and `MaybeUninit<usize>` has
-        // the layout of `usize`.
-        let frames = unsafe { core::slice::from_raw_parts(buf.as_ptr().cast::<usize>(), n) };
-        f(frames, total)
+    // Limits beyond the stack buffer borrow a buffer from `inner` for this capture (a
+    // thread-local buffer would need a destructor, and registering one may allocate through
+    // the global allocator, which std forbids from inside it). Without memory, the stack
+    // buffer's frames are kept.
+    let mut stack = [MaybeUninit::<usize>::uninit(); STACK_FRAMES];
+    let mut deep = if depth > STACK_FRAMES {
+        allocate_uninit::<usize>(inner, depth)
     } else {
-        // Limits beyond the stack buffer: a buffer from `inner` for this capture. (A
-        // thread-local buffer would need a destructor, and registering one may allocate
-        // through the global allocator, which std forbids from inside it.)
-        let Some(buf) = allocate_uninit::<usize>(inner, depth) else {
-            // No memory: keep what the stack buffer holds.
-            let mut buf = [MaybeUninit::<usize>::uninit(); STACK_FRAMES];
-            let (n, total) = capture(method, &mut buf);
-            // SAFETY: as above.
-            let frames = unsafe { core::slice::from_raw_parts(buf.as_ptr().cast::<usize>(), n) };
-            return f(frames, total);
-        };
-        let (n, total) = capture(method, buf);
-        // SAFETY: as above.
-        let frames = unsafe { core::slice::from_raw_parts(buf.as_ptr().cast::<usize>(), n) };
-        let result = f(frames, total);
+        None
+    };
+    let buf = match deep.as_deref_mut() {
+        Some(buf) => buf,
+        None => &mut stack[..depth.min(STACK_FRAMES)],
+    };
+    let (n, total) = capture(method, buf);
+    // SAFETY: `capture` initialised the first `n` elements, and `MaybeUninit<usize>` has the
+    // layout of `usize`.
+    let frames = unsafe { core::slice::from_raw_parts(buf.as_ptr().cast::<usize>(), n) };
+    let result = f(frames, total);
+    if let Some(buf) = deep {
         free_array(inner, buf);
-        result
     }
+    result
 }
 
 /// Records a new block. Called by the allocator with tracing on and a non-null block.
@@ -689,9 +686,10 @@ fn insert_locked(
     if recorded == Recorded::Traced {
         // A trace at the same address is replaced (a realloc in place): it had this size.
         let replaced = (before + size as u64).saturating_sub(tracer.counters().current);
-        accounting::account(size as u64, replaced);
+        let interval = sampler::interval();
+        accounting::account(size as u64, replaced, interval, generation);
         let new_trace = tracer.counters().traces > traces_before;
-        if new_trace && sampler::interval() != 0 {
+        if new_trace && interval != 0 {
             sampler::mark(addr);
         }
     }
@@ -710,11 +708,12 @@ fn forget_locked(shard: &mut Shard, addr: usize) -> bool {
 fn forget_in(tracer: &mut Tracer<'static>, domain: u32, addr: usize) -> bool {
     match tracer.record_free(domain, addr) {
         Some(size) => {
-            accounting::account(0, size);
+            let interval = sampler::interval();
+            accounting::account(0, size, interval, interner::generation());
             // Only default-domain traces are marked (the allocator's frees are the ones the
             // filter serves); unmarking for another domain's block on the same page would
             // let a sampled block's free skip the tracer.
-            if domain == DEFAULT_DOMAIN && sampler::interval() != 0 {
+            if domain == DEFAULT_DOMAIN && interval != 0 {
                 sampler::unmark(addr);
             }
             true
@@ -870,6 +869,8 @@ pub(crate) fn track(domain: u32, addr: usize, size: usize) -> bool {
             accounting::account(
                 size as u64,
                 (before + size as u64).saturating_sub(tracer.counters().current),
+                sampler::interval(),
+                interner::generation(),
             );
         }
         recorded == Recorded::Traced

@@ -9,6 +9,7 @@ use std::cell::Cell;
 use std::sync::Mutex;
 
 use tracemalloc::{DomainFilter, Filter, KeyType, Snapshot, TraceFilter, TracingAllocator};
+use tracemalloc_tests::{blocks, marked_line};
 
 /// The system allocator, remembering the last block it handed out, to check that the wrapper
 /// returns exactly what its inner allocator returns.
@@ -62,12 +63,7 @@ const THIS_FILE: &str = "tests/tests/allocator.rs";
 
 /// The line of this file holding `marker` (a comment on the allocating line).
 fn line_of(marker: &str) -> u32 {
-    let needle = format!("// {marker}");
-    include_str!("allocator.rs")
-        .lines()
-        .position(|l| l.trim_end().ends_with(&needle))
-        .unwrap_or_else(|| panic!("marker {marker} not found")) as u32
-        + 1
+    marked_line(include_str!("allocator.rs"), marker)
 }
 
 /// Statistics by line, for this file only.
@@ -90,15 +86,6 @@ fn find(stats: &[(u32, u64, u64)], line: u32) -> Option<(u64, u64)> {
 fn fresh(nframe: usize) {
     tracemalloc::stop();
     tracemalloc::start(nframe).unwrap();
-}
-
-/// `n` blocks made by `make`, kept in a Vec allocated before the first of them.
-fn blocks<T>(n: usize, make: impl Fn() -> T) -> Vec<T> {
-    let mut out = Vec::with_capacity(n);
-    for _ in 0..n {
-        out.push(make());
-    }
-    out
 }
 
 #[inline(never)]

@@ -2,6 +2,7 @@
 //! back up. The estimates of each site must land within 10% of the exact figures.
 
 use tracemalloc::{Config, DomainFilter, Filter, KeyType, TraceFilter, TracingAllocator};
+use tracemalloc_tests::{blocks, marked_line};
 
 #[global_allocator]
 static ALLOC: TracingAllocator = TracingAllocator::system();
@@ -9,21 +10,7 @@ static ALLOC: TracingAllocator = TracingAllocator::system();
 const THIS_FILE: &str = "tests/tests/sampling.rs";
 
 fn line_of(marker: &str) -> u32 {
-    let needle = format!("// {marker}");
-    include_str!("sampling.rs")
-        .lines()
-        .position(|l| l.trim_end().ends_with(&needle))
-        .unwrap() as u32
-        + 1
-}
-
-/// `n` blocks made by `make`, kept in a Vec allocated before the first of them.
-fn blocks<T>(n: usize, make: impl Fn() -> T) -> Vec<T> {
-    let mut out = Vec::with_capacity(n);
-    for _ in 0..n {
-        out.push(make());
-    }
-    out
+    marked_line(include_str!("sampling.rs"), marker)
 }
 
 fn estimates(snapshot: &tracemalloc::Snapshot) -> Vec<(u32, u64, u64)> {
