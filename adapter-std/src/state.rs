@@ -696,26 +696,26 @@ fn insert_locked(
     recorded == Recorded::Traced
 }
 
+/// Forgets a default-domain trace, and its mark in the sampling filter (only the shards'
+/// traces are marked: the filter serves the allocator's frees).
 #[inline(always)]
 fn forget_locked(shard: &mut Shard, addr: usize) -> bool {
     let Some(tracer) = shard.tracer.as_mut() else {
         return false;
     };
-    forget_in(tracer, DEFAULT_DOMAIN, addr)
+    let interval = sampler::interval();
+    let forgotten = forget_in(tracer, DEFAULT_DOMAIN, addr, interval);
+    if forgotten && interval != 0 {
+        sampler::unmark(addr);
+    }
+    forgotten
 }
 
 #[inline(always)]
-fn forget_in(tracer: &mut Tracer<'static>, domain: u32, addr: usize) -> bool {
+fn forget_in(tracer: &mut Tracer<'static>, domain: u32, addr: usize, interval: u64) -> bool {
     match tracer.record_free(domain, addr) {
         Some(size) => {
-            let interval = sampler::interval();
             accounting::account(0, size, interval, interner::generation());
-            // Only default-domain traces are marked (the allocator's frees are the ones the
-            // filter serves); unmarking for another domain's block on the same page would
-            // let a sampled block's free skip the tracer.
-            if domain == DEFAULT_DOMAIN && interval != 0 {
-                sampler::unmark(addr);
-            }
             true
         }
         None => false,
@@ -886,7 +886,7 @@ pub(crate) fn untrack(domain: u32, addr: usize) -> bool {
         return forget_locked(&mut shard_of(addr).lock(), addr);
     }
     match FOREIGN.lock().as_mut() {
-        Some(tracer) => forget_in(tracer, domain, addr),
+        Some(tracer) => forget_in(tracer, domain, addr, sampler::interval()),
         None => false,
     }
 }
