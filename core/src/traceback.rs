@@ -113,7 +113,9 @@ pub struct TracebackStorage<'a> {
 /// Interns call stacks.
 pub struct TracebackStore<'a> {
     entries: &'a mut [TracebackEntry],
-    /// Entry ids (0 = empty: id 0 is the overflow entry, never indexed).
+    /// Cells of `id | tag << 24`, `tag` being the top 8 bits of the stack's hash (0 = empty:
+    /// id 0 is the overflow entry, never indexed). The tag rejects most probes of other stacks
+    /// without reading their entries, each a cache miss in a big store.
     index: &'a mut [u32],
     index_mask: usize,
     frames: &'a mut [usize],
@@ -142,6 +144,12 @@ pub fn stack_hash(domain: u32, frames: &[usize]) -> u64 {
     }
     let h = (a ^ b.rotate_left(17)).wrapping_mul(K1);
     h ^ (h >> 29)
+}
+
+/// The bits of an index cell above the id: the hash's top byte (the position uses its low bits).
+#[inline]
+fn index_tag(hash: u32) -> u32 {
+    hash & !TracebackId::MASK
 }
 
 #[inline]
@@ -247,19 +255,23 @@ impl<'a> TracebackStore<'a> {
         if self.index.is_empty() {
             return Err(StoreFull);
         }
+        let tag = index_tag(hash);
         let mut i = hash as usize & self.index_mask;
         loop {
-            let id = self.index[i];
-            if id == 0 {
+            let cell = self.index[i];
+            if cell == 0 {
                 break;
             }
-            let e = &self.entries[id as usize];
-            if e.hash == hash
-                && e.domain == domain
-                && e.total_nframe == total_nframe
-                && &self.frames[e.start()..e.start() + e.len()] == frames
-            {
-                return Ok(TracebackId(id));
+            if cell & !TracebackId::MASK == tag {
+                let id = cell & TracebackId::MASK;
+                let e = &self.entries[id as usize];
+                if e.hash == hash
+                    && e.domain == domain
+                    && e.total_nframe == total_nframe
+                    && &self.frames[e.start()..e.start() + e.len()] == frames
+                {
+                    return Ok(TracebackId(id));
+                }
             }
             i = (i + 1) & self.index_mask;
         }
@@ -281,7 +293,7 @@ impl<'a> TracebackStore<'a> {
             domain,
         };
         self.entry_count += 1;
-        self.index[i] = id as u32;
+        self.index[i] = id as u32 | tag;
         Ok(TracebackId(id as u32))
     }
 
@@ -299,11 +311,12 @@ impl<'a> TracebackStore<'a> {
         next.entries[..self.entry_count].copy_from_slice(&self.entries[..self.entry_count]);
         next.frames[..self.frame_count].copy_from_slice(&self.frames[..self.frame_count]);
         for id in 1..self.entry_count {
-            let mut i = self.entries[id].hash as usize & next.index_mask;
+            let hash = self.entries[id].hash;
+            let mut i = hash as usize & next.index_mask;
             while next.index[i] != 0 {
                 i = (i + 1) & next.index_mask;
             }
-            next.index[i] = id as u32;
+            next.index[i] = id as u32 | index_tag(hash);
         }
         next.entry_count = self.entry_count;
         next.frame_count = self.frame_count;
