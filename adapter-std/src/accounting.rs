@@ -145,6 +145,7 @@ mod exit_flush {
     /// Runs at thread exit. Frees made after it (by destructors of keys that run later) ask
     /// for the flush again, and the C library runs destructors again for keys set meanwhile.
     extern "C" fn flush(_: *mut libc::c_void) {
+        crate::deferred::flush_at_exit();
         let _ = super::PENDING.try_with(|pending| {
             pending.publish_now();
             pending.registered.set(false);
@@ -171,7 +172,21 @@ fn publish(change: i64, high: i64) {
 /// Publishes the calling thread's pending change, so that what it asks about includes its own
 /// blocks exactly.
 fn publish_own() {
+    crate::deferred::flush_own();
     let _ = PENDING.try_with(Pending::publish_now);
+}
+
+/// Arms this thread's exit flush, if it is not armed yet; false when it cannot be (no pthread
+/// key, or not Unix), so that nothing is held back for an exit that would not see it.
+pub(crate) fn watch_exit() -> bool {
+    PENDING
+        .try_with(|pending| {
+            if !pending.registered.get() {
+                pending.registered.set(exit_flush::register());
+            }
+            pending.registered.get() && cfg!(unix)
+        })
+        .unwrap_or(false)
 }
 
 /// `(current, peak)` traced bytes: with every change of the calling thread, missing under

@@ -23,6 +23,7 @@ use tracemalloc_core::{RawSnapshot, Recorded, Tracer, TracerStorage, DEFAULT_DOM
 
 use crate::accounting;
 use crate::capture::{capture, Capture};
+use crate::deferred;
 use crate::guard::Guard;
 use crate::interner;
 use crate::sampler;
@@ -559,6 +560,9 @@ pub(crate) unsafe fn dealloc(inner: &dyn GlobalAlloc, ptr: *mut u8, layout: Layo
         return unsafe { inner.dealloc(ptr, layout) };
     };
     let addr = ptr as usize;
+    if deferred::queue(inner, addr, layout) {
+        return;
+    }
     forget_locked(&mut shard_of(addr).lock(), addr);
     drop(_guard);
     // SAFETY: forwarded unchanged under the caller's contract.
@@ -696,6 +700,29 @@ fn insert_locked(
     recorded == Recorded::Traced
 }
 
+/// Forgets the default-domain traces at `addrs` (a thread's queued frees), locking a shard once
+/// for each run of neighbouring blocks and holding one shard lock at a time.
+pub(crate) fn forget_traces(addrs: impl Iterator<Item = usize>) {
+    let mut held: Option<(usize, spin::MutexGuard<'static, Shard>)> = None;
+    for addr in addrs {
+        let shard = shard_index(addr);
+        let locked = match &mut held {
+            Some((index, locked)) if *index == shard => locked,
+            _ => {
+                held = None; // unlock before locking the next shard
+                &mut held.insert((shard, SHARD_TABLE[shard].lock())).1
+            }
+        };
+        forget_locked(locked, addr);
+    }
+}
+
+/// Asks the CPU to fetch the table slot of the block at `addr` into the cache.
+#[inline(always)]
+pub(crate) fn prefetch_trace(addr: usize) {
+    prefetch_slot(addr, shard_index(addr));
+}
+
 /// Forgets a default-domain trace, and its mark in the sampling filter (only the shards'
 /// traces are marked: the filter serves the allocator's frees).
 #[inline(always)]
@@ -751,6 +778,7 @@ pub(crate) fn stop() {
 /// the fork handler take those two the other way round, which is safe only because every
 /// path that holds both holds all the shards first).
 pub(crate) fn clear() {
+    deferred::flush_own();
     let _guard = Guard::enter();
     let mut locked = lock_all_shards();
     for shard in &mut locked {
