@@ -23,8 +23,10 @@ use crate::state;
 /// }
 /// ```
 ///
-/// Use one per process, as the global allocator: the tracer is process-wide and takes its own
-/// memory from the inner allocator of the instance that switches tracing on.
+/// Use one per process, as the global allocator (a `static`, possibly inside another
+/// allocator that wraps it): the tracer is process-wide, takes its own memory from the inner
+/// allocator of the instance that switches tracing on, and keeps references to the inner
+/// allocator to free the blocks that threads queue.
 pub struct TracingAllocator<A: GlobalAlloc = System> {
     inner: A,
 }

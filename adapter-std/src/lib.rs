@@ -311,9 +311,9 @@ fn trim(traceback: &mut Traceback, nframe: usize) {
 }
 
 /// Takes a snapshot of the traced blocks (Python's `take_snapshot`). The tables are copied under
-/// their locks; symbolization runs afterwards, each address once per process. Every free the
-/// calling thread made is reflected; another running thread's last frees of small blocks (up
-/// to 15 of at most 4 KiB, applied in batches) may still show as live.
+/// their locks; symbolization runs afterwards, each address once per process. Every free made
+/// before the call, on any thread, is reflected (frees that threads hold in their queues are
+/// left out).
 pub fn take_snapshot() -> Result<Snapshot, Error> {
     if !is_tracing() {
         return Err(Error::NotTracing);

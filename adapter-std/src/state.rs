@@ -88,6 +88,9 @@ static SHARD_TABLE: [spin::Mutex<Shard>; SHARDS] = [EMPTY_SHARD; SHARDS];
 
 /// Runs `f` under a lock that `clear()` holds while it starts a new generation (a shard's).
 pub(crate) fn with_generation_fixed<R>(f: impl FnOnce() -> R) -> R {
+    // Inside the tracer while the lock is held: a signal handler's free on this thread must
+    // pass untraced rather than wait for the lock forever.
+    let _guard = Guard::enter();
     let _locked = SHARD_TABLE[0].lock();
     f()
 }
@@ -388,7 +391,10 @@ fn arm(inner: &dyn GlobalAlloc) -> bool {
 /// thread takes every tracer lock before the fork and releases them after, on both sides.
 #[cfg(unix)]
 mod fork {
-    use super::{interner, lock_all_shards, AtomicBool, Relaxed, FOREIGN, SHARD_TABLE};
+    use super::{
+        deferred, interner, lock_all_shards, AtomicBool, Relaxed, ARMING, CONFIG, FOREIGN,
+        SHARD_TABLE,
+    };
 
     static REGISTERED: AtomicBool = AtomicBool::new(false);
 
@@ -397,7 +403,7 @@ mod fork {
             // SAFETY: the handlers only take and release locks (the tracer's spin locks and the
             // symbolizer's mutex): they never allocate and never unwind, as fork handlers must
             // not.
-            unsafe { libc::pthread_atfork(Some(prepare), Some(release), Some(release)) };
+            unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
         }
     }
 
@@ -405,17 +411,33 @@ mod fork {
     static RESOLVER_HELD: spin::Mutex<Option<crate::symbolize::ForkHold>> = spin::Mutex::new(None);
 
     /// Takes every lock and keeps them past the fork: the symbolizer's first (a thread that
-    /// symbolizes holds it while it allocates, so while it takes tracer locks), then the
-    /// tracer's, in the order snapshots take them.
+    /// symbolizes holds it while it allocates, so while it takes tracer locks), then arming's
+    /// (held while the tables are set up, which takes the shard locks) and the configuration's,
+    /// then the tracer's in the order snapshots take them.
     extern "C" fn prepare() {
         let resolver = crate::symbolize::hold_for_fork();
         *RESOLVER_HELD.lock() = Some(resolver);
+        core::mem::forget(ARMING.lock());
+        core::mem::forget(CONFIG.lock());
         core::mem::forget(lock_all_shards());
         core::mem::forget(interner::STORE.lock());
         core::mem::forget(FOREIGN.lock());
+        deferred::lock_registry_for_fork();
     }
 
-    extern "C" fn release() {
+    extern "C" fn parent() {
+        // SAFETY: `prepare` took the registry's lock on this thread and leaked its guard.
+        unsafe { deferred::unlock_registry_after_fork() };
+        release();
+    }
+
+    extern "C" fn child() {
+        // SAFETY: as in `parent`.
+        unsafe { deferred::reset_registry_in_child() };
+        release();
+    }
+
+    fn release() {
         // SAFETY: `prepare` took each of these locks on this very thread just before the fork
         // and leaked its guard, so this thread (in the parent, or its copy in the child) is
         // their holder and nothing else can hold them.
@@ -425,6 +447,8 @@ mod fork {
             for shard in SHARD_TABLE.iter().rev() {
                 shard.force_unlock();
             }
+            CONFIG.force_unlock();
+            ARMING.force_unlock();
         }
         drop(RESOLVER_HELD.lock().take());
     }
@@ -700,11 +724,13 @@ fn insert_locked(
     recorded == Recorded::Traced
 }
 
-/// Forgets the default-domain traces at `addrs` (a thread's queued frees), locking a shard once
-/// for each run of neighbouring blocks and holding one shard lock at a time.
-pub(crate) fn forget_traces(addrs: impl Iterator<Item = usize>) {
+/// Forgets the default-domain traces at `addrs` (a thread's queued frees) and zeroes each
+/// address under the same lock (snapshots read the queues holding every shard lock), locking a
+/// shard once for each run of neighbouring blocks and holding one shard lock at a time.
+pub(crate) fn forget_traces(addrs: &[AtomicUsize]) {
     let mut held: Option<(usize, spin::MutexGuard<'static, Shard>)> = None;
-    for addr in addrs {
+    for queued in addrs {
+        let addr = queued.load(Relaxed);
         let shard = shard_index(addr);
         let locked = match &mut held {
             Some((index, locked)) if *index == shard => locked,
@@ -714,6 +740,7 @@ pub(crate) fn forget_traces(addrs: impl Iterator<Item = usize>) {
             }
         };
         forget_locked(locked, addr);
+        queued.store(0, Relaxed);
     }
 }
 
@@ -803,6 +830,7 @@ pub(crate) fn traceback_limit() -> usize {
 
 /// Bytes the tracer holds (Python's `get_tracemalloc_memory()`).
 pub(crate) fn tracer_memory() -> u64 {
+    let _guard = Guard::enter(); // see `with_generation_fixed`
     let shards: usize = SHARD_TABLE
         .iter()
         .filter_map(|s| s.lock().tracer.as_ref().map(Tracer::memory_bytes))
@@ -829,6 +857,7 @@ pub(crate) fn copy_raw() -> RawSnapshot {
         entries + entries / 8 + 64,
         frames + frames / 8 + 1024,
     );
+    let mut queued = Vec::with_capacity(4 * deferred::BATCH);
     let locked = lock_all_shards();
     let store = interner::STORE.lock();
     let foreign = FOREIGN.lock();
@@ -838,7 +867,10 @@ pub(crate) fn copy_raw() -> RawSnapshot {
     if let Some(tracer) = foreign.as_ref() {
         raw.add(tracer);
     }
+    // Blocks other threads freed whose traces wait in their queues: freed, so left out.
+    deferred::queued_frees(&mut queued);
     drop((foreign, store, locked));
+    raw.leave_out(&queued);
     raw.set_current_and_peak(accounting::traced_memory());
     raw.set_sample_interval(sampler::interval());
     raw

@@ -195,6 +195,8 @@ struct RawPart {
     slots: Vec<Slot>,
     entries: Vec<TracebackEntry>,
     frames: Vec<usize>,
+    /// Copied by [`RawSnapshot::add_sharing`]: [`RawSnapshot::leave_out`] applies.
+    shared: bool,
 }
 
 /// The state of one or more tracers, copied under their locks and not yet analysed.
@@ -208,6 +210,8 @@ pub struct RawSnapshot {
     counters: Counters,
     tracer_memory: u64,
     sample_interval: u64,
+    /// Addresses [`RawSnapshot::leave_out`] drops from the shared parts, sorted.
+    left_out: Vec<usize>,
 }
 
 impl RawSnapshot {
@@ -226,6 +230,7 @@ impl RawSnapshot {
             slots: tracer.table().slots().to_vec(),
             entries: entries.to_vec(),
             frames: frames.to_vec(),
+            shared: false,
         });
         self.counters.merge(tracer.counters());
         self.tracer_memory += tracer.memory_bytes() as u64;
@@ -244,6 +249,7 @@ impl RawSnapshot {
             slots: touched(Slot::EMPTY, slots),
             entries: touched(TracebackEntry::EMPTY, entries),
             frames: touched(0, frames),
+            shared: false,
         };
     }
 
@@ -264,7 +270,18 @@ impl RawSnapshot {
             self.tracer_memory += tracer.memory_bytes() as u64;
         }
         self.tracer_memory += tracebacks.memory_bytes() as u64;
+        part.shared = true;
         self.parts.push(part);
+    }
+
+    /// Leaves the blocks at `addrs` out of the parts copied by [`RawSnapshot::add_sharing`]:
+    /// blocks the program has freed while their traces were still in the table when it was
+    /// copied (an adapter that applies frees in batches), so that the snapshot shows what the
+    /// program holds.
+    pub fn leave_out(&mut self, addrs: &[usize]) {
+        self.left_out.extend_from_slice(addrs);
+        self.left_out.sort_unstable();
+        self.left_out.dedup();
     }
 
     /// Overrides the summed current size and peak (shards' peaks add up to more than the
@@ -295,10 +312,15 @@ impl RawSnapshot {
         };
         // (domain, total_nframe, frames, overflow) -> index into snapshot.tracebacks
         let mut merged: HashMap<(u32, u16, &[usize], bool), u32> = HashMap::new();
+        let left_out = LeftOut::new(&self.left_out);
         for part in &self.parts {
             // Entry id -> merged index, filled on first use.
             let mut map: Vec<u32> = alloc::vec![u32::MAX; part.entries.len()];
             for slot in part.slots.iter().filter(|s| s.is_occupied()) {
+                if part.shared && left_out.contains(slot.addr()) {
+                    snapshot.counters.traces = snapshot.counters.traces.saturating_sub(1);
+                    continue;
+                }
                 let id = slot.traceback().index() as usize;
                 let Some(entry) = part.entries.get(id) else {
                     continue; // cannot happen: slots and entries were copied under one lock
@@ -331,6 +353,36 @@ impl RawSnapshot {
         }
         snapshot.resolve_addresses(resolver);
         snapshot
+    }
+}
+
+/// A sorted set of addresses, with a 4096-bit filter in front: a snapshot tests every trace
+/// against it, and almost all are answered by the filter.
+struct LeftOut<'a> {
+    sorted: &'a [usize],
+    filter: Vec<u64>,
+}
+
+impl<'a> LeftOut<'a> {
+    fn new(sorted: &'a [usize]) -> LeftOut<'a> {
+        let mut filter = alloc::vec![0u64; if sorted.is_empty() { 0 } else { 64 }];
+        for &addr in sorted {
+            let bit = Self::bit(addr);
+            filter[bit / 64] |= 1 << (bit % 64);
+        }
+        LeftOut { sorted, filter }
+    }
+
+    fn bit(addr: usize) -> usize {
+        ((addr as u64 >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 52) as usize
+    }
+
+    fn contains(&self, addr: usize) -> bool {
+        let bit = Self::bit(addr);
+        self.filter
+            .get(bit / 64)
+            .is_some_and(|word| word & (1 << (bit % 64)) != 0)
+            && self.sorted.binary_search(&addr).is_ok()
     }
 }
 

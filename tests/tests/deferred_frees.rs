@@ -1,7 +1,7 @@
 //! A thread's frees of small blocks are queued and applied in batches (`adapter-std/src/
-//! deferred.rs`). These tests hold it to what its documentation promises: queued blocks still
-//! reach the inner allocator (a full batch, the thread's own questions, its exit), and large
-//! blocks are never held back.
+//! deferred.rs`). These tests hold it to what its documentation promises: snapshots leave out
+//! what any thread has freed, queued blocks still reach the inner allocator (a full batch, the
+//! thread's own questions, its exit), and large blocks are never held back.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc;
@@ -32,9 +32,32 @@ fn small(n: usize) -> Vec<Vec<u8>> {
 }
 
 #[inline(never)]
+fn pages(n: usize) -> Vec<Vec<u8>> {
+    blocks(n, || vec![3u8; 4096]) // PAGES
+}
+
+#[inline(never)]
 fn large() -> Vec<u8> {
     vec![9u8; 64 * 1024] // LARGE
 }
+
+/// Runs `test` with tracing on, one test at a time (the tracer is process-wide).
+fn traced(test: impl FnOnce()) {
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    tracemalloc::start(4).unwrap();
+    test();
+    tracemalloc::stop();
+}
+
+/// Bytes the inner allocator got back while `f` ran, less what it handed out.
+fn returned_by(f: impl FnOnce()) -> i64 {
+    let before = LIVE.load(Relaxed);
+    f();
+    before - LIVE.load(Relaxed)
+}
+
+/// What spawning a thread and two channels allocates, at most.
+const THREAD_OVERHEAD: i64 = 8 * 1024;
 
 /// Runs `free` on a thread that then stays alive until the returned sender is dropped, so
 /// that what the main thread sees is not the thread's exit flush.
@@ -54,72 +77,106 @@ fn on_live_thread(
 
 #[test]
 fn full_batches_are_applied_without_being_asked() {
-    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    tracemalloc::start(4).unwrap();
-    let blocks = small(48);
-    assert_eq!(traced_here("SMALL"), Some((48 * 64, 48)));
-    // The thread asks nothing: only full batches are applied, so at most one batch short of
-    // full (15 frees) may still be queued.
-    let (handle, exit) = on_live_thread(move || drop(blocks));
-    let left = traced_here("SMALL").map_or(0, |(_, count)| count);
-    assert!(left < 16, "{left} freed blocks still traced");
-    drop(exit);
-    handle.join().unwrap();
-    assert_eq!(
-        traced_here("SMALL"),
-        None,
-        "the thread's exit applies the rest"
-    );
-    tracemalloc::stop();
+    traced(|| {
+        let blocks = pages(48);
+        // The thread asks nothing: only full batches are applied, so at most 15 blocks may
+        // still be queued.
+        let mut thread = None;
+        let returned = returned_by(|| thread = Some(on_live_thread(move || drop(blocks))));
+        assert!(
+            returned >= 33 * 4096 - THREAD_OVERHEAD,
+            "only {returned} bytes reached the inner allocator"
+        );
+        let (handle, exit) = thread.unwrap();
+        drop(exit);
+        handle.join().unwrap();
+    });
 }
 
 #[test]
 fn a_thread_applies_its_queue_before_it_reports() {
-    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    tracemalloc::start(4).unwrap();
-    let blocks = small(3);
-    let (handle, exit) = on_live_thread(move || {
-        drop(blocks);
-        let _ = tracemalloc::traced_memory(); // applies this thread's queue
+    traced(|| {
+        let blocks = pages(10); // and the Vec: 11 frees, under a batch
+        let mut thread = None;
+        let returned = returned_by(|| {
+            thread = Some(on_live_thread(move || {
+                drop(blocks);
+                let _ = tracemalloc::traced_memory(); // applies this thread's queue
+            }))
+        });
+        assert!(
+            returned >= 10 * 4096 - THREAD_OVERHEAD,
+            "only {returned} bytes reached the inner allocator"
+        );
+        let (handle, exit) = thread.unwrap();
+        drop(exit);
+        handle.join().unwrap();
     });
-    assert_eq!(traced_here("SMALL"), None);
-    drop(exit);
-    handle.join().unwrap();
-    tracemalloc::stop();
 }
 
 #[test]
 fn large_frees_are_not_held_back() {
-    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    tracemalloc::start(4).unwrap();
-    let block = large();
-    assert_eq!(traced_here("LARGE"), Some((64 * 1024, 1)));
-    let before = LIVE.load(Relaxed);
-    let (handle, exit) = on_live_thread(move || drop(block));
-    let after = LIVE.load(Relaxed);
-    assert!(
-        before - after >= 48 * 1024, // less the thread's own allocations (about 2 KiB)
-        "the block reached the inner allocator late: {before} -> {after}"
-    );
-    assert_eq!(traced_here("LARGE"), None);
-    drop(exit);
-    handle.join().unwrap();
-    tracemalloc::stop();
+    traced(|| {
+        let block = large();
+        assert_eq!(traced_here("LARGE"), Some((64 * 1024, 1)));
+        let mut thread = None;
+        let returned = returned_by(|| thread = Some(on_live_thread(move || drop(block))));
+        assert!(
+            returned >= 64 * 1024 - THREAD_OVERHEAD,
+            "only {returned} bytes reached the inner allocator"
+        );
+        assert_eq!(traced_here("LARGE"), None);
+        let (handle, exit) = thread.unwrap();
+        drop(exit);
+        handle.join().unwrap();
+    });
 }
 
 #[test]
 fn queued_frees_reach_the_inner_allocator_when_threads_exit() {
-    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    tracemalloc::start(4).unwrap();
-    let before = LIVE.load(Relaxed);
-    // 200 threads each free 5 blocks of 4 KiB and exit without asking anything: 4 MB would
-    // stay with the tracer if exits did not apply the queues.
-    for _ in 0..200 {
-        let blocks = tracemalloc_tests::blocks(5, || vec![1u8; 4096]); // EXITING
-        std::thread::spawn(move || drop(blocks)).join().unwrap();
-    }
-    let grown = LIVE.load(Relaxed) - before;
-    assert!(grown < 1 << 20, "inner allocator holds {grown} more bytes");
-    assert_eq!(traced_here("EXITING"), None);
-    tracemalloc::stop();
+    traced(|| {
+        // 200 threads each free 5 blocks of 4 KiB and exit without asking anything: 4 MB
+        // would stay with the tracer if exits did not apply the queues.
+        let returned = returned_by(|| {
+            for _ in 0..200 {
+                let blocks = pages(5);
+                std::thread::spawn(move || drop(blocks)).join().unwrap();
+            }
+        });
+        assert!(
+            returned > -(1 << 20),
+            "the inner allocator holds {} more bytes",
+            -returned
+        );
+        assert_eq!(traced_here("PAGES"), None);
+    });
+}
+
+#[test]
+fn snapshots_leave_out_what_other_threads_freed() {
+    traced(|| {
+        let blocks = small(5);
+        // Fewer frees than a batch, and the thread asks nothing: its queue holds all five.
+        let (handle, exit) = on_live_thread(move || drop(blocks));
+        assert_eq!(traced_here("SMALL"), None);
+        drop(exit);
+        handle.join().unwrap();
+        assert_eq!(traced_here("SMALL"), None);
+    });
+}
+
+#[test]
+fn scoped_threads_frees_are_out_of_the_next_snapshot() {
+    traced(|| {
+        // `scope()` returns when the closures are done, before the threads' exit flush may run.
+        let mut still_traced = 0;
+        for _ in 0..50 {
+            let blocks = small(5);
+            std::thread::scope(|s| {
+                s.spawn(move || drop(blocks));
+            });
+            still_traced += traced_here("SMALL").map_or(0, |(_, count)| count);
+        }
+        assert_eq!(still_traced, 0);
+    });
 }

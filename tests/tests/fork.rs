@@ -1,11 +1,11 @@
-//! `fork()` while other threads allocate and take snapshots: the child must be able to allocate
-//! and take a snapshot, not wait forever on a tracer or symbolizer lock that a thread which no
-//! longer exists held.
+//! `fork()` while other threads allocate, take snapshots or start tracing: the child must be able
+//! to allocate, start tracing and take a snapshot, not wait forever on a tracer or symbolizer
+//! lock that a thread which no longer exists held.
 #![cfg(unix)]
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tracemalloc::TracingAllocator;
@@ -35,8 +35,12 @@ fn wait_for(pid: libc::pid_t, limit: Duration) -> Option<i32> {
     }
 }
 
+/// The tests start and stop the process-wide tracer: one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
 #[test]
 fn a_child_forked_while_threads_allocate_can_still_allocate_and_snapshot() {
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     tracemalloc::start(8).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let mut workers: Vec<_> = (0..2)
@@ -75,5 +79,36 @@ fn a_child_forked_while_threads_allocate_can_still_allocate_and_snapshot() {
     for w in workers {
         w.join().unwrap();
     }
+    tracemalloc::stop();
+}
+
+#[test]
+fn a_child_forked_while_another_thread_starts_tracing_can_start_tracing() {
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let stop = Arc::new(AtomicBool::new(false));
+    let restarts = Arc::clone(&stop);
+    // Each start is armed by the thread's next allocation, which sets up the tables.
+    let restarter = std::thread::spawn(move || {
+        while !restarts.load(Ordering::Relaxed) {
+            tracemalloc::stop();
+            let _ = tracemalloc::start(8);
+            black_box(vec![0u8; 48]);
+        }
+    });
+    for round in 0..200 {
+        // SAFETY: as in the test above; the child starts tracing and allocates.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            let started = tracemalloc::start(8).is_ok();
+            black_box(vec![1u8; 1000]);
+            // SAFETY: ends the child without running the parent's exit handlers.
+            unsafe { libc::_exit(if started { 0 } else { 1 }) };
+        }
+        let status = wait_for(pid, Duration::from_secs(20));
+        assert_eq!(status, Some(0), "child of round {round} hung or failed");
+    }
+    stop.store(true, Ordering::Relaxed);
+    restarter.join().unwrap();
     tracemalloc::stop();
 }

@@ -1,0 +1,48 @@
+//! The wrapper inside another global allocator (a counting or limiting wrapper of the kind
+//! `cap` and `stats_alloc` provide): every block must go back through the wrapper's inner
+//! allocator exactly once, however the tracer applies its frees (queued frees are applied
+//! through the allocator that queued them, never through the global one again).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
+
+use tracemalloc::TracingAllocator;
+
+/// Counts the frees it is asked for, then hands them to the tracing wrapper inside.
+struct Outer(TracingAllocator<System>);
+
+static OUTER_FREES: AtomicI64 = AtomicI64::new(0);
+
+// SAFETY: forwards to the wrapper unchanged; only counts frees.
+unsafe impl GlobalAlloc for Outer {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's contract is forwarded.
+        unsafe { self.0.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        OUTER_FREES.fetch_add(1, Relaxed);
+        // SAFETY: the caller's contract is forwarded.
+        unsafe { self.0.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Outer = Outer(TracingAllocator::system());
+
+#[test]
+fn each_free_reaches_the_outer_allocator_once() {
+    tracemalloc::start(1).unwrap();
+    let blocks = tracemalloc_tests::blocks(5, || Box::new([1u8; 64]));
+    let _ = tracemalloc::traced_memory();
+    let before = OUTER_FREES.load(Relaxed);
+    drop(blocks); // 5 boxes and the Vec: queued by the wrapper
+    let dropped = OUTER_FREES.load(Relaxed);
+    let _ = tracemalloc::traced_memory(); // applies the queue
+    let after = OUTER_FREES.load(Relaxed);
+    tracemalloc::stop();
+    assert_eq!(dropped - before, 6);
+    assert_eq!(
+        after, dropped,
+        "queued blocks went through the global allocator again"
+    );
+}
