@@ -87,7 +87,6 @@ pub(crate) fn queue(inner: &dyn GlobalAlloc, addr: usize, layout: Layout) -> boo
     }
     QUEUE
         .try_with(|queue| {
-            let n = queue.len.get();
             let same_inner = queue
                 .inner
                 .get()
@@ -95,6 +94,7 @@ pub(crate) fn queue(inner: &dyn GlobalAlloc, addr: usize, layout: Layout) -> boo
             if !same_inner && !queue.prepare(inner) {
                 return false;
             }
+            let n = queue.len.get(); // after `prepare`, which may have emptied the queue
             let (Some(slot), Some(cell)) = (queue.addrs.get(n), queue.layouts.get(n)) else {
                 return false;
             };

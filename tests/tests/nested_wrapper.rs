@@ -1,12 +1,14 @@
 //! The wrapper inside another global allocator (a counting or limiting wrapper of the kind
-//! `cap` and `stats_alloc` provide): every block must go back through the wrapper's inner
-//! allocator exactly once, however the tracer applies its frees (queued frees are applied
-//! through the allocator that queued them, never through the global one again).
+//! `cap` and `stats_alloc` provide), and a second wrapper instance beside it: every block must
+//! go back through the inner allocator that gave it out, exactly once, however the tracer
+//! applies its frees (queued frees are applied through the allocator that queued them, never
+//! through the global one again).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
 
 use tracemalloc::TracingAllocator;
+use tracemalloc_tests::{Counting, LIVE};
 
 /// Counts the frees it is asked for, then hands them to the tracing wrapper inside.
 struct Outer(TracingAllocator<System>);
@@ -44,5 +46,32 @@ fn each_free_reaches_the_outer_allocator_once() {
     assert_eq!(
         after, dropped,
         "queued blocks went through the global allocator again"
+    );
+}
+
+/// A second wrapper, used directly rather than as the global allocator.
+static SECOND: TracingAllocator<Counting> = TracingAllocator::new(Counting);
+
+#[test]
+fn frees_queued_by_two_wrappers_go_back_to_their_own_inner_allocators() {
+    tracemalloc::start(1).unwrap();
+    let layout = Layout::new::<[u8; 64]>();
+    let before = LIVE.load(Relaxed);
+    // SAFETY: each block is allocated by `SECOND` with `layout` and freed once by it.
+    unsafe {
+        let blocks: Vec<*mut u8> = (0..3).map(|_| SECOND.alloc(layout)).collect();
+        for block in blocks {
+            SECOND.dealloc(block, layout); // queued for `Counting`
+        }
+    }
+    // Frees through the global wrapper: the thread's queue changes allocator, so the three
+    // blocks go back to `Counting` first.
+    drop(tracemalloc_tests::blocks(40, || Box::new([1u8; 64])));
+    let _ = tracemalloc::traced_memory();
+    tracemalloc::stop();
+    assert_eq!(
+        LIVE.load(Relaxed),
+        before,
+        "blocks of the second wrapper were not returned"
     );
 }
