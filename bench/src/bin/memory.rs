@@ -200,8 +200,8 @@ fn main() {
     let h = |cols: &[&str]| cols.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     println!("### Tracer memory per live block (nframe {nframe}, default config)\n");
     println!(
-        "`fixed` is the traceback store (preallocated, 16 shards) plus nothing else; `table` is \
-         the 16 shards' trace tables (16-byte slots, grown by doubling at load 3/4).\n"
+        "`fixed` is the process-wide traceback store; `table` is the 16 shards' trace tables \
+         (16-byte slots, each doubled when it reaches load 3/4).\n"
     );
     println!(
         "{}",
