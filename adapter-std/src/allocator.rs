@@ -7,6 +7,7 @@
 use core::alloc::{GlobalAlloc, Layout};
 use std::alloc::System;
 
+use crate::deferred::InnerId;
 use crate::state;
 
 /// Traces the blocks of an inner allocator. Install it as the global allocator:
@@ -85,7 +86,7 @@ impl<A: GlobalAlloc> TracingAllocator<A> {
     unsafe fn dealloc_traced(&self, ptr: *mut u8, layout: Layout) {
         if state::is_on() {
             // SAFETY: the caller's contract, forwarded unchanged.
-            unsafe { state::dealloc(&self.inner, ptr, layout) }
+            unsafe { state::dealloc(&self.inner, InnerId::of(&self.inner), ptr, layout) }
         } else {
             // SAFETY: as above.
             unsafe { self.inner.dealloc(ptr, layout) }

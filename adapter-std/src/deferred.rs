@@ -8,9 +8,12 @@
 //! allocator only after their traces are gone, so no thread can be handed an address whose old
 //! trace is still in the table.
 //!
-//! Snapshots stay exact: every queue is listed in a registry, and a snapshot leaves out the
-//! blocks queued when it copied the tables ([`queued_frees`]). What still lags: up to
-//! [`BATCH`] - 1 blocks of at most [`MAX_SIZE`] bytes per thread reach the inner allocator late,
+//! Only blocks of the wrapper serving the global allocator are queued: it is a `static`, so a
+//! queue may keep a reference to its inner allocator and free through it later, outside the
+//! allocator (`start()` names it, [`note_global`]; tracing started from the environment does
+//! not queue frees). Snapshots stay exact: every queue is listed in a registry, and a snapshot
+//! leaves out the blocks queued when it copied the tables ([`queued_frees`]). What still lags:
+//! up to [`BATCH`] - 1 blocks of at most [`MAX_SIZE`] bytes per thread reach the inner allocator late,
 //! and count in `traced_memory()` until then, as the accounting's 64 KiB batches do. A thread
 //! applies its own queue before it takes a snapshot, reads or resets the traced memory, stops
 //! or clears, and when it exits (the accounting's pthread key). Without that exit hook (not
@@ -68,21 +71,75 @@ thread_local! {
     };
 }
 
+/// Names an inner allocator: its address and the address of its `dealloc`. Equal names mean
+/// the same object, or zero-sized allocators whose `dealloc` is the same code (references to a
+/// zero-sized value are valid at any address, and such an allocator has no state of its own).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct InnerId(usize, usize);
+
+impl InnerId {
+    #[inline(always)]
+    pub(crate) fn of<A: GlobalAlloc>(inner: &A) -> InnerId {
+        let dealloc = <A as GlobalAlloc>::dealloc as unsafe fn(&A, *mut u8, Layout);
+        InnerId(inner as *const A as usize, dealloc as *const () as usize)
+    }
+}
+
+/// The inner allocator of the wrapper that serves the program's global allocator, seen by
+/// [`note_global`]: the only one whose blocks are queued, because it lives in a `static` and may
+/// be kept for freeing them later (0 until seen).
+static GLOBAL_ADDR: AtomicUsize = AtomicUsize::new(0);
+static GLOBAL_DEALLOC: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// Set while [`note_global`] frees its probe block through the global allocator.
+    static PROBING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Frees a block through the global allocator while tracing is on, so that the wrapper serving
+/// it names its inner allocator ([`InnerId`]). Called by `start()`, outside the allocator.
+pub(crate) fn note_global() {
+    let probe = std::hint::black_box(Box::new(0u64));
+    let _ = PROBING.try_with(|p| p.set(true));
+    drop(probe);
+    let _ = PROBING.try_with(|p| p.set(false));
+}
+
+/// Whether `id` is the global allocator's inner allocator; records it when the probe of
+/// [`note_global`] is being freed.
+#[inline(always)]
+fn is_global(id: InnerId) -> bool {
+    (id.0 == GLOBAL_ADDR.load(Relaxed) && id.1 == GLOBAL_DEALLOC.load(Relaxed)) || probed(id)
+}
+
+#[cold]
+fn probed(id: InnerId) -> bool {
+    let probing = PROBING.try_with(Cell::get).unwrap_or(false);
+    if probing {
+        GLOBAL_DEALLOC.store(id.1, Relaxed);
+        GLOBAL_ADDR.store(id.0, Relaxed);
+    }
+    probing
+}
+
 /// The head of the list of every thread's queue.
 struct Registry(*const Queue);
 
-// SAFETY: the pointers are followed only under the registry's lock, and each points at the
-// queue of a thread that is still running: a thread takes its queue out at exit, before its
-// thread-locals are freed, and a fork child keeps only its own.
+// SAFETY: the pointers are followed only under the registry's lock (or, in a fork child, by
+// its only thread), and each points at the queue of a thread that is still running: a thread
+// takes its queue out at exit, before its thread-locals are freed, and a fork child applies and
+// unlists the other threads' queues at once.
 unsafe impl Send for Registry {}
 
 static REGISTRY: spin::Mutex<Registry> = spin::Mutex::new(Registry(ptr::null()));
 
-/// Queues the free of the traced block at `addr`, applying the queue when it is full. Returns
-/// false when the caller must free the block itself. Called with the thread's guard held.
+/// Queues the free of the traced block at `addr` (allocated by `inner`, named `id`), applying
+/// the queue when it is full. Returns false when the caller must free the block itself: not the
+/// global allocator's block, too large, sampling, or no exit hook. Called with the thread's
+/// guard held.
 #[inline(always)]
-pub(crate) fn queue(inner: &dyn GlobalAlloc, addr: usize, layout: Layout) -> bool {
-    if !cfg!(unix) || layout.size() > MAX_SIZE || sampler::interval() != 0 {
+pub(crate) fn queue(inner: &dyn GlobalAlloc, id: InnerId, addr: usize, layout: Layout) -> bool {
+    if !cfg!(unix) || layout.size() > MAX_SIZE || sampler::interval() != 0 || !is_global(id) {
         return false;
     }
     QUEUE
@@ -131,9 +188,9 @@ impl Queue {
         if let Some(previous) = self.inner.get() {
             self.apply(self.len.get(), previous);
         }
-        // SAFETY: only the lifetime changes. The wrapper must be the program's
-        // `#[global_allocator]` (its documentation says so), a `static`, so its inner
-        // allocator outlives every thread that queues blocks for it.
+        // SAFETY: only the lifetime changes. `queue` passed `is_global`: `inner` is the inner
+        // allocator of the wrapper serving the global allocator, which is a `static`, or a
+        // zero-sized allocator with the same code, which any reference reaches validly.
         let inner: &'static dyn GlobalAlloc = unsafe { core::mem::transmute(inner) };
         self.inner.set(Some(inner));
         true
@@ -172,10 +229,17 @@ pub(crate) fn flush_own() {
 /// At thread exit: applies the queue and takes it out of the registry; frees made after that
 /// (by later destructors) are applied at once.
 pub(crate) fn flush_at_exit() {
-    flush_own();
+    // One guard for all of it: a signal handler's free meanwhile passes untraced, rather than
+    // queue a block after the last flush or wait for a lock this thread holds.
+    let Some(_guard) = Guard::enter() else {
+        return;
+    };
     let _ = QUEUE.try_with(|queue| {
         queue.exited.set(true);
-        queue.inner.set(None); // the next free goes to `prepare`, which refuses it
+        if let Some(inner) = queue.inner.take() {
+            // The next free goes to `prepare`, which refuses it.
+            queue.apply(queue.len.get(), inner);
+        }
         if queue.registered.replace(false) {
             let mut registry = REGISTRY.lock();
             let own: *const Queue = queue;
@@ -227,22 +291,50 @@ pub(crate) unsafe fn unlock_registry_after_fork() {
     unsafe { REGISTRY.force_unlock() };
 }
 
-/// In a fork child: only the forking thread exists, so only its queue stays listed (the other
-/// threads' stacks may be reused for new threads). Their queued blocks stay allocated.
+/// In a fork child, after the tracer's locks are released: only the forking thread exists, so
+/// the other threads' queues are applied here (their blocks were freed by the program before
+/// the fork) and only the forking thread's queue stays listed (the other threads' stacks may
+/// be reused for new threads).
 ///
 /// # Safety
-/// The calling thread took the lock with [`lock_registry_for_fork`] before the fork.
+/// The calling thread took the lock with [`lock_registry_for_fork`] before the fork, and this
+/// is the fork child.
 #[cfg(unix)]
-pub(crate) unsafe fn reset_registry_in_child() {
+pub(crate) unsafe fn adopt_queues_in_child() {
     // SAFETY: the caller took the lock before the fork and leaked its guard; only this thread
     // exists in the child.
     unsafe { REGISTRY.force_unlock() };
-    let mut registry = REGISTRY.lock();
-    registry.0 = ptr::null();
-    let _ = QUEUE.try_with(|queue| {
-        if queue.registered.get() {
-            queue.next.store(ptr::null_mut(), Relaxed);
-            registry.0 = queue;
+    let own: *const Queue = QUEUE
+        .try_with(|queue| queue as *const Queue)
+        .unwrap_or(ptr::null());
+    loop {
+        let orphan = {
+            let mut registry = REGISTRY.lock();
+            // SAFETY: the list holds live queues: the other threads' thread-locals are still
+            // mapped in the child, and nothing runs there to change them.
+            match unsafe { registry.0.as_ref() } {
+                Some(queue) if ptr::eq(queue, own) => {
+                    // Keep our own queue at the head; the rest of the list is orphans.
+                    let next = queue.next.load(Relaxed);
+                    // SAFETY: as above.
+                    match unsafe { next.as_ref() } {
+                        Some(orphan) => {
+                            queue.next.store(orphan.next.load(Relaxed), Relaxed);
+                            orphan
+                        }
+                        None => break,
+                    }
+                }
+                Some(orphan) => {
+                    registry.0 = orphan.next.load(Relaxed);
+                    orphan
+                }
+                None => break,
+            }
+        };
+        // Applied without the registry's lock (snapshots take it after the shard locks).
+        if let Some(inner) = orphan.inner.get() {
+            orphan.apply(orphan.len.get(), inner);
         }
-    });
+    }
 }

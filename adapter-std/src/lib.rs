@@ -229,6 +229,7 @@ pub fn start_with(config: Config) -> Result<(), Error> {
     // Any allocation through the wrapper switches tracing on; make one.
     drop(std::hint::black_box(Box::new(0u64)));
     if state::is_on() {
+        deferred::note_global();
         Ok(())
     } else if state::arm_failed() {
         Err(Error::OutOfMemory)

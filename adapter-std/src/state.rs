@@ -350,6 +350,9 @@ pub(crate) fn arm_failed() -> bool {
 
 /// Gives every shard its storage from `inner`, then switches tracing on.
 fn arm(inner: &dyn GlobalAlloc) -> bool {
+    // Before `ARMING` is taken: a fork while it is held must find the handlers that take it.
+    #[cfg(unix)]
+    fork::register();
     let _arming = ARMING.lock();
     if STATE.load(Acquire) != ARMED {
         return is_on_state(STATE.load(Acquire));
@@ -374,8 +377,6 @@ fn arm(inner: &dyn GlobalAlloc) -> bool {
         return false;
     }
     accounting::reset();
-    #[cfg(unix)]
-    fork::register();
     accounting::arm();
     let on = if sampler::interval() == 0 {
         ON
@@ -392,7 +393,7 @@ fn arm(inner: &dyn GlobalAlloc) -> bool {
 #[cfg(unix)]
 mod fork {
     use super::{
-        deferred, interner, lock_all_shards, AtomicBool, Relaxed, ARMING, CONFIG, FOREIGN,
+        deferred, interner, lock_all_shards, AtomicBool, Guard, Relaxed, ARMING, CONFIG, FOREIGN,
         SHARD_TABLE,
     };
 
@@ -409,12 +410,16 @@ mod fork {
 
     /// The symbolizer's lock while a fork is in progress.
     static RESOLVER_HELD: spin::Mutex<Option<crate::symbolize::ForkHold>> = spin::Mutex::new(None);
+    /// The forking thread's guard while it holds the tracer's locks: a signal handler's free
+    /// meanwhile passes untraced rather than wait for a lock its own thread holds.
+    static GUARD_HELD: spin::Mutex<Option<Guard>> = spin::Mutex::new(None);
 
     /// Takes every lock and keeps them past the fork: the symbolizer's first (a thread that
     /// symbolizes holds it while it allocates, so while it takes tracer locks), then arming's
     /// (held while the tables are set up, which takes the shard locks) and the configuration's,
     /// then the tracer's in the order snapshots take them.
     extern "C" fn prepare() {
+        *GUARD_HELD.lock() = Guard::enter();
         let resolver = crate::symbolize::hold_for_fork();
         *RESOLVER_HELD.lock() = Some(resolver);
         core::mem::forget(ARMING.lock());
@@ -429,12 +434,15 @@ mod fork {
         // SAFETY: `prepare` took the registry's lock on this thread and leaked its guard.
         unsafe { deferred::unlock_registry_after_fork() };
         release();
+        drop(GUARD_HELD.lock().take());
     }
 
     extern "C" fn child() {
-        // SAFETY: as in `parent`.
-        unsafe { deferred::reset_registry_in_child() };
         release();
+        // SAFETY: `prepare` took the registry's lock on this thread and leaked its guard, and
+        // this is the child.
+        unsafe { deferred::adopt_queues_in_child() };
+        drop(GUARD_HELD.lock().take());
     }
 
     fn release() {
@@ -573,7 +581,12 @@ pub(crate) fn on_alloc(inner: &dyn GlobalAlloc, addr: usize, size: usize) {
 /// # Safety
 /// The caller's `GlobalAlloc::dealloc` contract for `ptr` and `layout`.
 #[inline(always)]
-pub(crate) unsafe fn dealloc(inner: &dyn GlobalAlloc, ptr: *mut u8, layout: Layout) {
+pub(crate) unsafe fn dealloc(
+    inner: &dyn GlobalAlloc,
+    id: deferred::InnerId,
+    ptr: *mut u8,
+    layout: Layout,
+) {
     let guard = if sampler::maybe_traced(ptr as usize) {
         Guard::enter()
     } else {
@@ -584,7 +597,7 @@ pub(crate) unsafe fn dealloc(inner: &dyn GlobalAlloc, ptr: *mut u8, layout: Layo
         return unsafe { inner.dealloc(ptr, layout) };
     };
     let addr = ptr as usize;
-    if deferred::queue(inner, addr, layout) {
+    if deferred::queue(inner, id, addr, layout) {
         return;
     }
     forget_locked(&mut shard_of(addr).lock(), addr);

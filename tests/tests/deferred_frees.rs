@@ -76,6 +76,22 @@ fn on_live_thread(
 }
 
 #[test]
+fn small_frees_are_held_back_until_a_batch_fills() {
+    traced(|| {
+        let blocks = pages(5);
+        let mut thread = None;
+        let returned = returned_by(|| thread = Some(on_live_thread(move || drop(blocks))));
+        assert!(
+            returned < 2 * 4096,
+            "{returned} bytes reached the inner allocator: the frees were not queued"
+        );
+        let (handle, exit) = thread.unwrap();
+        drop(exit);
+        handle.join().unwrap();
+    });
+}
+
+#[test]
 fn full_batches_are_applied_without_being_asked() {
     traced(|| {
         let blocks = pages(48);

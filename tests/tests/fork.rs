@@ -112,3 +112,41 @@ fn a_child_forked_while_another_thread_starts_tracing_can_start_tracing() {
     restarter.join().unwrap();
     tracemalloc::stop();
 }
+
+#[inline(never)]
+fn probe_blocks() -> Vec<Vec<u8>> {
+    (0..5).map(|_| vec![7u8; 100]).collect()
+}
+
+#[test]
+fn a_child_does_not_see_blocks_other_threads_freed_before_the_fork() {
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    tracemalloc::start(4).unwrap();
+    let blocks = probe_blocks();
+    let (freed_tx, freed_rx) = std::sync::mpsc::channel();
+    let (exit_tx, exit_rx) = std::sync::mpsc::channel::<()>();
+    // Fewer frees than a batch: they wait in the thread's queue, which stays alive.
+    let freer = std::thread::spawn(move || {
+        drop(blocks);
+        freed_tx.send(()).unwrap();
+        let _ = exit_rx.recv();
+    });
+    freed_rx.recv().unwrap();
+    // SAFETY: the child takes a snapshot and leaves with `_exit`.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        let clean = tracemalloc::take_snapshot()
+            .is_ok_and(|s| s.traces.iter().filter(|t| t.size == 100).count() == 0);
+        // SAFETY: ends the child without running the parent's exit handlers.
+        unsafe { libc::_exit(if clean { 0 } else { 1 }) };
+    }
+    assert_eq!(
+        wait_for(pid, Duration::from_secs(20)),
+        Some(0),
+        "the child's snapshot shows blocks freed before the fork"
+    );
+    drop(exit_tx);
+    freer.join().unwrap();
+    tracemalloc::stop();
+}
