@@ -25,6 +25,17 @@ impl Guard {
             _ => None,
         }
     }
+
+    /// Enters the tracer until [`Guard::leave_held`] on this thread (fork handlers enter in one
+    /// callback and leave in another); false when the thread was inside already.
+    pub(crate) fn enter_held() -> bool {
+        Guard::enter().map(core::mem::forget).is_some()
+    }
+
+    /// Leaves what [`Guard::enter_held`] entered on this thread.
+    pub(crate) fn leave_held() {
+        drop(Guard(()));
+    }
 }
 
 impl Drop for Guard {

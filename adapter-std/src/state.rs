@@ -392,6 +392,8 @@ fn arm(inner: &dyn GlobalAlloc) -> bool {
 /// thread takes every tracer lock before the fork and releases them after, on both sides.
 #[cfg(unix)]
 mod fork {
+    use core::cell::Cell;
+
     use super::{
         deferred, interner, lock_all_shards, AtomicBool, Guard, Relaxed, ARMING, CONFIG, FOREIGN,
         SHARD_TABLE,
@@ -410,16 +412,25 @@ mod fork {
 
     /// The symbolizer's lock while a fork is in progress.
     static RESOLVER_HELD: spin::Mutex<Option<crate::symbolize::ForkHold>> = spin::Mutex::new(None);
-    /// The forking thread's guard while it holds the tracer's locks: a signal handler's free
-    /// meanwhile passes untraced rather than wait for a lock its own thread holds.
-    static GUARD_HELD: spin::Mutex<Option<Guard>> = spin::Mutex::new(None);
+    thread_local! {
+        /// Whether `prepare` entered this thread's guard, which it keeps while the thread holds
+        /// the tracer's locks: a signal handler's free meanwhile passes untraced rather than
+        /// wait for a lock its own thread holds. Per thread: two threads may fork at once.
+        static GUARD_HELD: Cell<bool> = const { Cell::new(false) };
+    }
+
+    fn leave_guard() {
+        if GUARD_HELD.try_with(|held| held.replace(false)) == Ok(true) {
+            Guard::leave_held();
+        }
+    }
 
     /// Takes every lock and keeps them past the fork: the symbolizer's first (a thread that
     /// symbolizes holds it while it allocates, so while it takes tracer locks), then arming's
     /// (held while the tables are set up, which takes the shard locks) and the configuration's,
     /// then the tracer's in the order snapshots take them.
     extern "C" fn prepare() {
-        *GUARD_HELD.lock() = Guard::enter();
+        let _ = GUARD_HELD.try_with(|held| held.set(Guard::enter_held()));
         let resolver = crate::symbolize::hold_for_fork();
         *RESOLVER_HELD.lock() = Some(resolver);
         core::mem::forget(ARMING.lock());
@@ -434,7 +445,7 @@ mod fork {
         // SAFETY: `prepare` took the registry's lock on this thread and leaked its guard.
         unsafe { deferred::unlock_registry_after_fork() };
         release();
-        drop(GUARD_HELD.lock().take());
+        leave_guard();
     }
 
     extern "C" fn child() {
@@ -442,7 +453,7 @@ mod fork {
         // SAFETY: `prepare` took the registry's lock on this thread and leaked its guard, and
         // this is the child.
         unsafe { deferred::adopt_queues_in_child() };
-        drop(GUARD_HELD.lock().take());
+        leave_guard();
     }
 
     fn release() {
