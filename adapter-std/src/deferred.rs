@@ -206,7 +206,9 @@ impl Queue {
         }
         state::forget_traces(&self.addrs[..n]);
         self.len.set(0);
-        for &(addr, layout) in &blocks[..n] {
+        // An address is 0 only in a fork child applying another thread's queue, which the fork
+        // caught inside `apply`: that block was forgotten and is that (gone) thread's to free.
+        for &(addr, layout) in blocks[..n].iter().filter(|block| block.0 != 0) {
             // SAFETY: the block came to the wrapper's `dealloc` with this layout (the caller's
             // contract), was allocated by `inner`, and was not freed since; its trace is gone.
             unsafe { inner.dealloc(addr as *mut u8, layout) };

@@ -753,7 +753,7 @@ fn insert_locked(
 /// shard once for each run of neighbouring blocks and holding one shard lock at a time.
 pub(crate) fn forget_traces(addrs: &[AtomicUsize]) {
     let mut held: Option<(usize, spin::MutexGuard<'static, Shard>)> = None;
-    for queued in addrs {
+    for queued in addrs.iter().filter(|queued| queued.load(Relaxed) != 0) {
         let addr = queued.load(Relaxed);
         let shard = shard_index(addr);
         let locked = match &mut held {

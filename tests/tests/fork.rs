@@ -150,3 +150,34 @@ fn a_child_does_not_see_blocks_other_threads_freed_before_the_fork() {
     freer.join().unwrap();
     tracemalloc::stop();
 }
+
+#[test]
+fn threads_forking_at_once_keep_tracing() {
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    tracemalloc::start(4).unwrap();
+    let forkers: Vec<_> = (0..2)
+        .map(|_| {
+            std::thread::spawn(|| {
+                for round in 0..100 {
+                    // SAFETY: the child leaves at once with `_exit`.
+                    let pid = unsafe { libc::fork() };
+                    assert!(pid >= 0, "fork failed");
+                    if pid == 0 {
+                        // SAFETY: ends the child without running the parent's exit handlers.
+                        unsafe { libc::_exit(0) };
+                    }
+                    let status = wait_for(pid, Duration::from_secs(20));
+                    assert_eq!(status, Some(0), "child of round {round} hung");
+                }
+                // A thread left marked as inside the tracer would allocate this untraced.
+                black_box(vec![5u8; 333])
+            })
+        })
+        .collect();
+    let kept: Vec<Vec<u8>> = forkers.into_iter().map(|t| t.join().unwrap()).collect();
+    let snapshot = tracemalloc::take_snapshot().unwrap();
+    let traced = snapshot.traces.iter().filter(|t| t.size == 333).count();
+    drop(kept);
+    tracemalloc::stop();
+    assert_eq!(traced, 2, "a forking thread stopped being traced");
+}
