@@ -238,10 +238,12 @@ pub(crate) fn flush_at_exit() {
     };
     let _ = QUEUE.try_with(|queue| {
         queue.exited.set(true);
-        if let Some(inner) = queue.inner.take() {
-            // The next free goes to `prepare`, which refuses it.
+        if let Some(inner) = queue.inner.get() {
             queue.apply(queue.len.get(), inner);
         }
+        // The next free goes to `prepare`, which refuses it. Only now: a fork child applies
+        // what a queue still holds, through its inner allocator.
+        queue.inner.set(None);
         if queue.registered.replace(false) {
             let mut registry = REGISTRY.lock();
             let own: *const Queue = queue;
