@@ -127,7 +127,9 @@ struct Registry(*const Queue);
 
 // SAFETY: the pointers are followed only under the registry's lock (or, in a fork child, by
 // its only thread), and each points at the queue of a thread that is still running: a thread
-// takes its queue out at exit, before its thread-locals are freed, and a fork child applies and
+// takes its queue out at exit, from the pthread key destructor that listing it armed, before
+// its thread-locals are freed (the one gap: a thread whose first queued free comes in the C
+// library's last round of key destructors, see the README), and a fork child applies and
 // unlists the other threads' queues at once.
 unsafe impl Send for Registry {}
 
