@@ -442,3 +442,57 @@ pub fn snapshot_from_traces(
     snapshot.counters.peak = snapshot.counters.current;
     snapshot
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::TracerArrays;
+
+    type Arrays = TracerArrays<64, 8, 32>;
+
+    #[test]
+    fn left_out_blocks_leave_only_the_shared_parts() {
+        // Two shards sharing one store (the std adapter's layout), and a tracer of its own.
+        let (mut a, mut b, mut store_arrays, mut own) =
+            (Arrays::new(), Arrays::new(), Arrays::new(), Arrays::new());
+        let mut store = TracebackStore::new(store_arrays.storage().tracebacks);
+        let id = store.intern(0, &[0x1000, 0x2000], 2);
+        let (mut shard_a, mut shard_b) = (Tracer::new(a.storage()), Tracer::new(b.storage()));
+        for (i, addr) in [0x10, 0x20, 0x30].into_iter().enumerate() {
+            shard_a.record_alloc_with(0, addr, 100 + i, id);
+        }
+        shard_b.record_alloc_with(0, 0x40, 200, id);
+        let mut foreign = Tracer::new(own.storage());
+        foreign.record_alloc(7, 0x20, 300, &[0x3000], 1);
+
+        let mut raw = RawSnapshot::new(4);
+        raw.add_sharing([&shard_a, &shard_b], &store);
+        raw.add(&foreign);
+        raw.leave_out(&[0x40, 0x20, 0x99]);
+        let snapshot = raw.resolve(&mut AddressesOnly);
+
+        let mut sizes: Vec<(u32, u64)> =
+            snapshot.traces.iter().map(|t| (t.domain, t.size)).collect();
+        sizes.sort_unstable();
+        // 0x20 is left out of the shards but not out of domain 7, which shares the address.
+        assert_eq!(sizes, [(0, 100), (0, 102), (7, 300)]);
+        assert_eq!(snapshot.counters.traces, 3);
+    }
+
+    #[test]
+    fn nothing_left_out_keeps_every_trace() {
+        let (mut a, mut store_arrays) = (Arrays::new(), Arrays::new());
+        let mut store = TracebackStore::new(store_arrays.storage().tracebacks);
+        let id = store.intern(0, &[0x1000], 1);
+        let mut shard = Tracer::new(a.storage());
+        for addr in 1..=40usize {
+            shard.record_alloc_with(0, addr * 16, addr, id);
+        }
+        let mut raw = RawSnapshot::new(4);
+        raw.add_sharing([&shard], &store);
+        raw.leave_out(&[]);
+        let snapshot = raw.resolve(&mut AddressesOnly);
+        assert_eq!(snapshot.traces.len(), 40);
+        assert_eq!(snapshot.counters.traces, 40);
+    }
+}
