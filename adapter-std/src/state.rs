@@ -438,21 +438,16 @@ mod fork {
         core::mem::forget(lock_all_shards());
         core::mem::forget(interner::STORE.lock());
         core::mem::forget(FOREIGN.lock());
-        deferred::lock_registry_for_fork();
     }
 
     extern "C" fn parent() {
-        // SAFETY: `prepare` took the registry's lock on this thread and leaked its guard.
-        unsafe { deferred::unlock_registry_after_fork() };
         release();
         leave_guard();
     }
 
     extern "C" fn child() {
         release();
-        // SAFETY: `prepare` took the registry's lock on this thread and leaked its guard, and
-        // this is the child.
-        unsafe { deferred::adopt_queues_in_child() };
+        deferred::adopt_queues_in_child();
         leave_guard();
     }
 

@@ -31,8 +31,12 @@ unsafe impl GlobalAlloc for Outer {
 #[global_allocator]
 static ALLOC: Outer = Outer(TracingAllocator::system());
 
+/// The tests count the global allocator's frees and start and stop the tracer: one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn each_free_reaches_the_outer_allocator_once() {
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     tracemalloc::start(1).unwrap();
     let blocks = tracemalloc_tests::blocks(5, || Box::new([1u8; 64]));
     let _ = tracemalloc::traced_memory();
@@ -54,6 +58,7 @@ static SECOND: TracingAllocator<Counting> = TracingAllocator::new(Counting);
 
 #[test]
 fn a_wrapper_that_is_not_the_global_allocator_frees_at_once() {
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     tracemalloc::start(1).unwrap();
     let layout = Layout::new::<[u8; 64]>();
     let before = LIVE.load(Relaxed);
