@@ -181,9 +181,14 @@ pub(crate) fn queue(inner: &dyn GlobalAlloc, id: InnerId, addr: usize, layout: L
 fn own_queue(own: &Cell<(usize, bool)>) -> Option<&'static Queue> {
     match own.get() {
         (0, false) => claim(own),
-        (0, true) => None,
-        (slot, _) => SLOTS.get(slot - 1),
+        (slot, _) => claimed(slot),
     }
+}
+
+/// The queue of a thread's `OWN` slot number (its index plus one; 0: none).
+#[inline(always)]
+fn claimed(slot: usize) -> Option<&'static Queue> {
+    SLOTS.get(slot.checked_sub(1)?)
 }
 
 /// Claims a free slot for this thread and arms its exit flush; `None` when there is no exit
@@ -209,19 +214,19 @@ impl Queue {
     /// the queue.
     fn apply(&self, inner: &dyn GlobalAlloc) {
         let n = self.len.load(Relaxed).min(BATCH);
-        let mut blocks = [(0usize, 0usize, 1usize); BATCH];
-        for (i, block) in blocks.iter_mut().enumerate().take(n) {
-            *block = (
-                self.addrs[i].load(Relaxed),
-                self.sizes[i].load(Relaxed),
-                self.aligns[i].load(Relaxed),
-            );
-        }
+        // Copied first: forgetting a trace zeroes its address.
+        let addrs: [usize; BATCH] = core::array::from_fn(|i| self.addrs[i].load(Relaxed));
         state::forget_traces(&self.addrs[..n]);
         self.len.store(0, Relaxed);
-        // An address is 0 only in a fork child applying another thread's queue, which the fork
-        // caught inside `apply`: that block was forgotten and is that (gone) thread's to free.
-        for &(addr, size, align) in blocks[..n].iter().filter(|block| block.0 != 0) {
+        let layouts = self.sizes.iter().zip(&self.aligns);
+        for (&addr, (size, align)) in addrs[..n].iter().zip(layouts) {
+            // An address is 0 only in a fork child applying another thread's queue, which the
+            // fork caught inside `apply`: that block was forgotten and is that (gone) thread's
+            // to free.
+            if addr == 0 {
+                continue;
+            }
+            let (size, align) = (size.load(Relaxed), align.load(Relaxed));
             // SAFETY: the block came to the wrapper's `dealloc` with this layout (the caller's
             // contract; a valid `Layout`, stored as its size and alignment), was allocated by
             // `inner`, and was not freed since; its trace is gone.
@@ -242,10 +247,8 @@ pub(crate) fn flush_own() {
 }
 
 fn apply_own(own: &Cell<(usize, bool)>) {
-    if let (Some(queue), Some(inner)) = (own.get().0.checked_sub(1), global_inner()) {
-        if let Some(queue) = SLOTS.get(queue) {
-            queue.apply(inner);
-        }
+    if let (Some(queue), Some(inner)) = (claimed(own.get().0), global_inner()) {
+        queue.apply(inner);
     }
 }
 
@@ -259,7 +262,7 @@ pub(crate) fn flush_at_exit() {
     };
     let _ = OWN.try_with(|own| {
         apply_own(own);
-        if let Some(queue) = own.get().0.checked_sub(1).and_then(|i| SLOTS.get(i)) {
+        if let Some(queue) = claimed(own.get().0) {
             queue.claimed.store(false, Release);
         }
         own.set((0, true));

@@ -748,8 +748,11 @@ fn insert_locked(
 /// shard once for each run of neighbouring blocks and holding one shard lock at a time.
 pub(crate) fn forget_traces(addrs: &[AtomicUsize]) {
     let mut held: Option<(usize, spin::MutexGuard<'static, Shard>)> = None;
-    for queued in addrs.iter().filter(|queued| queued.load(Relaxed) != 0) {
+    for queued in addrs {
         let addr = queued.load(Relaxed);
+        if addr == 0 {
+            continue; // forgotten already (see `deferred::Queue::apply`)
+        }
         let shard = shard_index(addr);
         let locked = match &mut held {
             Some((index, locked)) if *index == shard => locked,

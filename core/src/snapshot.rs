@@ -11,7 +11,7 @@ use alloc::vec::Vec;
 use core::cmp::Ordering;
 use core::hash::{Hash, Hasher};
 
-use hashbrown::HashMap;
+use hashbrown::{HashMap, HashSet};
 
 use crate::table::Slot;
 use crate::traceback::{TracebackEntry, TracebackId, TracebackStore};
@@ -210,8 +210,8 @@ pub struct RawSnapshot {
     counters: Counters,
     tracer_memory: u64,
     sample_interval: u64,
-    /// Addresses [`RawSnapshot::leave_out`] drops from the shared parts, sorted.
-    left_out: Vec<usize>,
+    /// Addresses [`RawSnapshot::leave_out`] drops from the shared parts.
+    left_out: HashSet<usize>,
 }
 
 impl RawSnapshot {
@@ -279,9 +279,7 @@ impl RawSnapshot {
     /// copied (an adapter that applies frees in batches), so that the snapshot shows what the
     /// program holds.
     pub fn leave_out(&mut self, addrs: &[usize]) {
-        self.left_out.extend_from_slice(addrs);
-        self.left_out.sort_unstable();
-        self.left_out.dedup();
+        self.left_out.extend(addrs);
     }
 
     /// Overrides the summed current size and peak (shards' peaks add up to more than the
@@ -312,12 +310,12 @@ impl RawSnapshot {
         };
         // (domain, total_nframe, frames, overflow) -> index into snapshot.tracebacks
         let mut merged: HashMap<(u32, u16, &[usize], bool), u32> = HashMap::new();
-        let left_out = LeftOut::new(&self.left_out);
         for part in &self.parts {
             // Entry id -> merged index, filled on first use.
             let mut map: Vec<u32> = alloc::vec![u32::MAX; part.entries.len()];
             for slot in part.slots.iter().filter(|s| s.is_occupied()) {
-                if part.shared && left_out.contains(slot.addr()) {
+                if part.shared && !self.left_out.is_empty() && self.left_out.contains(&slot.addr())
+                {
                     snapshot.counters.traces = snapshot.counters.traces.saturating_sub(1);
                     continue;
                 }
@@ -353,36 +351,6 @@ impl RawSnapshot {
         }
         snapshot.resolve_addresses(resolver);
         snapshot
-    }
-}
-
-/// A sorted set of addresses, with a 4096-bit filter in front: a snapshot tests every trace
-/// against it, and almost all are answered by the filter.
-struct LeftOut<'a> {
-    sorted: &'a [usize],
-    filter: Vec<u64>,
-}
-
-impl<'a> LeftOut<'a> {
-    fn new(sorted: &'a [usize]) -> LeftOut<'a> {
-        let mut filter = alloc::vec![0u64; if sorted.is_empty() { 0 } else { 64 }];
-        for &addr in sorted {
-            let bit = Self::bit(addr);
-            filter[bit / 64] |= 1 << (bit % 64);
-        }
-        LeftOut { sorted, filter }
-    }
-
-    fn bit(addr: usize) -> usize {
-        ((addr as u64 >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 52) as usize
-    }
-
-    fn contains(&self, addr: usize) -> bool {
-        let bit = Self::bit(addr);
-        self.filter
-            .get(bit / 64)
-            .is_some_and(|word| word & (1 << (bit % 64)) != 0)
-            && self.sorted.binary_search(&addr).is_ok()
     }
 }
 

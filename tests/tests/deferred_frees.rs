@@ -49,21 +49,37 @@ fn traced(test: impl FnOnce()) {
     tracemalloc::stop();
 }
 
-/// Bytes the inner allocator got back while `f` ran, less what it handed out.
-fn returned_by(f: impl FnOnce()) -> i64 {
+/// Bytes the inner allocator got back while `f` ran, less what it handed out, and what `f`
+/// returned.
+fn returned_by<T>(f: impl FnOnce() -> T) -> (i64, T) {
     let before = LIVE.load(Relaxed);
-    f();
-    before - LIVE.load(Relaxed)
+    let result = f();
+    (before - LIVE.load(Relaxed), result)
 }
 
 /// What spawning a thread and two channels allocates, at most.
 const THREAD_OVERHEAD: i64 = 8 * 1024;
 
-/// Runs `free` on a thread that then stays alive until the returned sender is dropped, so
-/// that what the main thread sees is not the thread's exit flush.
-fn on_live_thread(
-    free: impl FnOnce() + Send + 'static,
-) -> (std::thread::JoinHandle<()>, mpsc::Sender<()>) {
+/// A thread that ran its work and stays alive until dropped, so that what the main thread sees
+/// meanwhile is not the thread's exit flush.
+struct LiveThread {
+    exit: Option<mpsc::Sender<()>>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for LiveThread {
+    fn drop(&mut self) {
+        drop(self.exit.take());
+        if let Some(handle) = self.handle.take() {
+            if !std::thread::panicking() {
+                handle.join().unwrap();
+            }
+        }
+    }
+}
+
+/// Runs `free` on a [`LiveThread`] and waits until it is done.
+fn on_live_thread(free: impl FnOnce() + Send + 'static) -> LiveThread {
     let (done_tx, done_rx) = mpsc::channel();
     let (exit_tx, exit_rx) = mpsc::channel::<()>();
     let handle = std::thread::spawn(move || {
@@ -72,22 +88,21 @@ fn on_live_thread(
         let _ = exit_rx.recv();
     });
     done_rx.recv().unwrap();
-    (handle, exit_tx)
+    LiveThread {
+        exit: Some(exit_tx),
+        handle: Some(handle),
+    }
 }
 
 #[test]
 fn small_frees_are_held_back_until_a_batch_fills() {
     traced(|| {
         let blocks = pages(5);
-        let mut thread = None;
-        let returned = returned_by(|| thread = Some(on_live_thread(move || drop(blocks))));
+        let (returned, _thread) = returned_by(|| on_live_thread(move || drop(blocks)));
         assert!(
             returned < 2 * 4096,
             "{returned} bytes reached the inner allocator: the frees were not queued"
         );
-        let (handle, exit) = thread.unwrap();
-        drop(exit);
-        handle.join().unwrap();
     });
 }
 
@@ -97,15 +112,11 @@ fn full_batches_are_applied_without_being_asked() {
         let blocks = pages(48);
         // The thread asks nothing: only full batches are applied, so at most 15 blocks may
         // still be queued.
-        let mut thread = None;
-        let returned = returned_by(|| thread = Some(on_live_thread(move || drop(blocks))));
+        let (returned, _thread) = returned_by(|| on_live_thread(move || drop(blocks)));
         assert!(
             returned >= 33 * 4096 - THREAD_OVERHEAD,
             "only {returned} bytes reached the inner allocator"
         );
-        let (handle, exit) = thread.unwrap();
-        drop(exit);
-        handle.join().unwrap();
     });
 }
 
@@ -113,20 +124,16 @@ fn full_batches_are_applied_without_being_asked() {
 fn a_thread_applies_its_queue_before_it_reports() {
     traced(|| {
         let blocks = pages(10); // and the Vec: 11 frees, under a batch
-        let mut thread = None;
-        let returned = returned_by(|| {
-            thread = Some(on_live_thread(move || {
+        let (returned, _thread) = returned_by(|| {
+            on_live_thread(move || {
                 drop(blocks);
                 let _ = tracemalloc::traced_memory(); // applies this thread's queue
-            }))
+            })
         });
         assert!(
             returned >= 10 * 4096 - THREAD_OVERHEAD,
             "only {returned} bytes reached the inner allocator"
         );
-        let (handle, exit) = thread.unwrap();
-        drop(exit);
-        handle.join().unwrap();
     });
 }
 
@@ -135,16 +142,12 @@ fn large_frees_are_not_held_back() {
     traced(|| {
         let block = large();
         assert_eq!(traced_here("LARGE"), Some((64 * 1024, 1)));
-        let mut thread = None;
-        let returned = returned_by(|| thread = Some(on_live_thread(move || drop(block))));
+        let (returned, _thread) = returned_by(|| on_live_thread(move || drop(block)));
         assert!(
             returned >= 64 * 1024 - THREAD_OVERHEAD,
             "only {returned} bytes reached the inner allocator"
         );
         assert_eq!(traced_here("LARGE"), None);
-        let (handle, exit) = thread.unwrap();
-        drop(exit);
-        handle.join().unwrap();
     });
 }
 
@@ -153,7 +156,7 @@ fn queued_frees_reach_the_inner_allocator_when_threads_exit() {
     traced(|| {
         // 200 threads each free 5 blocks of 4 KiB and exit without asking anything: 4 MB
         // would stay with the tracer if exits did not apply the queues.
-        let returned = returned_by(|| {
+        let (returned, ()) = returned_by(|| {
             for _ in 0..200 {
                 let blocks = pages(5);
                 std::thread::spawn(move || drop(blocks)).join().unwrap();
@@ -173,10 +176,9 @@ fn snapshots_leave_out_what_other_threads_freed() {
     traced(|| {
         let blocks = small(5);
         // Fewer frees than a batch, and the thread asks nothing: its queue holds all five.
-        let (handle, exit) = on_live_thread(move || drop(blocks));
+        let thread = on_live_thread(move || drop(blocks));
         assert_eq!(traced_here("SMALL"), None);
-        drop(exit);
-        handle.join().unwrap();
+        drop(thread);
         assert_eq!(traced_here("SMALL"), None);
     });
 }
