@@ -167,6 +167,10 @@ pub(crate) fn queue(inner: &dyn GlobalAlloc, id: InnerId, addr: usize, layout: L
         size.store(layout.size(), Relaxed);
         align.store(layout.align(), Relaxed);
         state::prefetch_trace(addr);
+        // The free held back here would have read the block's neighbour (an allocator checks
+        // the next chunk's header to coalesce), which is often the next object the program
+        // reads: a drop loop over blocks allocated in order ran 5 % slower without this.
+        state::prefetch(addr.wrapping_add(layout.size()));
         queue.len.store(n + 1, Relaxed);
         if n + 1 == BATCH {
             queue.apply(inner);

@@ -132,7 +132,12 @@ fn prefetch_slot(addr: usize, shard: usize) {
         return;
     }
     let home = tracemalloc_core::table::home_index(addr, u32::from(hint.log2_slots.load(Relaxed)));
-    let line = base.wrapping_add(home.wrapping_mul(core::mem::size_of::<Slot>()));
+    prefetch(base.wrapping_add(home.wrapping_mul(core::mem::size_of::<Slot>())));
+}
+
+/// Asks the CPU to fetch the cache line holding `line` (any address: a prefetch never faults).
+#[inline(always)]
+pub(crate) fn prefetch(line: usize) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch is a hint: it never faults and has no architectural effect, whatever
     // the address.
