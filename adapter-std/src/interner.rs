@@ -15,9 +15,10 @@ use core::cell::Cell;
 use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed};
 
 use tracemalloc_core::traceback::{
-    stack_hash, StoreFull, TracebackEntry, TracebackId, TracebackStorage, TracebackStore,
+    StoreFull, TracebackEntry, TracebackId, TracebackStorage, TracebackStore,
 };
 
+use crate::capture::Stack;
 use crate::storage::{allocate_array, free_array};
 
 /// The shared store; `None` until tracing first starts.
@@ -61,8 +62,8 @@ pub(crate) fn generation() -> u32 {
 
 /// The id of a default-domain stack, from this thread's cache or the shared store.
 #[inline(always)]
-pub(crate) fn intern(inner: &dyn GlobalAlloc, frames: &[usize], total: u16) -> TracebackId {
-    let key = (stack_hash(0, frames) ^ u64::from(total).wrapping_mul(0xA24B_AED4_963E_E407)) | 1;
+pub(crate) fn intern(inner: &dyn GlobalAlloc, stack: &Stack<'_>) -> TracebackId {
+    let key = cache_key(stack);
     let slot = (key >> 32) as usize & (CACHE_SLOTS - 1);
     let generation = generation();
     let hit = CACHE.try_with(|cache| {
@@ -72,7 +73,7 @@ pub(crate) fn intern(inner: &dyn GlobalAlloc, frames: &[usize], total: u16) -> T
     if let Ok(Some(id)) = hit {
         return TracebackId::from_index(id);
     }
-    let (id, lasting) = intern_shared(inner, frames, total);
+    let (id, lasting) = intern_shared(inner, stack.frames, stack.total);
     if lasting {
         let _ = CACHE.try_with(|cache| {
             cache[slot].set(CacheEntry {
@@ -83,6 +84,17 @@ pub(crate) fn intern(inner: &dyn GlobalAlloc, frames: &[usize], total: u16) -> T
         });
     }
     id
+}
+
+/// A stack's key in the per-thread cache: its running hash with the depth and the number of
+/// frames mixed in and avalanched (the slot comes from the high half). Never 0, so an empty
+/// cache entry matches nothing.
+#[inline(always)]
+fn cache_key(stack: &Stack<'_>) -> u64 {
+    let depth = u64::from(stack.total) << 32 | stack.frames.len() as u64;
+    let h = (stack.hash ^ depth.wrapping_mul(0xA24B_AED4_963E_E407))
+        .wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+    (h ^ (h >> 29)) | 1
 }
 
 /// The id from the shared store, and whether it holds until the next generation: `OVERFLOW`

@@ -22,7 +22,7 @@ use tracemalloc_core::traceback::{TracebackEntry, TracebackStorage};
 use tracemalloc_core::{RawSnapshot, Recorded, Tracer, TracerStorage, DEFAULT_DOMAIN};
 
 use crate::accounting;
-use crate::capture::{capture, Capture};
+use crate::capture::{capture, Capture, Stack};
 use crate::deferred;
 use crate::guard::Guard;
 use crate::interner;
@@ -538,7 +538,7 @@ fn allocate_foreign(inner: &dyn GlobalAlloc, depth: usize) -> bool {
 
 /// Captures the caller's stack and runs `f` with it.
 #[inline(always)]
-fn with_stack<R>(inner: &dyn GlobalAlloc, f: impl FnOnce(&[usize], u16) -> R) -> R {
+fn with_stack<R>(inner: &dyn GlobalAlloc, f: impl FnOnce(&Stack<'_>) -> R) -> R {
     let depth = CAPTURE_DEPTH.load(Relaxed);
     let method = if METHOD.load(Relaxed) == 0 {
         Capture::FramePointers
@@ -559,11 +559,15 @@ fn with_stack<R>(inner: &dyn GlobalAlloc, f: impl FnOnce(&[usize], u16) -> R) ->
         Some(buf) => buf,
         None => &mut stack[..depth.min(STACK_FRAMES)],
     };
-    let (n, total) = capture(method, buf);
+    let captured = capture(method, buf);
     // SAFETY: `capture` initialised the first `n` elements, and `MaybeUninit<usize>` has the
     // layout of `usize`.
-    let frames = unsafe { core::slice::from_raw_parts(buf.as_ptr().cast::<usize>(), n) };
-    let result = f(frames, total);
+    let frames = unsafe { core::slice::from_raw_parts(buf.as_ptr().cast::<usize>(), captured.n) };
+    let result = f(&Stack {
+        frames,
+        total: captured.total,
+        hash: captured.hash,
+    });
     if let Some(buf) = deep {
         free_array(inner, buf);
     }
@@ -581,9 +585,7 @@ pub(crate) fn on_alloc(inner: &dyn GlobalAlloc, addr: usize, size: usize) {
     };
     let shard = shard_index(addr);
     prefetch_slot(addr, shard);
-    with_stack(inner, |frames, total| {
-        record(inner, shard, addr, size, frames, total)
-    });
+    with_stack(inner, |stack| record(inner, shard, addr, size, stack));
 }
 
 /// Forgets a block's trace, then frees it through `inner`: in this order, no other thread can
@@ -649,11 +651,11 @@ pub(crate) unsafe fn realloc(
         }
         return new;
     }
-    with_stack(inner, |frames, total| {
+    with_stack(inner, |stack| {
         // The generation first: an id interned after a `clear_traces()` that this read
         // missed is then refused under the lock, never recorded against the wrong store.
         let generation = interner::generation();
-        let id = interner::intern(inner, frames, total);
+        let id = interner::intern(inner, stack);
         let old = ptr as usize;
         let old_index = shard_index(old);
         let mut old_shard = SHARD_TABLE[old_index].lock();
@@ -698,13 +700,12 @@ fn record(
     shard: usize,
     addr: usize,
     size: usize,
-    frames: &[usize],
-    total: u16,
+    stack: &Stack<'_>,
 ) -> bool {
     // The generation first: an id interned after a `clear_traces()` that this read missed is
     // then refused under the lock, never recorded against the wrong store.
     let generation = interner::generation();
-    let id = interner::intern(inner, frames, total);
+    let id = interner::intern(inner, stack);
     let mut locked = SHARD_TABLE[shard].lock();
     insert_locked(inner, &mut locked, shard, addr, size, id, generation)
 }
@@ -942,16 +943,16 @@ pub(crate) fn track(domain: u32, addr: usize, size: usize) -> bool {
     }
     // `track` runs in the caller's code, not inside the allocator: `System` may lend the
     // capture buffer of very deep limits.
-    with_stack(&std::alloc::System, |frames, total| {
+    with_stack(&std::alloc::System, |stack| {
         if domain == DEFAULT_DOMAIN {
-            return record(&NoMemory, shard_index(addr), addr, size, frames, total);
+            return record(&NoMemory, shard_index(addr), addr, size, stack);
         }
         let mut foreign = FOREIGN.lock();
         let Some(tracer) = foreign.as_mut() else {
             return false;
         };
         let before = tracer.counters().current;
-        let recorded = tracer.record_alloc(domain, addr, size, frames, total);
+        let recorded = tracer.record_alloc(domain, addr, size, stack.frames, stack.total);
         if recorded == Recorded::Traced {
             accounting::account(
                 size as u64,
