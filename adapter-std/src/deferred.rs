@@ -120,14 +120,27 @@ fn is_global(inner: &dyn GlobalAlloc, id: InnerId) -> bool {
 fn probed(inner: &dyn GlobalAlloc, id: InnerId) -> bool {
     let probing = PROBING.try_with(Cell::get).unwrap_or(false);
     if probing {
-        // SAFETY: a reference to a trait object is two words; `global_inner` turns them back.
-        let words: [usize; 2] = unsafe { core::mem::transmute(inner) };
+        let words = words_of(inner);
         GLOBAL_INNER[0].store(words[0], Relaxed);
         GLOBAL_INNER[1].store(words[1], Relaxed);
         GLOBAL_DEALLOC.store(id.1, Relaxed);
         GLOBAL_ADDR.store(id.0, Release);
     }
     probing
+}
+
+/// The two words of a reference to an allocator (its address and vtable): equal words mean the
+/// same allocator. A vtable duplicated across codegen units can make them differ for the same
+/// allocator, which only ever answers "not the same".
+pub(crate) fn words_of(inner: &dyn GlobalAlloc) -> [usize; 2] {
+    // SAFETY: a reference to a trait object is two words; `global_inner` turns them back.
+    unsafe { core::mem::transmute(inner) }
+}
+
+/// The global allocator's inner allocator, if it is the allocator whose reference had `words`.
+pub(crate) fn global_inner_if(words: [usize; 2]) -> Option<&'static dyn GlobalAlloc> {
+    let global = global_inner()?;
+    (words_of(global) == words).then_some(global)
 }
 
 /// The global allocator's inner allocator, once named.

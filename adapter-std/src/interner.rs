@@ -147,7 +147,7 @@ fn allocate(
     })
 }
 
-fn release(inner: &dyn GlobalAlloc, storage: TracebackStorage<'static>) {
+fn free_storage(inner: &dyn GlobalAlloc, storage: TracebackStorage<'static>) {
     free_array(inner, storage.entries);
     free_array(inner, storage.index);
     free_array(inner, storage.frames);
@@ -170,7 +170,7 @@ fn grow(inner: &dyn GlobalAlloc, store: &mut TracebackStore<'static>, more: usiz
         return false;
     };
     match store.migrate(storage) {
-        Ok(old) | Err(old) => release(inner, old),
+        Ok(old) | Err(old) => free_storage(inner, old),
     }
     false
 }
@@ -208,6 +208,16 @@ pub(crate) fn clear() {
     GENERATION.fetch_add(1, Relaxed);
     if let Some(store) = store.as_mut() {
         store.clear();
+    }
+}
+
+/// Gives the store's storage back to `inner`, which it came from; the next start creates a new
+/// store. The caller holds every shard lock, so no record can use an id of this store.
+pub(crate) fn release(inner: &dyn GlobalAlloc) {
+    let mut store = STORE.lock();
+    GENERATION.fetch_add(1, Relaxed);
+    if let Some(store) = store.take() {
+        free_storage(inner, store.into_storage());
     }
 }
 

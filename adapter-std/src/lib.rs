@@ -140,8 +140,8 @@ pub struct Config {
     /// limit. 0 captures exactly `nframe` raw frames. The default is 8 in optimized builds,
     /// where most plumbing is inlined, and 24 in debug builds, where none is.
     pub hidden_frame_allowance: usize,
-    /// Trace slots each of the 16 shards starts with (rounded up to a power of two), at the
-    /// first start: later starts keep the tables' storage as it has grown.
+    /// Trace slots each of the 16 shards starts with (rounded up to a power of two). Tables
+    /// that outlived a `stop()` (see [`stop`]) are kept as they have grown.
     pub initial_slots_per_shard: usize,
     /// Whether a shard's table doubles when full (else new blocks are counted as untraced).
     pub grow: bool,
@@ -153,7 +153,7 @@ pub struct Config {
     /// A program whose every allocation comes from a new call stack (deep recursion) would
     /// otherwise make the store grow with every block; past the limit, new stacks are reported
     /// as `<traceback store full>` and their blocks still count. It bounds growth: a store
-    /// kept from an earlier `start()` stays as big as it was; while the store moves to bigger
+    /// that outlived a `stop()` stays as big as it was; while the store moves to bigger
     /// storage, both exist for a moment (up to 1.5 times the limit).
     pub max_traceback_memory: usize,
     /// How stacks are captured.
@@ -242,7 +242,13 @@ pub fn start_with(config: Config) -> Result<(), Error> {
     }
 }
 
-/// Stops tracing and forgets every trace (Python's `tracemalloc.stop`).
+/// Stops tracing, forgets every trace and gives the tracer's memory back to the inner allocator
+/// (Python's `tracemalloc.stop`): [`tracemalloc_memory`] is 0 afterwards.
+///
+/// The memory stays for the next start, as tables that outlive the stop, when tracing was
+/// started by `RUST_TRACEMALLOC` rather than [`start`], or when the wrapper that switched it on
+/// is not the global allocator: the tracer may keep a reference only to the global
+/// allocator's inner allocator.
 pub fn stop() {
     state::stop();
 }

@@ -66,6 +66,10 @@ impl<T> core::ops::Deref for OwnLine<T> {
     }
 }
 
+/// The inner allocator the tracer's storage came from ([`deferred::words_of`]), recorded when
+/// an arming allocates it: `stop()` gives the storage back there.
+static STORAGE_FROM: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(0)];
+
 /// Set when arming failed because the inner allocator had no memory for the tables.
 static ARM_FAILED: AtomicBool = AtomicBool::new(false);
 static CONFIG: spin::Mutex<Option<Config>> = spin::Mutex::new(None);
@@ -365,6 +369,7 @@ fn arm(inner: &dyn GlobalAlloc) -> bool {
     let Some(config) = CONFIG.lock().clone() else {
         return false;
     };
+    let fresh = SHARD_TABLE[0].lock().tracer.is_none();
     let ready = allocate_shards(inner, &config)
         && allocate_foreign(
             inner,
@@ -380,6 +385,11 @@ fn arm(inner: &dyn GlobalAlloc) -> bool {
         ARM_FAILED.store(true, Relaxed);
         STATE.store(OFF, Release);
         return false;
+    }
+    if fresh {
+        let words = deferred::words_of(inner);
+        STORAGE_FROM[0].store(words[0], Relaxed);
+        STORAGE_FROM[1].store(words[1], Relaxed);
     }
     accounting::reset();
     accounting::arm();
@@ -819,11 +829,57 @@ fn grow_table(inner: &dyn GlobalAlloc, shard: usize, tracer: &mut Tracer<'static
     publish_hint(shard, tracer);
 }
 
-/// Python's `stop()`: switches tracing off and forgets every trace. The tables' storage is kept
-/// for the next `start()`.
+/// Python's `stop()`: switches tracing off, forgets every trace and gives the tracer's storage
+/// back (see [`release_storage`]).
 pub(crate) fn stop() {
     STATE.store(OFF, SeqCst);
     clear();
+    release_storage();
+}
+
+/// Gives every table and the traceback store back to the inner allocator they came from, as
+/// Python's `stop()` frees its tables; the next start allocates new ones. Only when that is the
+/// global allocator's inner allocator, the one allocator the tracer may keep a reference to
+/// (named by `start()`): otherwise, as when tracing was started by `RUST_TRACEMALLOC`, the
+/// storage stays for the next start.
+///
+/// Under `ARMING`, so no arming allocates meanwhile, and only while tracing is still off. Every
+/// use of the storage happens under the lock that guards it and finds it gone (records check
+/// that tracing is on under the shard lock; the store hands out no id), except prefetches of
+/// stale table addresses, which are harmless.
+fn release_storage() {
+    let Some(_guard) = Guard::enter() else {
+        return;
+    };
+    let _arming = ARMING.lock();
+    if is_on_state(STATE.load(Acquire)) {
+        return; // started again since
+    }
+    let from = [STORAGE_FROM[0].load(Relaxed), STORAGE_FROM[1].load(Relaxed)];
+    let Some(inner) = deferred::global_inner_if(from) else {
+        return;
+    };
+    let mut locked = lock_all_shards();
+    for (shard, hint) in locked.iter_mut().zip(&HINTS) {
+        hint.base.store(0, Relaxed);
+        hint.log2_slots.store(0, Relaxed);
+        if let Some(tracer) = shard.tracer.take() {
+            free_tracer(inner, tracer);
+        }
+    }
+    if let Some(tracer) = FOREIGN.lock().take() {
+        free_tracer(inner, tracer);
+    }
+    interner::release(inner);
+    drop(locked);
+}
+
+fn free_tracer(inner: &dyn GlobalAlloc, tracer: Tracer<'static>) {
+    let storage = tracer.into_storage();
+    free_array(inner, storage.slots);
+    free_array(inner, storage.tracebacks.entries);
+    free_array(inner, storage.tracebacks.index);
+    free_array(inner, storage.tracebacks.frames);
 }
 
 /// Python's `clear_traces()`. Every shard stays locked until the traceback store is cleared,

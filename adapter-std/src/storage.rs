@@ -41,8 +41,12 @@ pub(crate) fn allocate_uninit<T>(
     }
 }
 
-/// Gives an array from [`allocate_array`] or [`allocate_uninit`] back to `inner`.
+/// Gives an array from [`allocate_array`] or [`allocate_uninit`] back to `inner`. An empty
+/// array came from neither (they never return one), so it is not freed.
 pub(crate) fn free_array<T>(inner: &dyn GlobalAlloc, array: &'static mut [T]) {
+    if array.is_empty() {
+        return;
+    }
     if let Ok(layout) = Layout::array::<T>(array.len()) {
         // SAFETY: `array` came from `allocate_array` on this allocator with this length (tables
         // hand back exactly the storage they were given), so the layout matches, and the caller

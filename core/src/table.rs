@@ -159,6 +159,12 @@ impl<'a> TraceTable<'a> {
         }
     }
 
+    /// Gives the slots back, for their owner to free: the largest power-of-two prefix of the
+    /// storage the table was made from (all of it when its length is a power of two).
+    pub fn into_slots(self) -> &'a mut [Slot] {
+        self.slots
+    }
+
     /// Number of live traces.
     #[inline]
     pub fn len(&self) -> usize {

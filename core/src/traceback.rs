@@ -325,7 +325,9 @@ impl<'a> TracebackStore<'a> {
         Ok(next.into_storage())
     }
 
-    fn into_storage(self) -> TracebackStorage<'a> {
+    /// Gives the storage back, for its owner to free: the arrays it was made from, the index cut
+    /// to its largest power-of-two prefix (all of it when its length is a power of two).
+    pub fn into_storage(self) -> TracebackStorage<'a> {
         TracebackStorage {
             entries: self.entries,
             index: self.index,

@@ -277,6 +277,15 @@ impl<'a> Tracer<'a> {
         self.table.len() >= self.table.limit()
     }
 
+    /// Gives the storage back, for its owner to free (see [`TraceTable::into_slots`] and
+    /// [`TracebackStore::into_storage`]).
+    pub fn into_storage(self) -> TracerStorage<'a> {
+        TracerStorage {
+            slots: self.table.into_slots(),
+            tracebacks: self.tracebacks.into_storage(),
+        }
+    }
+
     /// Moves the traces into bigger storage; see [`TraceTable::migrate`].
     pub fn migrate_table(
         &mut self,
@@ -292,6 +301,37 @@ mod tests {
 
     /// 8 slots (6 live blocks), 8 tracebacks, 64 frames.
     type Arrays = TracerArrays<8, 8, 64>;
+
+    #[test]
+    fn into_storage_gives_back_every_array_it_was_made_from() {
+        let mut a = Arrays::new();
+        let storage = a.storage();
+        let ptrs = (
+            storage.slots.as_ptr(),
+            storage.tracebacks.entries.as_ptr(),
+            storage.tracebacks.index.as_ptr(),
+            storage.tracebacks.frames.as_ptr(),
+        );
+        let mut t = Tracer::new(storage);
+        t.record_alloc(0, 0x1000, 100, &[1, 2], 2);
+        let back = t.into_storage();
+        assert_eq!(
+            (
+                back.slots.as_ptr(),
+                back.tracebacks.entries.as_ptr(),
+                back.tracebacks.index.as_ptr(),
+                back.tracebacks.frames.as_ptr(),
+            ),
+            ptrs
+        );
+        let lens = (
+            back.slots.len(),
+            back.tracebacks.entries.len(),
+            back.tracebacks.index.len(),
+            back.tracebacks.frames.len(),
+        );
+        assert_eq!(lens, (8, 8, 16, 64));
+    }
 
     #[test]
     fn counters_follow_alloc_free_and_peak() {

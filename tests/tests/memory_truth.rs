@@ -50,5 +50,30 @@ fn tracemalloc_memory_is_what_the_tracer_took_from_the_inner_allocator() {
         after.abs() < SLACK,
         "{after} bytes unexplained after the frees"
     );
+
+    // `stop()` gives the storage back, as Python's does: the inner allocator holds what it held
+    // before the start.
     tracemalloc::stop();
+    assert_eq!(tracemalloc::tracemalloc_memory(), 0);
+    let kept = LIVE.load(Relaxed) - before_start;
+    assert!(kept.abs() < SLACK, "{kept} bytes still held after stop");
+
+    // And the next start allocates afresh and traces as before.
+    tracemalloc::start(16).unwrap();
+    let again: Vec<Vec<u64>> = (0..50_000u64).map(|i| vec![i; 4]).collect();
+    let restarted = unexplained(before_start);
+    assert!(
+        restarted.abs() < SLACK,
+        "{restarted} bytes unexplained after the restart"
+    );
+    // (A snapshot loads the executable's debug info for good: checked after the accounting.)
+    let snapshot = tracemalloc::take_snapshot().unwrap();
+    let traced: u64 = snapshot.traces.iter().map(|t| t.size).sum();
+    assert!(
+        traced >= 50_000 * 32,
+        "{traced} bytes traced after the restart"
+    );
+    drop((again, snapshot));
+    tracemalloc::stop();
+    assert_eq!(tracemalloc::tracemalloc_memory(), 0);
 }
