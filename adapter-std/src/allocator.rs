@@ -27,7 +27,8 @@ use crate::state;
 /// Use one per process, as the global allocator (a `static`, possibly inside another
 /// allocator that wraps it): the tracer is process-wide, takes its own memory from the inner
 /// allocator of the instance that switches tracing on, and keeps references to the inner
-/// allocator to free the blocks that threads queue.
+/// allocator to free the blocks that threads queue. Another instance's blocks are traced too,
+/// but never grow the tracer's tables: its allocator did not give them.
 pub struct TracingAllocator<A: GlobalAlloc = System> {
     inner: A,
 }

@@ -19,7 +19,7 @@ use tracemalloc_core::traceback::{
 };
 
 use crate::capture::Stack;
-use crate::storage::{allocate_array, free_array};
+use crate::storage::{self, allocate_array, free_array};
 
 /// The shared store; `None` until tracing first starts.
 pub(crate) static STORE: spin::Mutex<Option<TracebackStore<'static>>> = spin::Mutex::new(None);
@@ -159,6 +159,9 @@ fn free_storage(inner: &dyn GlobalAlloc, storage: TracebackStorage<'static>) {
 /// until the next generation).
 #[cold]
 fn grow(inner: &dyn GlobalAlloc, store: &mut TracebackStore<'static>, more: usize) -> bool {
+    if !storage::is_source(inner) {
+        return false; // another wrapper's allocator: the store must not mix the two
+    }
     let capacity = (store.entry_capacity() * 2).clamp(16, TracebackId::MASK as usize + 1);
     let frame_capacity = (store.frame_count() + more) * 2;
     if storage_bytes(capacity, frame_capacity) > MAX_BYTES.load(Relaxed)

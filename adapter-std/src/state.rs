@@ -27,7 +27,7 @@ use crate::deferred;
 use crate::guard::Guard;
 use crate::interner;
 use crate::sampler;
-use crate::storage::{allocate_array, allocate_uninit, free_array};
+use crate::storage::{self, allocate_array, allocate_uninit, free_array};
 use crate::Config;
 
 /// Number of trace-table shards (a power of two).
@@ -65,10 +65,6 @@ impl<T> core::ops::Deref for OwnLine<T> {
         &self.0
     }
 }
-
-/// The inner allocator the tracer's storage came from ([`deferred::words_of`]), recorded when
-/// an arming allocates it: `stop()` gives the storage back there.
-static STORAGE_FROM: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(0)];
 
 /// Set when arming failed because the inner allocator had no memory for the tables.
 static ARM_FAILED: AtomicBool = AtomicBool::new(false);
@@ -369,7 +365,11 @@ fn arm(inner: &dyn GlobalAlloc) -> bool {
     let Some(config) = CONFIG.lock().clone() else {
         return false;
     };
-    let fresh = SHARD_TABLE[0].lock().tracer.is_none();
+    // Storage is all or nothing (a failed arming gives back what it took): with none, this
+    // arming allocates it all from `inner`; with some, it only clears it.
+    if SHARD_TABLE[0].lock().tracer.is_none() {
+        storage::set_source(inner);
+    }
     let ready = allocate_shards(inner, &config)
         && allocate_foreign(
             inner,
@@ -384,12 +384,10 @@ fn arm(inner: &dyn GlobalAlloc) -> bool {
     if !ready {
         ARM_FAILED.store(true, Relaxed);
         STATE.store(OFF, Release);
+        if storage::is_source(inner) {
+            free_storage(inner); // all or nothing: the next arming starts afresh
+        }
         return false;
-    }
-    if fresh {
-        let words = deferred::words_of(inner);
-        STORAGE_FROM[0].store(words[0], Relaxed);
-        STORAGE_FROM[1].store(words[1], Relaxed);
     }
     accounting::reset();
     accounting::arm();
@@ -398,8 +396,11 @@ fn arm(inner: &dyn GlobalAlloc) -> bool {
     } else {
         SAMPLING
     };
-    STATE.store(on, Release);
-    true
+    // Not over a `stop()` that came while this arming allocated: that stop stays.
+    match STATE.compare_exchange(ARMED, on, AcqRel, Acquire) {
+        Ok(_) => true,
+        Err(state) => is_on_state(state),
+    }
 }
 
 /// Keeps `fork()` from copying a lock that another thread holds into the child, where nobody
@@ -818,6 +819,9 @@ fn forget_in(tracer: &mut Tracer<'static>, domain: u32, addr: usize, interval: u
 /// the growth is counted as untraced by the core.
 #[cold]
 fn grow_table(inner: &dyn GlobalAlloc, shard: usize, tracer: &mut Tracer<'static>) {
+    if !storage::is_source(inner) {
+        return; // another wrapper's allocator: the table must not mix the two
+    }
     let len = tracer.table().slot_count().max(1) * 2;
     let Some(bigger) = allocate_array::<Slot>(inner, len) else {
         return;
@@ -843,10 +847,7 @@ pub(crate) fn stop() {
 /// (named by `start()`): otherwise, as when tracing was started by `RUST_TRACEMALLOC`, the
 /// storage stays for the next start.
 ///
-/// Under `ARMING`, so no arming allocates meanwhile, and only while tracing is still off. Every
-/// use of the storage happens under the lock that guards it and finds it gone (records check
-/// that tracing is on under the shard lock; the store hands out no id), except prefetches of
-/// stale table addresses, which are harmless.
+/// Under `ARMING`, so no arming allocates meanwhile, and only while tracing is still off.
 fn release_storage() {
     let Some(_guard) = Guard::enter() else {
         return;
@@ -855,10 +856,16 @@ fn release_storage() {
     if is_on_state(STATE.load(Acquire)) {
         return; // started again since
     }
-    let from = [STORAGE_FROM[0].load(Relaxed), STORAGE_FROM[1].load(Relaxed)];
-    let Some(inner) = deferred::global_inner_if(from) else {
-        return;
-    };
+    if let Some(inner) = deferred::global_inner_if(storage::source()) {
+        free_storage(inner);
+    }
+}
+
+/// Gives every table and the traceback store back to `inner`, their source, while tracing is
+/// off and `ARMING` is held. Every use of the storage happens under the lock that guards it and
+/// finds it gone (records check that tracing is on under the shard lock; the store hands out
+/// no id), except prefetches of stale table addresses, which are harmless.
+fn free_storage(inner: &dyn GlobalAlloc) {
     let mut locked = lock_all_shards();
     for (shard, hint) in locked.iter_mut().zip(&HINTS) {
         hint.base.store(0, Relaxed);

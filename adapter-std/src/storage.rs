@@ -1,7 +1,36 @@
 //! Arrays for the tracer's tables, taken from the inner allocator directly (never through the
-//! traced path) and given back to it when a table moves to bigger storage.
+//! traced path) and given back to it when a table moves to bigger storage or tracing stops.
+//!
+//! All of the tracer's storage comes from one allocator, its [source](set_source): the inner
+//! allocator of the wrapper that armed the tracer. A second wrapper instance that records a
+//! block does not grow the tables from its own allocator, so storage is never freed through an
+//! allocator that did not hand it out.
 
 use core::alloc::{GlobalAlloc, Layout};
+use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+use crate::deferred::words_of;
+
+/// The source's reference as two words ([`words_of`]); zeros until the first arming.
+static SOURCE: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(0)];
+
+/// Makes `inner` the allocator the tracer's storage comes from. Called by an arming that finds
+/// no storage, before it allocates any.
+pub(crate) fn set_source(inner: &dyn GlobalAlloc) {
+    let words = words_of(inner);
+    SOURCE[0].store(words[0], Relaxed);
+    SOURCE[1].store(words[1], Relaxed);
+}
+
+/// Whether the tracer's storage comes from `inner`, so that `inner` may grow it.
+pub(crate) fn is_source(inner: &dyn GlobalAlloc) -> bool {
+    source() == words_of(inner)
+}
+
+/// The words of the allocator the storage comes from.
+pub(crate) fn source() -> [usize; 2] {
+    [SOURCE[0].load(Relaxed), SOURCE[1].load(Relaxed)]
+}
 
 /// A zeroed array of `len` values from `inner`, or `None` when it has no memory.
 ///

@@ -56,19 +56,26 @@ fn each_free_reaches_the_outer_allocator_once() {
 /// A second wrapper, used directly rather than as the global allocator.
 static SECOND: TracingAllocator<Counting> = TracingAllocator::new(Counting);
 
+/// Allocates `n` blocks of `layout` through `SECOND`, frees them through it, and returns how
+/// many bytes `Counting` gained while they were all live.
+fn second_wrapper_blocks(n: usize, layout: Layout) -> i64 {
+    let before = LIVE.load(Relaxed);
+    // SAFETY: each block is allocated by `SECOND` with `layout` and freed once by it.
+    let blocks: Vec<*mut u8> = (0..n).map(|_| unsafe { SECOND.alloc(layout) }).collect();
+    let held = LIVE.load(Relaxed) - before;
+    for block in blocks {
+        // SAFETY: as above.
+        unsafe { SECOND.dealloc(block, layout) };
+    }
+    held
+}
+
 #[test]
 fn a_wrapper_that_is_not_the_global_allocator_frees_at_once() {
     let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     tracemalloc::start(1).unwrap();
-    let layout = Layout::new::<[u8; 64]>();
     let before = LIVE.load(Relaxed);
-    // SAFETY: each block is allocated by `SECOND` with `layout` and freed once by it.
-    unsafe {
-        let blocks: Vec<*mut u8> = (0..3).map(|_| SECOND.alloc(layout)).collect();
-        for block in blocks {
-            SECOND.dealloc(block, layout);
-        }
-    }
+    second_wrapper_blocks(3, Layout::new::<[u8; 64]>());
     // Only the global allocator's blocks are queued (it is a `static`, so the queue may keep
     // a reference to it): these went back to `Counting` at once.
     assert_eq!(
@@ -77,4 +84,20 @@ fn a_wrapper_that_is_not_the_global_allocator_frees_at_once() {
         "blocks of the second wrapper were held back"
     );
     tracemalloc::stop();
+}
+
+#[test]
+fn a_second_wrapper_never_grows_the_tracers_storage() {
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    tracemalloc::start(1).unwrap();
+    // 20 000 neighbouring blocks: more than a shard's first table (3072 traces) holds.
+    let held = second_wrapper_blocks(20_000, Layout::new::<[u8; 32]>());
+    tracemalloc::stop();
+    // Storage grown from `Counting` would be freed by `stop()` through `System`, the allocator
+    // the tracer's storage came from: a free of memory `System` never handed out.
+    assert_eq!(
+        held,
+        20_000 * 32,
+        "the tracer took storage from the second wrapper's allocator"
+    );
 }
