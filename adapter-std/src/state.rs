@@ -27,7 +27,9 @@ use crate::deferred;
 use crate::guard::Guard;
 use crate::interner;
 use crate::sampler;
-use crate::storage::{self, allocate_array, allocate_uninit, free_array};
+use crate::storage::{
+    self, allocate_array, allocate_table, allocate_uninit, free_array, free_table,
+};
 use crate::Config;
 
 /// Number of trace-table shards (a power of two).
@@ -500,8 +502,7 @@ fn allocate_shards(inner: &dyn GlobalAlloc, config: &Config) -> bool {
             tracer.clear();
             continue;
         }
-        let Some(slots) =
-            allocate_array::<Slot>(inner, config.initial_slots_per_shard.next_power_of_two())
+        let Some(slots) = allocate_table(inner, config.initial_slots_per_shard.next_power_of_two())
         else {
             return false;
         };
@@ -529,7 +530,7 @@ fn allocate_foreign(inner: &dyn GlobalAlloc, depth: usize) -> bool {
     }
     let frames = FOREIGN_TRACEBACKS * depth.clamp(4, STACK_FRAMES);
     let (Some(slots), Some(entries), Some(index), Some(frames)) = (
-        allocate_array::<Slot>(inner, FOREIGN_SLOTS),
+        allocate_table(inner, FOREIGN_SLOTS),
         allocate_array::<TracebackEntry>(inner, FOREIGN_TRACEBACKS),
         allocate_array::<u32>(inner, FOREIGN_TRACEBACKS * 2),
         allocate_array::<usize>(inner, frames),
@@ -823,12 +824,12 @@ fn grow_table(inner: &dyn GlobalAlloc, shard: usize, tracer: &mut Tracer<'static
         return; // another wrapper's allocator: the table must not mix the two
     }
     let len = tracer.table().slot_count().max(1) * 2;
-    let Some(bigger) = allocate_array::<Slot>(inner, len) else {
+    let Some(bigger) = allocate_table(inner, len) else {
         return;
     };
     match tracer.migrate_table(bigger) {
-        Ok(old) => free_array(inner, old),
-        Err(unused) => free_array(inner, unused),
+        Ok(old) => free_table(inner, old),
+        Err(unused) => free_table(inner, unused),
     }
     publish_hint(shard, tracer);
 }
@@ -883,7 +884,7 @@ fn free_storage(inner: &dyn GlobalAlloc) {
 
 fn free_tracer(inner: &dyn GlobalAlloc, tracer: Tracer<'static>) {
     let storage = tracer.into_storage();
-    free_array(inner, storage.slots);
+    free_table(inner, storage.slots);
     free_array(inner, storage.tracebacks.entries);
     free_array(inner, storage.tracebacks.index);
     free_array(inner, storage.tracebacks.frames);

@@ -9,6 +9,8 @@
 use core::alloc::{GlobalAlloc, Layout};
 use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
+use tracemalloc_core::table::Slot;
+
 use crate::deferred::words_of;
 
 /// The source's reference as two words ([`words_of`]); zeros until the first arming.
@@ -51,6 +53,65 @@ pub(crate) fn allocate_array<T>(inner: &dyn GlobalAlloc, len: usize) -> Option<&
     }
 }
 
+/// Trace tables of at least this many bytes start on a 2 MiB boundary and are advised onto
+/// transparent huge pages (Linux). A free looks up a random slot of a table of millions, and
+/// with 4 KiB pages nearly every such lookup (and the prefetch that starts it) also missed the
+/// TLB: json ran 5 % faster on huge pages. The traceback store stays on small pages: it is
+/// touched only as it fills, and zeroing it eagerly cost `tree` 10 %.
+const HUGE_TABLE_BYTES: usize = 4 << 20;
+const HUGE_PAGE_BYTES: usize = 2 << 20;
+
+/// The layout of a table of `len` slots (at least one).
+fn table_layout(len: usize) -> Option<Layout> {
+    let layout = Layout::array::<Slot>(len.max(1)).ok()?;
+    if layout.size() >= HUGE_TABLE_BYTES {
+        layout.align_to(HUGE_PAGE_BYTES).ok()
+    } else {
+        Some(layout)
+    }
+}
+
+/// A table of `len` empty slots from `inner`, on huge pages when it is large; give it back
+/// with [`free_table`].
+pub(crate) fn allocate_table(inner: &dyn GlobalAlloc, len: usize) -> Option<&'static mut [Slot]> {
+    let layout = table_layout(len)?;
+    if layout.align() < HUGE_PAGE_BYTES {
+        return allocate_array(inner, len);
+    }
+    // SAFETY: the layout has a non-zero size. The advice only changes how the pages are
+    // backed, and covers whole 2 MiB pages of this block alone (its start is aligned and its
+    // size a multiple of 2 MiB: a power-of-two number of 16-byte slots of at least 4 MiB). The
+    // block is zeroed after the advice, so its pages are first touched as huge pages, and an
+    // all-zero `Slot` is an empty one. The slice is the block's only reference until
+    // `free_table`.
+    unsafe {
+        let ptr = inner.alloc(layout);
+        if ptr.is_null() {
+            return None;
+        }
+        #[cfg(target_os = "linux")]
+        libc::madvise(ptr.cast(), layout.size(), libc::MADV_HUGEPAGE);
+        core::ptr::write_bytes(ptr, 0, layout.size());
+        Some(core::slice::from_raw_parts_mut(
+            ptr.cast::<Slot>(),
+            len.max(1),
+        ))
+    }
+}
+
+/// Gives a table from [`allocate_table`] back to `inner`.
+pub(crate) fn free_table(inner: &dyn GlobalAlloc, table: &'static mut [Slot]) {
+    if table.is_empty() {
+        return;
+    }
+    if let Some(layout) = table_layout(table.len()) {
+        // SAFETY: `table` came from `allocate_table` on this allocator with this length (tables
+        // hand back exactly the storage they were given), so the layout matches, and the
+        // caller gave up its only reference.
+        unsafe { inner.dealloc(table.as_mut_ptr().cast(), layout) }
+    }
+}
+
 /// An uninitialised array of `len` values from `inner` (not zeroed: a capture buffer is written
 /// before it is read, and zeroing 65 535 frames on every allocation would cost microseconds).
 pub(crate) fn allocate_uninit<T>(
@@ -81,5 +142,24 @@ pub(crate) fn free_array<T>(inner: &dyn GlobalAlloc, array: &'static mut [T]) {
         // hand back exactly the storage they were given), so the layout matches, and the caller
         // gave up its only reference.
         unsafe { inner.dealloc(array.as_mut_ptr().cast(), layout) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::alloc::System;
+
+    #[test]
+    fn large_tables_start_on_a_huge_page_and_every_table_starts_empty() {
+        for (len, aligned) in [(1, false), (4096, false), (1 << 18, true), (1 << 19, true)] {
+            let table = allocate_table(&System, len).expect("memory for a table");
+            assert_eq!(table.len(), len);
+            if aligned {
+                assert_eq!(table.as_ptr() as usize % HUGE_PAGE_BYTES, 0, "{len} slots");
+            }
+            assert!(table.iter().all(|slot| !slot.is_occupied()), "{len} slots");
+            free_table(&System, table);
+        }
     }
 }
