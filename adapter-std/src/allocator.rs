@@ -7,7 +7,6 @@
 use core::alloc::{GlobalAlloc, Layout};
 use std::alloc::System;
 
-use crate::deferred::InnerId;
 use crate::state;
 
 /// Traces the blocks of an inner allocator. Install it as the global allocator:
@@ -29,14 +28,31 @@ use crate::state;
 /// allocator of the instance that switches tracing on, and keeps references to the inner
 /// allocator to free the blocks that threads queue. Another instance's blocks are traced too,
 /// but never grow the tracer's tables: its allocator did not give them.
+#[repr(C)]
 pub struct TracingAllocator<A: GlobalAlloc = System> {
+    /// First, at the wrapper's own address (see [`inner_address`]).
     inner: A,
+    /// Gives every wrapper a byte of its own, so that no two wrappers share an address, even
+    /// around a zero-sized allocator such as `System`.
+    _own_address: u8,
+}
+
+/// Tells inner allocators apart: the address of the wrapper's `inner` field, which is the
+/// wrapper's own (`repr(C)`, first field) and differs between wrappers (each holds at least a
+/// byte). Only references to a wrapper's inner allocator are compared, never arbitrary ones.
+/// Not the vtable: one allocator may have several, one per crate that made a reference to it.
+#[inline(always)]
+pub(crate) fn inner_address(inner: &dyn GlobalAlloc) -> usize {
+    inner as *const dyn GlobalAlloc as *const () as usize
 }
 
 impl<A: GlobalAlloc> TracingAllocator<A> {
     /// Wraps `inner`.
     pub const fn new(inner: A) -> Self {
-        TracingAllocator { inner }
+        TracingAllocator {
+            inner,
+            _own_address: 0,
+        }
     }
 
     /// The wrapped allocator.
@@ -48,7 +64,7 @@ impl<A: GlobalAlloc> TracingAllocator<A> {
 impl TracingAllocator<System> {
     /// Wraps the system allocator.
     pub const fn system() -> Self {
-        TracingAllocator { inner: System }
+        TracingAllocator::new(System)
     }
 }
 
@@ -87,7 +103,7 @@ impl<A: GlobalAlloc> TracingAllocator<A> {
     unsafe fn dealloc_traced(&self, ptr: *mut u8, layout: Layout) {
         if state::is_on() {
             // SAFETY: the caller's contract, forwarded unchanged.
-            unsafe { state::dealloc(&self.inner, InnerId::of(&self.inner), ptr, layout) }
+            unsafe { state::dealloc(&self.inner, ptr, layout) }
         } else {
             // SAFETY: as above.
             unsafe { self.inner.dealloc(ptr, layout) }
@@ -151,5 +167,24 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TracingAllocator<A> {
         }
         // SAFETY: as above.
         unsafe { self.realloc_traced(ptr, layout, new_size) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    static FIRST: TracingAllocator = TracingAllocator::system();
+    static SECOND: TracingAllocator = TracingAllocator::system();
+
+    #[test]
+    fn wrappers_of_a_zero_sized_allocator_have_distinct_inner_addresses() {
+        assert!(size_of::<TracingAllocator<System>>() > 0);
+        let (first, second) = (inner_address(FIRST.inner()), inner_address(SECOND.inner()));
+        assert_ne!(first, second);
+        assert_eq!(first, &FIRST as *const TracingAllocator as usize);
+        // The same wrapper, whatever reference to its allocator is taken.
+        let as_dyn: &dyn GlobalAlloc = FIRST.inner();
+        assert_eq!(inner_address(as_dyn), first);
     }
 }

@@ -25,6 +25,7 @@ use core::alloc::{GlobalAlloc, Layout};
 use core::cell::Cell;
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering::*};
 
+use crate::allocator::inner_address;
 use crate::guard::Guard;
 use crate::{accounting, sampler, state};
 
@@ -74,25 +75,11 @@ thread_local! {
     static OWN: Cell<(usize, bool)> = const { Cell::new((0, false)) };
 }
 
-/// Names an inner allocator: its address and the address of its `dealloc`. Equal names mean
-/// the same object, or zero-sized allocators whose `dealloc` is the same code (references to a
-/// zero-sized value are valid at any address, and such an allocator has no state of its own).
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) struct InnerId(usize, usize);
-
-impl InnerId {
-    #[inline(always)]
-    pub(crate) fn of<A: GlobalAlloc>(inner: &A) -> InnerId {
-        let dealloc = <A as GlobalAlloc>::dealloc as unsafe fn(&A, *mut u8, Layout);
-        InnerId(inner as *const A as usize, dealloc as *const () as usize)
-    }
-}
-
 /// The inner allocator of the wrapper that serves the program's global allocator, seen by
-/// [`note_global`]: the only one whose blocks are queued (0 until seen). `GLOBAL_INNER` holds
-/// the reference itself, written before the name is published.
+/// [`note_global`]: the only one whose blocks are queued. `GLOBAL_ADDR` is its
+/// [`inner_address`] (0 until seen); `GLOBAL_INNER` holds the reference itself, written before
+/// the address is published.
 static GLOBAL_ADDR: AtomicUsize = AtomicUsize::new(0);
-static GLOBAL_DEALLOC: AtomicUsize = AtomicUsize::new(0);
 static GLOBAL_INNER: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(0)];
 
 thread_local! {
@@ -101,7 +88,7 @@ thread_local! {
 }
 
 /// Frees a block through the global allocator while tracing is on, so that the wrapper serving
-/// it names its inner allocator ([`InnerId`]). Called by `start()`, outside the allocator.
+/// it names its inner allocator. Called by `start()`, outside the allocator.
 pub(crate) fn note_global() {
     let probe = std::hint::black_box(Box::new(0u64));
     let _ = PROBING.try_with(|p| p.set(true));
@@ -109,38 +96,29 @@ pub(crate) fn note_global() {
     let _ = PROBING.try_with(|p| p.set(false));
 }
 
-/// Whether `inner`, named `id`, is the global allocator's inner allocator; records it when the
-/// probe of [`note_global`] is being freed.
+/// Whether `inner` is the global allocator's inner allocator; records it when the probe of
+/// [`note_global`] is being freed.
 #[inline(always)]
-fn is_global(inner: &dyn GlobalAlloc, id: InnerId) -> bool {
-    (id.0 == GLOBAL_ADDR.load(Acquire) && id.1 == GLOBAL_DEALLOC.load(Relaxed)) || probed(inner, id)
+fn is_global(inner: &dyn GlobalAlloc) -> bool {
+    inner_address(inner) == GLOBAL_ADDR.load(Acquire) || probed(inner)
 }
 
 #[cold]
-fn probed(inner: &dyn GlobalAlloc, id: InnerId) -> bool {
+fn probed(inner: &dyn GlobalAlloc) -> bool {
     let probing = PROBING.try_with(Cell::get).unwrap_or(false);
     if probing {
-        let words = words_of(inner);
+        // SAFETY: a reference to a trait object is two words; `global_inner` turns them back.
+        let words: [usize; 2] = unsafe { core::mem::transmute(inner) };
         GLOBAL_INNER[0].store(words[0], Relaxed);
         GLOBAL_INNER[1].store(words[1], Relaxed);
-        GLOBAL_DEALLOC.store(id.1, Relaxed);
-        GLOBAL_ADDR.store(id.0, Release);
+        GLOBAL_ADDR.store(inner_address(inner), Release);
     }
     probing
 }
 
-/// The two words of a reference to an allocator (its address and vtable): equal words mean the
-/// same allocator. A vtable duplicated across codegen units can make them differ for the same
-/// allocator, which only ever answers "not the same".
-pub(crate) fn words_of(inner: &dyn GlobalAlloc) -> [usize; 2] {
-    // SAFETY: a reference to a trait object is two words; `global_inner` turns them back.
-    unsafe { core::mem::transmute(inner) }
-}
-
-/// The global allocator's inner allocator, if it is the allocator whose reference had `words`.
-pub(crate) fn global_inner_if(words: [usize; 2]) -> Option<&'static dyn GlobalAlloc> {
-    let global = global_inner()?;
-    (words_of(global) == words).then_some(global)
+/// The global allocator's inner allocator, if it is the one at `address` ([`inner_address`]).
+pub(crate) fn global_inner_at(address: usize) -> Option<&'static dyn GlobalAlloc> {
+    global_inner().filter(|global| inner_address(*global) == address)
 }
 
 /// The global allocator's inner allocator, once named.
@@ -150,20 +128,20 @@ fn global_inner() -> Option<&'static dyn GlobalAlloc> {
     }
     let words = [GLOBAL_INNER[0].load(Relaxed), GLOBAL_INNER[1].load(Relaxed)];
     // SAFETY: the words are those of a reference to the inner allocator of the wrapper that
-    // serves the global allocator (`probed` wrote them before publishing the name this load
-    // saw), which lives in a `static`, or is zero-sized: valid for the rest of the program. Every
-    // write stores the same words (there is one global allocator).
+    // serves the global allocator (`probed` wrote them before publishing the address this load
+    // saw), which lives in a `static`: valid for the rest of the program. Every write stores
+    // that allocator's address and one of its vtables, so even words from two writes make a
+    // valid reference to it.
     Some(unsafe { core::mem::transmute::<[usize; 2], &'static dyn GlobalAlloc>(words) })
 }
 
-/// Queues the free of the traced block at `addr` (allocated by `inner`, named `id`), applying
+/// Queues the free of the traced block at `addr` (allocated by `inner`), applying
 /// the queue when it is full. Returns false when the caller must free the block itself: not the
 /// global allocator's block, too large, sampling, no exit hook or no free slot. Called with the
 /// thread's guard held.
 #[inline(always)]
-pub(crate) fn queue(inner: &dyn GlobalAlloc, id: InnerId, addr: usize, layout: Layout) -> bool {
-    if !cfg!(unix) || layout.size() > MAX_SIZE || sampler::interval() != 0 || !is_global(inner, id)
-    {
+pub(crate) fn queue(inner: &dyn GlobalAlloc, addr: usize, layout: Layout) -> bool {
+    if !cfg!(unix) || layout.size() > MAX_SIZE || sampler::interval() != 0 || !is_global(inner) {
         return false;
     }
     OWN.try_with(|own| {

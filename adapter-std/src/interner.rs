@@ -14,12 +14,10 @@ use core::alloc::GlobalAlloc;
 use core::cell::Cell;
 use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed};
 
-use tracemalloc_core::traceback::{
-    StoreFull, TracebackEntry, TracebackId, TracebackStorage, TracebackStore,
-};
+use tracemalloc_core::traceback::{StoreFull, TracebackId, TracebackStore};
 
 use crate::capture::Stack;
-use crate::storage::{self, allocate_array, free_array};
+use crate::storage::{self, allocate_tracebacks, free_tracebacks, tracebacks_bytes};
 
 /// The shared store; `None` until tracing first starts.
 pub(crate) static STORE: spin::Mutex<Option<TracebackStore<'static>>> = spin::Mutex::new(None);
@@ -117,42 +115,6 @@ fn intern_shared(inner: &dyn GlobalAlloc, frames: &[usize], total: u16) -> (Trac
     }
 }
 
-/// Bytes [`allocate`] takes for `entries` tracebacks and `frames` frames.
-fn storage_bytes(entries: usize, frames: usize) -> usize {
-    entries * core::mem::size_of::<TracebackEntry>()
-        + (entries * 2).next_power_of_two() * core::mem::size_of::<u32>()
-        + frames * core::mem::size_of::<usize>()
-}
-
-/// Storage for a store of `entries` tracebacks and `frames` frames in all.
-fn allocate(
-    inner: &dyn GlobalAlloc,
-    entries: usize,
-    frames: usize,
-) -> Option<TracebackStorage<'static>> {
-    let entries_array = allocate_array::<TracebackEntry>(inner, entries)?;
-    let Some(index) = allocate_array::<u32>(inner, (entries * 2).next_power_of_two()) else {
-        free_array(inner, entries_array);
-        return None;
-    };
-    let Some(frames) = allocate_array::<usize>(inner, frames) else {
-        free_array(inner, entries_array);
-        free_array(inner, index);
-        return None;
-    };
-    Some(TracebackStorage {
-        entries: entries_array,
-        index,
-        frames,
-    })
-}
-
-fn free_storage(inner: &dyn GlobalAlloc, storage: TracebackStorage<'static>) {
-    free_array(inner, storage.entries);
-    free_array(inner, storage.index);
-    free_array(inner, storage.frames);
-}
-
 /// Doubles the store (and makes room for `more` frames). When the bigger store would pass the
 /// limit, or on failure, the store stays as it was and the stack is reported as
 /// `<traceback store full>`. Returns whether the store is at its limit (so it will not grow
@@ -164,16 +126,16 @@ fn grow(inner: &dyn GlobalAlloc, store: &mut TracebackStore<'static>, more: usiz
     }
     let capacity = (store.entry_capacity() * 2).clamp(16, TracebackId::MASK as usize + 1);
     let frame_capacity = (store.frame_count() + more) * 2;
-    if storage_bytes(capacity, frame_capacity) > MAX_BYTES.load(Relaxed)
+    if tracebacks_bytes(capacity, frame_capacity) > MAX_BYTES.load(Relaxed)
         || capacity <= store.entry_capacity()
     {
         return true;
     }
-    let Some(storage) = allocate(inner, capacity, frame_capacity) else {
+    let Some(storage) = allocate_tracebacks(inner, capacity, frame_capacity) else {
         return false;
     };
     match store.migrate(storage) {
-        Ok(old) | Err(old) => free_storage(inner, old),
+        Ok(old) | Err(old) => free_tracebacks(inner, old),
     }
     false
 }
@@ -194,7 +156,7 @@ pub(crate) fn reset(
             store.clear();
             true
         }
-        None => match allocate(inner, entries, entries * depth) {
+        None => match allocate_tracebacks(inner, entries, entries * depth) {
             Some(storage) => {
                 *store = Some(TracebackStore::new(storage));
                 true
@@ -220,7 +182,7 @@ pub(crate) fn release(inner: &dyn GlobalAlloc) {
     let mut store = STORE.lock();
     GENERATION.fetch_add(1, Relaxed);
     if let Some(store) = store.take() {
-        free_storage(inner, store.into_storage());
+        free_tracebacks(inner, store.into_storage());
     }
 }
 

@@ -18,7 +18,7 @@ use core::mem::MaybeUninit;
 use core::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering::*};
 
 use tracemalloc_core::table::Slot;
-use tracemalloc_core::traceback::{TracebackEntry, TracebackStorage};
+use tracemalloc_core::traceback::TracebackStorage;
 use tracemalloc_core::{RawSnapshot, Recorded, Tracer, TracerStorage, DEFAULT_DOMAIN};
 
 use crate::accounting;
@@ -28,7 +28,8 @@ use crate::guard::Guard;
 use crate::interner;
 use crate::sampler;
 use crate::storage::{
-    self, allocate_array, allocate_table, allocate_uninit, free_array, free_table,
+    self, allocate_table, allocate_tracebacks, allocate_uninit, free_array, free_table,
+    free_tracebacks,
 };
 use crate::Config;
 
@@ -529,22 +530,14 @@ fn allocate_foreign(inner: &dyn GlobalAlloc, depth: usize) -> bool {
         return true;
     }
     let frames = FOREIGN_TRACEBACKS * depth.clamp(4, STACK_FRAMES);
-    let (Some(slots), Some(entries), Some(index), Some(frames)) = (
-        allocate_table(inner, FOREIGN_SLOTS),
-        allocate_array::<TracebackEntry>(inner, FOREIGN_TRACEBACKS),
-        allocate_array::<u32>(inner, FOREIGN_TRACEBACKS * 2),
-        allocate_array::<usize>(inner, frames),
-    ) else {
-        return false; // what was allocated stays unused: start fails for lack of memory anyway
+    let Some(slots) = allocate_table(inner, FOREIGN_SLOTS) else {
+        return false;
     };
-    *foreign = Some(Tracer::new(TracerStorage {
-        slots,
-        tracebacks: TracebackStorage {
-            entries,
-            index,
-            frames,
-        },
-    }));
+    let Some(tracebacks) = allocate_tracebacks(inner, FOREIGN_TRACEBACKS, frames) else {
+        free_table(inner, slots);
+        return false;
+    };
+    *foreign = Some(Tracer::new(TracerStorage { slots, tracebacks }));
     true
 }
 
@@ -606,12 +599,7 @@ pub(crate) fn on_alloc(inner: &dyn GlobalAlloc, addr: usize, size: usize) {
 /// # Safety
 /// The caller's `GlobalAlloc::dealloc` contract for `ptr` and `layout`.
 #[inline(always)]
-pub(crate) unsafe fn dealloc(
-    inner: &dyn GlobalAlloc,
-    id: deferred::InnerId,
-    ptr: *mut u8,
-    layout: Layout,
-) {
+pub(crate) unsafe fn dealloc(inner: &dyn GlobalAlloc, ptr: *mut u8, layout: Layout) {
     let guard = if sampler::maybe_traced(ptr as usize) {
         Guard::enter()
     } else {
@@ -622,7 +610,7 @@ pub(crate) unsafe fn dealloc(
         return unsafe { inner.dealloc(ptr, layout) };
     };
     let addr = ptr as usize;
-    if deferred::queue(inner, id, addr, layout) {
+    if deferred::queue(inner, addr, layout) {
         return;
     }
     forget_locked(&mut shard_of(addr).lock(), addr);
@@ -857,7 +845,7 @@ fn release_storage() {
     if is_on_state(STATE.load(Acquire)) {
         return; // started again since
     }
-    if let Some(inner) = deferred::global_inner_if(storage::source()) {
+    if let Some(inner) = deferred::global_inner_at(storage::source()) {
         free_storage(inner);
     }
 }
@@ -885,9 +873,7 @@ fn free_storage(inner: &dyn GlobalAlloc) {
 fn free_tracer(inner: &dyn GlobalAlloc, tracer: Tracer<'static>) {
     let storage = tracer.into_storage();
     free_table(inner, storage.slots);
-    free_array(inner, storage.tracebacks.entries);
-    free_array(inner, storage.tracebacks.index);
-    free_array(inner, storage.tracebacks.frames);
+    free_tracebacks(inner, storage.tracebacks);
 }
 
 /// Python's `clear_traces()`. Every shard stays locked until the traceback store is cleared,

@@ -10,28 +10,27 @@ use core::alloc::{GlobalAlloc, Layout};
 use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use tracemalloc_core::table::Slot;
+use tracemalloc_core::traceback::{TracebackEntry, TracebackStorage};
 
-use crate::deferred::words_of;
+use crate::allocator::inner_address;
 
-/// The source's reference as two words ([`words_of`]); zeros until the first arming.
-static SOURCE: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(0)];
+/// The source's [`inner_address`]; 0 until the first arming.
+static SOURCE: AtomicUsize = AtomicUsize::new(0);
 
 /// Makes `inner` the allocator the tracer's storage comes from. Called by an arming that finds
 /// no storage, before it allocates any.
 pub(crate) fn set_source(inner: &dyn GlobalAlloc) {
-    let words = words_of(inner);
-    SOURCE[0].store(words[0], Relaxed);
-    SOURCE[1].store(words[1], Relaxed);
+    SOURCE.store(inner_address(inner), Relaxed);
 }
 
 /// Whether the tracer's storage comes from `inner`, so that `inner` may grow it.
 pub(crate) fn is_source(inner: &dyn GlobalAlloc) -> bool {
-    source() == words_of(inner)
+    SOURCE.load(Relaxed) == inner_address(inner)
 }
 
-/// The words of the allocator the storage comes from.
-pub(crate) fn source() -> [usize; 2] {
-    [SOURCE[0].load(Relaxed), SOURCE[1].load(Relaxed)]
+/// The [`inner_address`] of the allocator the storage comes from.
+pub(crate) fn source() -> usize {
+    SOURCE.load(Relaxed)
 }
 
 /// A zeroed array of `len` values from `inner`, or `None` when it has no memory.
@@ -110,6 +109,45 @@ pub(crate) fn free_table(inner: &dyn GlobalAlloc, table: &'static mut [Slot]) {
         // caller gave up its only reference.
         unsafe { inner.dealloc(table.as_mut_ptr().cast(), layout) }
     }
+}
+
+/// Bytes [`allocate_tracebacks`] takes for `entries` tracebacks and `frames` frames.
+pub(crate) fn tracebacks_bytes(entries: usize, frames: usize) -> usize {
+    entries * size_of::<TracebackEntry>()
+        + (entries * 2).next_power_of_two() * size_of::<u32>()
+        + frames * size_of::<usize>()
+}
+
+/// Storage for a traceback store of `entries` tracebacks and `frames` frames in all: all of it,
+/// or nothing.
+pub(crate) fn allocate_tracebacks(
+    inner: &dyn GlobalAlloc,
+    entries: usize,
+    frames: usize,
+) -> Option<TracebackStorage<'static>> {
+    let entries_array = allocate_array::<TracebackEntry>(inner, entries)?;
+    let Some(index) = allocate_array::<u32>(inner, (entries * 2).next_power_of_two()) else {
+        free_array(inner, entries_array);
+        return None;
+    };
+    let Some(frames) = allocate_array::<usize>(inner, frames) else {
+        free_array(inner, entries_array);
+        free_array(inner, index);
+        return None;
+    };
+    Some(TracebackStorage {
+        entries: entries_array,
+        index,
+        frames,
+    })
+}
+
+/// Gives storage from [`allocate_tracebacks`] back to `inner` (a shard tracer's empty arrays
+/// are skipped).
+pub(crate) fn free_tracebacks(inner: &dyn GlobalAlloc, storage: TracebackStorage<'static>) {
+    free_array(inner, storage.entries);
+    free_array(inner, storage.index);
+    free_array(inner, storage.frames);
 }
 
 /// An uninitialised array of `len` values from `inner` (not zeroed: a capture buffer is written

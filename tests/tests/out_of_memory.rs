@@ -1,36 +1,55 @@
 //! A `start()` whose inner allocator runs out of memory part-way says so, keeps nothing of
-//! what it took, and leaves the tracer able to start and stop cleanly afterwards.
+//! what it took (the inner allocator holds what it held before), and leaves the tracer able to
+//! start and stop cleanly afterwards.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicIsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicIsize, AtomicUsize, Ordering::Relaxed};
 
 use tracemalloc::TracingAllocator;
+use tracemalloc_core::traceback::TracebackEntry;
 
-/// When positive, counts down large zeroed allocations (the tracer's tables) and fails the one
-/// that reaches zero.
+/// Zeroed allocations whose size passes `FAIL_WHEN` are counted down from `FAIL_IN`; the one
+/// that reaches zero fails.
 static FAIL_IN: AtomicIsize = AtomicIsize::new(0);
+/// 0: at least 64 KiB (the shards' tables); otherwise exactly this many bytes.
+static FAIL_WHEN: AtomicUsize = AtomicUsize::new(0);
+/// Bytes the inner allocator holds.
+static LIVE: AtomicI64 = AtomicI64::new(0);
 
-/// `System`, with a table allocation that fails on demand.
+/// `System`, counting live bytes, with a zeroed allocation that fails on demand.
 struct Flaky;
 
+fn fails(size: usize) -> bool {
+    let matches = match FAIL_WHEN.load(Relaxed) {
+        0 => size >= 64 * 1024,
+        exact => size == exact,
+    };
+    matches && FAIL_IN.load(Relaxed) > 0 && FAIL_IN.fetch_sub(1, Relaxed) == 1
+}
+
+fn counted(ptr: *mut u8, layout: Layout) -> *mut u8 {
+    if !ptr.is_null() {
+        LIVE.fetch_add(layout.size() as i64, Relaxed);
+    }
+    ptr
+}
+
 // SAFETY: forwards to `System`, or fails an allocation by returning null, which `GlobalAlloc`
-// allows.
+// allows; the counting never touches the blocks.
 unsafe impl GlobalAlloc for Flaky {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: the caller's contract is forwarded.
-        unsafe { System.alloc(layout) }
+        counted(unsafe { System.alloc(layout) }, layout)
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if layout.size() >= 64 * 1024
-            && FAIL_IN.load(Relaxed) > 0
-            && FAIL_IN.fetch_sub(1, Relaxed) == 1
-        {
+        if fails(layout.size()) {
             return std::ptr::null_mut();
         }
         // SAFETY: the caller's contract is forwarded.
-        unsafe { System.alloc_zeroed(layout) }
+        counted(unsafe { System.alloc_zeroed(layout) }, layout)
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as i64, Relaxed);
         // SAFETY: the caller's contract is forwarded.
         unsafe { System.dealloc(ptr, layout) }
     }
@@ -39,18 +58,35 @@ unsafe impl GlobalAlloc for Flaky {
 #[global_allocator]
 static ALLOC: TracingAllocator<Flaky> = TracingAllocator::new(Flaky);
 
+/// Makes `start(1)` fail at the `nth` zeroed allocation that `when` selects, and checks that
+/// nothing stays behind.
+fn start_fails_and_keeps_nothing(when: usize, nth: isize, what: &str) {
+    let before = LIVE.load(Relaxed);
+    FAIL_WHEN.store(when, Relaxed);
+    FAIL_IN.store(nth, Relaxed);
+    let err = tracemalloc::start(1).unwrap_err();
+    FAIL_IN.store(0, Relaxed);
+    assert!(
+        matches!(err, tracemalloc::Error::OutOfMemory),
+        "{what}: {err}"
+    );
+    assert!(!tracemalloc::is_tracing());
+    assert_eq!(tracemalloc::tracemalloc_memory(), 0, "{what}");
+    // The test harness's other threads may allocate a little meanwhile.
+    let kept = LIVE.load(Relaxed) - before;
+    assert!(
+        kept.abs() < 4096,
+        "{what}: the failed start kept {kept} bytes"
+    );
+}
+
 #[test]
 fn a_start_that_runs_out_of_memory_keeps_nothing() {
-    FAIL_IN.store(2, Relaxed); // the first shard's table is allocated, the second's fails
-    let err = tracemalloc::start(1).unwrap_err();
-    assert!(matches!(err, tracemalloc::Error::OutOfMemory), "{err}");
-    assert!(!tracemalloc::is_tracing());
-    assert_eq!(
-        tracemalloc::tracemalloc_memory(),
-        0,
-        "the failed start kept part of its tables"
-    );
+    start_fails_and_keeps_nothing(0, 2, "the second shard's table");
+    let foreign_entries = 1024 * size_of::<TracebackEntry>();
+    start_fails_and_keeps_nothing(foreign_entries, 1, "the other domains' tracebacks");
 
+    let before = LIVE.load(Relaxed);
     tracemalloc::start(1).unwrap();
     assert!(tracemalloc::tracemalloc_memory() > 0);
     tracemalloc::stop();
@@ -59,4 +95,6 @@ fn a_start_that_runs_out_of_memory_keeps_nothing() {
         0,
         "stop() kept the tracer's memory"
     );
+    let kept = LIVE.load(Relaxed) - before;
+    assert!(kept.abs() < 4096, "stop() kept {kept} bytes");
 }
