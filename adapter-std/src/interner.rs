@@ -156,7 +156,10 @@ pub(crate) fn reset(
             store.clear();
             true
         }
-        None => match allocate_tracebacks(inner, entries, entries * depth) {
+        None => match entries
+            .checked_mul(depth)
+            .and_then(|frames| allocate_tracebacks(inner, entries, frames))
+        {
             Some(storage) => {
                 *store = Some(TracebackStore::new(storage));
                 true

@@ -503,8 +503,9 @@ fn allocate_shards(inner: &dyn GlobalAlloc, config: &Config) -> bool {
             tracer.clear();
             continue;
         }
-        let Some(slots) = allocate_table(inner, config.initial_slots_per_shard.next_power_of_two())
-        else {
+        // An absurd size is a request no allocator can meet: the start fails for memory.
+        let slots = config.initial_slots_per_shard.checked_next_power_of_two();
+        let Some(slots) = slots.and_then(|len| allocate_table(inner, len)) else {
             return false;
         };
         // The shards' own traceback stores stay empty: they record ids of the shared store.

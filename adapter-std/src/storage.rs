@@ -113,9 +113,14 @@ pub(crate) fn free_table(inner: &dyn GlobalAlloc, table: &'static mut [Slot]) {
 
 /// Bytes [`allocate_tracebacks`] takes for `entries` tracebacks and `frames` frames.
 pub(crate) fn tracebacks_bytes(entries: usize, frames: usize) -> usize {
-    entries * size_of::<TracebackEntry>()
-        + (entries * 2).next_power_of_two() * size_of::<u32>()
-        + frames * size_of::<usize>()
+    let index = entries
+        .saturating_mul(2)
+        .checked_next_power_of_two()
+        .unwrap_or(usize::MAX);
+    entries
+        .saturating_mul(size_of::<TracebackEntry>())
+        .saturating_add(index.saturating_mul(size_of::<u32>()))
+        .saturating_add(frames.saturating_mul(size_of::<usize>()))
 }
 
 /// Storage for a traceback store of `entries` tracebacks and `frames` frames in all: all of it,
@@ -125,8 +130,9 @@ pub(crate) fn allocate_tracebacks(
     entries: usize,
     frames: usize,
 ) -> Option<TracebackStorage<'static>> {
+    let index_len = entries.checked_mul(2)?.checked_next_power_of_two()?;
     let entries_array = allocate_array::<TracebackEntry>(inner, entries)?;
-    let Some(index) = allocate_array::<u32>(inner, (entries * 2).next_power_of_two()) else {
+    let Some(index) = allocate_array::<u32>(inner, index_len) else {
         free_array(inner, entries_array);
         return None;
     };

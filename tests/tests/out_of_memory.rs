@@ -58,6 +58,9 @@ unsafe impl GlobalAlloc for Flaky {
 #[global_allocator]
 static ALLOC: TracingAllocator<Flaky> = TracingAllocator::new(Flaky);
 
+/// The tests start and stop the tracer and count live bytes: one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Makes `start(1)` fail at the `nth` zeroed allocation that `when` selects, and checks that
 /// nothing stays behind.
 fn start_fails_and_keeps_nothing(when: usize, nth: isize, what: &str) {
@@ -82,6 +85,7 @@ fn start_fails_and_keeps_nothing(when: usize, nth: isize, what: &str) {
 
 #[test]
 fn a_start_that_runs_out_of_memory_keeps_nothing() {
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     start_fails_and_keeps_nothing(0, 2, "the second shard's table");
     let foreign_entries = 1024 * size_of::<TracebackEntry>();
     start_fails_and_keeps_nothing(foreign_entries, 1, "the other domains' tracebacks");
@@ -97,4 +101,23 @@ fn a_start_that_runs_out_of_memory_keeps_nothing() {
     );
     let kept = LIVE.load(Relaxed) - before;
     assert!(kept.abs() < 4096, "stop() kept {kept} bytes");
+}
+
+#[test]
+fn absurd_table_sizes_are_a_lack_of_memory_not_a_panic() {
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    for config in [
+        tracemalloc::Config {
+            initial_slots_per_shard: usize::MAX,
+            ..tracemalloc::Config::default()
+        },
+        tracemalloc::Config {
+            initial_tracebacks: usize::MAX / 2,
+            ..tracemalloc::Config::default()
+        },
+    ] {
+        let err = tracemalloc::start_with(config).unwrap_err();
+        assert!(matches!(err, tracemalloc::Error::OutOfMemory), "{err}");
+        assert!(!tracemalloc::is_tracing());
+    }
 }
