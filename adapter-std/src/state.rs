@@ -29,7 +29,7 @@ use crate::interner;
 use crate::sampler;
 use crate::storage::{
     self, allocate_table, allocate_tracebacks, allocate_uninit, free_array, free_table,
-    free_tracebacks,
+    free_tracebacks, TablePages,
 };
 use crate::Config;
 
@@ -80,12 +80,15 @@ static ARMING: spin::Mutex<()> = spin::Mutex::new(());
 struct Shard {
     tracer: Option<Tracer<'static>>,
     grow: bool,
+    /// How the table's pages were taken (its free repeats it).
+    pages: TablePages,
 }
 
 #[allow(clippy::declare_interior_mutable_const)]
 const EMPTY_SHARD: spin::Mutex<Shard> = spin::Mutex::new(Shard {
     tracer: None,
     grow: true,
+    pages: TablePages::Small,
 });
 static SHARD_TABLE: [spin::Mutex<Shard>; SHARDS] = [EMPTY_SHARD; SHARDS];
 
@@ -505,9 +508,10 @@ fn allocate_shards(inner: &dyn GlobalAlloc, config: &Config) -> bool {
         }
         // An absurd size is a request no allocator can meet: the start fails for memory.
         let slots = config.initial_slots_per_shard.checked_next_power_of_two();
-        let Some(slots) = slots.and_then(|len| allocate_table(inner, len)) else {
+        let Some((slots, pages)) = slots.and_then(|len| allocate_table(inner, len)) else {
             return false;
         };
+        shard.pages = pages;
         // The shards' own traceback stores stay empty: they record ids of the shared store.
         let tracer = Tracer::new(TracerStorage {
             slots,
@@ -531,11 +535,13 @@ fn allocate_foreign(inner: &dyn GlobalAlloc, depth: usize) -> bool {
         return true;
     }
     let frames = FOREIGN_TRACEBACKS * depth.clamp(4, STACK_FRAMES);
-    let Some(slots) = allocate_table(inner, FOREIGN_SLOTS) else {
+    // Small enough for plain pages, which `free_storage` assumes.
+    const _: () = assert!(FOREIGN_SLOTS * size_of::<Slot>() < 1 << 20);
+    let Some((slots, pages)) = allocate_table(inner, FOREIGN_SLOTS) else {
         return false;
     };
     let Some(tracebacks) = allocate_tracebacks(inner, FOREIGN_TRACEBACKS, frames) else {
-        free_table(inner, slots);
+        free_table(inner, slots, pages);
         return false;
     };
     *foreign = Some(Tracer::new(TracerStorage { slots, tracebacks }));
@@ -733,7 +739,7 @@ fn insert_locked(
         return false;
     };
     if grow && tracer.table_is_full() {
-        grow_table(inner, index, tracer);
+        grow_table(inner, index, tracer, &mut shard.pages);
     }
     let (before, traces_before) = (tracer.counters().current, tracer.counters().traces);
     let recorded = tracer.record_alloc_with(DEFAULT_DOMAIN, addr, size, id);
@@ -808,17 +814,25 @@ fn forget_in(tracer: &mut Tracer<'static>, domain: u32, addr: usize, interval: u
 /// Doubles a shard's table. On failure the table stays as it was and the block that triggered
 /// the growth is counted as untraced by the core.
 #[cold]
-fn grow_table(inner: &dyn GlobalAlloc, shard: usize, tracer: &mut Tracer<'static>) {
+fn grow_table(
+    inner: &dyn GlobalAlloc,
+    shard: usize,
+    tracer: &mut Tracer<'static>,
+    pages: &mut TablePages,
+) {
     if !storage::is_source(inner) {
         return; // another wrapper's allocator: the table must not mix the two
     }
     let len = tracer.table().slot_count().max(1) * 2;
-    let Some(bigger) = allocate_table(inner, len) else {
+    let Some((bigger, bigger_pages)) = allocate_table(inner, len) else {
         return;
     };
     match tracer.migrate_table(bigger) {
-        Ok(old) => free_table(inner, old),
-        Err(unused) => free_table(inner, unused),
+        Ok(old) => {
+            free_table(inner, old, *pages);
+            *pages = bigger_pages;
+        }
+        Err(unused) => free_table(inner, unused, bigger_pages),
     }
     publish_hint(shard, tracer);
 }
@@ -861,19 +875,19 @@ fn free_storage(inner: &dyn GlobalAlloc) {
         hint.base.store(0, Relaxed);
         hint.log2_slots.store(0, Relaxed);
         if let Some(tracer) = shard.tracer.take() {
-            free_tracer(inner, tracer);
+            free_tracer(inner, tracer, shard.pages);
         }
     }
     if let Some(tracer) = FOREIGN.lock().take() {
-        free_tracer(inner, tracer);
+        free_tracer(inner, tracer, TablePages::Small);
     }
     interner::release(inner);
     drop(locked);
 }
 
-fn free_tracer(inner: &dyn GlobalAlloc, tracer: Tracer<'static>) {
+fn free_tracer(inner: &dyn GlobalAlloc, tracer: Tracer<'static>, pages: TablePages) {
     let storage = tracer.into_storage();
-    free_table(inner, storage.slots);
+    free_table(inner, storage.slots, pages);
     free_tracebacks(inner, storage.tracebacks);
 }
 

@@ -60,53 +60,64 @@ pub(crate) fn allocate_array<T>(inner: &dyn GlobalAlloc, len: usize) -> Option<&
 const HUGE_TABLE_BYTES: usize = 4 << 20;
 const HUGE_PAGE_BYTES: usize = 2 << 20;
 
-/// The layout of a table of `len` slots (at least one).
-fn table_layout(len: usize) -> Option<Layout> {
+/// How a table's pages were taken, which its free must repeat.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum TablePages {
+    /// Plain pages ([`allocate_array`]'s layout).
+    #[default]
+    Small,
+    /// 2 MiB-aligned and advised onto huge pages.
+    Huge,
+}
+
+/// The layout of a table of `len` slots (at least one) on `pages`.
+fn table_layout(len: usize, pages: TablePages) -> Option<Layout> {
     let layout = Layout::array::<Slot>(len.max(1)).ok()?;
-    if layout.size() >= HUGE_TABLE_BYTES {
-        layout.align_to(HUGE_PAGE_BYTES).ok()
-    } else {
-        Some(layout)
+    match pages {
+        TablePages::Small => Some(layout),
+        TablePages::Huge => layout.align_to(HUGE_PAGE_BYTES).ok(),
     }
 }
 
-/// A table of `len` empty slots from `inner`, on huge pages when it is large; give it back
-/// with [`free_table`].
-pub(crate) fn allocate_table(inner: &dyn GlobalAlloc, len: usize) -> Option<&'static mut [Slot]> {
-    let layout = table_layout(len)?;
-    if layout.align() < HUGE_PAGE_BYTES {
-        return allocate_array(inner, len);
-    }
-    // SAFETY: the layout has a non-zero size. The advice only changes how the pages are
-    // backed, and covers whole 2 MiB pages of this block alone (its start is aligned and its
-    // size a multiple of 2 MiB: a power-of-two number of 16-byte slots of at least 4 MiB). The
-    // block is zeroed after the advice, so its pages are first touched as huge pages, and an
-    // all-zero `Slot` is an empty one. The slice is the block's only reference until
-    // `free_table`.
-    unsafe {
-        let ptr = inner.alloc(layout);
-        if ptr.is_null() {
-            return None;
+/// A table of `len` empty slots from `inner`, on huge pages when it is large and `inner` gives
+/// it the alignment (else on plain pages); give it back with [`free_table`] and the same
+/// [`TablePages`].
+pub(crate) fn allocate_table(
+    inner: &dyn GlobalAlloc,
+    len: usize,
+) -> Option<(&'static mut [Slot], TablePages)> {
+    let huge = table_layout(len, TablePages::Huge).filter(|l| l.size() >= HUGE_TABLE_BYTES);
+    if let Some(layout) = huge {
+        // SAFETY: the layout has a non-zero size. The advice only changes how the pages are
+        // backed, and covers whole 2 MiB pages of this block alone (its start is aligned and
+        // its size a multiple of 2 MiB: a power-of-two number of 16-byte slots of at least
+        // 4 MiB). The block is zeroed after the advice, so its pages are first touched as huge
+        // pages, and an all-zero `Slot` is an empty one. The slice is the block's only
+        // reference until `free_table`.
+        unsafe {
+            let ptr = inner.alloc(layout);
+            if !ptr.is_null() {
+                #[cfg(target_os = "linux")]
+                libc::madvise(ptr.cast(), layout.size(), libc::MADV_HUGEPAGE);
+                core::ptr::write_bytes(ptr, 0, layout.size());
+                let table = core::slice::from_raw_parts_mut(ptr.cast::<Slot>(), len.max(1));
+                return Some((table, TablePages::Huge));
+            }
         }
-        #[cfg(target_os = "linux")]
-        libc::madvise(ptr.cast(), layout.size(), libc::MADV_HUGEPAGE);
-        core::ptr::write_bytes(ptr, 0, layout.size());
-        Some(core::slice::from_raw_parts_mut(
-            ptr.cast::<Slot>(),
-            len.max(1),
-        ))
     }
+    // Small, or an allocator that cannot align it to 2 MiB: plain pages.
+    Some((allocate_array(inner, len)?, TablePages::Small))
 }
 
 /// Gives a table from [`allocate_table`] back to `inner`.
-pub(crate) fn free_table(inner: &dyn GlobalAlloc, table: &'static mut [Slot]) {
+pub(crate) fn free_table(inner: &dyn GlobalAlloc, table: &'static mut [Slot], pages: TablePages) {
     if table.is_empty() {
         return;
     }
-    if let Some(layout) = table_layout(table.len()) {
-        // SAFETY: `table` came from `allocate_table` on this allocator with this length (tables
-        // hand back exactly the storage they were given), so the layout matches, and the
-        // caller gave up its only reference.
+    if let Some(layout) = table_layout(table.len(), pages) {
+        // SAFETY: `table` came from `allocate_table` on this allocator with this length and
+        // these pages (tables hand back exactly the storage they were given), so the layout
+        // matches, and the caller gave up its only reference.
         unsafe { inner.dealloc(table.as_mut_ptr().cast(), layout) }
     }
 }
@@ -197,13 +208,14 @@ mod tests {
     #[test]
     fn large_tables_start_on_a_huge_page_and_every_table_starts_empty() {
         for (len, aligned) in [(1, false), (4096, false), (1 << 18, true), (1 << 19, true)] {
-            let table = allocate_table(&System, len).expect("memory for a table");
+            let (table, pages) = allocate_table(&System, len).expect("memory for a table");
             assert_eq!(table.len(), len);
+            assert_eq!(pages == TablePages::Huge, aligned, "{len} slots");
             if aligned {
                 assert_eq!(table.as_ptr() as usize % HUGE_PAGE_BYTES, 0, "{len} slots");
             }
             assert!(table.iter().all(|slot| !slot.is_occupied()), "{len} slots");
-            free_table(&System, table);
+            free_table(&System, table, pages);
         }
     }
 }

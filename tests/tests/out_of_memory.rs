@@ -1,9 +1,10 @@
 //! A `start()` whose inner allocator runs out of memory part-way says so, keeps nothing of
 //! what it took (the inner allocator holds what it held before), and leaves the tracer able to
-//! start and stop cleanly afterwards.
+//! start and stop cleanly afterwards. An inner allocator that cannot align large tables to huge
+//! pages still gets them, and gets each back with the layout it handed out.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicI64, AtomicIsize, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicIsize, AtomicUsize, Ordering::Relaxed};
 
 use tracemalloc::TracingAllocator;
 use tracemalloc_core::traceback::TracebackEntry;
@@ -15,9 +16,42 @@ static FAIL_IN: AtomicIsize = AtomicIsize::new(0);
 static FAIL_WHEN: AtomicUsize = AtomicUsize::new(0);
 /// Bytes the inner allocator holds.
 static LIVE: AtomicI64 = AtomicI64::new(0);
+/// Set when a block of 1 MiB or more came back with another layout than it was given.
+static WRONG_LAYOUT: AtomicBool = AtomicBool::new(false);
+/// Whether alignments beyond a page are refused (as some arena allocators do).
+static PAGE_ALIGN_ONLY: AtomicBool = AtomicBool::new(false);
 
-/// `System`, counting live bytes, with a zeroed allocation that fails on demand.
-struct Flaky;
+/// The live blocks of 1 MiB or more (the tracer's tables): `(address, size, align)`, zeros for
+/// a free entry.
+static BIG: Lock<[(usize, usize, usize); 256]> = Lock::new([(0, 0, 0); 256]);
+
+/// A lock that never allocates: the allocator itself takes it.
+struct Lock<T> {
+    held: AtomicBool,
+    value: std::cell::UnsafeCell<T>,
+}
+
+// SAFETY: the value is reached only through `with`, which holds `held`.
+unsafe impl<T: Send> Sync for Lock<T> {}
+
+impl<T> Lock<T> {
+    const fn new(value: T) -> Self {
+        Lock {
+            held: AtomicBool::new(false),
+            value: std::cell::UnsafeCell::new(value),
+        }
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
+        while self.held.swap(true, std::sync::atomic::Ordering::Acquire) {
+            std::hint::spin_loop();
+        }
+        // SAFETY: `held` was false and is now ours, so no other reference exists.
+        let result = f(unsafe { &mut *self.value.get() });
+        self.held.store(false, std::sync::atomic::Ordering::Release);
+        result
+    }
+}
 
 fn fails(size: usize) -> bool {
     let matches = match FAIL_WHEN.load(Relaxed) {
@@ -27,29 +61,62 @@ fn fails(size: usize) -> bool {
     matches && FAIL_IN.load(Relaxed) > 0 && FAIL_IN.fetch_sub(1, Relaxed) == 1
 }
 
-fn counted(ptr: *mut u8, layout: Layout) -> *mut u8 {
-    if !ptr.is_null() {
-        LIVE.fetch_add(layout.size() as i64, Relaxed);
+/// Counts a block the inner allocator handed out, and notes the layout of a big one.
+fn handed_out(ptr: *mut u8, layout: Layout) -> *mut u8 {
+    if ptr.is_null() {
+        return ptr;
+    }
+    LIVE.fetch_add(layout.size() as i64, Relaxed);
+    if layout.size() >= 1 << 20 {
+        BIG.with(|big| {
+            if let Some(entry) = big.iter_mut().find(|e| e.0 == 0) {
+                *entry = (ptr as usize, layout.size(), layout.align());
+            }
+        });
     }
     ptr
 }
 
+/// Counts a block given back, and checks a big one's layout.
+fn given_back(ptr: *mut u8, layout: Layout) {
+    LIVE.fetch_sub(layout.size() as i64, Relaxed);
+    if layout.size() >= 1 << 20 {
+        BIG.with(|big| match big.iter_mut().find(|e| e.0 == ptr as usize) {
+            Some(entry) if (entry.1, entry.2) == (layout.size(), layout.align()) => {
+                *entry = (0, 0, 0);
+            }
+            _ => WRONG_LAYOUT.store(true, Relaxed),
+        });
+    }
+}
+
+/// `System`, counting live bytes, with a zeroed allocation that fails on demand and, on
+/// demand, no alignment beyond a page.
+struct Flaky;
+
+fn refused(layout: Layout) -> bool {
+    layout.align() > 4096 && PAGE_ALIGN_ONLY.load(Relaxed)
+}
+
 // SAFETY: forwards to `System`, or fails an allocation by returning null, which `GlobalAlloc`
-// allows; the counting never touches the blocks.
+// allows; the bookkeeping never touches the blocks.
 unsafe impl GlobalAlloc for Flaky {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: the caller's contract is forwarded.
-        counted(unsafe { System.alloc(layout) }, layout)
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if fails(layout.size()) {
+        if refused(layout) {
             return std::ptr::null_mut();
         }
         // SAFETY: the caller's contract is forwarded.
-        counted(unsafe { System.alloc_zeroed(layout) }, layout)
+        handed_out(unsafe { System.alloc(layout) }, layout)
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if fails(layout.size()) || refused(layout) {
+            return std::ptr::null_mut();
+        }
+        // SAFETY: the caller's contract is forwarded.
+        handed_out(unsafe { System.alloc_zeroed(layout) }, layout)
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as i64, Relaxed);
+        given_back(ptr, layout);
         // SAFETY: the caller's contract is forwarded.
         unsafe { System.dealloc(ptr, layout) }
     }
@@ -120,4 +187,52 @@ fn absurd_table_sizes_are_a_lack_of_memory_not_a_panic() {
         assert!(matches!(err, tracemalloc::Error::OutOfMemory), "{err}");
         assert!(!tracemalloc::is_tracing());
     }
+}
+
+/// Starts with `config`, allocates `blocks` small blocks, and checks that the tracer then holds
+/// more than `at_least` bytes, that no block went untraced and that every table came back with
+/// its layout.
+fn tables_come_back_with_their_layout(config: tracemalloc::Config, blocks: usize, at_least: usize) {
+    tracemalloc::start_with(config).unwrap();
+    let live: Vec<Box<[u8; 16]>> = (0..blocks).map(|_| Box::new([0; 16])).collect();
+    let memory = tracemalloc::tracemalloc_memory();
+    let snapshot = tracemalloc::take_snapshot().unwrap();
+    assert_eq!(snapshot.counters.untraced_blocks, 0);
+    assert!(snapshot.traces.len() >= blocks);
+    drop((live, snapshot));
+    tracemalloc::stop();
+    assert!(
+        memory > at_least,
+        "{memory} bytes of tracer, expected over {at_least}"
+    );
+    assert!(
+        !WRONG_LAYOUT.load(Relaxed),
+        "a table came back with another layout"
+    );
+}
+
+#[test]
+fn large_tables_fall_back_to_plain_pages_where_huge_ones_cannot_be_aligned() {
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    PAGE_ALIGN_ONLY.store(true, Relaxed);
+    // Tables of 4 MiB from the start: each asks for huge pages first.
+    let config = tracemalloc::Config {
+        initial_slots_per_shard: 1 << 18,
+        ..tracemalloc::Config::default()
+    };
+    tables_come_back_with_their_layout(config, 50_000, (16 << 22) - 1);
+    PAGE_ALIGN_ONLY.store(false, Relaxed);
+}
+
+#[test]
+fn tables_that_grow_onto_huge_pages_come_back_with_their_layout() {
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // 2 MiB tables to start with (98 304 traces each): the 1.6 M blocks fill about 50 chunks
+    // of 1 MiB, 3 a shard on average, so shards with 4 or more move to 4 MiB tables on huge
+    // pages and give back the old ones.
+    let config = tracemalloc::Config {
+        initial_slots_per_shard: 1 << 17,
+        ..tracemalloc::Config::default()
+    };
+    tables_come_back_with_their_layout(config, 1_600_000, 16 << 21);
 }
