@@ -60,6 +60,14 @@ fn returned_by<T>(f: impl FnOnce() -> T) -> (i64, T) {
 /// What spawning a thread and two channels allocates, at most.
 const THREAD_OVERHEAD: i64 = 8 * 1024;
 
+/// Checks that the inner allocator got back at least `bytes` (less a thread's own overhead).
+fn assert_returned_at_least(returned: i64, bytes: i64) {
+    assert!(
+        returned >= bytes - THREAD_OVERHEAD,
+        "only {returned} bytes reached the inner allocator"
+    );
+}
+
 /// A thread that ran its work and stays alive until dropped, so that what the main thread sees
 /// meanwhile is not the thread's exit flush.
 struct LiveThread {
@@ -76,6 +84,12 @@ impl Drop for LiveThread {
             }
         }
     }
+}
+
+/// Runs `free` on a [`LiveThread`]: the bytes the inner allocator got back meanwhile, and the
+/// thread.
+fn returned_by_live_thread(free: impl FnOnce() + Send + 'static) -> (i64, LiveThread) {
+    returned_by(|| on_live_thread(free))
 }
 
 /// Runs `free` on a [`LiveThread`] and waits until it is done.
@@ -98,7 +112,7 @@ fn on_live_thread(free: impl FnOnce() + Send + 'static) -> LiveThread {
 fn small_frees_are_held_back_until_a_batch_fills() {
     traced(|| {
         let blocks = pages(5);
-        let (returned, _thread) = returned_by(|| on_live_thread(move || drop(blocks)));
+        let (returned, _thread) = returned_by_live_thread(move || drop(blocks));
         assert!(
             returned < 2 * 4096,
             "{returned} bytes reached the inner allocator: the frees were not queued"
@@ -112,11 +126,8 @@ fn full_batches_are_applied_without_being_asked() {
         let blocks = pages(48);
         // The thread asks nothing: only full batches are applied, so at most 15 blocks may
         // still be queued.
-        let (returned, _thread) = returned_by(|| on_live_thread(move || drop(blocks)));
-        assert!(
-            returned >= 33 * 4096 - THREAD_OVERHEAD,
-            "only {returned} bytes reached the inner allocator"
-        );
+        let (returned, _thread) = returned_by_live_thread(move || drop(blocks));
+        assert_returned_at_least(returned, 33 * 4096);
     });
 }
 
@@ -124,16 +135,11 @@ fn full_batches_are_applied_without_being_asked() {
 fn a_thread_applies_its_queue_before_it_reports() {
     traced(|| {
         let blocks = pages(10); // and the Vec: 11 frees, under a batch
-        let (returned, _thread) = returned_by(|| {
-            on_live_thread(move || {
-                drop(blocks);
-                let _ = tracemalloc::traced_memory(); // applies this thread's queue
-            })
+        let (returned, _thread) = returned_by_live_thread(move || {
+            drop(blocks);
+            let _ = tracemalloc::traced_memory(); // applies this thread's queue
         });
-        assert!(
-            returned >= 10 * 4096 - THREAD_OVERHEAD,
-            "only {returned} bytes reached the inner allocator"
-        );
+        assert_returned_at_least(returned, 10 * 4096);
     });
 }
 
@@ -142,11 +148,8 @@ fn large_frees_are_not_held_back() {
     traced(|| {
         let block = large();
         assert_eq!(traced_here("LARGE"), Some((64 * 1024, 1)));
-        let (returned, _thread) = returned_by(|| on_live_thread(move || drop(block)));
-        assert!(
-            returned >= 64 * 1024 - THREAD_OVERHEAD,
-            "only {returned} bytes reached the inner allocator"
-        );
+        let (returned, _thread) = returned_by_live_thread(move || drop(block));
+        assert_returned_at_least(returned, 64 * 1024);
         assert_eq!(traced_here("LARGE"), None);
     });
 }
