@@ -12,6 +12,8 @@
 
 use core::mem::MaybeUninit;
 
+use tracemalloc_core::traceback::{fold_frame, HASH_SEED};
+
 /// How call stacks are captured.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Capture {
@@ -117,21 +119,6 @@ pub(crate) struct Stack<'a> {
     pub(crate) total: u16,
     /// [`Captured::hash`] of `frames`.
     pub(crate) hash: u64,
-}
-
-/// Where a stack's running hash starts.
-pub(crate) const HASH_SEED: u64 = 0x243F_6A88_85A3_08D3;
-
-/// Folds the next frame into a stack's running hash. The walk folds each frame as it reads it:
-/// the multiply, add and rotate fit in the latency of the next frame-pointer load, so hashing
-/// costs nothing apart from the walk (hashing in a second pass cost about 1.5 cycles a frame).
-/// An add, not an xor: with an xor the fold was linear and its rotation repeats every 64
-/// frames, so a frame 64 places further on cancelled out, and two recursions of period 2 over
-/// 128 frames hashed alike (the cache would have given one the other's traceback).
-#[inline(always)]
-pub(crate) fn fold_frame(hash: u64, frame: usize) -> u64 {
-    hash.wrapping_add((frame as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
-        .rotate_left(29)
 }
 
 /// Fills `out` with up to `out.len()` frames of the caller's stack, most recent first, and
@@ -353,32 +340,15 @@ mod tests {
                 let mut buf = vec![MaybeUninit::new(0usize); len];
                 let captured = capture(method, &mut buf);
                 // SAFETY: the buffer was initialised before the capture.
-                let folded = buf[..captured.n]
+                let frames: Vec<usize> = buf[..captured.n]
                     .iter()
-                    .fold(HASH_SEED, |h, f| fold_frame(h, unsafe { f.assume_init() }));
+                    .map(|f| unsafe { f.assume_init() })
+                    .collect();
+                let folded = tracemalloc_core::traceback::fold_stack(&frames);
                 assert_eq!(captured.hash, folded, "{method:?}, {len} frames");
                 assert_ne!(captured.hash, HASH_SEED);
             }
         }
-    }
-
-    #[test]
-    fn frames_64_places_apart_do_not_cancel_in_the_hash() {
-        let hash = |frames: &[usize]| frames.iter().fold(HASH_SEED, |h, &f| fold_frame(h, f));
-        // Two recursions of period 2, 128 frames each: with a linear fold both hashed to the
-        // seed's rotation.
-        let a: Vec<usize> = (0..128)
-            .map(|i| [0x5555_1000, 0x5555_2000][i % 2])
-            .collect();
-        let b: Vec<usize> = (0..128)
-            .map(|i| [0x5555_3000, 0x5555_4000][i % 2])
-            .collect();
-        assert_ne!(hash(&a), hash(&b));
-        // Swapping two frames 64 places apart changes the hash.
-        let c: Vec<usize> = (0..130).map(|i| 0x7000_0000 + 16 * i).collect();
-        let mut d = c.clone();
-        d.swap(3, 67);
-        assert_ne!(hash(&c), hash(&d));
     }
 
     #[test]

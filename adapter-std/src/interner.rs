@@ -71,7 +71,7 @@ pub(crate) fn intern(inner: &dyn GlobalAlloc, stack: &Stack<'_>) -> TracebackId 
     if let Ok(Some(id)) = hit {
         return TracebackId::from_index(id);
     }
-    let (id, lasting) = intern_shared(inner, stack.frames, stack.total);
+    let (id, lasting) = intern_shared(inner, stack);
     if lasting {
         let _ = CACHE.try_with(|cache| {
             cache[slot].set(CacheEntry {
@@ -100,16 +100,21 @@ fn cache_key(stack: &Stack<'_>) -> u64 {
 /// the store's lock on every allocation), not when growing failed for want of memory or
 /// before the store exists.
 #[cold]
-fn intern_shared(inner: &dyn GlobalAlloc, frames: &[usize], total: u16) -> (TracebackId, bool) {
+fn intern_shared(inner: &dyn GlobalAlloc, stack: &Stack<'_>) -> (TracebackId, bool) {
+    let Stack {
+        frames,
+        total,
+        hash,
+    } = *stack;
     let mut store = STORE.lock();
     let Some(store) = store.as_mut() else {
         return (TracebackId::OVERFLOW, false);
     };
-    match store.try_intern(0, frames, total) {
+    match store.try_intern_folded(0, frames, total, hash) {
         Ok(id) => (id, true),
         Err(StoreFull) => {
             let at_limit = grow(inner, store, frames.len());
-            let id = store.intern(0, frames, total);
+            let id = store.intern_folded(0, frames, total, hash);
             (id, id != TracebackId::OVERFLOW || at_limit)
         }
     }

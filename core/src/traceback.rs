@@ -124,38 +124,42 @@ pub struct TracebackStore<'a> {
     overflowed: usize,
 }
 
-/// A 64-bit hash of a stack captured in `domain`. It runs on every allocation, so it must be
-/// short on latency: two lanes take alternate frames and only an xor and a rotate sit on each
-/// lane's dependency chain (the multiplies do not), about 3x faster than a serial FNV-style
-/// chain at 24 frames. Adapters use it to key per-thread caches of interned ids.
+/// Where a stack's running hash starts (see [`fold_frame`]).
+pub const HASH_SEED: u64 = 0x243F_6A88_85A3_08D3;
+
+/// Folds the next frame, most recent first, into a stack's running hash. Adapters that walk
+/// the stack fold each frame as they read it: the multiply is off the dependency chain and the
+/// add and rotate fit in the latency of the next frame load, so the hash costs nothing beyond
+/// the walk, and the store reuses it through [`TracebackStore::try_intern_folded`] instead of
+/// hashing the frames again. An add, not an xor: with an xor the fold was linear and its
+/// rotation repeats every 64 frames, so a frame 64 places further on cancelled out.
+#[inline(always)]
+pub fn fold_frame(hash: u64, frame: usize) -> u64 {
+    hash.wrapping_add((frame as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        .rotate_left(29)
+}
+
+/// The running hash of `frames` (most recent first): [`fold_frame`] over them from
+/// [`HASH_SEED`]. Adapters key per-thread caches of interned ids with it.
 #[inline]
-pub fn stack_hash(domain: u32, frames: &[usize]) -> u64 {
-    const K1: u64 = 0x9E37_79B9_7F4A_7C15;
-    const K2: u64 = 0xC2B2_AE3D_27D4_EB4F;
-    let mut a = 0x243F_6A88_85A3_08D3 ^ u64::from(domain);
-    let mut b = frames.len() as u64;
-    let mut pairs = frames.chunks_exact(2);
-    for pair in &mut pairs {
-        a = (a ^ (pair[0] as u64).wrapping_mul(K1)).rotate_left(29);
-        b = (b ^ (pair[1] as u64).wrapping_mul(K2)).rotate_left(31);
-    }
-    if let [last] = pairs.remainder() {
-        a ^= (*last as u64).wrapping_mul(K2);
-    }
-    let h = (a ^ b.rotate_left(17)).wrapping_mul(K1);
-    h ^ (h >> 29)
+pub fn fold_stack(frames: &[usize]) -> u64 {
+    frames.iter().fold(HASH_SEED, |h, &f| fold_frame(h, f))
+}
+
+/// The store's 32-bit hash of a stack captured in `domain`, from its running hash: avalanched,
+/// since the index takes its position from the low bits and its tag from the top byte.
+#[inline]
+fn finish_hash(domain: u32, folded: u64) -> u32 {
+    let h = (folded ^ u64::from(domain).wrapping_mul(0xA24B_AED4_963E_E407))
+        .wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+    let h = h ^ (h >> 29);
+    (h ^ (h >> 32)) as u32
 }
 
 /// The bits of an index cell above the id: the hash's top byte (the position uses its low bits).
 #[inline]
 fn index_tag(hash: u32) -> u32 {
     hash & !TracebackId::MASK
-}
-
-#[inline]
-fn hash_frames(domain: u32, frames: &[usize]) -> u32 {
-    let h = stack_hash(domain, frames);
-    (h ^ (h >> 32)) as u32
 }
 
 impl<'a> TracebackStore<'a> {
@@ -235,7 +239,19 @@ impl<'a> TracebackStore<'a> {
     /// The id of `frames` captured in `domain`, interning it if new; when the store is full,
     /// [`TracebackId::OVERFLOW`] (counted in [`TracebackStore::overflowed`]).
     pub fn intern(&mut self, domain: u32, frames: &[usize], total_nframe: u16) -> TracebackId {
-        match self.try_intern(domain, frames, total_nframe) {
+        self.intern_folded(domain, frames, total_nframe, fold_stack(frames))
+    }
+
+    /// [`TracebackStore::intern`] for a caller that folded the frames already (see
+    /// [`TracebackStore::try_intern_folded`]).
+    pub fn intern_folded(
+        &mut self,
+        domain: u32,
+        frames: &[usize],
+        total_nframe: u16,
+        folded: u64,
+    ) -> TracebackId {
+        match self.try_intern_folded(domain, frames, total_nframe, folded) {
             Ok(id) => id,
             Err(StoreFull) => self.overflow(),
         }
@@ -249,9 +265,26 @@ impl<'a> TracebackStore<'a> {
         frames: &[usize],
         total_nframe: u16,
     ) -> Result<TracebackId, StoreFull> {
+        self.try_intern_folded(domain, frames, total_nframe, fold_stack(frames))
+    }
+
+    /// [`TracebackStore::try_intern`] for a caller that folded the frames already: `folded`
+    /// must be [`fold_stack`]`(frames)`, as a frame-pointer walk computes it on the way.
+    pub fn try_intern_folded(
+        &mut self,
+        domain: u32,
+        frames: &[usize],
+        total_nframe: u16,
+        folded: u64,
+    ) -> Result<TracebackId, StoreFull> {
+        debug_assert_eq!(folded, fold_stack(frames), "not the frames' running hash");
         let len = frames.len().min(u16::MAX as usize);
-        let frames = &frames[..len];
-        let hash = hash_frames(domain, frames);
+        let (frames, folded) = if len < frames.len() {
+            (&frames[..len], fold_stack(&frames[..len]))
+        } else {
+            (frames, folded)
+        };
+        let hash = finish_hash(domain, folded);
         if self.index.is_empty() {
             return Err(StoreFull);
         }
@@ -379,6 +412,34 @@ mod tests {
 
     fn store(a: &mut Arrays) -> TracebackStore<'_> {
         TracebackStore::new(a.storage().tracebacks)
+    }
+
+    #[test]
+    fn frames_64_places_apart_do_not_cancel_in_the_hash() {
+        // Two recursions of period 2, 128 frames each: with a linear fold both hashed to the
+        // seed's rotation.
+        let a: [usize; 128] = core::array::from_fn(|i| [0x5555_1000, 0x5555_2000][i % 2]);
+        let b: [usize; 128] = core::array::from_fn(|i| [0x5555_3000, 0x5555_4000][i % 2]);
+        assert_ne!(fold_stack(&a), fold_stack(&b));
+        // Swapping two frames 64 places apart changes the hash.
+        let c: [usize; 130] = core::array::from_fn(|i| 0x7000_0000 + 16 * i);
+        let mut d = c;
+        d.swap(3, 67);
+        assert_ne!(fold_stack(&c), fold_stack(&d));
+    }
+
+    #[test]
+    fn a_folded_intern_finds_what_a_plain_one_stored() {
+        let mut a = Arrays::new();
+        let mut s = store(&mut a);
+        let frames = [0x10, 0x20, 0x30];
+        let x = s.intern(0, &frames, 3);
+        assert_eq!(s.intern_folded(0, &frames, 3, fold_stack(&frames)), x);
+        assert_eq!(
+            s.try_intern_folded(0, &frames, 3, fold_stack(&frames)),
+            Ok(x)
+        );
+        assert_eq!(s.len(), 2, "the overflow entry and one stack");
     }
 
     #[test]
