@@ -10,8 +10,10 @@
 use core::cell::Cell;
 use core::sync::atomic::{AtomicI64, Ordering::Relaxed};
 
+use tracemalloc_core::sampling::scaled_size;
+
+use crate::interner;
 use crate::state::{self, OwnLine};
-use crate::{interner, sampler};
 
 /// Traced bytes every thread has published. Signed: one thread may publish the frees of
 /// blocks before another publishes their allocation.
@@ -26,8 +28,7 @@ static PEAK: OwnLine<AtomicI64> = OwnLine(AtomicI64::new(0));
 #[inline(always)]
 pub(crate) fn account(added: u64, removed: u64, interval: u64, generation: u32) {
     // Sizes and intervals are bounded (`sampler::MAX_INTERVAL`), so scaled sizes fit an i64.
-    let change =
-        sampler::scaled(added, interval) as i64 - sampler::scaled(removed, interval) as i64;
+    let change = scaled_size(added, interval) as i64 - scaled_size(removed, interval) as i64;
     let pending = PENDING.try_with(|pending| pending.add(change, generation));
     if pending.is_err() {
         publish(change, change.max(0)); // this thread's locals are gone: publish at once

@@ -162,18 +162,6 @@ pub(crate) fn maybe_sampled(addr: usize) -> bool {
     bucket(addr).load(Relaxed) != 0
 }
 
-/// Bytes a traced block of `size` bytes stands for in `traced_memory()`, sampling with
-/// `interval` (from [`interval`]).
-#[inline(always)]
-pub(crate) fn scaled(size: u64, interval: u64) -> u64 {
-    match interval {
-        0 => size,
-        interval => {
-            (size as f64 * tracemalloc_core::sampling::sample_weight(size, interval)).round() as u64
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

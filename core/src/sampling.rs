@@ -22,6 +22,16 @@ pub fn sample_weight(size: u64, interval: u64) -> f64 {
     }
 }
 
+/// The bytes a sampled block of `size` bytes stands for, rounded (`size` itself when
+/// `interval` is 0): what running totals such as the traced size add and remove for it.
+#[inline]
+pub fn scaled_size(size: u64, interval: u64) -> u64 {
+    match interval {
+        0 => size,
+        interval => libm::round(size as f64 * sample_weight(size, interval)) as u64,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,6 +13,7 @@ use core::hash::{Hash, Hasher};
 
 use hashbrown::{HashMap, HashSet};
 
+use crate::sampling::scaled_size;
 use crate::table::Slot;
 use crate::traceback::{TracebackEntry, TracebackId, TracebackStore};
 use crate::tracer::{Counters, Tracer};
@@ -276,8 +277,8 @@ impl RawSnapshot {
 
     /// Leaves the blocks at `addrs` out of the parts copied by [`RawSnapshot::add_sharing`]:
     /// blocks the program has freed while their traces were still in the table when it was
-    /// copied (an adapter that applies frees in batches), so that the snapshot shows what the
-    /// program holds.
+    /// copied (an adapter that applies frees in batches), so that the snapshot and its counters
+    /// show what the program holds.
     pub fn leave_out(&mut self, addrs: &[usize]) {
         self.left_out.extend(addrs);
     }
@@ -316,7 +317,12 @@ impl RawSnapshot {
             for slot in part.slots.iter().filter(|s| s.is_occupied()) {
                 if part.shared && !self.left_out.is_empty() && self.left_out.contains(&slot.addr())
                 {
-                    snapshot.counters.traces = snapshot.counters.traces.saturating_sub(1);
+                    // Freed: out of the counters too, so that they add up to the traces.
+                    let counters = &mut snapshot.counters;
+                    counters.traces = counters.traces.saturating_sub(1);
+                    counters.current = counters
+                        .current
+                        .saturating_sub(scaled_size(slot.size(), self.sample_interval));
                     continue;
                 }
                 let id = slot.traceback().index() as usize;
@@ -445,6 +451,27 @@ mod tests {
         // 0x20 is left out of the shards but not out of domain 7, which shares the address.
         assert_eq!(sizes, [(0, 100), (0, 102), (7, 300)]);
         assert_eq!(snapshot.counters.traces, 3);
+        assert_eq!(snapshot.counters.current, 100 + 102 + 300);
+    }
+
+    #[test]
+    fn left_out_sampled_blocks_leave_the_bytes_they_stand_for() {
+        let (mut a, mut store_arrays) = (Arrays::new(), Arrays::new());
+        let mut store = TracebackStore::new(store_arrays.storage().tracebacks);
+        let id = store.intern(0, &[0x1000], 1);
+        let mut shard = Tracer::new(a.storage());
+        shard.record_alloc_with(0, 0x10, 64, id);
+        shard.record_alloc_with(0, 0x20, 4096, id);
+        let interval = 512 * 1024;
+        let mut raw = RawSnapshot::new(4);
+        raw.add_sharing([&shard], &store);
+        let estimate = scaled_size(64, interval) + scaled_size(4096, interval);
+        raw.set_current_and_peak((estimate, estimate));
+        raw.set_sample_interval(interval);
+        raw.leave_out(&[0x20]);
+        let snapshot = raw.resolve(&mut AddressesOnly);
+        assert_eq!(snapshot.counters.current, scaled_size(64, interval));
+        assert_eq!(snapshot.counters.peak, estimate, "the peak was reached");
     }
 
     #[test]

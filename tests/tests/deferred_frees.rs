@@ -187,6 +187,27 @@ fn snapshots_leave_out_what_other_threads_freed() {
 }
 
 #[test]
+fn a_snapshots_counters_add_up_to_its_traces_while_frees_are_queued() {
+    traced(|| {
+        let blocks = pages(5);
+        // The live thread's queue holds the five pages (and the outer vector).
+        let thread = on_live_thread(move || drop(blocks));
+        let snapshot = tracemalloc::take_snapshot().unwrap();
+        let traces = snapshot.traces.len() as u64;
+        let bytes: u64 = snapshot.traces.iter().map(|t| t.size).sum();
+        assert_eq!(snapshot.counters.traces, traces);
+        // Not exactly equal: the live thread's own allocations (a few hundred bytes here) are
+        // not published yet. The queued pages (20 KiB) must not count.
+        let current = snapshot.counters.current;
+        assert!(
+            current.abs_diff(bytes) < 4096,
+            "counters.current {current}, traces {bytes}: the queued pages still count"
+        );
+        drop(thread);
+    });
+}
+
+#[test]
 fn scoped_threads_frees_are_out_of_the_next_snapshot() {
     traced(|| {
         // `scope()` returns when the closures are done, before the threads' exit flush may run.
