@@ -17,7 +17,9 @@ use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed};
 use tracemalloc_core::traceback::{StoreFull, TracebackId, TracebackStore};
 
 use crate::capture::Stack;
-use crate::storage::{self, allocate_tracebacks, free_tracebacks, tracebacks_bytes};
+use crate::storage::{
+    self, allocate_tracebacks, free_tracebacks, grow_tracebacks, tracebacks_bytes,
+};
 
 /// The shared store; `None` until tracing first starts.
 pub(crate) static STORE: spin::Mutex<Option<TracebackStore<'static>>> = spin::Mutex::new(None);
@@ -130,18 +132,14 @@ fn grow(inner: &dyn GlobalAlloc, store: &mut TracebackStore<'static>, more: usiz
         return false; // another wrapper's allocator: the store must not mix the two
     }
     let capacity = (store.entry_capacity() * 2).clamp(16, TracebackId::MASK as usize + 1);
-    let frame_capacity = (store.frame_count() + more) * 2;
+    // Growth reallocates the frame pool, so it never shrinks.
+    let frame_capacity = ((store.frame_count() + more) * 2).max(store.frame_capacity());
     if tracebacks_bytes(capacity, frame_capacity) > MAX_BYTES.load(Relaxed)
         || capacity <= store.entry_capacity()
     {
         return true;
     }
-    let Some(storage) = allocate_tracebacks(inner, capacity, frame_capacity) else {
-        return false;
-    };
-    match store.migrate(storage) {
-        Ok(old) | Err(old) => free_tracebacks(inner, old),
-    }
+    store.grow_with(|storage| grow_tracebacks(inner, storage, capacity, frame_capacity));
     false
 }
 

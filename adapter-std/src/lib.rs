@@ -153,8 +153,9 @@ pub struct Config {
     /// A program whose every allocation comes from a new call stack (deep recursion) would
     /// otherwise make the store grow with every block; past the limit, new stacks are reported
     /// as `<traceback store full>` and their blocks still count. It bounds growth: a store
-    /// that outlived a `stop()` stays as big as it was; while the store moves to bigger
-    /// storage, both exist for a moment (up to 1.5 times the limit).
+    /// that outlived a `stop()` stays as big as it was. The store grows by reallocating its
+    /// arrays: glibc remaps large blocks without copying, but an allocator that moves a block
+    /// holds both copies of that array for a moment (up to 1.5 times the limit).
     pub max_traceback_memory: usize,
     /// How stacks are captured.
     pub capture: Capture,

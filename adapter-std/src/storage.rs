@@ -159,12 +159,100 @@ pub(crate) fn allocate_tracebacks(
     })
 }
 
+/// Grows a store's storage to `entries` tracebacks and `frames` frames in place: its entries and
+/// frames are reallocated, which keeps their contents (an allocator that remaps pages, as glibc
+/// does for large blocks, copies nothing and never holds both sizes at once), and its index
+/// is new and empty. On failure the storage comes back as it was, but perhaps with longer
+/// entries (still valid for the same store).
+pub(crate) fn grow_tracebacks(
+    inner: &dyn GlobalAlloc,
+    storage: TracebackStorage<'static>,
+    entries: usize,
+    frames: usize,
+) -> Result<TracebackStorage<'static>, TracebackStorage<'static>> {
+    let index_len = entries
+        .checked_mul(2)
+        .and_then(usize::checked_next_power_of_two);
+    let Some(index) = index_len.and_then(|len| allocate_array::<u32>(inner, len)) else {
+        return Err(storage);
+    };
+    let TracebackStorage {
+        entries: old_entries,
+        index: old_index,
+        frames: old_frames,
+    } = storage;
+    let entries = match reallocate_array(inner, old_entries, entries) {
+        Ok(entries) => entries,
+        Err(old_entries) => {
+            free_array(inner, index);
+            return Err(TracebackStorage {
+                entries: old_entries,
+                index: old_index,
+                frames: old_frames,
+            });
+        }
+    };
+    match reallocate_array(inner, old_frames, frames) {
+        Ok(frames) => {
+            free_array(inner, old_index);
+            Ok(TracebackStorage {
+                entries,
+                index,
+                frames,
+            })
+        }
+        Err(old_frames) => {
+            free_array(inner, index);
+            Err(TracebackStorage {
+                entries,
+                index: old_index,
+                frames: old_frames,
+            })
+        }
+    }
+}
+
 /// Gives storage from [`allocate_tracebacks`] back to `inner` (a shard tracer's empty arrays
 /// are skipped).
 pub(crate) fn free_tracebacks(inner: &dyn GlobalAlloc, storage: TracebackStorage<'static>) {
     free_array(inner, storage.entries);
     free_array(inner, storage.index);
     free_array(inner, storage.frames);
+}
+
+/// `array` (from [`allocate_array`]) reallocated to `len` values, or as it is when it has that
+/// many: its values kept and the new ones zeroed. `Err` hands it back unchanged when `inner` has no
+/// memory. Same types as [`allocate_array`].
+fn reallocate_array<T>(
+    inner: &dyn GlobalAlloc,
+    array: &'static mut [T],
+    len: usize,
+) -> Result<&'static mut [T], &'static mut [T]> {
+    let old_len = array.len();
+    let (Ok(old), Ok(new)) = (Layout::array::<T>(old_len), Layout::array::<T>(len)) else {
+        return Err(array);
+    };
+    if old_len == 0 {
+        return Err(array); // not from `allocate_array`
+    }
+    if len <= old_len {
+        return Ok(array); // long enough already
+    }
+    // SAFETY: `array` came from `allocate_array` on `inner` with `old` as its layout (arrays are
+    // handed back with the length they were given), its size is non-zero, and `new` has the
+    // same alignment and a size that does not overflow `isize` (`Layout::array` checked). On
+    // success the old block is gone and only the returned slice refers to the new one, whose
+    // first `old_len` values realloc copied; the rest is zeroed before the slice is made, and
+    // all-zero values of these types are valid.
+    unsafe {
+        let ptr = inner.realloc(array.as_mut_ptr().cast(), old, new.size());
+        if ptr.is_null() {
+            return Err(array);
+        }
+        let ptr = ptr.cast::<T>();
+        core::ptr::write_bytes(ptr.add(old_len), 0, len - old_len);
+        Ok(core::slice::from_raw_parts_mut(ptr, len))
+    }
 }
 
 /// An uninitialised array of `len` values from `inner` (not zeroed: a capture buffer is written

@@ -166,6 +166,13 @@ impl<'a> TracebackStore<'a> {
     /// A store over `storage`, which it clears. Entry capacity is bounded by the index (at most
     /// half of its power-of-two length, to keep probes short) and by 2^24 ids.
     pub fn new(storage: TracebackStorage<'a>) -> TracebackStore<'a> {
+        let mut store = TracebackStore::over(storage);
+        store.clear();
+        store
+    }
+
+    /// A store over `storage` as it is, holding nothing yet (the caller clears or fills it).
+    fn over(storage: TracebackStorage<'a>) -> TracebackStore<'a> {
         let TracebackStorage {
             entries,
             index,
@@ -177,7 +184,7 @@ impl<'a> TracebackStore<'a> {
             1usize << (usize::BITS - 1 - index.len().leading_zeros())
         };
         let index = &mut index[..usable];
-        let mut store = TracebackStore {
+        TracebackStore {
             entries,
             index,
             index_mask: usable.saturating_sub(1),
@@ -185,9 +192,7 @@ impl<'a> TracebackStore<'a> {
             entry_count: 0,
             frame_count: 0,
             overflowed: 0,
-        };
-        store.clear();
-        store
+        }
     }
 
     /// Forgets every traceback (ids handed out before become invalid).
@@ -221,6 +226,11 @@ impl<'a> TracebackStore<'a> {
     /// Frames stored in the pool.
     pub fn frame_count(&self) -> usize {
         self.frame_count
+    }
+
+    /// Frames the pool has room for.
+    pub fn frame_capacity(&self) -> usize {
+        self.frames.len()
     }
 
     /// How many interns were answered with [`TracebackId::OVERFLOW`] since the last clear.
@@ -330,6 +340,57 @@ impl<'a> TracebackStore<'a> {
         Ok(TracebackId(id as u32))
     }
 
+    /// Grows the store in place: `extend` gets the store's storage and returns bigger storage
+    /// whose entries and frames begin with the old ones' contents, as `realloc` keeps them
+    /// (the index may hold anything: the store rebuilds it), or hands the storage back,
+    /// unchanged, when it cannot. Unlike [`TracebackStore::migrate`], nothing is copied here
+    /// and old and new storage never both exist, so an allocator that remaps pages grows a
+    /// store of hundreds of megabytes without doubling it for a moment. Returns whether the
+    /// store grew. Storage that cannot hold what the store held is taken as it is and
+    /// cleared, losing the tracebacks (ids handed out before then read as the overflow one).
+    pub fn grow_with(
+        &mut self,
+        extend: impl FnOnce(TracebackStorage<'a>) -> Result<TracebackStorage<'a>, TracebackStorage<'a>>,
+    ) -> bool {
+        let taken = TracebackStorage {
+            entries: core::mem::take(&mut self.entries),
+            index: core::mem::take(&mut self.index),
+            frames: core::mem::take(&mut self.frames),
+        };
+        let (entry_count, frame_count, overflowed) =
+            (self.entry_count, self.frame_count, self.overflowed);
+        let (storage, grew) = match extend(taken) {
+            Ok(storage) => (storage, true),
+            Err(storage) => (storage, false),
+        };
+        *self = TracebackStore::over(storage);
+        if self.entries.len() < entry_count
+            || self.frames.len() < frame_count
+            || self.entry_capacity() < entry_count
+        {
+            self.clear(); // not what `extend` promised: the store starts again, empty
+            return grew;
+        }
+        self.index.fill(0);
+        self.entry_count = entry_count;
+        self.frame_count = frame_count;
+        self.overflowed = overflowed;
+        self.rebuild_index();
+        grew
+    }
+
+    /// Indexes every entry again, into an index that is all empty.
+    fn rebuild_index(&mut self) {
+        for id in 1..self.entry_count {
+            let hash = self.entries[id].hash;
+            let mut i = hash as usize & self.index_mask;
+            while self.index[i] != 0 {
+                i = (i + 1) & self.index_mask;
+            }
+            self.index[i] = id as u32 | index_tag(hash);
+        }
+    }
+
     /// Moves every traceback into `storage`, keeping their ids, and makes it the store's
     /// storage. Returns the old storage so its owner can release it. Fails, changing nothing and
     /// handing `storage` back, when it cannot hold what the store holds.
@@ -343,17 +404,10 @@ impl<'a> TracebackStore<'a> {
         }
         next.entries[..self.entry_count].copy_from_slice(&self.entries[..self.entry_count]);
         next.frames[..self.frame_count].copy_from_slice(&self.frames[..self.frame_count]);
-        for id in 1..self.entry_count {
-            let hash = self.entries[id].hash;
-            let mut i = hash as usize & next.index_mask;
-            while next.index[i] != 0 {
-                i = (i + 1) & next.index_mask;
-            }
-            next.index[i] = id as u32 | index_tag(hash);
-        }
         next.entry_count = self.entry_count;
         next.frame_count = self.frame_count;
         next.overflowed = self.overflowed;
+        next.rebuild_index();
         core::mem::swap(self, &mut next);
         Ok(next.into_storage())
     }
@@ -546,6 +600,84 @@ mod growth_tests {
             entries: vec![TracebackEntry::EMPTY; entries].leak(),
             index: vec![0u32; (entries * 2).next_power_of_two()].leak(),
             frames: vec![0usize; frames].leak(),
+        }
+    }
+
+    /// What `realloc` does: the same contents at the front of longer arrays; a new index.
+    fn extended(
+        old: TracebackStorage<'static>,
+        entries: usize,
+        frames: usize,
+    ) -> TracebackStorage<'static> {
+        let bigger = storage(entries, frames);
+        bigger.entries[..old.entries.len()].copy_from_slice(old.entries);
+        bigger.frames[..old.frames.len()].copy_from_slice(old.frames);
+        bigger.index.fill(u32::MAX); // garbage: the store must rebuild it
+        bigger
+    }
+
+    #[test]
+    fn growing_in_place_keeps_ids_and_makes_room() {
+        let mut store = TracebackStore::new(storage(3, 8)); // the overflow entry and two more
+        let x = store.intern(0, &[1, 2, 3], 3);
+        let y = store.intern(5, &[4, 5], 2);
+        assert_eq!(store.try_intern(0, &[6, 7, 8], 3), Err(StoreFull));
+        assert!(store.grow_with(|old| Ok(extended(old, 16, 64))));
+        assert_eq!(store.len(), 3);
+        assert_eq!(store.frame_count(), 5);
+        assert_eq!(store.get(x).frames, &[1, 2, 3]);
+        assert_eq!(store.get(y).domain, 5);
+        assert_eq!(
+            store.intern(0, &[1, 2, 3], 3),
+            x,
+            "lookups find the old entries"
+        );
+        assert!(store.try_intern(0, &[6, 7, 8], 3).is_ok());
+    }
+
+    #[test]
+    fn growth_that_fails_leaves_the_store_as_it_was() {
+        let mut store = TracebackStore::new(storage(4, 8));
+        let x = store.intern(0, &[1, 2, 3], 3);
+        assert!(!store.grow_with(Err));
+        assert_eq!(store.intern(0, &[1, 2, 3], 3), x);
+        assert_eq!(store.len(), 2);
+    }
+
+    #[test]
+    fn growth_into_storage_too_small_starts_again_empty() {
+        let mut store = TracebackStore::new(storage(8, 16));
+        store.intern(0, &[1, 2, 3], 3);
+        store.intern(0, &[4, 5, 6], 3);
+        assert!(store.grow_with(|_| Ok(storage(2, 2))));
+        assert!(store.is_empty());
+        assert_eq!(store.frame_count(), 0);
+        assert!(store.get(TracebackId::from_index(2)).frames.is_empty());
+        assert_ne!(store.intern(0, &[7], 1), TracebackId::OVERFLOW);
+    }
+
+    #[test]
+    fn interning_again_after_growth_in_place_finds_every_stack() {
+        let mut store = TracebackStore::new(storage(16, 64));
+        let stacks: Vec<Vec<usize>> = (0..5000usize)
+            .map(|i| (0..1 + i % 20).map(|j| 0x1000 + (i >> j) * 8).collect())
+            .collect();
+        let mut ids = Vec::new();
+        for s in &stacks {
+            let id = loop {
+                match store.try_intern(0, s, s.len() as u16) {
+                    Ok(id) => break id,
+                    Err(StoreFull) => {
+                        let cap = store.entry_capacity() * 2;
+                        let frames = (store.frame_count() + s.len()) * 2;
+                        assert!(store.grow_with(|old| Ok(extended(old, cap, frames))));
+                    }
+                }
+            };
+            ids.push(id);
+        }
+        for (s, id) in stacks.iter().zip(&ids) {
+            assert_eq!(store.try_intern(0, s, s.len() as u16), Ok(*id));
         }
     }
 

@@ -14,10 +14,17 @@ use tracemalloc_core::traceback::TracebackEntry;
 static FAIL_IN: AtomicIsize = AtomicIsize::new(0);
 /// 0: at least 64 KiB (the shards' tables); otherwise exactly this many bytes.
 static FAIL_WHEN: AtomicUsize = AtomicUsize::new(0);
-/// Bytes the inner allocator holds.
+/// Bytes the inner allocator holds in blocks of 4 KiB or more: every array of the tracer is at
+/// least that big, and the test harness's own allocations (a thread it spawns for the next
+/// test while this one measures) are smaller.
 static LIVE: AtomicI64 = AtomicI64::new(0);
+const COUNTED_FROM: usize = 4096;
 /// Set when a block of 1 MiB or more came back with another layout than it was given.
 static WRONG_LAYOUT: AtomicBool = AtomicBool::new(false);
+/// Reallocations to at least `FAIL_REALLOC_FROM` bytes are counted down from
+/// `FAIL_REALLOC_IN`; the one that reaches zero fails.
+static FAIL_REALLOC_IN: AtomicIsize = AtomicIsize::new(0);
+static FAIL_REALLOC_FROM: AtomicUsize = AtomicUsize::new(usize::MAX);
 /// Whether alignments beyond a page are refused (as some arena allocators do).
 static PAGE_ALIGN_ONLY: AtomicBool = AtomicBool::new(false);
 
@@ -66,7 +73,9 @@ fn handed_out(ptr: *mut u8, layout: Layout) -> *mut u8 {
     if ptr.is_null() {
         return ptr;
     }
-    LIVE.fetch_add(layout.size() as i64, Relaxed);
+    if layout.size() >= COUNTED_FROM {
+        LIVE.fetch_add(layout.size() as i64, Relaxed);
+    }
     if layout.size() >= 1 << 20 {
         BIG.with(|big| {
             if let Some(entry) = big.iter_mut().find(|e| e.0 == 0) {
@@ -79,7 +88,9 @@ fn handed_out(ptr: *mut u8, layout: Layout) -> *mut u8 {
 
 /// Counts a block given back, and checks a big one's layout.
 fn given_back(ptr: *mut u8, layout: Layout) {
-    LIVE.fetch_sub(layout.size() as i64, Relaxed);
+    if layout.size() >= COUNTED_FROM {
+        LIVE.fetch_sub(layout.size() as i64, Relaxed);
+    }
     if layout.size() >= 1 << 20 {
         BIG.with(|big| match big.iter_mut().find(|e| e.0 == ptr as usize) {
             Some(entry) if (entry.1, entry.2) == (layout.size(), layout.align()) => {
@@ -120,6 +131,32 @@ unsafe impl GlobalAlloc for Flaky {
         // SAFETY: the caller's contract is forwarded.
         unsafe { System.dealloc(ptr, layout) }
     }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let counted =
+            new_size >= FAIL_REALLOC_FROM.load(Relaxed) && FAIL_REALLOC_IN.load(Relaxed) > 0;
+        if counted && FAIL_REALLOC_IN.fetch_sub(1, Relaxed) == 1 {
+            return std::ptr::null_mut(); // the block stays as it was, as `realloc` promises
+        }
+        // SAFETY: the caller's contract is forwarded; the default moves the block through
+        // `alloc` and `dealloc` above, which count it.
+        unsafe { GlobalAlloc::realloc(&Counted, ptr, layout, new_size) }
+    }
+}
+
+/// `Flaky`'s counting without its failures, for its own `realloc`.
+struct Counted;
+
+// SAFETY: forwards to `System` and counts, as `Flaky` does.
+unsafe impl GlobalAlloc for Counted {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's contract is forwarded.
+        handed_out(unsafe { System.alloc(layout) }, layout)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        given_back(ptr, layout);
+        // SAFETY: the caller's contract is forwarded.
+        unsafe { System.dealloc(ptr, layout) }
+    }
 }
 
 #[global_allocator]
@@ -142,7 +179,6 @@ fn start_fails_and_keeps_nothing(when: usize, nth: isize, what: &str) {
     );
     assert!(!tracemalloc::is_tracing());
     assert_eq!(tracemalloc::tracemalloc_memory(), 0, "{what}");
-    // The test harness's other threads may allocate a little meanwhile.
     let kept = LIVE.load(Relaxed) - before;
     assert!(
         kept.abs() < 4096,
@@ -235,4 +271,65 @@ fn tables_that_grow_onto_huge_pages_come_back_with_their_layout() {
         ..tracemalloc::Config::default()
     };
     tables_come_back_with_their_layout(config, 1_600_000, 16 << 21);
+}
+
+/// A recursion whose every level allocates from a call stack of its own (`nframe` 16 tells
+/// the levels apart): `2^depth - 1` distinct stacks.
+#[inline(never)]
+#[allow(clippy::vec_box)] // each box is a block of its own, allocated from its own stack
+fn distinct_stacks(depth: u32, out: &mut Vec<Box<u64>>) {
+    if depth == 0 {
+        return;
+    }
+    out.push(Box::new(u64::from(depth)));
+    distinct_stacks(depth - 1, out);
+    std::hint::black_box(());
+    distinct_stacks(depth - 1, out);
+}
+
+#[test]
+fn a_traceback_store_that_cannot_grow_keeps_what_it_holds() {
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let config = tracemalloc::Config {
+        nframe: 16,
+        initial_tracebacks: 256,
+        ..tracemalloc::Config::default()
+    };
+    let run = |fail: bool| {
+        tracemalloc::start_with(config.clone()).unwrap();
+        // The store's frame pool is the only block reallocated to 64 KiB or more here: its
+        // first growth that far fails after the entries have grown.
+        let mut out = Vec::with_capacity(1 << 13);
+        FAIL_REALLOC_FROM.store(64 * 1024, Relaxed);
+        FAIL_REALLOC_IN.store(isize::from(fail), Relaxed);
+        distinct_stacks(13, &mut out);
+        let failed = FAIL_REALLOC_IN.load(Relaxed) == 0;
+        FAIL_REALLOC_FROM.store(usize::MAX, Relaxed);
+        let snapshot = tracemalloc::take_snapshot().unwrap();
+        tracemalloc::stop();
+        (out, snapshot, failed)
+    };
+    // A first run without failure: the symbolizer keeps the debug information it loads.
+    drop(run(false));
+    let before = LIVE.load(Relaxed);
+    let (out, snapshot, failed) = run(true);
+    assert!(failed, "no growth of the store reached 64 KiB");
+    assert_eq!(snapshot.counters.untraced_blocks, 0);
+    let full = snapshot
+        .traces
+        .iter()
+        .filter(|t| snapshot.traceback_of(t).frames[0] == tracemalloc::Frame::store_full())
+        .count();
+    let ours = snapshot.traces.iter().filter(|t| t.size == 8).count();
+    assert!(ours >= out.len(), "{ours} of {} blocks traced", out.len());
+    // The block whose stack met the failed growth has no traceback; the store grew at the next
+    // new stack, so every later one has its own.
+    assert!(full < 8, "{full} blocks under <traceback store full>");
+    drop((out, snapshot));
+    assert!(
+        !WRONG_LAYOUT.load(Relaxed),
+        "a block came back with another layout"
+    );
+    let kept = LIVE.load(Relaxed) - before;
+    assert!(kept.abs() < 4096, "stop() kept {kept} bytes");
 }
