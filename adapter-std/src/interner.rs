@@ -14,11 +14,11 @@ use core::alloc::GlobalAlloc;
 use core::cell::Cell;
 use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed};
 
-use tracemalloc_core::traceback::{StoreFull, TracebackId, TracebackStore};
+use tracemalloc_core::traceback::{Index, StoreFull, TracebackId, TracebackStore};
 
 use crate::capture::Stack;
 use crate::storage::{
-    self, allocate_tracebacks, free_tracebacks, grow_tracebacks, tracebacks_bytes,
+    self, allocate_tracebacks, free_tracebacks, grow_tracebacks, tracebacks_bytes, RawTracebacks,
 };
 
 /// The shared store; `None` until tracing first starts.
@@ -139,7 +139,12 @@ fn grow(inner: &dyn GlobalAlloc, store: &mut TracebackStore<'static>, more: usiz
     {
         return true;
     }
-    store.grow_with(|storage| grow_tracebacks(inner, storage, capacity, frame_capacity));
+    let (storage, held) = store.take_storage();
+    let raw = RawTracebacks::of(storage);
+    match grow_tracebacks(inner, raw, capacity, frame_capacity) {
+        Ok(grown) => store.put_back(grown, held, Index::Rebuild),
+        Err(unchanged) => store.put_back(unchanged, held, Index::Kept),
+    }
     false
 }
 
@@ -188,7 +193,7 @@ pub(crate) fn release(inner: &dyn GlobalAlloc) {
     let mut store = STORE.lock();
     GENERATION.fetch_add(1, Relaxed);
     if let Some(store) = store.take() {
-        free_tracebacks(inner, store.into_storage());
+        free_tracebacks(inner, RawTracebacks::of(store.into_storage()));
     }
 }
 

@@ -154,8 +154,9 @@ pub struct Config {
     /// otherwise make the store grow with every block; past the limit, new stacks are reported
     /// as `<traceback store full>` and their blocks still count. It bounds growth: a store
     /// that outlived a `stop()` stays as big as it was. The store grows by reallocating its
-    /// arrays: glibc remaps large blocks without copying, but an allocator that moves a block
-    /// holds both copies of that array for a moment (up to 1.5 times the limit).
+    /// arrays: glibc remaps large blocks without copying them, but an allocator that moves a
+    /// block holds the old and the new copy of an array for a moment, so the peak can come
+    /// near twice the limit.
     pub max_traceback_memory: usize,
     /// How stacks are captured.
     pub capture: Capture,

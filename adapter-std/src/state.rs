@@ -29,7 +29,7 @@ use crate::interner;
 use crate::sampler;
 use crate::storage::{
     self, allocate_table, allocate_tracebacks, allocate_uninit, free_array, free_table,
-    free_tracebacks, TablePages,
+    free_tracebacks, Raw, RawTracebacks, TablePages,
 };
 use crate::Config;
 
@@ -541,7 +541,7 @@ fn allocate_foreign(inner: &dyn GlobalAlloc, depth: usize) -> bool {
         return false;
     };
     let Some(tracebacks) = allocate_tracebacks(inner, FOREIGN_TRACEBACKS, frames) else {
-        free_table(inner, slots, pages);
+        free_table(inner, Raw::from(slots), pages);
         return false;
     };
     *foreign = Some(Tracer::new(TracerStorage { slots, tracebacks }));
@@ -581,7 +581,7 @@ fn with_stack<R>(inner: &dyn GlobalAlloc, f: impl FnOnce(&Stack<'_>) -> R) -> R 
         hash: captured.hash,
     });
     if let Some(buf) = deep {
-        free_array(inner, buf);
+        free_array(inner, Raw::from(buf));
     }
     result
 }
@@ -829,10 +829,10 @@ fn grow_table(
     };
     match tracer.migrate_table(bigger) {
         Ok(old) => {
-            free_table(inner, old, *pages);
+            free_table(inner, Raw::from(old), *pages);
             *pages = bigger_pages;
         }
-        Err(unused) => free_table(inner, unused, bigger_pages),
+        Err(unused) => free_table(inner, Raw::from(unused), bigger_pages),
     }
     publish_hint(shard, tracer);
 }
@@ -875,20 +875,35 @@ fn free_storage(inner: &dyn GlobalAlloc) {
         hint.base.store(0, Relaxed);
         hint.log2_slots.store(0, Relaxed);
         if let Some(tracer) = shard.tracer.take() {
-            free_tracer(inner, tracer, shard.pages);
+            let storage = tracer.into_storage();
+            let tracebacks = RawTracebacks::of(storage.tracebacks);
+            free_tracer(inner, Raw::from(storage.slots), tracebacks, shard.pages);
         }
     }
     if let Some(tracer) = FOREIGN.lock().take() {
-        free_tracer(inner, tracer, TablePages::Small);
+        let storage = tracer.into_storage();
+        let tracebacks = RawTracebacks::of(storage.tracebacks);
+        free_tracer(
+            inner,
+            Raw::from(storage.slots),
+            tracebacks,
+            TablePages::Small,
+        );
     }
     interner::release(inner);
     drop(locked);
 }
 
-fn free_tracer(inner: &dyn GlobalAlloc, tracer: Tracer<'static>, pages: TablePages) {
-    let storage = tracer.into_storage();
-    free_table(inner, storage.slots, pages);
-    free_tracebacks(inner, storage.tracebacks);
+/// Gives a tracer's storage back to `inner`. It takes the storage's arrays as raw pointers,
+/// not the tracer: a tracer passed in would hold references to them until the call returned.
+fn free_tracer(
+    inner: &dyn GlobalAlloc,
+    slots: Raw<Slot>,
+    tracebacks: RawTracebacks,
+    pages: TablePages,
+) {
+    free_table(inner, slots, pages);
+    free_tracebacks(inner, tracebacks);
 }
 
 /// Python's `clear_traces()`. Every shard stays locked until the traceback store is cleared,

@@ -7,6 +7,7 @@
 //! allocator that did not hand it out.
 
 use core::alloc::{GlobalAlloc, Layout};
+use core::ptr::NonNull;
 use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use tracemalloc_core::table::Slot;
@@ -110,15 +111,15 @@ pub(crate) fn allocate_table(
 }
 
 /// Gives a table from [`allocate_table`] back to `inner`.
-pub(crate) fn free_table(inner: &dyn GlobalAlloc, table: &'static mut [Slot], pages: TablePages) {
+pub(crate) fn free_table(inner: &dyn GlobalAlloc, table: Raw<Slot>, pages: TablePages) {
     if table.is_empty() {
         return;
     }
     if let Some(layout) = table_layout(table.len(), pages) {
         // SAFETY: `table` came from `allocate_table` on this allocator with this length and
         // these pages (tables hand back exactly the storage they were given), so the layout
-        // matches, and the caller gave up its only reference.
-        unsafe { inner.dealloc(table.as_mut_ptr().cast(), layout) }
+        // matches; the caller turned its only reference into this pointer and keeps no other.
+        unsafe { inner.dealloc(table.cast().as_ptr(), layout) }
     }
 }
 
@@ -144,12 +145,12 @@ pub(crate) fn allocate_tracebacks(
     let index_len = entries.checked_mul(2)?.checked_next_power_of_two()?;
     let entries_array = allocate_array::<TracebackEntry>(inner, entries)?;
     let Some(index) = allocate_array::<u32>(inner, index_len) else {
-        free_array(inner, entries_array);
+        free_array(inner, Raw::from(entries_array));
         return None;
     };
     let Some(frames) = allocate_array::<usize>(inner, frames) else {
-        free_array(inner, entries_array);
-        free_array(inner, index);
+        free_array(inner, Raw::from(entries_array));
+        free_array(inner, Raw::from(index));
         return None;
     };
     Some(TracebackStorage {
@@ -159,75 +160,109 @@ pub(crate) fn allocate_tracebacks(
     })
 }
 
-/// Grows a store's storage to `entries` tracebacks and `frames` frames in place: its entries and
-/// frames are reallocated, which keeps their contents (an allocator that remaps pages, as glibc
-/// does for large blocks, copies nothing and never holds both sizes at once), and its index
-/// is new and empty. On failure the storage comes back as it was, but perhaps with longer
-/// entries (still valid for the same store).
+/// A traceback store's arrays as raw pointers ([`Raw`]), to free or grow them.
+pub(crate) struct RawTracebacks {
+    entries: Raw<TracebackEntry>,
+    index: Raw<u32>,
+    frames: Raw<usize>,
+}
+
+impl RawTracebacks {
+    /// The arrays of `storage`, whose references the caller gives up.
+    pub(crate) fn of(storage: TracebackStorage<'static>) -> RawTracebacks {
+        RawTracebacks {
+            entries: Raw::from(storage.entries),
+            index: Raw::from(storage.index),
+            frames: Raw::from(storage.frames),
+        }
+    }
+
+    /// The arrays as a store's storage again.
+    ///
+    /// # Safety
+    /// Each pointer is a live, initialised array that nothing else refers to, as
+    /// [`RawTracebacks::of`] and [`reallocate_array`] leave them.
+    unsafe fn into_storage(self) -> TracebackStorage<'static> {
+        // SAFETY: the caller's contract: valid, initialised and unaliased arrays.
+        unsafe {
+            TracebackStorage {
+                entries: &mut *self.entries.as_ptr(),
+                index: &mut *self.index.as_ptr(),
+                frames: &mut *self.frames.as_ptr(),
+            }
+        }
+    }
+}
+
+/// Grows a store's storage to `entries` tracebacks and `frames` frames in place: its entries
+/// and frames are reallocated, which keeps their contents (an allocator that remaps pages, as
+/// glibc does for large blocks, copies nothing and never holds two copies of an array), and
+/// its index is new and empty. On failure the storage comes back with its index, its
+/// contents unchanged, perhaps in longer entries (still valid for the same store).
 pub(crate) fn grow_tracebacks(
     inner: &dyn GlobalAlloc,
-    storage: TracebackStorage<'static>,
+    storage: RawTracebacks,
     entries: usize,
     frames: usize,
 ) -> Result<TracebackStorage<'static>, TracebackStorage<'static>> {
-    let index_len = entries
+    let index = entries
         .checked_mul(2)
-        .and_then(usize::checked_next_power_of_two);
-    let Some(index) = index_len.and_then(|len| allocate_array::<u32>(inner, len)) else {
-        return Err(storage);
+        .and_then(usize::checked_next_power_of_two)
+        .and_then(|len| allocate_array::<u32>(inner, len))
+        .map(Raw::from);
+    let grown = match index {
+        None => Err(storage),
+        Some(index) => match reallocate_array(inner, storage.entries, entries) {
+            Err(entries) => {
+                free_array(inner, index);
+                Err(RawTracebacks { entries, ..storage })
+            }
+            Ok(entries) => match reallocate_array(inner, storage.frames, frames) {
+                Err(frames) => {
+                    free_array(inner, index);
+                    Err(RawTracebacks {
+                        entries,
+                        index: storage.index,
+                        frames,
+                    })
+                }
+                Ok(frames) => {
+                    free_array(inner, storage.index);
+                    Ok(RawTracebacks {
+                        entries,
+                        index,
+                        frames,
+                    })
+                }
+            },
+        },
     };
-    let TracebackStorage {
-        entries: old_entries,
-        index: old_index,
-        frames: old_frames,
-    } = storage;
-    let entries = match reallocate_array(inner, old_entries, entries) {
-        Ok(entries) => entries,
-        Err(old_entries) => {
-            free_array(inner, index);
-            return Err(TracebackStorage {
-                entries: old_entries,
-                index: old_index,
-                frames: old_frames,
-            });
-        }
-    };
-    match reallocate_array(inner, old_frames, frames) {
-        Ok(frames) => {
-            free_array(inner, old_index);
-            Ok(TracebackStorage {
-                entries,
-                index,
-                frames,
-            })
-        }
-        Err(old_frames) => {
-            free_array(inner, index);
-            Err(TracebackStorage {
-                entries,
-                index: old_index,
-                frames: old_frames,
-            })
-        }
+    match grown {
+        // SAFETY: every array is live and initialised (allocated zeroed, or reallocated with
+        // its tail zeroed), and only these pointers refer to it: the caller gave up its
+        // references, and the arrays freed above are none of these.
+        Ok(raw) => Ok(unsafe { raw.into_storage() }),
+        // SAFETY: as above.
+        Err(raw) => Err(unsafe { raw.into_storage() }),
     }
 }
 
 /// Gives storage from [`allocate_tracebacks`] back to `inner` (a shard tracer's empty arrays
 /// are skipped).
-pub(crate) fn free_tracebacks(inner: &dyn GlobalAlloc, storage: TracebackStorage<'static>) {
+pub(crate) fn free_tracebacks(inner: &dyn GlobalAlloc, storage: RawTracebacks) {
     free_array(inner, storage.entries);
     free_array(inner, storage.index);
     free_array(inner, storage.frames);
 }
 
-/// `array` (from [`allocate_array`]) reallocated to `len` values, or as it is when it has that
-/// many: its values kept and the new ones zeroed. `Err` hands it back unchanged when `inner` has no
-/// memory. Same types as [`allocate_array`].
+/// `array` (from [`allocate_array`] or this function) reallocated to `len` values, or as it
+/// is when it has that many: its values kept and the new ones zeroed. `Err` hands it back
+/// unchanged when `inner` has no memory. Same types as [`allocate_array`].
 fn reallocate_array<T>(
     inner: &dyn GlobalAlloc,
-    array: &'static mut [T],
+    array: Raw<T>,
     len: usize,
-) -> Result<&'static mut [T], &'static mut [T]> {
+) -> Result<Raw<T>, Raw<T>> {
     let old_len = array.len();
     let (Ok(old), Ok(new)) = (Layout::array::<T>(old_len), Layout::array::<T>(len)) else {
         return Err(array);
@@ -238,20 +273,19 @@ fn reallocate_array<T>(
     if len <= old_len {
         return Ok(array); // long enough already
     }
-    // SAFETY: `array` came from `allocate_array` on `inner` with `old` as its layout (arrays are
-    // handed back with the length they were given), its size is non-zero, and `new` has the
-    // same alignment and a size that does not overflow `isize` (`Layout::array` checked). On
-    // success the old block is gone and only the returned slice refers to the new one, whose
-    // first `old_len` values realloc copied; the rest is zeroed before the slice is made, and
-    // all-zero values of these types are valid.
+    // SAFETY: `array` came from `allocate_array` (or an earlier reallocation) on `inner` with
+    // `old` as its layout (arrays are handed back with the length they were given), its size
+    // is non-zero, and `new` has the same alignment and a size that does not overflow `isize`
+    // (`Layout::array` checked). The caller holds no reference to it, only this pointer, so
+    // the block may move. The new block's first `old_len` values are the old ones; the rest is
+    // zeroed, and all-zero values of these types are valid.
     unsafe {
-        let ptr = inner.realloc(array.as_mut_ptr().cast(), old, new.size());
-        if ptr.is_null() {
+        let ptr = inner.realloc(array.cast().as_ptr(), old, new.size());
+        let Some(ptr) = NonNull::new(ptr.cast::<T>()) else {
             return Err(array);
-        }
-        let ptr = ptr.cast::<T>();
-        core::ptr::write_bytes(ptr.add(old_len), 0, len - old_len);
-        Ok(core::slice::from_raw_parts_mut(ptr, len))
+        };
+        core::ptr::write_bytes(ptr.as_ptr().add(old_len), 0, len - old_len);
+        Ok(NonNull::slice_from_raw_parts(ptr, len))
     }
 }
 
@@ -274,17 +308,23 @@ pub(crate) fn allocate_uninit<T>(
     }
 }
 
-/// Gives an array from [`allocate_array`] or [`allocate_uninit`] back to `inner`. An empty
-/// array came from neither (they never return one), so it is not freed.
-pub(crate) fn free_array<T>(inner: &dyn GlobalAlloc, array: &'static mut [T]) {
+/// An array of the tracer's storage in the form it is freed or reallocated in. A reference
+/// passed to the function that frees its memory would stay live for the whole call (Rust
+/// treats a reference argument as valid until the function returns), so callers turn theirs
+/// into this pointer first and keep no other.
+pub(crate) type Raw<T> = NonNull<[T]>;
+
+/// Gives an array from [`allocate_array`], [`allocate_uninit`] or [`reallocate_array`] back to
+/// `inner`. An empty array came from none of them (they never return one), so it is not freed.
+pub(crate) fn free_array<T>(inner: &dyn GlobalAlloc, array: Raw<T>) {
     if array.is_empty() {
         return;
     }
     if let Ok(layout) = Layout::array::<T>(array.len()) {
-        // SAFETY: `array` came from `allocate_array` on this allocator with this length (tables
-        // hand back exactly the storage they were given), so the layout matches, and the caller
-        // gave up its only reference.
-        unsafe { inner.dealloc(array.as_mut_ptr().cast(), layout) }
+        // SAFETY: `array` came from one of those functions on this allocator with this length
+        // (tables hand back exactly the storage they were given), so the layout matches; the
+        // caller turned its only reference into this pointer and keeps no other.
+        unsafe { inner.dealloc(array.cast().as_ptr(), layout) }
     }
 }
 
@@ -303,7 +343,7 @@ mod tests {
                 assert_eq!(table.as_ptr() as usize % HUGE_PAGE_BYTES, 0, "{len} slots");
             }
             assert!(table.iter().all(|slot| !slot.is_occupied()), "{len} slots");
-            free_table(&System, table, pages);
+            free_table(&System, Raw::from(table), pages);
         }
     }
 }

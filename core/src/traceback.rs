@@ -88,6 +88,24 @@ impl TracebackEntry {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StoreFull;
 
+/// What a store held when [`TracebackStore::take_storage`] took its storage out.
+#[derive(Debug)]
+#[must_use = "the store is empty until its storage is put back"]
+pub struct Held {
+    entry_count: usize,
+    frame_count: usize,
+    overflowed: usize,
+}
+
+/// The index of storage given back to a store ([`TracebackStore::put_back`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Index {
+    /// The index taken out, unchanged: growth failed and the arrays are as they were.
+    Kept,
+    /// A new index, whatever it holds: the store indexes every entry again.
+    Rebuild,
+}
+
 /// A borrowed view of one interned traceback.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TracebackRef<'s> {
@@ -268,7 +286,7 @@ impl<'a> TracebackStore<'a> {
     }
 
     /// Like [`TracebackStore::intern`], but a new stack that does not fit is an error, so that
-    /// the owner can [`TracebackStore::migrate`] to bigger storage and try again.
+    /// the owner can grow the storage ([`TracebackStore::take_storage`]) and try again.
     pub fn try_intern(
         &mut self,
         domain: u32,
@@ -287,7 +305,6 @@ impl<'a> TracebackStore<'a> {
         total_nframe: u16,
         folded: u64,
     ) -> Result<TracebackId, StoreFull> {
-        debug_assert_eq!(folded, fold_stack(frames), "not the frames' running hash");
         let len = frames.len().min(u16::MAX as usize);
         let (frames, folded) = if len < frames.len() {
             (&frames[..len], fold_stack(&frames[..len]))
@@ -340,43 +357,52 @@ impl<'a> TracebackStore<'a> {
         Ok(TracebackId(id as u32))
     }
 
-    /// Grows the store in place: `extend` gets the store's storage and returns bigger storage
-    /// whose entries and frames begin with the old ones' contents, as `realloc` keeps them
-    /// (the index may hold anything: the store rebuilds it), or hands the storage back,
-    /// unchanged, when it cannot. Unlike [`TracebackStore::migrate`], nothing is copied here
-    /// and old and new storage never both exist, so an allocator that remaps pages grows a
-    /// store of hundreds of megabytes without doubling it for a moment. Returns whether the
-    /// store grew. Storage that cannot hold what the store held is taken as it is and
-    /// cleared, losing the tracebacks (ids handed out before then read as the overflow one).
-    pub fn grow_with(
-        &mut self,
-        extend: impl FnOnce(TracebackStorage<'a>) -> Result<TracebackStorage<'a>, TracebackStorage<'a>>,
-    ) -> bool {
-        let taken = TracebackStorage {
+    /// Takes the storage out so that its owner can grow it in place (with `realloc`: entries and
+    /// frames are only ever appended to, so their contents stay valid in longer arrays), and give
+    /// it back with [`TracebackStore::put_back`]. Meanwhile the store holds nothing and has no
+    /// room: every intern is refused.
+    pub fn take_storage(&mut self) -> (TracebackStorage<'a>, Held) {
+        let held = Held {
+            entry_count: self.entry_count,
+            frame_count: self.frame_count,
+            overflowed: self.overflowed,
+        };
+        let storage = TracebackStorage {
             entries: core::mem::take(&mut self.entries),
             index: core::mem::take(&mut self.index),
             frames: core::mem::take(&mut self.frames),
         };
-        let (entry_count, frame_count, overflowed) =
-            (self.entry_count, self.frame_count, self.overflowed);
-        let (storage, grew) = match extend(taken) {
-            Ok(storage) => (storage, true),
-            Err(storage) => (storage, false),
-        };
+        *self = TracebackStore::over(TracebackStorage {
+            entries: &mut [],
+            index: &mut [],
+            frames: &mut [],
+        });
+        (storage, held)
+    }
+
+    /// Gives back the storage [`TracebackStore::take_storage`] took, its entries and frames
+    /// beginning with the ones taken (perhaps in longer arrays), and its index either as taken
+    /// ([`Index::Kept`]) or new, of any contents ([`Index::Rebuild`]: the store indexes every
+    /// entry again). Storage too small for what was taken is the caller's error: the store then
+    /// starts again empty, as after [`TracebackStore::clear`], and ids handed out before are
+    /// invalid.
+    pub fn put_back(&mut self, storage: TracebackStorage<'a>, held: Held, index: Index) {
+        let refused_meanwhile = self.overflowed;
         *self = TracebackStore::over(storage);
-        if self.entries.len() < entry_count
-            || self.frames.len() < frame_count
-            || self.entry_capacity() < entry_count
+        if self.entries.len() < held.entry_count
+            || self.frames.len() < held.frame_count
+            || self.entry_capacity() < held.entry_count
         {
-            self.clear(); // not what `extend` promised: the store starts again, empty
-            return grew;
+            self.clear();
+            return;
         }
-        self.index.fill(0);
-        self.entry_count = entry_count;
-        self.frame_count = frame_count;
-        self.overflowed = overflowed;
-        self.rebuild_index();
-        grew
+        self.entry_count = held.entry_count;
+        self.frame_count = held.frame_count;
+        self.overflowed = held.overflowed + refused_meanwhile;
+        if index == Index::Rebuild {
+            self.index.fill(0);
+            self.rebuild_index();
+        }
     }
 
     /// Indexes every entry again, into an index that is all empty.
@@ -389,27 +415,6 @@ impl<'a> TracebackStore<'a> {
             }
             self.index[i] = id as u32 | index_tag(hash);
         }
-    }
-
-    /// Moves every traceback into `storage`, keeping their ids, and makes it the store's
-    /// storage. Returns the old storage so its owner can release it. Fails, changing nothing and
-    /// handing `storage` back, when it cannot hold what the store holds.
-    pub fn migrate(
-        &mut self,
-        storage: TracebackStorage<'a>,
-    ) -> Result<TracebackStorage<'a>, TracebackStorage<'a>> {
-        let mut next = TracebackStore::new(storage);
-        if next.entry_capacity() < self.entry_count || next.frames.len() < self.frame_count {
-            return Err(next.into_storage());
-        }
-        next.entries[..self.entry_count].copy_from_slice(&self.entries[..self.entry_count]);
-        next.frames[..self.frame_count].copy_from_slice(&self.frames[..self.frame_count]);
-        next.entry_count = self.entry_count;
-        next.frame_count = self.frame_count;
-        next.overflowed = self.overflowed;
-        next.rebuild_index();
-        core::mem::swap(self, &mut next);
-        Ok(next.into_storage())
     }
 
     /// Gives the storage back, for its owner to free: the arrays it was made from, the index cut
@@ -538,45 +543,6 @@ mod tests {
     }
 
     #[test]
-    fn migrate_keeps_ids_and_frames_and_makes_room() {
-        let mut a = Arrays::new();
-        let mut s = store(&mut a);
-        let big = [9usize; 8];
-        let x = s.intern(0, &big, 8);
-        let y = s.intern(3, &[1, 2], 2);
-        assert_eq!(s.try_intern(4, &big, 8), Err(StoreFull));
-        let mut entries = [TracebackEntry::EMPTY; 32];
-        let mut index = [0u32; 64];
-        let mut frames = [0usize; 256];
-        let old = s
-            .migrate(TracebackStorage {
-                entries: &mut entries,
-                index: &mut index,
-                frames: &mut frames,
-            })
-            .unwrap();
-        assert_eq!(old.frames.len(), 16);
-        assert_eq!(s.get(x).frames, &big);
-        assert_eq!((s.get(y).domain, s.get(y).frames), (3, &[1usize, 2][..]));
-        assert_eq!(s.intern(0, &big, 8), x, "lookups find migrated entries");
-        assert_ne!(s.try_intern(4, &big, 8), Err(StoreFull));
-    }
-
-    #[test]
-    fn migrate_into_too_small_storage_changes_nothing() {
-        let mut a = Arrays::new();
-        let mut s = store(&mut a);
-        s.intern(0, &[1, 2, 3], 3);
-        let unused = s.migrate(TracebackStorage {
-            entries: &mut [],
-            index: &mut [],
-            frames: &mut [],
-        });
-        assert!(unused.is_err());
-        assert_eq!(s.get(TracebackId::from_index(1)).frames, &[1, 2, 3]);
-    }
-
-    #[test]
     fn empty_storage_never_panics() {
         let mut s = TracebackStore::new(TracebackStorage {
             entries: &mut [],
@@ -616,13 +582,18 @@ mod growth_tests {
         bigger
     }
 
+    fn grow(store: &mut TracebackStore<'static>, entries: usize, frames: usize) {
+        let (old, held) = store.take_storage();
+        store.put_back(extended(old, entries, frames), held, Index::Rebuild);
+    }
+
     #[test]
     fn growing_in_place_keeps_ids_and_makes_room() {
         let mut store = TracebackStore::new(storage(3, 8)); // the overflow entry and two more
         let x = store.intern(0, &[1, 2, 3], 3);
         let y = store.intern(5, &[4, 5], 2);
         assert_eq!(store.try_intern(0, &[6, 7, 8], 3), Err(StoreFull));
-        assert!(store.grow_with(|old| Ok(extended(old, 16, 64))));
+        grow(&mut store, 16, 64);
         assert_eq!(store.len(), 3);
         assert_eq!(store.frame_count(), 5);
         assert_eq!(store.get(x).frames, &[1, 2, 3]);
@@ -636,20 +607,34 @@ mod growth_tests {
     }
 
     #[test]
+    fn a_taken_store_refuses_every_stack() {
+        let mut store = TracebackStore::new(storage(8, 16));
+        let x = store.intern(0, &[1, 2, 3], 3);
+        let (old, held) = store.take_storage();
+        assert_eq!(store.try_intern(0, &[1, 2, 3], 3), Err(StoreFull));
+        assert_eq!(store.intern(0, &[4], 1), TracebackId::OVERFLOW);
+        store.put_back(old, held, Index::Kept);
+        assert_eq!(store.intern(0, &[1, 2, 3], 3), x);
+        assert_eq!(store.overflowed(), 1, "the refused stack was counted");
+    }
+
+    #[test]
     fn growth_that_fails_leaves_the_store_as_it_was() {
         let mut store = TracebackStore::new(storage(4, 8));
         let x = store.intern(0, &[1, 2, 3], 3);
-        assert!(!store.grow_with(Err));
+        let (old, held) = store.take_storage();
+        store.put_back(old, held, Index::Kept);
         assert_eq!(store.intern(0, &[1, 2, 3], 3), x);
         assert_eq!(store.len(), 2);
     }
 
     #[test]
-    fn growth_into_storage_too_small_starts_again_empty() {
+    fn storage_too_small_for_what_was_taken_starts_again_empty() {
         let mut store = TracebackStore::new(storage(8, 16));
         store.intern(0, &[1, 2, 3], 3);
         store.intern(0, &[4, 5, 6], 3);
-        assert!(store.grow_with(|_| Ok(storage(2, 2))));
+        let (_, held) = store.take_storage();
+        store.put_back(storage(2, 2), held, Index::Rebuild);
         assert!(store.is_empty());
         assert_eq!(store.frame_count(), 0);
         assert!(store.get(TracebackId::from_index(2)).frames.is_empty());
@@ -669,33 +654,9 @@ mod growth_tests {
                     Ok(id) => break id,
                     Err(StoreFull) => {
                         let cap = store.entry_capacity() * 2;
-                        let frames = (store.frame_count() + s.len()) * 2;
-                        assert!(store.grow_with(|old| Ok(extended(old, cap, frames))));
-                    }
-                }
-            };
-            ids.push(id);
-        }
-        for (s, id) in stacks.iter().zip(&ids) {
-            assert_eq!(store.try_intern(0, s, s.len() as u16), Ok(*id));
-        }
-    }
-
-    #[test]
-    fn interning_again_after_growth_finds_every_stack() {
-        let mut store = TracebackStore::new(storage(16, 64));
-        let stacks: Vec<Vec<usize>> = (0..5000usize)
-            .map(|i| (0..1 + i % 20).map(|j| 0x1000 + (i >> j) * 8).collect())
-            .collect();
-        let mut ids = Vec::new();
-        for s in &stacks {
-            let id = loop {
-                match store.try_intern(0, s, s.len() as u16) {
-                    Ok(id) => break id,
-                    Err(StoreFull) => {
-                        let cap = store.entry_capacity() * 2;
-                        let frames = (store.frame_count() + s.len()) * 2;
-                        store.migrate(storage(cap, frames)).unwrap();
+                        let frames =
+                            ((store.frame_count() + s.len()) * 2).max(store.frame_capacity());
+                        grow(&mut store, cap, frames);
                     }
                 }
             };

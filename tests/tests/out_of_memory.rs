@@ -1,7 +1,13 @@
 //! A `start()` whose inner allocator runs out of memory part-way says so, keeps nothing of
 //! what it took (the inner allocator holds what it held before), and leaves the tracer able to
-//! start and stop cleanly afterwards. An inner allocator that cannot align large tables to huge
-//! pages still gets them, and gets each back with the layout it handed out.
+//! start and stop cleanly afterwards. A traceback store that cannot grow keeps what it holds
+//! and leaks nothing, whichever step of its growth fails. An inner allocator that cannot align
+//! large tables to huge pages still gets them, and gets each back with the layout it handed
+//! out.
+//!
+//! One test runs every case in turn: the inner allocator's live bytes are counted for the whole
+//! process, and a second test would have the harness allocate (sending a finished test's
+//! result) while another measures.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicIsize, AtomicUsize, Ordering::Relaxed};
@@ -14,17 +20,27 @@ use tracemalloc_core::traceback::TracebackEntry;
 static FAIL_IN: AtomicIsize = AtomicIsize::new(0);
 /// 0: at least 64 KiB (the shards' tables); otherwise exactly this many bytes.
 static FAIL_WHEN: AtomicUsize = AtomicUsize::new(0);
-/// Bytes the inner allocator holds in blocks of 4 KiB or more: every array of the tracer is at
-/// least that big, and the test harness's own allocations (a thread it spawns for the next
-/// test while this one measures) are smaller.
+/// Bytes the inner allocator holds.
 static LIVE: AtomicI64 = AtomicI64::new(0);
-const COUNTED_FROM: usize = 4096;
 /// Set when a block of 1 MiB or more came back with another layout than it was given.
 static WRONG_LAYOUT: AtomicBool = AtomicBool::new(false);
-/// Reallocations to at least `FAIL_REALLOC_FROM` bytes are counted down from
-/// `FAIL_REALLOC_IN`; the one that reaches zero fails.
-static FAIL_REALLOC_IN: AtomicIsize = AtomicIsize::new(0);
-static FAIL_REALLOC_FROM: AtomicUsize = AtomicUsize::new(usize::MAX);
+/// The step of a traceback store's growth that fails, `GROWTH_FAILURES` more times.
+static FAILING_STEP: AtomicUsize = AtomicUsize::new(NO_STEP);
+static GROWTH_FAILURES: AtomicIsize = AtomicIsize::new(0);
+const NO_STEP: usize = 0;
+/// The new index: the only zeroed allocation of `u32`s (alignment 4) of 1 KiB or more.
+const INDEX: usize = 1;
+/// The entries: the only reallocation of alignment 4.
+const ENTRIES: usize = 2;
+/// The frame pool: the only reallocation of alignment 8 and 16 KiB or more.
+const FRAMES: usize = 3;
+
+fn growth_fails(step: usize) -> bool {
+    FAILING_STEP.load(Relaxed) == step
+        && GROWTH_FAILURES.load(Relaxed) > 0
+        && GROWTH_FAILURES.fetch_sub(1, Relaxed) > 0
+}
+
 /// Whether alignments beyond a page are refused (as some arena allocators do).
 static PAGE_ALIGN_ONLY: AtomicBool = AtomicBool::new(false);
 
@@ -73,9 +89,7 @@ fn handed_out(ptr: *mut u8, layout: Layout) -> *mut u8 {
     if ptr.is_null() {
         return ptr;
     }
-    if layout.size() >= COUNTED_FROM {
-        LIVE.fetch_add(layout.size() as i64, Relaxed);
-    }
+    LIVE.fetch_add(layout.size() as i64, Relaxed);
     if layout.size() >= 1 << 20 {
         BIG.with(|big| {
             if let Some(entry) = big.iter_mut().find(|e| e.0 == 0) {
@@ -88,9 +102,7 @@ fn handed_out(ptr: *mut u8, layout: Layout) -> *mut u8 {
 
 /// Counts a block given back, and checks a big one's layout.
 fn given_back(ptr: *mut u8, layout: Layout) {
-    if layout.size() >= COUNTED_FROM {
-        LIVE.fetch_sub(layout.size() as i64, Relaxed);
-    }
+    LIVE.fetch_sub(layout.size() as i64, Relaxed);
     if layout.size() >= 1 << 20 {
         BIG.with(|big| match big.iter_mut().find(|e| e.0 == ptr as usize) {
             Some(entry) if (entry.1, entry.2) == (layout.size(), layout.align()) => {
@@ -120,7 +132,8 @@ unsafe impl GlobalAlloc for Flaky {
         handed_out(unsafe { System.alloc(layout) }, layout)
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if fails(layout.size()) || refused(layout) {
+        let index = layout.align() == 4 && layout.size() >= 1024 && growth_fails(INDEX);
+        if index || fails(layout.size()) || refused(layout) {
             return std::ptr::null_mut();
         }
         // SAFETY: the caller's contract is forwarded.
@@ -132,9 +145,9 @@ unsafe impl GlobalAlloc for Flaky {
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let counted =
-            new_size >= FAIL_REALLOC_FROM.load(Relaxed) && FAIL_REALLOC_IN.load(Relaxed) > 0;
-        if counted && FAIL_REALLOC_IN.fetch_sub(1, Relaxed) == 1 {
+        let entries = layout.align() == 4 && growth_fails(ENTRIES);
+        let frames = layout.align() == 8 && new_size >= 16 * 1024 && growth_fails(FRAMES);
+        if entries || frames {
             return std::ptr::null_mut(); // the block stays as it was, as `realloc` promises
         }
         // SAFETY: the caller's contract is forwarded; the default moves the block through
@@ -162,9 +175,6 @@ unsafe impl GlobalAlloc for Counted {
 #[global_allocator]
 static ALLOC: TracingAllocator<Flaky> = TracingAllocator::new(Flaky);
 
-/// The tests start and stop the tracer and count live bytes: one at a time.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 /// Makes `start(1)` fail at the `nth` zeroed allocation that `when` selects, and checks that
 /// nothing stays behind.
 fn start_fails_and_keeps_nothing(when: usize, nth: isize, what: &str) {
@@ -180,15 +190,10 @@ fn start_fails_and_keeps_nothing(when: usize, nth: isize, what: &str) {
     assert!(!tracemalloc::is_tracing());
     assert_eq!(tracemalloc::tracemalloc_memory(), 0, "{what}");
     let kept = LIVE.load(Relaxed) - before;
-    assert!(
-        kept.abs() < 4096,
-        "{what}: the failed start kept {kept} bytes"
-    );
+    assert_eq!(kept, 0, "{what}: the failed start kept {kept} bytes");
 }
 
-#[test]
 fn a_start_that_runs_out_of_memory_keeps_nothing() {
-    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     start_fails_and_keeps_nothing(0, 2, "the second shard's table");
     let foreign_entries = 1024 * size_of::<TracebackEntry>();
     start_fails_and_keeps_nothing(foreign_entries, 1, "the other domains' tracebacks");
@@ -203,12 +208,10 @@ fn a_start_that_runs_out_of_memory_keeps_nothing() {
         "stop() kept the tracer's memory"
     );
     let kept = LIVE.load(Relaxed) - before;
-    assert!(kept.abs() < 4096, "stop() kept {kept} bytes");
+    assert_eq!(kept, 0, "stop() kept {kept} bytes");
 }
 
-#[test]
 fn absurd_table_sizes_are_a_lack_of_memory_not_a_panic() {
-    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     for config in [
         tracemalloc::Config {
             initial_slots_per_shard: usize::MAX,
@@ -247,9 +250,7 @@ fn tables_come_back_with_their_layout(config: tracemalloc::Config, blocks: usize
     );
 }
 
-#[test]
 fn large_tables_fall_back_to_plain_pages_where_huge_ones_cannot_be_aligned() {
-    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     PAGE_ALIGN_ONLY.store(true, Relaxed);
     // Tables of 4 MiB from the start: each asks for huge pages first.
     let config = tracemalloc::Config {
@@ -260,9 +261,7 @@ fn large_tables_fall_back_to_plain_pages_where_huge_ones_cannot_be_aligned() {
     PAGE_ALIGN_ONLY.store(false, Relaxed);
 }
 
-#[test]
 fn tables_that_grow_onto_huge_pages_come_back_with_their_layout() {
-    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     // 2 MiB tables to start with (98 304 traces each): the 1.6 M blocks fill about 50 chunks
     // of 1 MiB, 3 a shard on average, so shards with 4 or more move to 4 MiB tables on huge
     // pages and give back the old ones.
@@ -287,49 +286,79 @@ fn distinct_stacks(depth: u32, out: &mut Vec<Box<u64>>) {
     distinct_stacks(depth - 1, out);
 }
 
-#[test]
-fn a_traceback_store_that_cannot_grow_keeps_what_it_holds() {
-    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let config = tracemalloc::Config {
+/// Makes the `step` of the traceback store's growth fail `times` times while 8191 blocks are
+/// allocated from as many stacks, and checks that every block is traced, that at most the
+/// blocks whose stacks met a failure are under `<traceback store full>`, that nothing is left
+/// behind and that every block comes back with its layout. Returns the bytes left behind.
+fn store_growth_fails(step: usize, times: isize) -> i64 {
+    let before = LIVE.load(Relaxed);
+    tracemalloc::start_with(tracemalloc::Config {
         nframe: 16,
         initial_tracebacks: 256,
         ..tracemalloc::Config::default()
-    };
-    let run = |fail: bool| {
-        tracemalloc::start_with(config.clone()).unwrap();
-        // The store's frame pool is the only block reallocated to 64 KiB or more here: its
-        // first growth that far fails after the entries have grown.
-        let mut out = Vec::with_capacity(1 << 13);
-        FAIL_REALLOC_FROM.store(64 * 1024, Relaxed);
-        FAIL_REALLOC_IN.store(isize::from(fail), Relaxed);
-        distinct_stacks(13, &mut out);
-        let failed = FAIL_REALLOC_IN.load(Relaxed) == 0;
-        FAIL_REALLOC_FROM.store(usize::MAX, Relaxed);
-        let snapshot = tracemalloc::take_snapshot().unwrap();
-        tracemalloc::stop();
-        (out, snapshot, failed)
-    };
-    // A first run without failure: the symbolizer keeps the debug information it loads.
-    drop(run(false));
-    let before = LIVE.load(Relaxed);
-    let (out, snapshot, failed) = run(true);
-    assert!(failed, "no growth of the store reached 64 KiB");
-    assert_eq!(snapshot.counters.untraced_blocks, 0);
-    let full = snapshot
-        .traces
+    })
+    .unwrap();
+    let mut out = Vec::with_capacity(1 << 13);
+    FAILING_STEP.store(step, Relaxed);
+    GROWTH_FAILURES.store(times, Relaxed);
+    distinct_stacks(13, &mut out);
+    let unused = GROWTH_FAILURES.swap(0, Relaxed);
+    FAILING_STEP.store(NO_STEP, Relaxed);
+    let snapshot = tracemalloc::take_snapshot().unwrap();
+    tracemalloc::stop();
+    let ours: Vec<_> = snapshot.traces.iter().filter(|t| t.size == 8).collect();
+    let full = ours
         .iter()
         .filter(|t| snapshot.traceback_of(t).frames[0] == tracemalloc::Frame::store_full())
         .count();
-    let ours = snapshot.traces.iter().filter(|t| t.size == 8).count();
-    assert!(ours >= out.len(), "{ours} of {} blocks traced", out.len());
-    // The block whose stack met the failed growth has no traceback; the store grew at the next
-    // new stack, so every later one has its own.
-    assert!(full < 8, "{full} blocks under <traceback store full>");
+    let case = format!("step {step}, {times} failures");
+    if step != NO_STEP {
+        assert_eq!(unused.max(0), 0, "{case}: the store never grew that way");
+    }
+    assert_eq!(snapshot.counters.untraced_blocks, 0, "{case}");
+    assert!(
+        ours.len() >= out.len(),
+        "{case}: {} blocks traced",
+        ours.len()
+    );
+    // A failed growth costs the stack that met it its traceback: the store grows again at the
+    // next new stack.
+    assert!(
+        full <= times as usize,
+        "{case}: {full} blocks under <traceback store full>"
+    );
+    drop(ours);
     drop((out, snapshot));
     assert!(
         !WRONG_LAYOUT.load(Relaxed),
-        "a block came back with another layout"
+        "{case}: a block came back with another layout"
     );
-    let kept = LIVE.load(Relaxed) - before;
-    assert!(kept.abs() < 4096, "stop() kept {kept} bytes");
+    drop(case);
+    LIVE.load(Relaxed) - before
+}
+
+fn a_traceback_store_that_cannot_grow_keeps_what_it_holds() {
+    let cases = [INDEX, ENTRIES, FRAMES]
+        .into_iter()
+        .flat_map(|step| [(step, 1), (step, 3)]);
+    // A first run, from the same call site: the symbolizer keeps the debug information the
+    // first snapshot loads and each location it has resolved.
+    for (run, (step, times)) in [(INDEX, 1)].into_iter().chain(cases).enumerate() {
+        let kept = store_growth_fails(step, times);
+        if run > 0 {
+            assert_eq!(
+                kept, 0,
+                "step {step}, {times} failures: {kept} bytes left behind"
+            );
+        }
+    }
+}
+
+#[test]
+fn out_of_memory_loses_nothing_and_leaks_nothing() {
+    a_start_that_runs_out_of_memory_keeps_nothing();
+    absurd_table_sizes_are_a_lack_of_memory_not_a_panic();
+    a_traceback_store_that_cannot_grow_keeps_what_it_holds();
+    large_tables_fall_back_to_plain_pages_where_huge_ones_cannot_be_aligned();
+    tables_that_grow_onto_huge_pages_come_back_with_their_layout();
 }
