@@ -979,7 +979,7 @@ pub(crate) fn copy_raw() -> RawSnapshot {
     deferred::queued_frees(&mut queued);
     drop((foreign, store, locked));
     raw.leave_out(&queued);
-    raw.set_current_and_peak(accounting::traced_memory());
+    raw.set_peak(accounting::traced_memory().1);
     raw.set_sample_interval(sampler::interval());
     raw
 }

@@ -277,16 +277,15 @@ impl RawSnapshot {
 
     /// Leaves the blocks at `addrs` out of the parts copied by [`RawSnapshot::add_sharing`]:
     /// blocks the program has freed while their traces were still in the table when it was
-    /// copied (an adapter that applies frees in batches), so that the snapshot and its counters
-    /// show what the program holds.
+    /// copied (an adapter that applies frees in batches), so that the snapshot shows what the
+    /// program holds.
     pub fn leave_out(&mut self, addrs: &[usize]) {
         self.left_out.extend(addrs);
     }
 
-    /// Overrides the summed current size and peak (shards' peaks add up to more than the
-    /// real peak; a sharded adapter keeps the exact pair itself).
-    pub fn set_current_and_peak(&mut self, (current, peak): (u64, u64)) {
-        self.counters.current = current;
+    /// Overrides the summed peak (shards' peaks add up to more than the real peak; a sharded
+    /// adapter keeps the exact one itself). The current size is always the sum of the traces.
+    pub fn set_peak(&mut self, peak: u64) {
         self.counters.peak = peak;
     }
 
@@ -317,13 +316,7 @@ impl RawSnapshot {
             for slot in part.slots.iter().filter(|s| s.is_occupied()) {
                 if part.shared && !self.left_out.is_empty() && self.left_out.contains(&slot.addr())
                 {
-                    // Freed: out of the counters too, so that they add up to the traces.
-                    let counters = &mut snapshot.counters;
-                    counters.traces = counters.traces.saturating_sub(1);
-                    counters.current = counters
-                        .current
-                        .saturating_sub(scaled_size(slot.size(), self.sample_interval));
-                    continue;
+                    continue; // freed by the program
                 }
                 let id = slot.traceback().index() as usize;
                 let Some(entry) = part.entries.get(id) else {
@@ -355,6 +348,16 @@ impl RawSnapshot {
                 });
             }
         }
+        // The counters describe the traces kept, whatever the tracers' running sums said: those
+        // may still count blocks left out above, or miss another thread's latest changes.
+        let counters = &mut snapshot.counters;
+        counters.traces = snapshot.traces.len() as u64;
+        counters.current = snapshot
+            .traces
+            .iter()
+            .map(|t| scaled_size(t.size, self.sample_interval))
+            .sum();
+        counters.peak = counters.peak.max(counters.current);
         snapshot.resolve_addresses(resolver);
         snapshot
     }
@@ -455,7 +458,7 @@ mod tests {
     }
 
     #[test]
-    fn left_out_sampled_blocks_leave_the_bytes_they_stand_for() {
+    fn counters_are_the_sums_of_the_traces_kept() {
         let (mut a, mut store_arrays) = (Arrays::new(), Arrays::new());
         let mut store = TracebackStore::new(store_arrays.storage().tracebacks);
         let id = store.intern(0, &[0x1000], 1);
@@ -465,13 +468,29 @@ mod tests {
         let interval = 512 * 1024;
         let mut raw = RawSnapshot::new(4);
         raw.add_sharing([&shard], &store);
-        let estimate = scaled_size(64, interval) + scaled_size(4096, interval);
-        raw.set_current_and_peak((estimate, estimate));
+        raw.set_peak(1 << 30);
         raw.set_sample_interval(interval);
         raw.leave_out(&[0x20]);
         let snapshot = raw.resolve(&mut AddressesOnly);
+        // Sampled: a trace stands for the bytes its sampling probability scales it to.
         assert_eq!(snapshot.counters.current, scaled_size(64, interval));
-        assert_eq!(snapshot.counters.peak, estimate, "the peak was reached");
+        assert_eq!(snapshot.counters.traces, 1);
+        assert_eq!(
+            snapshot.counters.peak,
+            1 << 30,
+            "the peak was reached before"
+        );
+
+        let mut raw = RawSnapshot::new(4);
+        raw.add_sharing([&shard], &store);
+        raw.set_peak(100);
+        let snapshot = raw.resolve(&mut AddressesOnly);
+        assert_eq!(snapshot.counters.current, 64 + 4096);
+        assert_eq!(
+            snapshot.counters.peak,
+            64 + 4096,
+            "never below the current size"
+        );
     }
 
     #[test]
