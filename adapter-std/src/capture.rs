@@ -220,8 +220,10 @@ mod frame_pointers {
     /// The frame record `[caller's fp, return address]` at `fp`, if `fp` can hold one: a
     /// valid chain is aligned, stays below the top of the stack and holds a return address.
     #[inline(always)]
-    fn record(fp: usize, high: usize) -> Option<(usize, usize)> {
-        if fp == 0 || fp % core::mem::align_of::<usize>() != 0 || fp + 16 > high {
+    pub(super) fn record(fp: usize, high: usize) -> Option<(usize, usize)> {
+        // `fp > high - 16`, not `fp + 16 > high`: a foreign frame's register may hold anything,
+        // and an address near the top of the address space would overflow.
+        if fp == 0 || fp % core::mem::align_of::<usize>() != 0 || fp > high.saturating_sub(16) {
             return None;
         }
         // SAFETY: `fp` lies between the current frame (the walk starts from our own frame
@@ -349,6 +351,22 @@ mod tests {
                 assert_ne!(captured.hash, HASH_SEED);
             }
         }
+    }
+
+    #[test]
+    #[cfg(all(
+        any(target_arch = "x86_64", target_arch = "aarch64"),
+        any(target_os = "linux", target_os = "android")
+    ))]
+    fn a_frame_pointer_near_the_top_of_the_address_space_ends_the_walk() {
+        for fp in [usize::MAX - 7, usize::MAX - 15, usize::MAX & !7] {
+            assert_eq!(frame_pointers::record(fp, usize::MAX - 4096), None);
+        }
+        assert_eq!(
+            frame_pointers::record(8, 16),
+            None,
+            "a record must fit below the top"
+        );
     }
 
     #[test]
