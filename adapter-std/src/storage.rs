@@ -346,4 +346,76 @@ mod tests {
             free_table(&System, Raw::from(table), pages);
         }
     }
+
+    /// `System`, counting its live bytes, failing every third reallocation.
+    struct Flaky {
+        live: AtomicUsize,
+        reallocs: AtomicUsize,
+    }
+
+    // SAFETY: forwards to `System`, or fails a reallocation by returning null (the block stays
+    // as it was), which `GlobalAlloc` allows.
+    unsafe impl GlobalAlloc for Flaky {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            self.live.fetch_add(layout.size(), Relaxed);
+            // SAFETY: the caller's contract is forwarded.
+            unsafe { System.alloc(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            self.live.fetch_sub(layout.size(), Relaxed);
+            // SAFETY: the caller's contract is forwarded.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            if self.reallocs.fetch_add(1, Relaxed) % 3 == 2 {
+                return core::ptr::null_mut();
+            }
+            self.live.fetch_add(new_size, Relaxed);
+            self.live.fetch_sub(layout.size(), Relaxed);
+            // SAFETY: the caller's contract is forwarded.
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+    }
+
+    /// Grows a store in place while reallocations fail now and then, as the interner does, and
+    /// frees it. Also the test to run under Miri (`cargo +nightly miri test -p tracemalloc
+    /// --lib storage::tests::a_store`): no page advice, so it runs there.
+    #[test]
+    fn a_store_grown_in_place_keeps_its_stacks_and_gives_every_byte_back() {
+        use tracemalloc_core::traceback::{Index, StoreFull, TracebackStore};
+        let inner = Flaky {
+            live: AtomicUsize::new(0),
+            reallocs: AtomicUsize::new(0),
+        };
+        let storage = allocate_tracebacks(&inner, 4, 8).expect("memory for a store");
+        let mut store = TracebackStore::new(storage);
+        let stacks: Vec<[usize; 3]> = (0..200).map(|i| [i, i + 1, i + 2]).collect();
+        let mut ids = Vec::new();
+        for frames in &stacks {
+            let id = loop {
+                match store.try_intern(0, frames, 3) {
+                    Ok(id) => break id,
+                    Err(StoreFull) => {
+                        let entries = store.entry_capacity() * 2;
+                        let pool = ((store.frame_count() + 3) * 2).max(store.frame_capacity());
+                        let (storage, held) = store.take_storage();
+                        match grow_tracebacks(&inner, RawTracebacks::of(storage), entries, pool) {
+                            Ok(grown) => store.put_back(grown, held, Index::Rebuild),
+                            Err(same) => store.put_back(same, held, Index::Kept),
+                        }
+                    }
+                }
+            };
+            ids.push(id);
+        }
+        assert!(
+            inner.reallocs.load(Relaxed) >= 6,
+            "some growth failed and was retried"
+        );
+        for (frames, id) in stacks.iter().zip(&ids) {
+            assert_eq!(store.get(*id).frames, frames);
+        }
+        free_tracebacks(&inner, RawTracebacks::of(store.into_storage()));
+        assert_eq!(inner.live.load(Relaxed), 0);
+    }
 }
