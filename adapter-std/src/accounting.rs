@@ -198,6 +198,18 @@ pub(crate) fn traced_memory() -> (u64, u64) {
     (current as u64, PEAK.load(Relaxed).max(current) as u64)
 }
 
+/// Raises the peak to `bytes`, the sum of a snapshot's traces: the true total was at least
+/// that when the snapshot was taken, though other threads may not have published all of it.
+/// Without this, a later snapshot could report a lower peak. Skipped when `clear()` started a
+/// new generation after `generation` was read, so that a cleared peak stays cleared.
+pub(crate) fn raise_peak(bytes: u64, generation: u32) {
+    state::with_generation_fixed(|| {
+        if interner::generation() == generation {
+            PEAK.fetch_max(bytes.min(i64::MAX as u64) as i64, Relaxed);
+        }
+    });
+}
+
 /// Python's `reset_peak()`.
 pub(crate) fn reset_peak() {
     publish_own();

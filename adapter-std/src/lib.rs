@@ -332,8 +332,10 @@ pub fn take_snapshot() -> Result<Snapshot, Error> {
     let Some(_guard) = guard::Guard::enter() else {
         return Err(Error::NotTracing);
     };
+    let generation = interner::generation();
     let raw = state::copy_raw();
     let mut snapshot = symbolize::with_process_resolver(|resolver| raw.resolve(resolver));
+    accounting::raise_peak(snapshot.counters.current, generation);
     let nframe = traceback_limit();
     for traceback in &mut snapshot.tracebacks {
         trim(traceback, nframe);

@@ -95,6 +95,8 @@ pub struct Held {
     entry_count: usize,
     frame_count: usize,
     overflowed: usize,
+    /// The index taken out, by address and length: [`Index::Kept`] with another one rebuilds.
+    index: (usize, usize),
 }
 
 /// The index of storage given back to a store ([`TracebackStore::put_back`]).
@@ -366,6 +368,7 @@ impl<'a> TracebackStore<'a> {
             entry_count: self.entry_count,
             frame_count: self.frame_count,
             overflowed: self.overflowed,
+            index: (self.index.as_ptr() as usize, self.index.len()),
         };
         let storage = TracebackStorage {
             entries: core::mem::take(&mut self.entries),
@@ -383,7 +386,7 @@ impl<'a> TracebackStore<'a> {
     /// Gives back the storage [`TracebackStore::take_storage`] took, its entries and frames
     /// beginning with the ones taken (perhaps in longer arrays), and its index either as taken
     /// ([`Index::Kept`]) or new, of any contents ([`Index::Rebuild`]: the store indexes every
-    /// entry again). Storage too small for what was taken is the caller's error: the store then
+    /// entry again, as it does for [`Index::Kept`] with an index other than the one taken). Storage too small for what was taken is the caller's error: the store then
     /// starts again empty, as after [`TracebackStore::clear`], and ids handed out before are
     /// invalid.
     pub fn put_back(&mut self, storage: TracebackStorage<'a>, held: Held, index: Index) {
@@ -396,10 +399,12 @@ impl<'a> TracebackStore<'a> {
             self.clear();
             return;
         }
-        self.entry_count = held.entry_count;
+        // Entry 0 stays the overflow entry, also in a store that had no storage before.
+        self.entry_count = held.entry_count.max(usize::from(!self.entries.is_empty()));
         self.frame_count = held.frame_count;
         self.overflowed = held.overflowed + refused_meanwhile;
-        if index == Index::Rebuild {
+        let same_index = (self.index.as_ptr() as usize, self.index.len()) == held.index;
+        if index == Index::Rebuild || !same_index {
             self.index.fill(0);
             self.rebuild_index();
         }
@@ -624,6 +629,33 @@ mod growth_tests {
         let x = store.intern(0, &[1, 2, 3], 3);
         let (old, held) = store.take_storage();
         store.put_back(old, held, Index::Kept);
+        assert_eq!(store.intern(0, &[1, 2, 3], 3), x);
+        assert_eq!(store.len(), 2);
+    }
+
+    #[test]
+    fn a_store_without_storage_grown_in_place_keeps_id_0_for_the_overflow() {
+        let mut store = TracebackStore::new(storage(0, 0));
+        let (old, held) = store.take_storage();
+        store.put_back(extended(old, 8, 16), held, Index::Rebuild);
+        let id = store.intern(0, &[1, 2], 2);
+        assert_ne!(
+            id,
+            TracebackId::OVERFLOW,
+            "a real stack got the overflow id"
+        );
+        assert_eq!(store.get(id).frames, &[1, 2]);
+    }
+
+    #[test]
+    fn kept_with_another_index_indexes_again() {
+        let mut store = TracebackStore::new(storage(8, 16));
+        let x = store.intern(0, &[1, 2, 3], 3);
+        let (old, held) = store.take_storage();
+        let other = storage(8, 16);
+        other.entries.copy_from_slice(old.entries);
+        other.frames.copy_from_slice(old.frames);
+        store.put_back(other, held, Index::Kept);
         assert_eq!(store.intern(0, &[1, 2, 3], 3), x);
         assert_eq!(store.len(), 2);
     }

@@ -5,15 +5,12 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc;
-use std::sync::Mutex;
 
 use tracemalloc::TracingAllocator;
 use tracemalloc_tests::{blocks, marked_line, traced_at, Counting, LIVE};
 
 #[global_allocator]
 static ALLOC: TracingAllocator<Counting> = TracingAllocator::new(Counting);
-
-static SERIAL: Mutex<()> = Mutex::new(());
 
 const THIS_FILE: &str = "tests/tests/deferred_frees.rs";
 
@@ -41,9 +38,8 @@ fn large() -> Vec<u8> {
     vec![9u8; 64 * 1024] // LARGE
 }
 
-/// Runs `test` with tracing on, one test at a time (the tracer is process-wide).
+/// Runs `test` with tracing on.
 fn traced(test: impl FnOnce()) {
-    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     tracemalloc::start(4).unwrap();
     test();
     tracemalloc::stop();
@@ -108,7 +104,6 @@ fn on_live_thread(free: impl FnOnce() + Send + 'static) -> LiveThread {
     }
 }
 
-#[test]
 fn small_frees_are_held_back_until_a_batch_fills() {
     traced(|| {
         let blocks = pages(5);
@@ -120,7 +115,6 @@ fn small_frees_are_held_back_until_a_batch_fills() {
     });
 }
 
-#[test]
 fn full_batches_are_applied_without_being_asked() {
     traced(|| {
         let blocks = pages(48);
@@ -131,7 +125,6 @@ fn full_batches_are_applied_without_being_asked() {
     });
 }
 
-#[test]
 fn a_thread_applies_its_queue_before_it_reports() {
     traced(|| {
         let blocks = pages(10); // and the Vec: 11 frees, under a batch
@@ -143,7 +136,6 @@ fn a_thread_applies_its_queue_before_it_reports() {
     });
 }
 
-#[test]
 fn large_frees_are_not_held_back() {
     traced(|| {
         let block = large();
@@ -154,7 +146,6 @@ fn large_frees_are_not_held_back() {
     });
 }
 
-#[test]
 fn queued_frees_reach_the_inner_allocator_when_threads_exit() {
     traced(|| {
         // 200 threads each free 5 blocks of 4 KiB and exit without asking anything: 4 MB
@@ -174,7 +165,6 @@ fn queued_frees_reach_the_inner_allocator_when_threads_exit() {
     });
 }
 
-#[test]
 fn snapshots_leave_out_what_other_threads_freed() {
     traced(|| {
         let blocks = small(5);
@@ -208,15 +198,19 @@ fn counters_add_up_while(allocated_here: bool) {
     assert_eq!(traced_at(&snapshot, THIS_FILE, line_of("PAGES")), None);
 }
 
-#[test]
 fn a_snapshots_counters_add_up_to_its_traces_while_frees_are_queued() {
     traced(|| {
+        // With this thread alone, the snapshot and `traced_memory()` agree to the byte.
+        let blocks = pages(5);
+        let snapshot = tracemalloc::take_snapshot().unwrap();
+        let (current, _) = tracemalloc::traced_memory();
+        assert_eq!(snapshot.counters.current, current as u64);
+        drop((blocks, snapshot));
         counters_add_up_while(true);
         counters_add_up_while(false);
     });
 }
 
-#[test]
 fn scoped_threads_frees_are_out_of_the_next_snapshot() {
     traced(|| {
         // `scope()` returns when the closures are done, before the threads' exit flush may run.
@@ -230,4 +224,92 @@ fn scoped_threads_frees_are_out_of_the_next_snapshot() {
         }
         assert_eq!(still_traced, 0);
     });
+}
+
+/// A live thread's allocations are in a snapshot before its thread publishes them to
+/// `traced_memory()`; freed before that, they would leave a later snapshot with a lower peak.
+fn a_snapshots_peak_never_drops_below_an_earlier_snapshots_current() {
+    traced(|| {
+        let (free_tx, free_rx) = mpsc::channel::<()>();
+        let (held_tx, held_rx) = mpsc::channel::<()>();
+        let (freed_tx, freed_rx) = mpsc::channel::<()>();
+        let (exit_tx, exit_rx) = mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            // 40 KiB: a thread publishes its changes once they reach 64 KiB.
+            let block = std::hint::black_box(vec![1u8; 40 * 1024]);
+            held_tx.send(()).unwrap();
+            free_rx.recv().unwrap();
+            drop(block);
+            freed_tx.send(()).unwrap();
+            let _ = exit_rx.recv(); // alive, or its exit would publish the change
+        });
+        held_rx.recv().unwrap();
+        tracemalloc::reset_peak();
+        let first = tracemalloc::take_snapshot().unwrap().counters;
+        free_tx.send(()).unwrap();
+        freed_rx.recv().unwrap();
+        let second = tracemalloc::take_snapshot().unwrap().counters;
+        let (_, peak) = tracemalloc::traced_memory();
+        drop(exit_tx);
+        thread.join().unwrap();
+        assert!(first.current >= 40 * 1024, "{first:?}");
+        assert!(
+            second.peak >= first.current,
+            "peak {} after a snapshot of {} bytes",
+            second.peak,
+            first.current
+        );
+        assert!(
+            peak >= first.current as usize,
+            "traced_memory() peak {peak}"
+        );
+    });
+}
+
+/// The cases run one after another on the main thread: each counts the bytes the inner
+/// allocator got back, and a test harness would allocate meanwhile (a finished test's thread
+/// sends its result, 9680 bytes, while the next one measures).
+fn main() {
+    let cases: [(&str, fn()); 9] = [
+        (
+            "small_frees_are_held_back_until_a_batch_fills",
+            small_frees_are_held_back_until_a_batch_fills,
+        ),
+        (
+            "full_batches_are_applied_without_being_asked",
+            full_batches_are_applied_without_being_asked,
+        ),
+        (
+            "a_thread_applies_its_queue_before_it_reports",
+            a_thread_applies_its_queue_before_it_reports,
+        ),
+        (
+            "large_frees_are_not_held_back",
+            large_frees_are_not_held_back,
+        ),
+        (
+            "queued_frees_reach_the_inner_allocator_when_threads_exit",
+            queued_frees_reach_the_inner_allocator_when_threads_exit,
+        ),
+        (
+            "snapshots_leave_out_what_other_threads_freed",
+            snapshots_leave_out_what_other_threads_freed,
+        ),
+        (
+            "a_snapshots_counters_add_up_to_its_traces_while_frees_are_queued",
+            a_snapshots_counters_add_up_to_its_traces_while_frees_are_queued,
+        ),
+        (
+            "scoped_threads_frees_are_out_of_the_next_snapshot",
+            scoped_threads_frees_are_out_of_the_next_snapshot,
+        ),
+        (
+            "a_snapshots_peak_never_drops_below_an_earlier_snapshots_current",
+            a_snapshots_peak_never_drops_below_an_earlier_snapshots_current,
+        ),
+    ];
+    for (name, case) in cases {
+        case();
+        println!("deferred_frees: {name} ok");
+    }
 }

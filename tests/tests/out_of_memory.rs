@@ -5,9 +5,8 @@
 //! large tables to huge pages still gets them, and gets each back with the layout it handed
 //! out.
 //!
-//! One test runs every case in turn: the inner allocator's live bytes are counted for the whole
-//! process, and a second test would have the harness allocate (sending a finished test's
-//! result) while another measures.
+//! The cases run in turn from `main`, without a test harness: the inner allocator's live bytes
+//! are counted for the whole process, and a harness allocates on its own threads meanwhile.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicIsize, AtomicUsize, Ordering::Relaxed};
@@ -354,11 +353,31 @@ fn a_traceback_store_that_cannot_grow_keeps_what_it_holds() {
     }
 }
 
-#[test]
-fn out_of_memory_loses_nothing_and_leaks_nothing() {
-    a_start_that_runs_out_of_memory_keeps_nothing();
-    absurd_table_sizes_are_a_lack_of_memory_not_a_panic();
-    a_traceback_store_that_cannot_grow_keeps_what_it_holds();
-    large_tables_fall_back_to_plain_pages_where_huge_ones_cannot_be_aligned();
-    tables_that_grow_onto_huge_pages_come_back_with_their_layout();
+fn main() {
+    let cases: [(&str, fn()); 5] = [
+        (
+            "a_start_that_runs_out_of_memory_keeps_nothing",
+            a_start_that_runs_out_of_memory_keeps_nothing,
+        ),
+        (
+            "absurd_table_sizes_are_a_lack_of_memory_not_a_panic",
+            absurd_table_sizes_are_a_lack_of_memory_not_a_panic,
+        ),
+        (
+            "a_traceback_store_that_cannot_grow_keeps_what_it_holds",
+            a_traceback_store_that_cannot_grow_keeps_what_it_holds,
+        ),
+        (
+            "large_tables_fall_back_to_plain_pages_where_huge_ones_cannot_be_aligned",
+            large_tables_fall_back_to_plain_pages_where_huge_ones_cannot_be_aligned,
+        ),
+        (
+            "tables_that_grow_onto_huge_pages_come_back_with_their_layout",
+            tables_that_grow_onto_huge_pages_come_back_with_their_layout,
+        ),
+    ];
+    for (name, case) in cases {
+        case();
+        println!("out_of_memory: {name} ok");
+    }
 }

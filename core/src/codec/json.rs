@@ -22,6 +22,7 @@ use core::fmt;
 use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
 
+use crate::sampling::scaled_size;
 use crate::snapshot::{snapshot_from_traces, Frame, Snapshot, Traceback};
 use crate::tracer::Counters;
 
@@ -190,6 +191,16 @@ impl Snapshot {
             })
             .collect();
         let mut snapshot = snapshot_from_traces(doc.traceback_limit, traces);
+        if doc.sample_interval != 0 && doc.counters.is_none() {
+            // Sampled traces stand for more bytes than their own, as in a snapshot taken here.
+            let current = snapshot
+                .traces
+                .iter()
+                .map(|t| scaled_size(t.size, doc.sample_interval))
+                .sum();
+            snapshot.counters.current = current;
+            snapshot.counters.peak = current;
+        }
         if let Some(c) = doc.counters {
             snapshot.counters = Counters {
                 current: c.current,
@@ -240,6 +251,15 @@ mod tests {
         s.sample_interval = 524_288;
         let back = Snapshot::from_json(&s.to_json()).unwrap();
         assert_eq!(back.sample_interval, 524_288);
+    }
+
+    #[test]
+    fn sampled_traces_without_counters_count_the_bytes_they_stand_for() {
+        let json = ISSUE_EXAMPLE.replace(r#""traces""#, r#""sample_interval": 524288, "traces""#);
+        let s = Snapshot::from_json(&json).unwrap();
+        assert_eq!(s.counters.current, scaled_size(1000, 524_288));
+        assert!(s.counters.current > 500_000, "{}", s.counters.current);
+        assert_eq!(s.counters.peak, s.counters.current);
     }
 
     #[test]
