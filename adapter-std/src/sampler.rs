@@ -31,17 +31,48 @@ const ZERO: AtomicU8 = AtomicU8::new(0);
 /// How many live sampled blocks hash to each bucket (saturating: a full bucket stays "maybe").
 static MAYBE_SAMPLED: [AtomicU8; BUCKETS] = [ZERO; BUCKETS];
 
-thread_local! {
-    /// Bytes left before the next sample, and the generator's state (0: not seeded yet).
-    static COUNTDOWN: Cell<(i64, u64)> = const { Cell::new((0, 0)) };
+/// Counts the intervals configured: the allocator's state byte names the current one while
+/// sampling ([`state`]), and a thread's countdown remembers the one it was drawn for.
+static CONFIGURATION: AtomicU8 = AtomicU8::new(0);
+
+/// A thread's place in its sampling: bytes left before the next sample, the generator's state
+/// (0: not seeded yet), and the state byte of the configuration the gap was drawn for. A gap
+/// drawn for another configuration is drawn again: a thread that drew a 1 TiB gap would
+/// otherwise sample nothing after a restart at 512 KiB until it had allocated that terabyte.
+/// The allocator already holds the state byte, so the test costs a compare.
+struct Countdown {
+    left: Cell<i64>,
+    rng: Cell<u64>,
+    drawn_for: Cell<u8>,
 }
 
-/// Sets the interval (0: trace every block) and forgets every mark.
+thread_local! {
+    static COUNTDOWN: Countdown = const {
+        Countdown {
+            left: Cell::new(0),
+            rng: Cell::new(0),
+            drawn_for: Cell::new(0),
+        }
+    };
+}
+
+/// Sets the interval (0: trace every block) and forgets every mark; a new interval starts a
+/// configuration. Called only while tracing is off (or by `clear()`, with the same interval),
+/// so the state byte the arming stores names the configuration as long as sampling lasts.
 pub(crate) fn configure(interval: u64) {
-    INTERVAL.store(interval.min(MAX_INTERVAL), Relaxed);
+    let interval = interval.min(MAX_INTERVAL);
+    if INTERVAL.swap(interval, Relaxed) != interval {
+        CONFIGURATION.fetch_add(1, Relaxed);
+    }
     for bucket in &MAYBE_SAMPLED {
         bucket.store(0, Relaxed);
     }
+}
+
+/// The state byte that names the current configuration while sampling: one of the 252 values
+/// from `first` up (a thread idle through exactly a multiple of 252 restarts keeps its gap).
+pub(crate) fn state(first: u8) -> u8 {
+    first + CONFIGURATION.load(Relaxed) % (u8::MAX - first + 1)
 }
 
 /// The mean bytes between samples; 0 when every block is traced.
@@ -53,16 +84,17 @@ pub(crate) fn interval() -> u64 {
 /// Counts `size` bytes off this thread's countdown when that does not reach a sample point,
 /// and says whether it did: the allocator's inline test while sampling. When it returns
 /// false nothing changed, and [`take`] decides on the same bytes. A thread's countdown starts
-/// at 0, so its first allocation (never of 0 bytes) goes to [`take`], which seeds it.
+/// at 0, so its first allocation (never of 0 bytes) goes to [`take`], which seeds it; so does
+/// its first after the interval changed, as the allocator's `state` byte then names another
+/// configuration than the one the countdown was drawn for.
 #[inline(always)]
-pub(crate) fn skip(size: usize) -> bool {
+pub(crate) fn skip(size: usize, state: u8) -> bool {
     COUNTDOWN
         .try_with(|countdown| {
-            let (left, rng) = countdown.get();
-            let left = left.wrapping_sub(size as i64);
-            let skip = left > 0;
+            let left = countdown.left.get().wrapping_sub(size as i64);
+            let skip = left > 0 && countdown.drawn_for.get() == state;
             if skip {
-                countdown.set((left, rng));
+                countdown.left.set(left);
             }
             skip
         })
@@ -78,18 +110,19 @@ pub(crate) fn take(size: usize) -> bool {
     }
     COUNTDOWN
         .try_with(|countdown| {
-            let (left, rng) = countdown.get();
-            let left = left - size as i64;
-            if left > 0 && rng != 0 {
-                countdown.set((left, rng));
+            let (rng, current) = (countdown.rng.get(), state(crate::state::SAMPLING));
+            // A thread's first allocation, or its first since the configuration changed,
+            // starts a countdown: it is sampled only if a gap drawn from its start falls inside.
+            let fresh = rng == 0 || countdown.drawn_for.get() != current;
+            let mut left = if fresh { 0 } else { countdown.left.get() } - size as i64;
+            if left > 0 && !fresh {
+                countdown.left.set(left);
                 return false;
             }
             // The allocation covers every sample point up to `left <= 0`: it is sampled once,
             // and the countdown restarts after its end, so a block of `size` bytes is sampled
             // with probability exactly 1 - exp(-size / interval) (the gaps are memoryless).
-            let first = rng == 0;
-            let (mut left, mut rng) = (left, rng);
-            let mut crossed = !first;
+            let (mut crossed, mut rng) = (!fresh, rng);
             loop {
                 let (gap, next) = next_gap(rng, interval);
                 rng = next;
@@ -99,9 +132,9 @@ pub(crate) fn take(size: usize) -> bool {
                 }
                 crossed = true;
             }
-            countdown.set((left, rng));
-            // A thread's first allocation seeds the generator: it is sampled only if a gap
-            // drawn from its start falls inside it, like any other.
+            countdown.left.set(left);
+            countdown.rng.set(rng);
+            countdown.drawn_for.set(current);
             crossed
         })
         .unwrap_or(false)

@@ -44,8 +44,10 @@ const OFF: u8 = 0;
 const ON: u8 = 1;
 const ARMED: u8 = 2;
 const ENV_PENDING: u8 = 3;
-/// On, sampling: the allocator tests the countdown and the free filter inline.
-const SAMPLING: u8 = 4;
+/// On, sampling: the allocator tests the countdown and the free filter inline. Every value
+/// from here up means sampling: the value names the configuration (`sampler::state`), so that
+/// a thread whose countdown was drawn for another one draws again.
+pub(crate) const SAMPLING: u8 = 4;
 
 /// The tracing state: one relaxed load of it is all the allocator pays while tracing is off.
 static STATE: OwnLine<AtomicU8> = OwnLine(AtomicU8::new(ENV_PENDING));
@@ -185,7 +187,7 @@ fn shard_of(addr: usize) -> &'static spin::Mutex<Shard> {
 pub(crate) fn passes_alloc(size: usize) -> bool {
     match STATE.load(Relaxed) {
         OFF => true,
-        SAMPLING => sampler::skip(size),
+        state if state >= SAMPLING => sampler::skip(size, state),
         _ => false,
     }
 }
@@ -196,7 +198,7 @@ pub(crate) fn passes_alloc(size: usize) -> bool {
 pub(crate) fn passes_free(addr: usize) -> bool {
     match STATE.load(Relaxed) {
         OFF => true,
-        SAMPLING => !sampler::maybe_sampled(addr),
+        state if state >= SAMPLING => !sampler::maybe_sampled(addr),
         _ => false,
     }
 }
@@ -208,7 +210,9 @@ pub(crate) fn passes_realloc(addr: usize, new_size: usize) -> bool {
     match STATE.load(Relaxed) {
         OFF => true,
         // The filter first: `skip` consumes the countdown only when the tracer is skipped.
-        SAMPLING => !sampler::maybe_sampled(addr) && sampler::skip(new_size),
+        state if state >= SAMPLING => {
+            !sampler::maybe_sampled(addr) && sampler::skip(new_size, state)
+        }
         _ => false,
     }
 }
@@ -226,7 +230,7 @@ pub(crate) fn is_on() -> bool {
 
 #[inline(always)]
 fn is_on_state(state: u8) -> bool {
-    state == ON || state == SAMPLING
+    state == ON || state >= SAMPLING
 }
 
 /// Whether the allocator should record this allocation; the first allocation and arming take
@@ -234,8 +238,9 @@ fn is_on_state(state: u8) -> bool {
 #[inline(always)]
 pub(crate) fn should_record(inner: &dyn GlobalAlloc) -> bool {
     match STATE.load(Relaxed) {
-        ON | SAMPLING => true,
+        ON => true,
         OFF => false,
+        state if state >= SAMPLING => true,
         _ => on_state_change(inner),
     }
 }
@@ -400,7 +405,7 @@ fn arm(inner: &dyn GlobalAlloc) -> bool {
     let on = if sampler::interval() == 0 {
         ON
     } else {
-        SAMPLING
+        sampler::state(SAMPLING)
     };
     // Not over a `stop()` that came while this arming allocated: that stop stays.
     match STATE.compare_exchange(ARMED, on, AcqRel, Acquire) {

@@ -1,7 +1,9 @@
 //! Sampling mode: one block per N bytes on average is traced, and statistics scale the samples
 //! back up. The estimates of each site must land within 10% of the exact figures.
 
+use std::sync::{Mutex, MutexGuard};
 use tracemalloc::{Config, DomainFilter, Filter, KeyType, TraceFilter, TracingAllocator};
+
 use tracemalloc_tests::{blocks, marked_line};
 
 #[global_allocator]
@@ -27,14 +29,25 @@ fn close(estimate: u64, exact: u64) -> bool {
     (estimate as f64 - exact as f64).abs() <= exact as f64 * 0.10
 }
 
+/// One test at a time: the tracer is process-wide.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn sampled(interval: u64) -> Config {
+    Config {
+        nframe: 4,
+        sample_interval: interval,
+        ..Config::default()
+    }
+}
+
 #[test]
 fn sampled_estimates_of_each_site_are_within_ten_percent() {
-    tracemalloc::start_with(Config {
-        nframe: 4,
-        sample_interval: 4096,
-        ..Config::default()
-    })
-    .unwrap();
+    let _serial = serial();
+    tracemalloc::start_with(sampled(4096)).unwrap();
     let big = blocks(2_000, || vec![1u8; 10_000]); // BIG
     let mid = blocks(20_000, || vec![2u8; 1_000]); // MID
     let small = blocks(200_000, || vec![3u8; 64]); // SMALL
@@ -142,4 +155,31 @@ fn sampled_estimates_of_each_site_are_within_ten_percent() {
         "a freed sampled block kept its trace"
     );
     tracemalloc::stop();
+}
+
+#[test]
+fn a_restart_with_a_shorter_interval_samples_at_once() {
+    let _serial = serial();
+    // At 1 TiB a sample, this thread's next sample point is about a terabyte away.
+    tracemalloc::start_with(sampled(1 << 40)).unwrap();
+    drop(blocks(100, || vec![0u8; 64]));
+    tracemalloc::stop();
+    tracemalloc::start_with(sampled(4096)).unwrap();
+    let live = blocks(10_000, || vec![6u8; 1_000]); // RESTARTED
+    let stats = estimates(&tracemalloc::take_snapshot().unwrap());
+    // clear_traces() keeps the interval, and sampling goes on as before.
+    tracemalloc::clear_traces();
+    let again = blocks(10_000, || vec![7u8; 1_000]); // CLEARED
+    let after_clear = estimates(&tracemalloc::take_snapshot().unwrap());
+    tracemalloc::stop();
+    for (site, stats) in [("RESTARTED", &stats), ("CLEARED", &after_clear)] {
+        let line = line_of(site);
+        let &(_, bytes, _) = stats
+            .iter()
+            .find(|s| s.0 == line)
+            .unwrap_or_else(|| panic!("{site}: nothing sampled: {stats:?}"));
+        // About 2 170 samples: the 10 % bound is 5 standard deviations away.
+        assert!(close(bytes, 10_000_000), "{site}: {bytes} bytes estimated");
+    }
+    drop((live, again));
 }
