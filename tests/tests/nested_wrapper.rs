@@ -5,7 +5,8 @@
 //! through the global one again).
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
+use std::cell::Cell;
+use std::sync::atomic::Ordering::Relaxed;
 
 use tracemalloc::TracingAllocator;
 use tracemalloc_tests::{Counting, LIVE};
@@ -13,7 +14,15 @@ use tracemalloc_tests::{Counting, LIVE};
 /// Counts the frees it is asked for, then hands them to the tracing wrapper inside.
 struct Outer(TracingAllocator<System>);
 
-static OUTER_FREES: AtomicI64 = AtomicI64::new(0);
+thread_local! {
+    /// Frees asked of `Outer` on this thread: the test harness's own threads free meanwhile.
+    /// Const-initialised, no destructor: usable inside the allocator.
+    static OUTER_FREES: Cell<i64> = const { Cell::new(0) };
+}
+
+fn outer_frees() -> i64 {
+    OUTER_FREES.with(Cell::get)
+}
 
 // SAFETY: forwards to the wrapper unchanged; only counts frees.
 unsafe impl GlobalAlloc for Outer {
@@ -22,7 +31,7 @@ unsafe impl GlobalAlloc for Outer {
         unsafe { self.0.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        OUTER_FREES.fetch_add(1, Relaxed);
+        let _ = OUTER_FREES.try_with(|n| n.set(n.get() + 1));
         // SAFETY: the caller's contract is forwarded.
         unsafe { self.0.dealloc(ptr, layout) }
     }
@@ -40,11 +49,11 @@ fn each_free_reaches_the_outer_allocator_once() {
     tracemalloc::start(1).unwrap();
     let blocks = tracemalloc_tests::blocks(5, || Box::new([1u8; 64]));
     let _ = tracemalloc::traced_memory();
-    let before = OUTER_FREES.load(Relaxed);
+    let before = outer_frees();
     drop(blocks); // 5 boxes and the Vec: queued by the wrapper
-    let dropped = OUTER_FREES.load(Relaxed);
+    let dropped = outer_frees();
     let _ = tracemalloc::traced_memory(); // applies the queue
-    let after = OUTER_FREES.load(Relaxed);
+    let after = outer_frees();
     tracemalloc::stop();
     assert_eq!(dropped - before, 6);
     assert_eq!(
