@@ -14,15 +14,26 @@ use core::alloc::GlobalAlloc;
 use core::cell::Cell;
 use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed};
 
-use tracemalloc_core::traceback::{Index, StoreFull, TracebackId, TracebackStore};
+use tracemalloc_core::traceback::{Index, IndexHint, StoreFull, TracebackId, TracebackStore};
 
 use crate::capture::Stack;
+use crate::state::prefetch;
 use crate::storage::{
     self, allocate_tracebacks, free_tracebacks, grow_tracebacks, tracebacks_bytes, RawTracebacks,
 };
 
 /// The shared store; `None` until tracing first starts.
 pub(crate) static STORE: spin::Mutex<Option<TracebackStore<'static>>> = spin::Mutex::new(None);
+
+/// Where the store's index lies (`IndexHint`), readable without the store's lock; updated under
+/// it whenever the index moves. A torn or stale pair only prefetches the wrong line.
+static INDEX_BASE: AtomicUsize = AtomicUsize::new(0);
+static INDEX_MASK: AtomicUsize = AtomicUsize::new(0);
+
+fn publish_hint(hint: IndexHint) {
+    INDEX_BASE.store(hint.base, Relaxed);
+    INDEX_MASK.store(hint.mask, Relaxed);
+}
 
 /// Bytes the store may grow to (`Config::max_traceback_memory`).
 static MAX_BYTES: AtomicUsize = AtomicUsize::new(usize::MAX);
@@ -108,6 +119,14 @@ fn intern_shared(inner: &dyn GlobalAlloc, stack: &Stack<'_>) -> (TracebackId, bo
         total,
         hash,
     } = *stack;
+    // The store's first probe, fetched while the lock is taken (or waited for): under the
+    // lock, with a store of millions of stacks, it was a cache miss that every other thread
+    // interning a new stack waited for too.
+    let hint = IndexHint {
+        base: INDEX_BASE.load(Relaxed),
+        mask: INDEX_MASK.load(Relaxed),
+    };
+    prefetch(hint.first_cell(0, hash));
     let mut store = STORE.lock();
     let Some(store) = store.as_mut() else {
         return (TracebackId::OVERFLOW, false);
@@ -145,6 +164,7 @@ fn grow(inner: &dyn GlobalAlloc, store: &mut TracebackStore<'static>, more: usiz
         Ok(grown) => store.put_back(grown, held, Index::Rebuild),
         Err(unchanged) => store.put_back(unchanged, held, Index::Kept),
     }
+    publish_hint(store.index_hint());
     false
 }
 
@@ -169,7 +189,9 @@ pub(crate) fn reset(
             .and_then(|frames| allocate_tracebacks(inner, entries, frames))
         {
             Some(storage) => {
-                *store = Some(TracebackStore::new(storage));
+                let created = TracebackStore::new(storage);
+                publish_hint(created.index_hint());
+                *store = Some(created);
                 true
             }
             None => false,
@@ -193,6 +215,7 @@ pub(crate) fn release(inner: &dyn GlobalAlloc) {
     let mut store = STORE.lock();
     GENERATION.fetch_add(1, Relaxed);
     if let Some(store) = store.take() {
+        publish_hint(IndexHint::default());
         free_tracebacks(inner, RawTracebacks::of(store.into_storage()));
     }
 }

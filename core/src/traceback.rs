@@ -130,6 +130,28 @@ pub struct TracebackStorage<'a> {
     pub frames: &'a mut [usize],
 }
 
+/// Where a store's index lies, for an owner that prefetches a stack's first index cell before
+/// it takes the store's lock: in a store of millions of stacks that cell is a cache miss, and
+/// taken under the lock it made every other thread wait for it too. A stale hint only names
+/// the wrong line.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IndexHint {
+    /// Address of the index's first cell (0: no index).
+    pub base: usize,
+    /// The index's length minus one (a power of two minus one).
+    pub mask: usize,
+}
+
+impl IndexHint {
+    /// The address of the first cell a lookup of the stack folded to `folded` in `domain` reads.
+    #[inline]
+    pub fn first_cell(&self, domain: u32, folded: u64) -> usize {
+        let i = finish_hash(domain, folded) as usize & self.mask;
+        self.base
+            .wrapping_add(i.wrapping_mul(core::mem::size_of::<u32>()))
+    }
+}
+
 /// Interns call stacks.
 pub struct TracebackStore<'a> {
     entries: &'a mut [TracebackEntry],
@@ -223,6 +245,14 @@ impl<'a> TracebackStore<'a> {
         self.entry_count = usize::from(!self.entries.is_empty());
         self.frame_count = 0;
         self.overflowed = 0;
+    }
+
+    /// Where the index lies now (see [`IndexHint`]).
+    pub fn index_hint(&self) -> IndexHint {
+        IndexHint {
+            base: self.index.as_ptr() as usize,
+            mask: self.index_mask,
+        }
     }
 
     /// Most distinct tracebacks the store can hold, the overflow entry included.
@@ -476,6 +506,21 @@ mod tests {
 
     fn store(a: &mut Arrays) -> TracebackStore<'_> {
         TracebackStore::new(a.storage().tracebacks)
+    }
+
+    #[test]
+    fn the_index_hint_names_the_cell_a_lookup_reads_first() {
+        let mut a = Arrays::new();
+        let mut s = store(&mut a);
+        let frames = [0x10, 0x20];
+        let id = s.intern(0, &frames, 2);
+        let hint = s.index_hint();
+        let cell = hint.first_cell(0, fold_stack(&frames));
+        let base = s.index.as_ptr() as usize;
+        assert!(cell >= base && cell < base + s.index.len() * 4);
+        // The stack was the first in an empty index: it sits in the cell its probe starts at.
+        let value = s.index[(cell - base) / 4];
+        assert_eq!(value & TracebackId::MASK, id.index());
     }
 
     #[test]
