@@ -70,9 +70,11 @@ pub(crate) fn configure(interval: u64) {
 }
 
 /// The state byte that names the current configuration while sampling: one of the 252 values
-/// from `first` up (a thread idle through exactly a multiple of 252 restarts keeps its gap).
-pub(crate) fn state(first: u8) -> u8 {
-    first + CONFIGURATION.load(Relaxed) % (u8::MAX - first + 1)
+/// from `state::SAMPLING` up (a thread idle through exactly a multiple of 252 restarts keeps
+/// its gap).
+pub(crate) fn state() -> u8 {
+    const FIRST: u8 = crate::state::SAMPLING;
+    FIRST + CONFIGURATION.load(Relaxed) % (u8::MAX - FIRST + 1)
 }
 
 /// The mean bytes between samples; 0 when every block is traced.
@@ -110,7 +112,7 @@ pub(crate) fn take(size: usize) -> bool {
     }
     COUNTDOWN
         .try_with(|countdown| {
-            let (rng, current) = (countdown.rng.get(), state(crate::state::SAMPLING));
+            let (rng, current) = (countdown.rng.get(), state());
             // A thread's first allocation, or its first since the configuration changed,
             // starts a countdown: it is sampled only if a gap drawn from its start falls inside.
             let fresh = rng == 0 || countdown.drawn_for.get() != current;

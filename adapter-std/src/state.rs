@@ -29,7 +29,7 @@ use crate::interner;
 use crate::sampler;
 use crate::storage::{
     self, allocate_table, allocate_tracebacks, allocate_uninit, free_array, free_table,
-    free_tracebacks, Raw, RawTracebacks, TablePages,
+    free_tracer, Raw, RawTracer, TablePages,
 };
 use crate::Config;
 
@@ -187,7 +187,7 @@ fn shard_of(addr: usize) -> &'static spin::Mutex<Shard> {
 pub(crate) fn passes_alloc(size: usize) -> bool {
     match STATE.load(Relaxed) {
         OFF => true,
-        state if state >= SAMPLING => sampler::skip(size, state),
+        state if is_sampling_state(state) => sampler::skip(size, state),
         _ => false,
     }
 }
@@ -198,7 +198,7 @@ pub(crate) fn passes_alloc(size: usize) -> bool {
 pub(crate) fn passes_free(addr: usize) -> bool {
     match STATE.load(Relaxed) {
         OFF => true,
-        state if state >= SAMPLING => !sampler::maybe_sampled(addr),
+        state if is_sampling_state(state) => !sampler::maybe_sampled(addr),
         _ => false,
     }
 }
@@ -210,7 +210,7 @@ pub(crate) fn passes_realloc(addr: usize, new_size: usize) -> bool {
     match STATE.load(Relaxed) {
         OFF => true,
         // The filter first: `skip` consumes the countdown only when the tracer is skipped.
-        state if state >= SAMPLING => {
+        state if is_sampling_state(state) => {
             !sampler::maybe_sampled(addr) && sampler::skip(new_size, state)
         }
         _ => false,
@@ -230,7 +230,13 @@ pub(crate) fn is_on() -> bool {
 
 #[inline(always)]
 fn is_on_state(state: u8) -> bool {
-    state == ON || state >= SAMPLING
+    state == ON || is_sampling_state(state)
+}
+
+/// Whether `state` is one of the sampling states (each names a configuration).
+#[inline(always)]
+fn is_sampling_state(state: u8) -> bool {
+    state >= SAMPLING
 }
 
 /// Whether the allocator should record this allocation; the first allocation and arming take
@@ -238,9 +244,8 @@ fn is_on_state(state: u8) -> bool {
 #[inline(always)]
 pub(crate) fn should_record(inner: &dyn GlobalAlloc) -> bool {
     match STATE.load(Relaxed) {
-        ON => true,
         OFF => false,
-        state if state >= SAMPLING => true,
+        state if is_on_state(state) => true,
         _ => on_state_change(inner),
     }
 }
@@ -405,7 +410,7 @@ fn arm(inner: &dyn GlobalAlloc) -> bool {
     let on = if sampler::interval() == 0 {
         ON
     } else {
-        sampler::state(SAMPLING)
+        sampler::state()
     };
     // Not over a `stop()` that came while this arming allocated: that stop stays.
     match STATE.compare_exchange(ARMED, on, AcqRel, Acquire) {
@@ -880,35 +885,18 @@ fn free_storage(inner: &dyn GlobalAlloc) {
         hint.base.store(0, Relaxed);
         hint.log2_slots.store(0, Relaxed);
         if let Some(tracer) = shard.tracer.take() {
-            let storage = tracer.into_storage();
-            let tracebacks = RawTracebacks::of(storage.tracebacks);
-            free_tracer(inner, Raw::from(storage.slots), tracebacks, shard.pages);
+            free_tracer(inner, RawTracer::of(tracer.into_storage()), shard.pages);
         }
     }
     if let Some(tracer) = FOREIGN.lock().take() {
-        let storage = tracer.into_storage();
-        let tracebacks = RawTracebacks::of(storage.tracebacks);
         free_tracer(
             inner,
-            Raw::from(storage.slots),
-            tracebacks,
+            RawTracer::of(tracer.into_storage()),
             TablePages::Small,
         );
     }
     interner::release(inner);
     drop(locked);
-}
-
-/// Gives a tracer's storage back to `inner`. It takes the storage's arrays as raw pointers,
-/// not the tracer: a tracer passed in would hold references to them until the call returned.
-fn free_tracer(
-    inner: &dyn GlobalAlloc,
-    slots: Raw<Slot>,
-    tracebacks: RawTracebacks,
-    pages: TablePages,
-) {
-    free_table(inner, slots, pages);
-    free_tracebacks(inner, tracebacks);
 }
 
 /// Python's `clear_traces()`. Every shard stays locked until the traceback store is cleared,

@@ -12,6 +12,7 @@ use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use tracemalloc_core::table::Slot;
 use tracemalloc_core::traceback::{TracebackEntry, TracebackStorage};
+use tracemalloc_core::TracerStorage;
 
 use crate::allocator::inner_address;
 
@@ -192,6 +193,28 @@ impl RawTracebacks {
             }
         }
     }
+}
+
+/// A tracer's storage as raw pointers ([`Raw`]), to free it.
+pub(crate) struct RawTracer {
+    slots: Raw<Slot>,
+    tracebacks: RawTracebacks,
+}
+
+impl RawTracer {
+    /// The arrays of `storage`, whose references the caller gives up.
+    pub(crate) fn of(storage: TracerStorage<'static>) -> RawTracer {
+        RawTracer {
+            slots: Raw::from(storage.slots),
+            tracebacks: RawTracebacks::of(storage.tracebacks),
+        }
+    }
+}
+
+/// Gives a tracer's storage back to `inner`, its table taken on `pages`.
+pub(crate) fn free_tracer(inner: &dyn GlobalAlloc, tracer: RawTracer, pages: TablePages) {
+    free_table(inner, tracer.slots, pages);
+    free_tracebacks(inner, tracer.tracebacks);
 }
 
 /// Grows a store's storage to `entries` tracebacks and `frames` frames in place: its entries

@@ -697,10 +697,7 @@ mod growth_tests {
         let mut store = TracebackStore::new(storage(8, 16));
         let x = store.intern(0, &[1, 2, 3], 3);
         let (old, held) = store.take_storage();
-        let other = storage(8, 16);
-        other.entries.copy_from_slice(old.entries);
-        other.frames.copy_from_slice(old.frames);
-        store.put_back(other, held, Index::Kept);
+        store.put_back(extended(old, 8, 16), held, Index::Kept);
         assert_eq!(store.intern(0, &[1, 2, 3], 3), x);
         assert_eq!(store.len(), 2);
     }
