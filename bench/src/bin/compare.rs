@@ -86,6 +86,8 @@ struct Variant {
     heaptrack: bool,
     /// Label of the variant this one's ratio is taken against.
     baseline: String,
+    /// Environment variables set for the run.
+    env: Vec<(&'static str, &'static str)>,
 }
 
 impl Variant {
@@ -96,7 +98,13 @@ impl Variant {
             args: args.iter().map(|s| s.to_string()).collect(),
             heaptrack: false,
             baseline: baseline.to_string(),
+            env: Vec::new(),
         }
+    }
+
+    fn with_env(mut self, name: &'static str, value: &'static str) -> Variant {
+        self.env.push((name, value));
+        self
     }
 }
 
@@ -110,9 +118,11 @@ const SAMPLED: &str = "sampled 16";
 const MODALLOC: &str = "mod-alloc";
 const DHAT: &str = "dhat-rs";
 const HEAPTRACK_LABEL: &str = "heaptrack";
+const FLOOR_TABLE: &str = "floor table";
+const FLOOR_SHADOW: &str = "floor shadow";
 
 /// Column order of the main tables.
-const COLUMNS: [&str; 10] = [
+const COLUMNS: [&str; 12] = [
     UNTRACED,
     OFF,
     NFRAME1,
@@ -123,6 +133,8 @@ const COLUMNS: [&str; 10] = [
     MODALLOC,
     DHAT,
     HEAPTRACK_LABEL,
+    FLOOR_TABLE,
+    FLOOR_SHADOW,
 ];
 
 fn variants(w: Workload, o: &Options) -> Vec<Variant> {
@@ -140,6 +152,12 @@ fn variants(w: Workload, o: &Options) -> Vec<Variant> {
             UNTRACED,
         ),
         Variant::new(MODALLOC, "modalloc", &[name], UNTRACED),
+        // The least any per-block tracer with 16-frame tracebacks pays (src/bin/floor.rs):
+        // recording into a hash table keyed by address, and into shadow memory.
+        Variant::new(FLOOR_TABLE, "floor", &[name, "--nframe", "16"], UNTRACED)
+            .with_env("FLOOR", "full"),
+        Variant::new(FLOOR_SHADOW, "floor", &[name, "--nframe", "16"], UNTRACED)
+            .with_env("FLOOR", "shadow"),
     ];
     if !w.is_multithreaded() {
         // Two copies of the workload at once: contention on the tracer's locks and counters.
@@ -179,6 +197,7 @@ fn run(dir: &Path, v: &Variant) -> f64 {
         Command::new(&bin)
     };
     cmd.args(&v.args)
+        .envs(v.env.iter().copied())
         .env_remove("RUST_TRACEMALLOC")
         .env_remove("BENCH_NFRAME");
     let output = match cmd.output() {
