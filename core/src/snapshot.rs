@@ -261,8 +261,25 @@ impl RawSnapshot {
         tracers: impl IntoIterator<Item = &'t Tracer<'t>>,
         tracebacks: &TracebackStore<'_>,
     ) {
+        self.add_sharing_with(Vec::new(), tracers, tracebacks);
+    }
+
+    /// [`RawSnapshot::add_sharing`], with `traces` kept outside any tracer (the std adapter's
+    /// shadow memory) in the same part: their ids are interned in `tracebacks` too, so the
+    /// store must be read after them (ids are only ever appended). Their counts come from the
+    /// traces themselves when the snapshot is resolved. The tracers' slots are appended to
+    /// `traces`, so it should have room for them.
+    pub fn add_sharing_with<'t>(
+        &mut self,
+        traces: Vec<Slot>,
+        tracers: impl IntoIterator<Item = &'t Tracer<'t>>,
+        tracebacks: &TracebackStore<'_>,
+    ) {
         let (entries, frames) = tracebacks.raw_parts();
         let mut part = core::mem::take(&mut self.spare);
+        if traces.capacity() > 0 {
+            part.slots = traces; // else the buffer of `reserve`, already paged in
+        }
         part.entries.extend_from_slice(entries);
         part.frames.extend_from_slice(frames);
         for tracer in tracers {

@@ -37,7 +37,11 @@ impl Slot {
         size_hi_traceback: 0,
     };
 
-    fn new(addr: usize, size: u64, traceback: TracebackId) -> Slot {
+    /// A trace of the block at `addr` (not 0, or the slot reads as empty) of `size` bytes (at
+    /// most [`MAX_TRACED_SIZE`]) allocated from `traceback`.
+    #[inline]
+    pub fn new(addr: usize, size: u64, traceback: TracebackId) -> Slot {
+        debug_assert!(size <= MAX_TRACED_SIZE);
         Slot {
             addr,
             size_lo: size as u32,
