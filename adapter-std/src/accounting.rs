@@ -29,9 +29,22 @@ static PEAK: OwnLine<AtomicI64> = OwnLine(AtomicI64::new(0));
 pub(crate) fn account(added: u64, removed: u64, interval: u64, generation: u32) {
     // Sizes and intervals are bounded (`sampler::MAX_INTERVAL`), so scaled sizes fit an i64.
     let change = scaled_size(added, interval) as i64 - scaled_size(removed, interval) as i64;
-    let pending = PENDING.try_with(|pending| pending.add(change, generation));
+    let pending = PENDING.try_with(|pending| pending.add(change, generation, false));
     if pending.is_err() {
         publish(change, change.max(0)); // this thread's locals are gone: publish at once
+    }
+}
+
+/// [`account`] for callers that hold no shard lock (shadow memory, where full tracing needs
+/// none): `clear()` may have started a new generation since `generation` was read, so the
+/// change is published under the lock that fixes the generation, and dropped there if it is
+/// an old one. Unsampled sizes: shadow memory serves full tracing only.
+#[inline(always)]
+pub(crate) fn account_unlocked(added: u64, removed: u64, generation: u32) {
+    let change = added as i64 - removed as i64;
+    let pending = PENDING.try_with(|pending| pending.add(change, generation, true));
+    if pending.is_err() {
+        publish_checked(change, change.max(0), generation);
     }
 }
 
@@ -56,9 +69,15 @@ struct Pending {
 }
 
 impl Pending {
+    /// Adds a change of `generation`; `checked` publishes under the generation lock (see
+    /// [`account_unlocked`]).
     #[inline(always)]
-    fn add(&self, change: i64, generation: u32) {
-        if self.generation.get() != generation {
+    fn add(&self, change: i64, generation: u32, checked: bool) {
+        let held = self.generation.get();
+        if held != generation {
+            if (generation.wrapping_sub(held) as i32) < 0 {
+                return; // older than changes this thread made since a clear: void
+            }
             self.take();
             self.generation.set(generation);
         }
@@ -71,8 +90,12 @@ impl Pending {
             self.high.set(sum);
         }
         if sum.unsigned_abs() >= PUBLISH_BYTES as u64 {
-            let (change, high) = self.take();
-            publish(change, high);
+            if checked {
+                self.publish_now();
+            } else {
+                let (change, high) = self.take();
+                publish(change, high);
+            }
         }
     }
 
@@ -162,6 +185,15 @@ mod exit_flush {
     }
 }
 
+/// [`publish`], under the generation lock, if `generation` is still the current one.
+fn publish_checked(change: i64, high: i64, generation: u32) {
+    state::with_generation_fixed(|| {
+        if interner::generation() == generation {
+            publish(change, high);
+        }
+    });
+}
+
 fn publish(change: i64, high: i64) {
     let before = CURRENT.fetch_add(change, Relaxed);
     let peak = before.saturating_add(high);
@@ -225,4 +257,38 @@ pub(crate) fn reset() {
 /// Prepares the exit flush; called when tracing arms.
 pub(crate) fn arm() {
     exit_flush::create();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(generation: u32) -> Pending {
+        Pending {
+            change: Cell::new(0),
+            high: Cell::new(0),
+            generation: Cell::new(generation),
+            registered: Cell::new(true),
+        }
+    }
+
+    #[test]
+    fn a_change_of_an_older_generation_is_dropped_and_keeps_the_newer_ones() {
+        let p = pending(7);
+        p.add(100, 7, true);
+        // Read before a clear that this thread has seen since: void, and the 100 stay.
+        p.add(-40, 6, true);
+        p.add(30, u32::MAX, true); // far behind, across the wrap
+        assert_eq!((p.change.get(), p.generation.get()), (100, 7));
+        // A newer generation voids the older changes and starts afresh.
+        p.add(5, 8, true);
+        assert_eq!(
+            (p.change.get(), p.high.get(), p.generation.get()),
+            (5, 5, 8)
+        );
+        // Across the wrap, 0 follows u32::MAX.
+        let q = pending(u32::MAX);
+        q.add(9, 0, true);
+        assert_eq!((q.change.get(), q.generation.get()), (9, 0));
+    }
 }

@@ -96,6 +96,15 @@ pub(crate) fn note_global() {
     let _ = PROBING.try_with(|p| p.set(false));
 }
 
+/// Names the global allocator's inner allocator if `inner`, freeing a block, is freeing the
+/// probe of [`note_global`]: for frees that are never queued (shadow memory).
+#[inline(always)]
+pub(crate) fn notice_probe(inner: &dyn GlobalAlloc) {
+    if GLOBAL_ADDR.load(Relaxed) == 0 {
+        probed(inner);
+    }
+}
+
 /// Whether `inner` is the global allocator's inner allocator; records it when the probe of
 /// [`note_global`] is being freed.
 #[inline(always)]

@@ -12,7 +12,7 @@
 
 use core::alloc::GlobalAlloc;
 use core::cell::Cell;
-use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed};
+use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering::*};
 
 use tracemalloc_core::traceback::{Index, IndexHint, StoreFull, TracebackId, TracebackStore};
 
@@ -68,7 +68,7 @@ thread_local! {
 /// The current generation; a record compares it again under its shard lock.
 #[inline(always)]
 pub(crate) fn generation() -> u32 {
-    GENERATION.load(Relaxed)
+    GENERATION.load(Acquire)
 }
 
 /// The id of a default-domain stack, from this thread's cache or the shared store.
@@ -178,7 +178,7 @@ pub(crate) fn reset(
 ) -> bool {
     let mut store = STORE.lock();
     MAX_BYTES.store(max_bytes, Relaxed);
-    GENERATION.fetch_add(1, Relaxed);
+    GENERATION.fetch_add(1, Release);
     match store.as_mut() {
         Some(store) => {
             store.clear();
@@ -203,7 +203,7 @@ pub(crate) fn reset(
 /// every shard lock, so no record can use an old id against the new store.
 pub(crate) fn clear() {
     let mut store = STORE.lock();
-    GENERATION.fetch_add(1, Relaxed);
+    GENERATION.fetch_add(1, Release);
     if let Some(store) = store.as_mut() {
         store.clear();
     }
@@ -213,7 +213,7 @@ pub(crate) fn clear() {
 /// store. The caller holds every shard lock, so no record can use an id of this store.
 pub(crate) fn release(inner: &dyn GlobalAlloc) {
     let mut store = STORE.lock();
-    GENERATION.fetch_add(1, Relaxed);
+    GENERATION.fetch_add(1, Release);
     if let Some(store) = store.take() {
         publish_hint(IndexHint::default());
         free_tracebacks(inner, RawTracebacks::of(store.into_storage()));

@@ -55,6 +55,7 @@ mod files;
 mod guard;
 mod interner;
 mod sampler;
+mod shadow;
 mod source;
 mod state;
 mod storage;
@@ -140,6 +141,8 @@ pub struct Config {
     /// limit. 0 captures exactly `nframe` raw frames. The default is 8 in optimized builds,
     /// where most plumbing is inlined, and 24 in debug builds, where none is.
     pub hidden_frame_allowance: usize,
+    /// Where the traces of blocks go: see [`Storage`].
+    pub storage: Storage,
     /// Trace slots each of the 16 shards starts with (rounded up to a power of two). Tables
     /// that outlived a `stop()` (see [`stop`]) are kept as they have grown.
     pub initial_slots_per_shard: usize,
@@ -170,6 +173,29 @@ pub struct Config {
     pub sample_interval: u64,
 }
 
+/// Where the tracer keeps the trace (size and traceback) of each live block.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Storage {
+    /// [`Storage::Shadow`] when every block is traced, [`Storage::Table`] when sampling (few
+    /// blocks, far apart: shadow memory would take a page for each).
+    #[default]
+    Auto,
+    /// Shadow memory: 8 bytes for every 16 bytes of address space in which traced blocks
+    /// start, at a place computed from the block's address, reserved in 1 GiB regions and
+    /// taken page by page as blocks land there. Recording a block needs no lock and touches
+    /// memory next to its heap neighbours' traces: see BENCHMARKS.md for what it saves. The
+    /// memory follows the heap's address span rather than the number of live blocks: about half
+    /// the size of a densely used heap of small blocks, but up to a 4 KiB page per block where
+    /// blocks lie 8 KiB or more apart, and pages written stay taken until `clear_traces()` or
+    /// `stop()`. Blocks that do not fit (not aligned to 16 bytes, 4 GiB or larger) and
+    /// platforms without `mmap` use the tables, and so does sampling, whatever this says.
+    Shadow,
+    /// Hash tables keyed by address, in 16 shards that double when full: memory in proportion
+    /// to the live blocks (at most 21.3 bytes each at the load limit), for sparse or
+    /// fragmented heaps, or when memory is tighter than time.
+    Table,
+}
+
 /// The default limit on the traceback store's growth: room for about a million distinct
 /// 16-frame stacks.
 pub const DEFAULT_MAX_TRACEBACK_MEMORY: usize = 256 << 20;
@@ -195,6 +221,7 @@ impl Default for Config {
         Config {
             nframe: 1,
             hidden_frame_allowance: if cfg!(debug_assertions) { 24 } else { 8 },
+            storage: Storage::Auto,
             initial_slots_per_shard: 4096,
             grow: true,
             initial_tracebacks: 4096,

@@ -27,11 +27,12 @@ use crate::deferred;
 use crate::guard::Guard;
 use crate::interner;
 use crate::sampler;
+use crate::shadow;
 use crate::storage::{
     self, allocate_table, allocate_tracebacks, allocate_uninit, free_array, free_table,
     free_tracer, Raw, RawTracer, TablePages,
 };
-use crate::Config;
+use crate::{Config, Storage};
 
 /// Number of trace-table shards (a power of two).
 pub(crate) const SHARDS: usize = 16;
@@ -69,6 +70,21 @@ impl<T> core::ops::Deref for OwnLine<T> {
     fn deref(&self) -> &T {
         &self.0
     }
+}
+
+/// Whether the default domain's traces go to shadow memory ([`Storage::Shadow`]); the shard
+/// tables then hold only the blocks that do not fit a cell. Set while tracing is off.
+static SHADOWED: AtomicBool = AtomicBool::new(false);
+/// Traces in the shard tables while shadowed: a free whose block has no cell looks in the
+/// tables only when this is not 0 (changed under the shard locks).
+static SPILLED: AtomicUsize = AtomicUsize::new(0);
+
+#[inline(always)]
+fn is_shadowed() -> bool {
+    // `STATE` was read (relaxed) before this on every path here; the fence makes the value
+    // stored before it was switched on visible with it (free on x86-64).
+    core::sync::atomic::fence(Acquire);
+    SHADOWED.load(Relaxed)
 }
 
 /// Set when arming failed because the inner allocator had no memory for the tables.
@@ -407,6 +423,13 @@ fn arm(inner: &dyn GlobalAlloc) -> bool {
     }
     accounting::reset();
     accounting::arm();
+    // The tables were cleared above; cells left by writers racing with the last stop are
+    // given back, and their generation is an old one.
+    SPILLED.store(0, Relaxed);
+    shadow::clear();
+    // Sampling always uses the tables (see `Storage`): the shadow paths keep no sampling state.
+    let shadowed = config.storage != Storage::Table && config.sample_interval == 0;
+    SHADOWED.store(shadowed, Relaxed);
     let on = if sampler::interval() == 0 {
         ON
     } else {
@@ -427,8 +450,8 @@ mod fork {
     use core::cell::Cell;
 
     use super::{
-        deferred, interner, lock_all_shards, AtomicBool, Guard, Relaxed, ARMING, CONFIG, FOREIGN,
-        SHARD_TABLE,
+        deferred, interner, lock_all_shards, shadow, AtomicBool, Guard, Relaxed, ARMING, CONFIG,
+        FOREIGN, SHARD_TABLE,
     };
 
     static REGISTERED: AtomicBool = AtomicBool::new(false);
@@ -470,6 +493,7 @@ mod fork {
         core::mem::forget(lock_all_shards());
         core::mem::forget(interner::STORE.lock());
         core::mem::forget(FOREIGN.lock());
+        core::mem::forget(shadow::RESERVING.lock());
     }
 
     extern "C" fn parent() {
@@ -488,6 +512,7 @@ mod fork {
         // and leaked its guard, so this thread (in the parent, or its copy in the child) is
         // their holder and nothing else can hold them.
         unsafe {
+            shadow::RESERVING.force_unlock();
             FOREIGN.force_unlock();
             interner::STORE.force_unlock();
             for shard in SHARD_TABLE.iter().rev() {
@@ -606,7 +631,9 @@ pub(crate) fn on_alloc(inner: &dyn GlobalAlloc, addr: usize, size: usize) {
         return;
     };
     let shard = shard_index(addr);
-    prefetch_slot(addr, shard);
+    if !is_shadowed() {
+        prefetch_slot(addr, shard);
+    }
     with_stack(inner, |stack| record(inner, shard, addr, size, stack));
 }
 
@@ -627,10 +654,15 @@ pub(crate) unsafe fn dealloc(inner: &dyn GlobalAlloc, ptr: *mut u8, layout: Layo
         return unsafe { inner.dealloc(ptr, layout) };
     };
     let addr = ptr as usize;
-    if deferred::queue(inner, addr, layout) {
-        return;
+    if is_shadowed() {
+        deferred::notice_probe(inner);
+        forget_default(addr);
+    } else {
+        if deferred::queue(inner, addr, layout) {
+            return;
+        }
+        forget_locked(&mut shard_of(addr).lock(), addr);
     }
-    forget_locked(&mut shard_of(addr).lock(), addr);
     drop(_guard);
     // SAFETY: forwarded unchanged under the caller's contract.
     unsafe { inner.dealloc(ptr, layout) };
@@ -659,6 +691,18 @@ pub(crate) unsafe fn realloc(
         // SAFETY: forwarded unchanged under the caller's contract.
         return unsafe { inner.realloc(ptr, layout, new_size) };
     };
+    if is_shadowed() {
+        if !record_new {
+            // SAFETY: the caller's contract, forwarded.
+            return unsafe { realloc_shadowed(inner, ptr, layout, new_size, None) };
+        }
+        return with_stack(inner, |stack| {
+            let generation = interner::generation();
+            let id = interner::intern(inner, stack);
+            // SAFETY: as above.
+            unsafe { realloc_shadowed(inner, ptr, layout, new_size, Some((id, generation))) }
+        });
+    }
     if !record_new {
         let mut old_shard = shard_of(ptr as usize).lock();
         // SAFETY: forwarded unchanged under the caller's contract.
@@ -710,6 +754,49 @@ pub(crate) unsafe fn realloc(
     })
 }
 
+/// [`realloc`] while shadowed, `new` the new block's id and the generation read before it was
+/// interned (`None`: the new block is not sampled). The old block's trace leaves its cell
+/// before the inner `realloc` can hand the address to another thread, and comes back if that
+/// fails; a trace in the tables keeps its shard locked across the call instead, as `realloc`
+/// does with tables.
+///
+/// # Safety
+/// The caller's `GlobalAlloc::realloc` contract for `ptr`, `layout` and `new_size`.
+#[inline(always)]
+unsafe fn realloc_shadowed(
+    inner: &dyn GlobalAlloc,
+    ptr: *mut u8,
+    layout: Layout,
+    new_size: usize,
+    new: Option<(tracemalloc_core::TracebackId, u32)>,
+) -> *mut u8 {
+    let old = ptr as usize;
+    let generation = new.map_or_else(interner::generation, |(_, generation)| generation);
+    let held = shadow::take(old);
+    let in_cell = held.of_generation(generation);
+    let mut old_shard = (in_cell.is_none() && SPILLED.load(Relaxed) != 0)
+        .then(|| SHARD_TABLE[shard_index(old)].lock());
+    // SAFETY: forwarded unchanged under the caller's contract.
+    let moved = unsafe { inner.realloc(ptr, layout, new_size) };
+    if moved.is_null() {
+        shadow::put_back(old, held); // the old block is untouched, and so is its trace
+        return moved;
+    }
+    match (in_cell, old_shard.as_mut()) {
+        (Some((size, _)), _) => forget_cell(size, generation),
+        (None, Some(shard)) => {
+            forget_locked(shard, old);
+        }
+        (None, None) => {}
+    }
+    drop(old_shard);
+    if let Some((id, generation)) = new {
+        let addr = moved as usize;
+        record_id(inner, shard_index(addr), addr, new_size, id, generation);
+    }
+    moved
+}
+
 /// Records a default-domain block of `shard` allocated from the stack `frames`.
 #[inline(always)]
 fn record(
@@ -723,6 +810,29 @@ fn record(
     // then refused under the lock, never recorded against the wrong store.
     let generation = interner::generation();
     let id = interner::intern(inner, stack);
+    record_id(inner, shard, addr, size, id, generation)
+}
+
+/// Records a default-domain block with its interned id: in its cell when shadowed and it
+/// fits one, else in its shard's table.
+#[inline(always)]
+fn record_id(
+    inner: &dyn GlobalAlloc,
+    shard: usize,
+    addr: usize,
+    size: usize,
+    id: tracemalloc_core::TracebackId,
+    generation: u32,
+) -> bool {
+    if is_shadowed() && shadow::fits(addr, size) {
+        if let Ok(before) = shadow::record(addr, size as u64, generation, id) {
+            // A trace of this generation in the cell is one whose free the tracer missed (a
+            // race with a state change): replaced, as the table replaces it.
+            let replaced = before.of_generation(generation).map_or(0, |(size, _)| size);
+            accounting::account_unlocked(size as u64, replaced, generation);
+            return true;
+        }
+    }
     let mut locked = SHARD_TABLE[shard].lock();
     insert_locked(inner, &mut locked, shard, addr, size, id, generation)
 }
@@ -761,6 +871,9 @@ fn insert_locked(
         let new_trace = tracer.counters().traces > traces_before;
         if new_trace && interval != 0 {
             sampler::mark(addr);
+        }
+        if new_trace && is_shadowed() {
+            SPILLED.fetch_add(1, Relaxed);
         }
     }
     recorded == Recorded::Traced
@@ -807,7 +920,28 @@ fn forget_locked(shard: &mut Shard, addr: usize) -> bool {
     if forgotten && interval != 0 {
         sampler::unmark(addr);
     }
+    if forgotten && is_shadowed() {
+        SPILLED.fetch_sub(1, Relaxed);
+    }
     forgotten
+}
+
+/// Forgets a default-domain trace while shadowed: its cell's, or else its table's, where the
+/// tables hold any.
+#[inline(always)]
+fn forget_default(addr: usize) -> bool {
+    let generation = interner::generation();
+    if let Some((size, _)) = shadow::take(addr).of_generation(generation) {
+        forget_cell(size, generation);
+        return true;
+    }
+    SPILLED.load(Relaxed) != 0 && forget_locked(&mut shard_of(addr).lock(), addr)
+}
+
+/// Accounts for a trace of `size` bytes taken out of a cell.
+#[inline(always)]
+fn forget_cell(size: u64, generation: u32) {
+    accounting::account_unlocked(0, size, generation);
 }
 
 #[inline(always)]
@@ -896,6 +1030,7 @@ fn free_storage(inner: &dyn GlobalAlloc) {
         );
     }
     interner::release(inner);
+    shadow::release();
     drop(locked);
 }
 
@@ -914,6 +1049,11 @@ pub(crate) fn clear() {
             tracer.clear();
         }
     }
+    SPILLED.store(0, Relaxed);
+    // Before the new generation: a thread that reads the new generation writes its cell after
+    // the pages are given back. Writers still on the old generation may leave cells behind,
+    // which its generation tells apart from the new ones.
+    shadow::clear();
     let mut foreign = FOREIGN.lock();
     if let Some(tracer) = foreign.as_mut() {
         tracer.clear();
@@ -937,7 +1077,7 @@ pub(crate) fn tracer_memory() -> u64 {
         .filter_map(|s| s.lock().tracer.as_ref().map(Tracer::memory_bytes))
         .sum();
     let foreign = FOREIGN.lock().as_ref().map_or(0, Tracer::memory_bytes);
-    (shards + foreign + interner::memory_bytes()) as u64
+    (shards + foreign + interner::memory_bytes() + shadow::memory_bytes()) as u64
 }
 
 /// Copies every shard, the shared traceback store and the other domains' tracer into a raw
@@ -953,17 +1093,34 @@ pub(crate) fn copy_raw() -> RawSnapshot {
         .map(|h| 1usize << h.log2_slots.load(Relaxed))
         .sum();
     let (entries, frames) = interner::sizes();
+    let shadowed = is_shadowed();
     raw.reserve(
-        slots,
+        if shadowed { 0 } else { slots },
         entries + entries / 8 + 64,
         frames + frames / 8 + 1024,
     );
     let mut queued = Vec::with_capacity(4 * deferred::BATCH);
-    let locked = lock_all_shards();
+    // Shadow memory is read before any lock is taken (writing a cell takes none), then the
+    // store under its lock: ids are only ever appended to it, so every id of this generation a
+    // cell holds is in the copy. Cells change while they are read: a block allocated or freed
+    // meanwhile may or may not be in the snapshot. A `clear()` during the scan voids it.
+    let (cells, locked) = loop {
+        let generation = interner::generation();
+        let mut cells = Vec::new();
+        if shadowed {
+            cells = copy_cells(generation);
+            cells.reserve(slots); // the tables' slots join the cells under the locks
+        }
+        let locked = lock_all_shards();
+        if interner::generation() == generation {
+            break (cells, locked);
+        }
+    };
     let store = interner::STORE.lock();
     let foreign = FOREIGN.lock();
     if let Some(store) = store.as_ref() {
-        raw.add_sharing(locked.iter().filter_map(|s| s.tracer.as_ref()), store);
+        let tracers = locked.iter().filter_map(|s| s.tracer.as_ref());
+        raw.add_sharing_with(cells, tracers, store);
     }
     if let Some(tracer) = foreign.as_ref() {
         raw.add(tracer);
@@ -977,9 +1134,23 @@ pub(crate) fn copy_raw() -> RawSnapshot {
     raw
 }
 
+/// The traces of `generation` in shadow memory, as table slots.
+fn copy_cells(generation: u32) -> Vec<Slot> {
+    let mut slots = Vec::new();
+    shadow::scan(|addr, held| {
+        if let Some((size, id)) = held.of_generation(generation) {
+            slots.push(Slot::new(addr, size, id));
+        }
+    });
+    slots
+}
+
 /// The trace of one default-domain block: size and raw frames.
 pub(crate) fn trace_of(addr: usize) -> Option<(u64, Vec<usize>, u16)> {
-    let (size, id) = {
+    let cell = shadow::get(addr).of_generation(interner::generation());
+    let (size, id) = if let Some(trace) = cell.filter(|_| is_shadowed()) {
+        trace
+    } else {
         let shard = shard_of(addr).lock();
         let slot = shard.tracer.as_ref()?.table().get(addr, |_| true)?;
         (slot.size(), slot.traceback())
@@ -1044,7 +1215,11 @@ pub(crate) fn untrack(domain: u32, addr: usize) -> bool {
         return false;
     };
     if domain == DEFAULT_DOMAIN {
-        return forget_locked(&mut shard_of(addr).lock(), addr);
+        return if is_shadowed() {
+            forget_default(addr)
+        } else {
+            forget_locked(&mut shard_of(addr).lock(), addr)
+        };
     }
     match FOREIGN.lock().as_mut() {
         Some(tracer) => forget_in(tracer, domain, addr, sampler::interval()),

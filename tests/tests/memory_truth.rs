@@ -1,11 +1,12 @@
 //! `tracemalloc_memory()` tells the truth: it equals what the tracer took from the inner
-//! allocator, measured by an inner allocator that counts its live bytes. Everything the
+//! allocator, measured by an inner allocator that counts its live bytes, plus the pages of
+//! shadow memory in use, as the kernel reports them in `/proc/self/smaps`. Everything the
 //! inner allocator holds is either a program block (traced, so in `traced_memory()`), the
 //! tracer's storage, or memory that was live before tracing started.
 
 use std::sync::atomic::Ordering::Relaxed;
 
-use tracemalloc::TracingAllocator;
+use tracemalloc::{Config, Storage, TracingAllocator};
 use tracemalloc_tests::{Counting, LIVE};
 
 #[global_allocator]
@@ -16,17 +17,46 @@ static ALLOC: TracingAllocator<Counting> = TracingAllocator::new(Counting);
 /// under 64 KiB of each other thread's latest changes.
 const SLACK: i64 = 64 * 1024;
 
+/// Bytes of shadow memory in use: the resident pages of the shadow's reservations, which are
+/// mappings of their own of 512 MiB + 16 KiB (each between two inaccessible pages).
+fn shadow_resident() -> i64 {
+    const RESERVATION_KIB: u64 = (512 << 10) + 16;
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let mut total = 0;
+    let mut in_shadow = false;
+    for line in smaps.lines() {
+        let mut words = line.split_whitespace();
+        match (words.next(), words.next()) {
+            (Some("Size:"), Some(kib)) => in_shadow = kib.parse() == Ok(RESERVATION_KIB),
+            (Some("Rss:"), Some(kib)) if in_shadow => total += kib.parse::<i64>().unwrap() * 1024,
+            _ => {}
+        }
+    }
+    total
+}
+
 fn unexplained(before_start: i64) -> i64 {
     let live = LIVE.load(Relaxed) - before_start;
     let traced = tracemalloc::traced_memory().0 as i64;
     let tracer = tracemalloc::tracemalloc_memory() as i64;
-    live - traced - tracer
+    live - traced - (tracer - shadow_resident())
 }
 
 #[test]
-fn tracemalloc_memory_is_what_the_tracer_took_from_the_inner_allocator() {
+fn tracemalloc_memory_is_what_the_tracer_took_from_the_inner_allocator_and_the_kernel() {
+    for storage in [Storage::Table, Storage::Shadow] {
+        check(storage);
+    }
+}
+
+fn check(storage: Storage) {
+    let config = Config {
+        nframe: 16,
+        storage,
+        ..Config::default()
+    };
     let before_start = LIVE.load(Relaxed);
-    tracemalloc::start(16).unwrap();
+    tracemalloc::start_with(config.clone()).unwrap();
     // The block `start` allocates to switch tracing on is gone; nothing else is live yet.
     let first = unexplained(before_start);
     assert!(first.abs() < SLACK, "{first} bytes unexplained after start");
@@ -38,6 +68,13 @@ fn tracemalloc_memory_is_what_the_tracer_took_from_the_inner_allocator() {
     }
     let tracer = tracemalloc::tracemalloc_memory();
     assert!(tracer > 300_000 * 16, "{tracer} bytes for 300 000 traces");
+    if storage == Storage::Shadow {
+        let shadow = shadow_resident();
+        assert!(
+            shadow > 300_000 * 8,
+            "{shadow} bytes of shadow for 300 000 traces"
+        );
+    }
     let grown = unexplained(before_start);
     assert!(
         grown.abs() < SLACK,
@@ -55,11 +92,12 @@ fn tracemalloc_memory_is_what_the_tracer_took_from_the_inner_allocator() {
     // before the start.
     tracemalloc::stop();
     assert_eq!(tracemalloc::tracemalloc_memory(), 0);
+    assert_eq!(shadow_resident(), 0, "stop() gives the shadow's pages back");
     let kept = LIVE.load(Relaxed) - before_start;
     assert!(kept.abs() < SLACK, "{kept} bytes still held after stop");
 
     // And the next start allocates afresh and traces as before.
-    tracemalloc::start(16).unwrap();
+    tracemalloc::start_with(config).unwrap();
     let again: Vec<Vec<u64>> = (0..50_000u64).map(|i| vec![i; 4]).collect();
     let restarted = unexplained(before_start);
     assert!(

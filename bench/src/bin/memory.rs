@@ -1,8 +1,10 @@
 //! Tracer memory per live block, and snapshots at scale (issue 5, targets 3 and 4).
 //!
 //! For 10 k, 100 k and 1 M live 16-byte blocks (from 32 distinct call stacks over 8 source
-//! lines): `tracemalloc_memory()` split into the fixed traceback store and the trace table,
-//! the table's load, and bytes per live block; then the time to take a snapshot, the longest
+//! lines), with each storage (`Storage::Table`, then `Storage::Shadow`):
+//! `tracemalloc_memory()` split into the fixed traceback store and the traces' storage (the
+//! tables, plus shadow memory for the second), the tables' load, and bytes per live block;
+//! then the time to take a snapshot, the longest
 //! allocation stall a second thread saw meanwhile (an upper bound on the time the shard locks
 //! were held, since the copy holds every shard lock), and `statistics` / `compare_to` by line
 //! on two such snapshots (the second has 10% more blocks). Prints Markdown.
@@ -17,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tracemalloc::core::table::Slot;
-use tracemalloc::{Config, KeyType};
+use tracemalloc::{Config, KeyType, Storage};
 use tracemalloc_bench::report::markdown_table;
 
 #[global_allocator]
@@ -133,8 +135,35 @@ fn main() {
             }
         }
     }
+    let mut mem_rows = Vec::new();
+    let mut snap_rows = Vec::new();
+    let mut cold = Duration::ZERO;
+    for storage in [Storage::Table, Storage::Shadow] {
+        measure(
+            storage,
+            nframe,
+            &sizes,
+            &mut mem_rows,
+            &mut snap_rows,
+            &mut cold,
+        );
+    }
+    report(nframe, cold, mem_rows, snap_rows);
+}
+
+/// The rows of both tables for one storage; `cold` gets the process's first snapshot time.
+fn measure(
+    storage: Storage,
+    nframe: usize,
+    sizes: &[usize],
+    mem_rows: &mut Vec<Vec<String>>,
+    snap_rows: &mut Vec<Vec<String>>,
+    cold: &mut Duration,
+) {
+    let label = format!("{storage:?}").to_lowercase();
     let config = Config {
         nframe,
+        storage,
         ..Config::default()
     };
     let initial_table = 16 * config.initial_slots_per_shard.next_power_of_two() * size_of::<Slot>();
@@ -142,12 +171,13 @@ fn main() {
     let fixed = tracemalloc::tracemalloc_memory() - initial_table;
 
     // The first snapshot loads the debug info; keep that out of the figures at scale.
-    let (_, cold) = timed(|| tracemalloc::take_snapshot().expect("snapshot"));
+    let (_, first) = timed(|| tracemalloc::take_snapshot().expect("snapshot"));
+    if *cold == Duration::ZERO {
+        *cold = first;
+    }
 
-    let mut mem_rows = Vec::new();
-    let mut snap_rows = Vec::new();
     let probe = Probe::start();
-    for &n in &sizes {
+    for &n in sizes {
         let mut blocks: Vec<Block> = Vec::with_capacity(n + n / 10);
         allocate(n, &mut blocks);
 
@@ -157,14 +187,23 @@ fn main() {
         let live = old.counters.traces;
         let total = tracemalloc::tracemalloc_memory();
         let table = total - fixed;
-        let slots = table / size_of::<Slot>();
+        let (slots, load) = if storage == Storage::Table {
+            let slots = table / size_of::<Slot>();
+            (
+                slots.to_string(),
+                format!("{:.2}", live as f64 / slots as f64),
+            )
+        } else {
+            ("—".to_string(), "—".to_string()) // the tables hold only what fits no cell
+        };
         mem_rows.push(vec![
+            label.clone(),
             live.to_string(),
             format!("{:.1}", total as f64 / 1048576.0),
             format!("{:.1}", fixed as f64 / 1048576.0),
             format!("{:.1}", table as f64 / 1048576.0),
-            slots.to_string(),
-            format!("{:.2}", live as f64 / slots as f64),
+            slots,
+            load,
             format!("{:.1}", table as f64 / live as f64),
             format!("{:.1}", total as f64 / live as f64),
         ]);
@@ -179,6 +218,7 @@ fn main() {
                 .expect("compare_to")
         });
         snap_rows.push(vec![
+            label.clone(),
             live.to_string(),
             ms(t_old),
             ms(t_new),
@@ -196,24 +236,29 @@ fn main() {
     }
     drop(probe);
     tracemalloc::stop();
+}
 
+fn report(nframe: usize, cold: Duration, mem_rows: Vec<Vec<String>>, snap_rows: Vec<Vec<String>>) {
     let h = |cols: &[&str]| cols.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    println!("### Tracer memory per live block (nframe {nframe}, default config)\n");
+    println!("### Tracer memory per live block (nframe {nframe})\n");
     println!(
-        "`fixed` is the process-wide traceback store; `table` is the 16 shards' trace tables \
-         (16-byte slots, each doubled when it reaches load 3/4).\n"
+        "`fixed` is the process-wide traceback store; `traces` is where the traces live: the 16 \
+         shards' trace tables (16-byte slots, each doubled when it reaches load 3/4), plus, with \
+         shadow memory, the pages of cells written (8 bytes per 16 bytes of heap where blocks \
+         start) and the tables' initial 1 MiB for blocks that fit no cell.\n"
     );
     println!(
         "{}",
         markdown_table(
             &h(&[
+                "storage",
                 "live blocks",
                 "tracemalloc_memory MiB",
                 "fixed MiB",
-                "table MiB",
+                "traces MiB",
                 "slots",
                 "load",
-                "table B/block",
+                "traces B/block",
                 "total B/block",
             ]),
             &mem_rows
@@ -223,7 +268,8 @@ fn main() {
     println!(
         "First snapshot of the process (loads debug info): {} ms. `stall` is the longest single \
          allocation on a second thread during the first snapshot (an upper bound on the \
-         lock-held copy; includes scheduling noise on a shared 2-core machine). Statistics and \
+         lock-held copy; includes scheduling noise on a shared 2-core machine; with shadow \
+         memory the second thread's blocks take no lock). Statistics and \
          compare_to group by line; `B` has 10% more blocks than `A`.\n",
         ms(cold)
     );
@@ -231,6 +277,7 @@ fn main() {
         "{}",
         markdown_table(
             &h(&[
+                "storage",
                 "blocks",
                 "take_snapshot A ms",
                 "take_snapshot B ms",

@@ -1,0 +1,503 @@
+//! Shadow memory: the default domain's traces, each at a place computed from its block's
+//! address.
+//!
+//! Every 16 bytes of address space have an 8-byte cell, which holds the trace of the block that
+//! starts there: its size, the traceback store's generation and the traceback's id. A block's
+//! cell lies beside its heap neighbours' cells, so recording and forgetting follow the heap's own
+//! cache locality, where a hash table keyed by address scatters them (BENCHMARKS.md, section 3:
+//! on serde_json the table alone cost 1.55x, shadow memory 1.18x). Nor does it need a lock:
+//! between its allocation and its free a block belongs to one thread, the only one that writes
+//! its cell. Snapshots read cells while they change, each one atomically.
+//!
+//! The address space is cut into 1 GiB regions. The first block in a region reserves the
+//! region's 512 MiB of cells (`MAP_NORESERVE`: only the pages written take memory) and a bitmap
+//! of the cell pages written, which snapshots, [`clear`] and [`memory_bytes`] walk instead of
+//! the reservation. Reservations are never unmapped, as a thread may be writing a cell while
+//! tracing stops; [`clear`] gives the written pages back instead.
+//!
+//! What does not fit a cell goes to the shard tables (see `state`): blocks not aligned to 16
+//! bytes (two could share a cell), of 4 GiB or more, or of size 0, and any block in a region
+//! that could not be reserved. Sampling always uses the tables.
+//!
+//! The generation in each cell tells the traces of the current store from those a thread wrote
+//! while racing with `clear_traces()` (which gives the written pages back, then starts a new
+//! generation). It is 8 bits: after 256 clears a stale cell that escaped both could read as
+//! current again.
+
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::*};
+
+use tracemalloc_core::TracebackId;
+
+/// Bytes of address space per cell: blocks of allocators that align to less than this go to
+/// the tables.
+const GRAIN: usize = 16;
+const CELL_SHIFT: u32 = GRAIN.trailing_zeros();
+/// Addresses above this are not shadowed (the user half of a 48-bit address space).
+const ADDRESS_BITS: u32 = 48;
+const REGION_BITS: u32 = 30;
+const REGION_CELLS: usize = 1 << (REGION_BITS - CELL_SHIFT);
+const CELLS_BYTES: usize = REGION_CELLS * size_of::<u64>();
+const PAGE: usize = 4096;
+const CELLS_PER_PAGE: usize = PAGE / size_of::<u64>();
+const PAGES: usize = CELLS_BYTES / PAGE;
+/// One bit per page of cells, after the cells in the same reservation.
+const BITMAP_WORDS: usize = PAGES / 64;
+const RESERVATION: usize = CELLS_BYTES + BITMAP_WORDS * size_of::<u64>();
+/// Regions a process may reserve (4 TiB of address space holding traced blocks); blocks in
+/// further regions go to the tables.
+const MAX_REGIONS: usize = 4096;
+
+/// The largest block a cell holds.
+pub(crate) const MAX_SIZE: u64 = u32::MAX as u64;
+
+/// The cells' base address per region; 0 while not reserved, [`UNRESERVABLE`] once a
+/// reservation failed (the region's blocks go to the tables from then on, instead of every
+/// allocation there trying again under the lock).
+static DIRECTORY: [AtomicUsize; 1 << (ADDRESS_BITS - REGION_BITS)] =
+    [const { AtomicUsize::new(0) }; 1 << (ADDRESS_BITS - REGION_BITS)];
+const UNRESERVABLE: usize = 1;
+/// The regions reserved, in order, so that walks need not read the whole directory.
+static RESERVED: [AtomicUsize; MAX_REGIONS] = [const { AtomicUsize::new(0) }; MAX_REGIONS];
+static RESERVED_LEN: AtomicUsize = AtomicUsize::new(0);
+/// Taken to reserve a region (and by the fork handlers).
+pub(crate) static RESERVING: spin::Mutex<()> = spin::Mutex::new(());
+
+/// A cell's content: 0, or a trace as size (high 32 bits), generation (8 bits) and id (24).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Packed(u64);
+
+impl Packed {
+    pub(crate) const EMPTY: Packed = Packed(0);
+
+    /// A trace of `size` bytes (1..=[`MAX_SIZE`], so the cell is never 0) with `id` of the
+    /// store's `generation`.
+    fn new(size: u64, generation: u32, id: TracebackId) -> Packed {
+        debug_assert!(size != 0 && size <= MAX_SIZE);
+        Packed(size << 32 | u64::from(generation as u8) << 24 | u64::from(id.index()))
+    }
+
+    /// The trace's size and id, if the cell holds one of `generation`: other generations'
+    /// ids name tracebacks of a store since cleared.
+    #[inline]
+    pub(crate) fn of_generation(self, generation: u32) -> Option<(u64, TracebackId)> {
+        let current = self.0 != 0 && (self.0 >> 24) as u8 == generation as u8;
+        current.then(|| (self.0 >> 32, TracebackId::from_index(self.0 as u32)))
+    }
+}
+
+/// Whether a block at `addr` of `size` bytes can have a cell.
+#[inline(always)]
+pub(crate) fn fits(addr: usize, size: usize) -> bool {
+    addr % GRAIN == 0 && size != 0 && size as u64 <= MAX_SIZE && (addr as u64) >> ADDRESS_BITS == 0
+}
+
+/// The cells of `addr`'s region, reserving them if needed; `None` when they cannot be.
+#[inline(always)]
+fn cells_of(addr: usize, reserve: bool) -> Option<usize> {
+    let region = addr >> REGION_BITS;
+    match DIRECTORY.get(region)?.load(Acquire) {
+        0 if reserve => reserve_region(region),
+        0 | UNRESERVABLE => None,
+        base => Some(base),
+    }
+}
+
+/// The cell of `addr`.
+///
+/// # Safety
+/// `base` is the reservation of `addr`'s region, as [`cells_of`] or [`reserved`] return it.
+#[inline(always)]
+unsafe fn cell_at(base: usize, addr: usize) -> &'static AtomicU64 {
+    let index = (addr & ((1 << REGION_BITS) - 1)) >> CELL_SHIFT;
+    // SAFETY: `base` is the start of a reservation of `RESERVATION` bytes that is never
+    // unmapped (the caller's contract), whose first `CELLS_BYTES` are `REGION_CELLS` aligned
+    // 8-byte cells, only ever accessed atomically; `index < REGION_CELLS`. Reading or writing a
+    // page never written maps a zero page or a fresh one (`MAP_NORESERVE`), and `clear` gives
+    // pages back with `MADV_DONTNEED`, after which they read as zeros: every access is defined.
+    unsafe { &*(base as *const AtomicU64).add(index) }
+}
+
+/// The bitmap's word and bit for the page of cells holding `addr`'s.
+///
+/// # Safety
+/// As for [`cell_at`].
+#[inline(always)]
+unsafe fn page_bit(base: usize, addr: usize) -> (&'static AtomicU64, u64) {
+    let page = ((addr & ((1 << REGION_BITS) - 1)) >> CELL_SHIFT) / CELLS_PER_PAGE;
+    // SAFETY: `page < PAGES`, so its word is in the bitmap; `base` is the caller's.
+    (unsafe { bitmap_word(base, page / 64) }, 1 << (page % 64))
+}
+
+/// The cell of `addr`, if its page was written since the last [`clear`]: cells in other pages
+/// are empty. Not reading those matters: a read maps the shared zero page, and the first write
+/// after it faults again and flushes the TLB of every core running the process.
+#[inline(always)]
+fn written_cell(addr: usize) -> Option<&'static AtomicU64> {
+    let base = cells_of(addr, false)?;
+    // SAFETY: `base` is `addr`'s reservation (`cells_of`).
+    let (word, bit) = unsafe { page_bit(base, addr) };
+    // SAFETY: as above.
+    (word.load(Relaxed) & bit != 0).then(|| unsafe { cell_at(base, addr) })
+}
+
+/// Word `word` of the bitmap of the reservation at `base`.
+///
+/// # Safety
+/// `base` as for [`cell_at`], and `word < BITMAP_WORDS`.
+#[inline(always)]
+unsafe fn bitmap_word(base: usize, word: usize) -> &'static AtomicU64 {
+    debug_assert!(word < BITMAP_WORDS);
+    // SAFETY: as in `cell_at`: the bitmap's `BITMAP_WORDS` aligned words follow the cells in
+    // the same reservation, and the caller keeps `word` in range.
+    unsafe { &*((base + CELLS_BYTES) as *const AtomicU64).add(word) }
+}
+
+/// Records the block at `addr` (which [`fits`]). Returns what the cell held before (a block
+/// the tracer did not see freed), or `Err` when the region cannot be reserved.
+#[inline(always)]
+pub(crate) fn record(
+    addr: usize,
+    size: u64,
+    generation: u32,
+    id: TracebackId,
+) -> Result<Packed, ()> {
+    let base = cells_of(addr, true).ok_or(())?;
+    // SAFETY: `base` is `addr`'s reservation (`cells_of`).
+    let (cell, (word, bit)) = unsafe { (cell_at(base, addr), page_bit(base, addr)) };
+    // The page's bit is set after its first cell is written, by the thread that wrote it; a
+    // cell of a page without it is empty (or a cell of an old generation, written by a thread
+    // racing with `clear`), and is written without being read (see `written_cell`). A load
+    // and a store, not a swap: only this thread writes the cell (see the module).
+    let marked = word.load(Relaxed) & bit != 0;
+    let before = if marked {
+        Packed(cell.load(Relaxed))
+    } else {
+        Packed::EMPTY
+    };
+    cell.store(Packed::new(size, generation, id).0, Relaxed);
+    // Checked again after the store: a `clear` that took the bit meanwhile may not have given
+    // the page back yet, and a page holding a cell must stay marked, to be counted and cleared.
+    if !marked || word.load(Relaxed) & bit == 0 {
+        word.fetch_or(bit, Relaxed);
+    }
+    Ok(before)
+}
+
+/// Empties the cell of the block at `addr` and returns what it held.
+#[inline(always)]
+pub(crate) fn take(addr: usize) -> Packed {
+    let Some(cell) = written_cell(addr) else {
+        return Packed::EMPTY;
+    };
+    let held = Packed(cell.load(Relaxed));
+    if held != Packed::EMPTY {
+        cell.store(0, Relaxed);
+    }
+    held
+}
+
+/// Puts back what [`take`] returned, for a block that turned out not to be freed (a failed
+/// `realloc`). Its page was written already, or the cell was empty.
+pub(crate) fn put_back(addr: usize, held: Packed) {
+    if held == Packed::EMPTY {
+        return;
+    }
+    if let Some(cell) = written_cell(addr) {
+        cell.store(held.0, Relaxed);
+    }
+}
+
+/// What the cell of `addr` holds.
+pub(crate) fn get(addr: usize) -> Packed {
+    written_cell(addr).map_or(Packed::EMPTY, |cell| Packed(cell.load(Relaxed)))
+}
+
+#[cold]
+fn reserve_region(region: usize) -> Option<usize> {
+    let _reserving = RESERVING.lock();
+    let base = DIRECTORY[region].load(Acquire);
+    if base != 0 {
+        return Some(base);
+    }
+    let reserved = RESERVED
+        .get(RESERVED_LEN.load(Relaxed))
+        .and_then(|slot| Some((slot, reserve(RESERVATION)?)));
+    let Some((slot, base)) = reserved else {
+        DIRECTORY[region].store(UNRESERVABLE, Release);
+        return None;
+    };
+    // The directory first: walks find a region through `RESERVED` and then read its base.
+    DIRECTORY[region].store(base, Release);
+    slot.store(region, Relaxed);
+    RESERVED_LEN.fetch_add(1, Release);
+    Some(base)
+}
+
+/// Reserves `len` bytes of zeros that take memory only where written, between two
+/// inaccessible pages: the reservation is then a mapping of its own, never merged with
+/// neighbouring anonymous memory (such as thread stacks), so `/proc/<pid>/smaps` shows what it
+/// holds.
+#[cfg(unix)]
+fn reserve(len: usize) -> Option<usize> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    const NORESERVE: libc::c_int = libc::MAP_NORESERVE;
+    // Elsewhere anonymous memory is committed lazily anyway.
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    const NORESERVE: libc::c_int = 0;
+    // SAFETY: a new anonymous private mapping at an address of the kernel's choosing; it
+    // touches no existing memory. The C library's `mmap` does not allocate.
+    let ptr = unsafe {
+        libc::mmap(
+            core::ptr::null_mut(),
+            len + 2 * PAGE,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return None;
+    }
+    let start = ptr as usize + PAGE;
+    // SAFETY: `start..start + len` lies inside the mapping just made.
+    let usable = unsafe {
+        libc::mprotect(
+            start as *mut libc::c_void,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+        )
+    };
+    if usable != 0 {
+        // SAFETY: the whole mapping just made, which nothing else knows of.
+        unsafe { libc::munmap(ptr, len + 2 * PAGE) };
+        return None;
+    }
+    name(start, len);
+    no_huge_pages(start, len);
+    Some(start)
+}
+
+/// Names the reservation in `/proc/<pid>/maps` (`[anon:tracemalloc shadow]`), so that its
+/// memory can be told apart, and kept apart: a named mapping does not merge with neighbouring
+/// anonymous memory such as thread stacks. Kernels without the feature (before 5.17, or built
+/// without it) refuse, which changes nothing else.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn name(start: usize, len: usize) {
+    const NAME: &core::ffi::CStr = c"tracemalloc shadow";
+    // SAFETY: `prctl(PR_SET_VMA, PR_SET_VMA_ANON_NAME, ..)` only labels our own mapping; the
+    // kernel copies the name, a NUL-terminated string that outlives the call anyway.
+    unsafe {
+        libc::prctl(
+            libc::PR_SET_VMA,
+            libc::PR_SET_VMA_ANON_NAME,
+            start,
+            len,
+            NAME.as_ptr(),
+        )
+    };
+}
+
+#[cfg(all(unix, not(any(target_os = "linux", target_os = "android"))))]
+fn name(_start: usize, _len: usize) {}
+
+/// Keeps transparent huge pages out of the reservation: where THP is `always`, one cell written
+/// would take 2 MiB, which the bitmap (4 KiB pages) would not count.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn no_huge_pages(start: usize, len: usize) {
+    // SAFETY: advice about our own mapping; it changes no content.
+    unsafe { libc::madvise(start as *mut libc::c_void, len, libc::MADV_NOHUGEPAGE) };
+}
+
+#[cfg(all(unix, not(any(target_os = "linux", target_os = "android"))))]
+fn no_huge_pages(_start: usize, _len: usize) {}
+
+#[cfg(not(unix))]
+fn reserve(_len: usize) -> Option<usize> {
+    None // every block goes to the tables
+}
+
+/// The base of every reserved region.
+fn reserved() -> impl Iterator<Item = (usize, usize)> {
+    let len = RESERVED_LEN.load(Acquire);
+    RESERVED[..len].iter().filter_map(|r| {
+        let region = r.load(Relaxed);
+        match DIRECTORY[region].load(Acquire) {
+            0 | UNRESERVABLE => None, // cannot happen: published before the region is listed
+            base => Some((region, base)),
+        }
+    })
+}
+
+/// Calls `f` with the address and content of every cell that holds a trace, in pages written
+/// since they were last cleared.
+pub(crate) fn scan(mut f: impl FnMut(usize, Packed)) {
+    for (region, base) in reserved() {
+        for word in 0..BITMAP_WORDS {
+            // SAFETY: `base` comes from `reserved()`, and `word < BITMAP_WORDS`.
+            let mut bits = unsafe { bitmap_word(base, word) }.load(Relaxed);
+            while bits != 0 {
+                let page = word * 64 + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                for i in page * CELLS_PER_PAGE..(page + 1) * CELLS_PER_PAGE {
+                    // SAFETY: `base` comes from `reserved()`; the address is in its region.
+                    let held = unsafe { cell_at(base, i << CELL_SHIFT) }.load(Relaxed);
+                    if held != 0 {
+                        f(region << REGION_BITS | i << CELL_SHIFT, Packed(held));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Empties every cell and gives the pages back. Cells written meanwhile by a thread still
+/// recording under the old generation may survive; their generation tells them apart.
+pub(crate) fn clear() {
+    for (_, base) in reserved() {
+        for index in 0..BITMAP_WORDS {
+            // Taken before the pages are given back: a page written after this is marked again.
+            // Read first, so that bitmap pages never written stay untouched.
+            // SAFETY: `base` comes from `reserved()`, and `index < BITMAP_WORDS`.
+            let word = unsafe { bitmap_word(base, index) };
+            let mut bits = if word.load(Relaxed) == 0 {
+                0
+            } else {
+                word.swap(0, Relaxed)
+            };
+            while bits != 0 {
+                let first = bits.trailing_zeros() as usize;
+                let run = (bits >> first).trailing_ones() as usize;
+                bits &= !(u64::MAX >> (64 - run) << first);
+                let start = base + (index * 64 + first) * PAGE;
+                give_back(start, run * PAGE);
+            }
+        }
+    }
+}
+
+#[cfg(unix)]
+fn give_back(start: usize, len: usize) {
+    // SAFETY: `start..start + len` lies in a reservation of ours (page-aligned: reservations
+    // are). Its cells are only ever accessed atomically, and a page given back reads as zeros.
+    unsafe { libc::madvise(start as *mut libc::c_void, len, libc::MADV_DONTNEED) };
+}
+
+#[cfg(not(unix))]
+fn give_back(_start: usize, _len: usize) {}
+
+/// Gives back the bitmaps too, once tracing is off and [`clear`] ran: only writers racing
+/// with the stop, whose cells are of an old generation, can set bits meanwhile.
+pub(crate) fn release() {
+    for (_, base) in reserved() {
+        give_back(base + CELLS_BYTES, BITMAP_WORDS * size_of::<u64>());
+    }
+}
+
+/// Bytes of memory the cells take: the pages of cells written since the last [`clear`], and
+/// the pages of bitmap marking them (a bitmap page cleared but not given back by [`release`]
+/// is not counted).
+pub(crate) fn memory_bytes() -> usize {
+    const WORDS_PER_PAGE: usize = PAGE / size_of::<u64>();
+    reserved()
+        .map(|(_, base)| {
+            let mut pages = 0;
+            for first in (0..BITMAP_WORDS).step_by(WORDS_PER_PAGE) {
+                let marked: usize = (first..(first + WORDS_PER_PAGE).min(BITMAP_WORDS))
+                    // SAFETY: `base` comes from `reserved()`, and `w < BITMAP_WORDS`.
+                    .map(|w| unsafe { bitmap_word(base, w) }.load(Relaxed).count_ones() as usize)
+                    .sum();
+                pages += marked + usize::from(marked != 0);
+            }
+            pages * PAGE
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // The shadow is process-wide; one test, so that nothing else writes it meanwhile.
+    #[test]
+    fn cells_record_take_scan_and_clear() {
+        let id = TracebackId::from_index(0xAB_CDEF);
+        // Addresses no allocator of this test process hands out: the top of the user half.
+        let a = (1 << ADDRESS_BITS) - (1 << REGION_BITS);
+        let b = a + 4096 * 40 + 16;
+        assert!(fits(a, 1) && fits(b, MAX_SIZE as usize));
+        assert!(!fits(a + 8, 8) && !fits(a, 0) && !fits(a, MAX_SIZE as usize + 1));
+        assert!(!fits(1 << ADDRESS_BITS, 16));
+
+        let memory_before = memory_bytes();
+        assert_eq!(record(a, 24, 7, id), Ok(Packed::EMPTY));
+        assert_eq!(record(b, MAX_SIZE, 7, id), Ok(Packed::EMPTY));
+        assert_eq!(get(a).of_generation(7), Some((24, id)));
+        assert_eq!(get(a).of_generation(8), None, "another generation's id");
+        assert_eq!(
+            get(a).of_generation(7 + 256),
+            Some((24, id)),
+            "8 bits of generation"
+        );
+        // Two pages of cells written, and the bitmap's page that marks them.
+        assert_eq!(memory_bytes() - memory_before, 3 * PAGE);
+        #[cfg(target_os = "linux")]
+        assert_eq!(
+            resident(a),
+            3 * PAGE,
+            "what the kernel says the region holds"
+        );
+
+        let mut seen = Vec::new();
+        scan(|addr, held| {
+            if addr >> REGION_BITS == a >> REGION_BITS {
+                seen.push((addr, held.of_generation(7)));
+            }
+        });
+        assert_eq!(seen, [(a, Some((24, id))), (b, Some((MAX_SIZE, id)))]);
+
+        // A second record at the same address reports the trace it replaces.
+        assert_eq!(record(a, 32, 7, id), Ok(Packed::new(24, 7, id)));
+        let held = take(a);
+        assert_eq!(held.of_generation(7), Some((32, id)));
+        assert_eq!(take(a), Packed::EMPTY);
+        put_back(a, held);
+        assert_eq!(get(a), held);
+        assert_eq!(take(a + 16), Packed::EMPTY, "a neighbour's cell is its own");
+
+        clear();
+        assert_eq!(get(a), Packed::EMPTY);
+        assert_eq!(get(b), Packed::EMPTY);
+        assert_eq!(memory_bytes(), memory_before);
+        #[cfg(target_os = "linux")]
+        assert_eq!(
+            resident(a),
+            PAGE,
+            "the cells were given back, the bitmap's page stays"
+        );
+        let mut any = false;
+        scan(|addr, _| any |= addr >> REGION_BITS == a >> REGION_BITS);
+        assert!(!any, "nothing left to scan after clear");
+        // A region never reserved holds nothing, and taking from it reserves nothing.
+        assert_eq!(take(a - (1 << REGION_BITS)), Packed::EMPTY);
+        assert!(cells_of(a - (1 << REGION_BITS), false).is_none());
+        release();
+        #[cfg(target_os = "linux")]
+        assert_eq!(resident(a), 0);
+    }
+
+    /// Bytes of the reservation holding `addr`'s cells that are in memory (`/proc/self/smaps`).
+    #[cfg(target_os = "linux")]
+    fn resident(addr: usize) -> usize {
+        let base = cells_of(addr, false).expect("reserved");
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut lines = smaps.lines();
+        let start = format!("{base:x}-{:x} ", base + RESERVATION);
+        lines
+            .find(|l| l.starts_with(&start))
+            .expect("the reservation is a mapping of its own");
+        let rss = lines.find(|l| l.starts_with("Rss:")).expect("Rss line");
+        let kib: usize = rss.split_whitespace().nth(1).unwrap().parse().unwrap();
+        kib * 1024
+    }
+}

@@ -1,0 +1,148 @@
+//! Shadow memory holds blocks that start on a 16-byte boundary; the rest go to the shard
+//! tables (`adapter-std/src/shadow.rs`). Under an inner allocator that hands out 8-byte
+//! aligned blocks for small alignments, and 16-byte aligned ones otherwise, both kinds must be
+//! traced, found, moved by `realloc`, forgotten when freed and counted exactly, whichever
+//! storage they landed in.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+
+use tracemalloc::{Config, Storage, TracingAllocator};
+use tracemalloc_tests::{blocks, marked_line, traced_at};
+
+/// Hands out blocks 8 bytes past a 16-byte boundary when their alignment allows it.
+struct Misaligned;
+
+impl Misaligned {
+    /// The layout of the block underneath, and the offset of the block handed out in it.
+    fn underneath(layout: Layout) -> (Layout, usize) {
+        if layout.align() > 8 {
+            return (layout, 0);
+        }
+        let padded = Layout::from_size_align(layout.size() + 8, 16).expect("small test blocks");
+        (padded, 8)
+    }
+}
+
+// SAFETY: every block is a `System` block of the padded layout, offset by 8 bytes or 0; the
+// offset keeps the alignment the layout asks for (8 at most when offset) and the size fits in
+// the padding. `dealloc` undoes the same offset for the same layout.
+unsafe impl GlobalAlloc for Misaligned {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let (under, offset) = Self::underneath(layout);
+        // SAFETY: `under` has a non-zero size (at least the caller's, which is non-zero).
+        let base = unsafe { System.alloc(under) };
+        if base.is_null() {
+            return base;
+        }
+        // SAFETY: `offset` (0 or 8) lies inside the block, which has `offset` bytes of padding.
+        unsafe { base.add(offset) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        let (under, offset) = Self::underneath(layout);
+        // SAFETY: `ptr` came from `alloc` with this layout, so `ptr - offset` is the `System`
+        // block of layout `under`.
+        unsafe { System.dealloc(ptr.sub(offset), under) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: TracingAllocator<Misaligned> = TracingAllocator::new(Misaligned);
+
+const THIS_FILE: &str = "tests/tests/shadow_fallback.rs";
+
+fn line_of(marker: &str) -> u32 {
+    marked_line(include_str!("shadow_fallback.rs"), marker)
+}
+
+/// A block 16-byte aligned by its type: it starts on a cell.
+#[repr(align(16))]
+struct Aligned([u8; 48]);
+
+#[inline(never)]
+#[allow(clippy::vec_box)] // one allocation per block is the point
+fn in_cells(n: usize) -> Vec<Box<Aligned>> {
+    blocks(n, || Box::new(Aligned([1; 48]))) // CELLS
+}
+
+#[inline(never)]
+#[allow(clippy::vec_box)] // as above
+fn in_tables(n: usize) -> Vec<Box<[u64; 5]>> {
+    blocks(n, || Box::new([2; 5])) // TABLES
+}
+
+#[inline(never)]
+fn grown(n: usize) -> Vec<Vec<u8>> {
+    blocks(n, || {
+        let mut v = Vec::with_capacity(8); // GROWN
+        v.extend_from_slice(&[3u8; 200]); // realloc: the table's trace moves with the block
+        v
+    })
+}
+
+fn traced_here(marker: &str) -> Option<(u64, u64)> {
+    let snapshot = tracemalloc::take_snapshot().unwrap();
+    traced_at(&snapshot, THIS_FILE, line_of(marker))
+}
+
+#[test]
+fn blocks_that_fit_no_cell_are_traced_in_the_tables() {
+    tracemalloc::start_with(Config {
+        nframe: 8,
+        storage: Storage::Shadow,
+        ..Config::default()
+    })
+    .unwrap();
+    let (before, _) = tracemalloc::traced_memory();
+
+    let cells = in_cells(100);
+    let tables = in_tables(100);
+    let grown = grown(100);
+    assert!(cells
+        .iter()
+        .all(|b| &**b as *const Aligned as usize % 16 == 0 && b.0[47] == 1));
+    assert!(tables.iter().all(|b| b.as_ptr() as usize % 16 == 8));
+    assert!(grown.iter().all(|v| v.as_ptr() as usize % 16 == 8));
+
+    assert_eq!(traced_here("CELLS"), Some((100 * 48, 100)));
+    assert_eq!(traced_here("TABLES"), Some((100 * 40, 100)));
+    // The traceback of a realloc is the realloc's: the block moved, with its new size.
+    let grown_bytes = grown.iter().map(|v| v.capacity() as u64).sum::<u64>();
+    let at_realloc = traced_here("GROWN").map_or(0, |(bytes, _)| bytes);
+    let snapshot = tracemalloc::take_snapshot().unwrap();
+    let whole_file = snapshot
+        .traces
+        .iter()
+        .filter(|t| {
+            snapshot
+                .traceback_of(t)
+                .frames
+                .iter()
+                .any(|f| &*f.filename == THIS_FILE)
+        })
+        .map(|t| t.size)
+        .sum::<u64>();
+    assert_eq!(at_realloc, 0, "the first block's trace left with it");
+    assert!(whole_file >= 100 * 48 + 100 * 40 + grown_bytes);
+
+    let (with, _) = tracemalloc::traced_memory();
+    let outer_vecs = size_of_val(&*cells) + size_of_val(&*tables) + size_of_val(&*grown);
+    assert_eq!(
+        with - before,
+        100 * 48 + 100 * 40 + grown_bytes as usize + outer_vecs,
+        "traced_memory() counts both storages"
+    );
+
+    // Found by address in either storage.
+    let cell_tb = tracemalloc::object_traceback(&*cells[7]).expect("a cell's traceback");
+    let table_tb = tracemalloc::object_traceback(&*tables[7]).expect("a table's traceback");
+    assert_eq!(cell_tb.frames[0].lineno, line_of("CELLS"));
+    assert_eq!(table_tb.frames[0].lineno, line_of("TABLES"));
+
+    drop((cells, tables, grown));
+    assert_eq!(traced_here("CELLS"), None);
+    assert_eq!(traced_here("TABLES"), None);
+    let (after, _) = tracemalloc::traced_memory();
+    assert_eq!(after, before, "every block forgotten once");
+    tracemalloc::stop();
+}
