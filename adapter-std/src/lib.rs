@@ -314,7 +314,8 @@ pub fn reset_peak() {
     accounting::reset_peak();
 }
 
-/// Bytes of memory the tracer uses for its tables (Python's `get_tracemalloc_memory`).
+/// Bytes of memory the tracer uses (Python's `get_tracemalloc_memory`): its tables and
+/// traceback store, taken from the inner allocator, and the pages of shadow memory written.
 pub fn tracemalloc_memory() -> usize {
     state::tracer_memory() as usize
 }

@@ -1,14 +1,17 @@
 //! The process-wide tracer behind the allocator and the API.
 //!
-//! The core's [`Tracer`] is `&mut self`; here its trace table is sharded so that threads
-//! allocating at once rarely meet: a block's 1 MiB chunk of address space picks one of
+//! Full tracing records default-domain blocks in shadow memory ([`crate::shadow`]), without a
+//! lock; with `Storage::Table`, while sampling, and for blocks that fit no cell, they go to
+//! trace tables. The core's [`Tracer`] is `&mut self`; here its trace table is sharded so
+//! that threads allocating at once rarely meet: a block's 1 MiB chunk of address space picks one of
 //! [`SHARDS`] tracers, each behind its own spin lock (a lock inside an allocator must never
 //! allocate, and the critical sections are tens of nanoseconds). Call stacks are interned once
 //! for the whole process, in the [`crate::interner`], and the shards record the ids
 //! it hands out. Blocks of other domains (`track`) live in one more tracer with its own store.
 //! The traced size and peak are kept by [`crate::accounting`].
 //!
-//! Tracing memory comes from the inner allocator directly. `start()` only arms the tracer; the
+//! Tracing memory comes from the inner allocator directly, except shadow memory
+//! ([`crate::shadow`]), which the tracer maps itself. `start()` only arms the tracer; the
 //! next allocation through the wrapper, which has the inner allocator at hand, obtains the
 //! storage and switches tracing on. `start()` makes that allocation itself, so when it returns
 //! tracing is on, or the wrapper is not the global allocator and it says so.
