@@ -460,7 +460,13 @@ fn tiny() -> bool {
     std::env::var_os("STRESS_TINY").is_some()
 }
 /// Every start goes through here; STRESS_TINY=1 gives every session a tiny traceback store.
+/// Every third start keeps full tracing in the tables instead of shadow memory, so that both
+/// storages, and switches between them across `stop()`/`start()`, are exercised.
 fn start_cfg(mut c: Config) -> Result<(), tracemalloc::Error> {
+    static STARTS: AtomicU64 = AtomicU64::new(0);
+    if STARTS.fetch_add(1, Relaxed) % 3 == 2 {
+        c.storage = tracemalloc::Storage::Table;
+    }
     if tiny() {
         c.max_traceback_memory = 64 * 1024;
         c.initial_tracebacks = 16;
