@@ -177,7 +177,8 @@ pub struct Config {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Storage {
     /// [`Storage::Shadow`] when every block is traced, [`Storage::Table`] when sampling (few
-    /// blocks, far apart: shadow memory would take a page for each).
+    /// blocks, far apart: shadow memory would take a page for each) or where the address space
+    /// is limited (`RLIMIT_AS`: each region of shadow memory reserves 512 MiB of it).
     #[default]
     Auto,
     /// Shadow memory: 8 bytes for every 16 bytes of address space in which traced blocks
@@ -363,6 +364,9 @@ pub fn take_snapshot() -> Result<Snapshot, Error> {
     let generation = interner::generation();
     let raw = state::copy_raw();
     let mut snapshot = symbolize::with_process_resolver(|resolver| raw.resolve(resolver));
+    // Kept with shadow memory too, where a block that moved during the scan may be counted
+    // twice and so raise the peak by its size (README, Known limits): a peak below a total
+    // the user has seen would be the worse surprise.
     accounting::raise_peak(snapshot.counters.current, generation);
     let nframe = traceback_limit();
     for traceback in &mut snapshot.tracebacks {

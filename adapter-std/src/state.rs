@@ -405,6 +405,12 @@ fn arm(inner: &dyn GlobalAlloc) -> bool {
     if SHARD_TABLE[0].lock().tracer.is_none() {
         storage::set_source(inner);
     }
+    // The storage is chosen before `interner::reset` starts the new generation: a thread that
+    // reads the new generation (acquire) then sees the storage of its session. Cells left by
+    // writers racing with the last stop are given back; their generation is an old one.
+    SHADOWED.store(shadow_chosen(&config), Relaxed);
+    SPILLED.store(0, Relaxed);
+    shadow::clear();
     let ready = allocate_shards(inner, &config)
         && allocate_foreign(
             inner,
@@ -426,13 +432,6 @@ fn arm(inner: &dyn GlobalAlloc) -> bool {
     }
     accounting::reset();
     accounting::arm();
-    // The tables were cleared above; cells left by writers racing with the last stop are
-    // given back, and their generation is an old one.
-    SPILLED.store(0, Relaxed);
-    shadow::clear();
-    // Sampling always uses the tables (see `Storage`): the shadow paths keep no sampling state.
-    let shadowed = config.storage != Storage::Table && config.sample_interval == 0;
-    SHADOWED.store(shadowed, Relaxed);
     let on = if sampler::interval() == 0 {
         ON
     } else {
@@ -526,6 +525,35 @@ mod fork {
         }
         drop(RESOLVER_HELD.lock().take());
     }
+}
+
+/// Whether `config` records full tracing in shadow memory. Sampling always uses the tables
+/// (the shadow paths keep no sampling state), and so does `Auto` where the address space is
+/// limited (`RLIMIT_AS`): each region reserves 512 MiB of it, which the program's own
+/// mappings might then be refused.
+fn shadow_chosen(config: &Config) -> bool {
+    match config.storage {
+        Storage::Table => false,
+        _ if config.sample_interval != 0 => false,
+        Storage::Shadow => true,
+        Storage::Auto => !address_space_limited(),
+    }
+}
+
+#[cfg(unix)]
+fn address_space_limited() -> bool {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `getrlimit` writes the limit into `limit`, a valid out-parameter.
+    let read = unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut limit) } == 0;
+    !read || limit.rlim_cur != libc::RLIM_INFINITY
+}
+
+#[cfg(not(unix))]
+fn address_space_limited() -> bool {
+    false
 }
 
 fn capture_depth(config: &Config) -> usize {
@@ -828,6 +856,9 @@ fn record_id(
     generation: u32,
 ) -> bool {
     if is_shadowed() && shadow::fits(addr, size) {
+        if !is_on() {
+            return false; // stopped meanwhile (the table path checks under its lock)
+        }
         if let Ok(before) = shadow::record(addr, size as u64, generation, id) {
             // A trace of this generation in the cell is one whose free the tracer missed (a
             // race with a state change): replaced, as the table replaces it.
@@ -1107,14 +1138,22 @@ pub(crate) fn copy_raw() -> RawSnapshot {
     // store under its lock: ids are only ever appended to it, so every id of this generation a
     // cell holds is in the copy. Cells change while they are read: a block allocated or freed
     // meanwhile may or may not be in the snapshot. A `clear()` during the scan voids it.
+    // After a few clears in a row, the scan runs under the locks, which keep `clear()` out.
+    let mut tries = 0;
     let (cells, locked) = loop {
+        tries += 1;
+        let early = if tries <= 3 {
+            None
+        } else {
+            Some(lock_all_shards())
+        };
         let generation = interner::generation();
         let mut cells = Vec::new();
         if shadowed {
             cells = copy_cells(generation);
             cells.reserve(slots); // the tables' slots join the cells under the locks
         }
-        let locked = lock_all_shards();
+        let locked = early.unwrap_or_else(lock_all_shards);
         if interner::generation() == generation {
             break (cells, locked);
         }

@@ -88,6 +88,16 @@ fn check(storage: Storage) {
         "{after} bytes unexplained after the frees"
     );
 
+    // `clear_traces()` gives shadow memory's pages back (all but a bitmap page per region).
+    if storage == Storage::Shadow {
+        tracemalloc::clear_traces();
+        let kept = shadow_resident();
+        assert!(
+            kept <= 64 * 1024,
+            "{kept} bytes of shadow kept by clear_traces()"
+        );
+    }
+
     // `stop()` gives the storage back, as Python's does: the inner allocator holds what it held
     // before the start.
     tracemalloc::stop();

@@ -144,5 +144,21 @@ fn blocks_that_fit_no_cell_are_traced_in_the_tables() {
     assert_eq!(traced_here("TABLES"), None);
     let (after, _) = tracemalloc::traced_memory();
     assert_eq!(after, before, "every block forgotten once");
+
+    // Blocks recorded before a `clear_traces()` are forgotten by it: their later frees, in a
+    // cell or a table, take nothing off the new count.
+    let cells = in_cells(10);
+    let tables = in_tables(10);
+    tracemalloc::clear_traces();
+    assert_eq!(tracemalloc::traced_memory().0, 0);
+    drop((cells, tables));
+    assert_eq!(tracemalloc::traced_memory().0, 0, "frees of cleared blocks");
+    let kept = in_cells(3);
+    assert_eq!(
+        traced_here("CELLS"),
+        Some((3 * 48, 3)),
+        "and new blocks count"
+    );
+    drop(kept);
     tracemalloc::stop();
 }
