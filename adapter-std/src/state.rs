@@ -661,11 +661,10 @@ pub(crate) fn on_alloc(inner: &dyn GlobalAlloc, addr: usize, size: usize) {
     let Some(_guard) = Guard::enter() else {
         return;
     };
-    let shard = shard_index(addr);
     if !is_shadowed() {
-        prefetch_slot(addr, shard);
+        prefetch_slot(addr, shard_index(addr));
     }
-    with_stack(inner, |stack| record(inner, shard, addr, size, stack));
+    with_stack(inner, |stack| record(inner, addr, size, stack));
 }
 
 /// Forgets a block's trace, then frees it through `inner`: in this order, no other thread can
@@ -823,25 +822,19 @@ unsafe fn realloc_shadowed(
     drop(old_shard);
     if let Some((id, generation)) = new {
         let addr = moved as usize;
-        record_id(inner, shard_index(addr), addr, new_size, id, generation);
+        record_id(inner, addr, new_size, id, generation);
     }
     moved
 }
 
 /// Records a default-domain block of `shard` allocated from the stack `frames`.
 #[inline(always)]
-fn record(
-    inner: &dyn GlobalAlloc,
-    shard: usize,
-    addr: usize,
-    size: usize,
-    stack: &Stack<'_>,
-) -> bool {
+fn record(inner: &dyn GlobalAlloc, addr: usize, size: usize, stack: &Stack<'_>) -> bool {
     // The generation first: an id interned after a `clear_traces()` that this read missed is
     // then refused under the lock, never recorded against the wrong store.
     let generation = interner::generation();
     let id = interner::intern(inner, stack);
-    record_id(inner, shard, addr, size, id, generation)
+    record_id(inner, addr, size, id, generation)
 }
 
 /// Records a default-domain block with its interned id: in its cell when shadowed and it
@@ -849,7 +842,6 @@ fn record(
 #[inline(always)]
 fn record_id(
     inner: &dyn GlobalAlloc,
-    shard: usize,
     addr: usize,
     size: usize,
     id: tracemalloc_core::TracebackId,
@@ -867,6 +859,7 @@ fn record_id(
             return true;
         }
     }
+    let shard = shard_index(addr);
     let mut locked = SHARD_TABLE[shard].lock();
     insert_locked(inner, &mut locked, shard, addr, size, id, generation)
 }
@@ -1231,7 +1224,7 @@ pub(crate) fn track(domain: u32, addr: usize, size: usize) -> bool {
     // capture buffer of very deep limits.
     with_stack(&std::alloc::System, |stack| {
         if domain == DEFAULT_DOMAIN {
-            return record(&NoMemory, shard_index(addr), addr, size, stack);
+            return record(&NoMemory, addr, size, stack);
         }
         let mut foreign = FOREIGN.lock();
         let Some(tracer) = foreign.as_mut() else {
