@@ -288,6 +288,12 @@ pub fn is_tracing() -> bool {
     state::is_on()
 }
 
+/// Where the traces of this tracing session go, with [`Storage::Auto`] resolved: `None` while
+/// tracing is off. Blocks that fit no cell go to the tables whatever this says.
+pub fn storage_in_use() -> Option<Storage> {
+    state::storage_in_use()
+}
+
 /// Forgets every trace; tracing goes on (Python's `clear_traces`).
 pub fn clear_traces() {
     state::clear();

@@ -241,6 +241,17 @@ pub(crate) fn is_armed() -> bool {
     STATE.load(Acquire) == ARMED
 }
 
+/// The storage full tracing records into, while tracing is on (`Auto` resolved).
+pub(crate) fn storage_in_use() -> Option<Storage> {
+    is_on().then(|| {
+        if is_shadowed() {
+            Storage::Shadow
+        } else {
+            Storage::Table
+        }
+    })
+}
+
 /// Whether tracing is on.
 #[inline(always)]
 pub(crate) fn is_on() -> bool {
@@ -299,7 +310,8 @@ fn on_state_change(inner: &dyn GlobalAlloc) -> bool {
 
 /// `RUST_TRACEMALLOC=N` as `PYTHONTRACEMALLOC=N`: start with N frames (1 when not a number).
 /// `RUST_TRACEMALLOC_SAMPLE=BYTES` beside it samples one block per BYTES on average (0: every
-/// block), for always-on tracing without a code change.
+/// block), for always-on tracing without a code change; `RUST_TRACEMALLOC_STORAGE=table`
+/// (or `shadow`, `auto`) picks the storage.
 fn env_config() -> Option<Config> {
     let value = read_env("RUST_TRACEMALLOC")?;
     let value = value.trim();
@@ -318,9 +330,24 @@ fn env_config() -> Option<Config> {
             crate::DEFAULT_SAMPLE_INTERVAL
         }),
     };
+    let storage = match read_env("RUST_TRACEMALLOC_STORAGE")
+        .as_deref()
+        .map(str::trim)
+    {
+        None | Some("") | Some("auto") => Storage::Auto,
+        Some("table") => Storage::Table,
+        Some("shadow") => Storage::Shadow,
+        Some(_) => {
+            warn(
+                b"tracemalloc: RUST_TRACEMALLOC_STORAGE is not auto, table or shadow; using auto\n",
+            );
+            Storage::Auto
+        }
+    };
     Some(Config {
         nframe,
         sample_interval,
+        storage,
         ..Config::default()
     })
 }

@@ -1,7 +1,8 @@
 //! `RUST_TRACEMALLOC=N` starts tracing with N frames before `main`, as `PYTHONTRACEMALLOC` does;
-//! `RUST_TRACEMALLOC_SAMPLE=BYTES` beside it makes that tracing sampled.
+//! `RUST_TRACEMALLOC_SAMPLE=BYTES` beside it makes that tracing sampled, and
+//! `RUST_TRACEMALLOC_STORAGE` picks where the traces go.
 
-use tracemalloc::TracingAllocator;
+use tracemalloc::{Storage, TracingAllocator};
 
 #[global_allocator]
 static ALLOC: TracingAllocator = TracingAllocator::system();
@@ -13,6 +14,12 @@ fn env_variable_starts_tracing_at_the_first_allocation() {
         assert!(tracemalloc::is_tracing());
         assert_eq!(tracemalloc::traceback_limit(), 5);
         let expected: u64 = std::env::var("TRACEMALLOC_CHILD").unwrap().parse().unwrap();
+        let storage = match std::env::var("TRACEMALLOC_CHILD_STORAGE").as_deref() {
+            Ok("table") => Storage::Table,
+            Ok("shadow") => Storage::Shadow,
+            other => panic!("no expected storage: {other:?}"),
+        };
+        assert_eq!(tracemalloc::storage_in_use(), Some(storage));
         // A block far bigger than the interval is sampled for certain (at 512 KiB, a 64 MiB
         // block is missed with probability e^-128).
         let kept = vec![0u8; 64 << 20];
@@ -23,14 +30,23 @@ fn env_variable_starts_tracing_at_the_first_allocation() {
         return;
     }
     let exe = std::env::current_exe().unwrap();
-    // The child is told the sample interval it must find.
-    let run = |value: Option<&str>, sample: Option<&str>, expected: u64| {
+    // The child is told the sample interval and the storage in use it must find; `storage` is
+    // `RUST_TRACEMALLOC_STORAGE`'s value, if any.
+    let run_with = |value: Option<&str>,
+                    sample: Option<&str>,
+                    storage: Option<&str>,
+                    expected: (u64, &str)| {
         let mut cmd = std::process::Command::new(&exe);
         cmd.args([
             "--exact",
             "env_variable_starts_tracing_at_the_first_allocation",
         ])
-        .env("TRACEMALLOC_CHILD", expected.to_string());
+        .env("TRACEMALLOC_CHILD", expected.0.to_string())
+        .env("TRACEMALLOC_CHILD_STORAGE", expected.1);
+        match storage {
+            Some(v) => cmd.env("RUST_TRACEMALLOC_STORAGE", v),
+            None => cmd.env_remove("RUST_TRACEMALLOC_STORAGE"),
+        };
         match value {
             Some(v) => cmd.env("RUST_TRACEMALLOC", v),
             None => cmd.env_remove("RUST_TRACEMALLOC"),
@@ -40,6 +56,12 @@ fn env_variable_starts_tracing_at_the_first_allocation() {
             None => cmd.env_remove("RUST_TRACEMALLOC_SAMPLE"),
         };
         cmd.output().unwrap()
+    };
+    // By default full tracing records into shadow memory (where the address space is not
+    // limited, as it is not here), and sampling into the tables.
+    let run = |value: Option<&str>, sample: Option<&str>, expected: u64| {
+        let storage = if sample.is_some() { "table" } else { "shadow" };
+        run_with(value, sample, None, (expected, storage))
     };
     let ok = |out: &std::process::Output| {
         assert!(
@@ -55,6 +77,21 @@ fn env_variable_starts_tracing_at_the_first_allocation() {
     ok(&typo);
     assert!(
         String::from_utf8_lossy(&typo.stderr).contains("RUST_TRACEMALLOC_SAMPLE is not a number"),
+        "{}",
+        String::from_utf8_lossy(&typo.stderr)
+    );
+    // The tables when asked for, for full tracing too; a typo says so and keeps the default.
+    ok(&run_with(Some("5"), None, Some("table"), (0, "table")));
+    ok(&run_with(
+        Some("5"),
+        Some("4096"),
+        Some("shadow"),
+        (4096, "table"),
+    ));
+    let typo = run_with(Some("5"), None, Some("tables"), (0, "shadow"));
+    ok(&typo);
+    assert!(
+        String::from_utf8_lossy(&typo.stderr).contains("RUST_TRACEMALLOC_STORAGE is not"),
         "{}",
         String::from_utf8_lossy(&typo.stderr)
     );
