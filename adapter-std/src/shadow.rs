@@ -17,7 +17,9 @@
 //!
 //! What does not fit a cell goes to the shard tables (see `state`): blocks not aligned to 16
 //! bytes (two could share a cell), of 4 GiB or more, or of size 0, and any block in a region
-//! that could not be reserved. Sampling always uses the tables.
+//! that could not be reserved. Sampling always uses the tables, and so does every block on a
+//! system whose pages are larger than 4 KiB (the reservation's guard pages cannot be set
+//! there, so reserving fails).
 //!
 //! The generation in each cell tells the traces of the current store from those a thread wrote
 //! while racing with `clear_traces()` (which gives the written pages back, then starts a new
