@@ -1,6 +1,6 @@
 //! Tracer memory per live block, and snapshots at scale (issue 5, targets 3 and 4).
 //!
-//! For 10 k, 100 k and 1 M live 16-byte blocks (from 32 distinct call stacks over 8 source
+//! For 10 k, 100 k and 1 M live blocks of 16 bytes (`--bytes`) (from 32 distinct call stacks over 8 source
 //! lines), with each storage (`Storage::Table`, then `Storage::Shadow`):
 //! `tracemalloc_memory()` split into the fixed traceback store and the traces' storage (the
 //! tables, plus shadow memory for the second), the tables' load, and bytes per live block;
@@ -9,12 +9,15 @@
 //! were held, since the copy holds every shard lock), and `statistics` / `compare_to` by line
 //! on two such snapshots (the second has 10% more blocks). Prints Markdown.
 //!
+//! `--bytes B` makes the blocks B bytes instead of 16: shadow memory's cost per block grows
+//! with the heap's span, the tables' does not.
+//!
 //! ```text
-//! memory [--nframe N] [--sizes 10000,100000,1000000]
+//! memory [--nframe N] [--sizes 10000,100000,1000000] [--bytes B]
 //! ```
 
 use std::hint::black_box;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,14 +28,21 @@ use tracemalloc_bench::report::markdown_table;
 #[global_allocator]
 static ALLOC: tracemalloc::TracingAllocator = tracemalloc::TracingAllocator::system();
 
-type Block = Box<[u64; 2]>;
+type Block = Box<[u8]>;
+
+/// Bytes per block (`--bytes`).
+static BLOCK_BYTES: AtomicUsize = AtomicUsize::new(16);
+
+fn block(fill: u64) -> Block {
+    vec![fill as u8; BLOCK_BYTES.load(Relaxed)].into_boxed_slice()
+}
 
 macro_rules! sites {
     ($($name:ident),*) => {
         $(
             #[inline(never)]
             fn $name(i: u64) -> Block {
-                Box::new([i, i])
+                block(i)
             }
         )*
         const SITES: &[fn(u64) -> Block] = &[$($name),*];
@@ -59,7 +69,7 @@ fn allocate(n: usize, into: &mut Vec<Block>) {
 
 #[inline(never)]
 fn more_site(i: u64) -> Block {
-    Box::new([i, 0])
+    block(i)
 }
 
 /// Allocates and frees in a loop on another thread and keeps the longest single allocation.
@@ -123,6 +133,10 @@ fn main() {
     while let Some(arg) = args.next() {
         match (arg.as_str(), args.next()) {
             ("--nframe", Some(v)) => nframe = v.parse().expect("--nframe N"),
+            ("--bytes", Some(v)) => {
+                let bytes: usize = v.parse().expect("--bytes B");
+                BLOCK_BYTES.store(bytes.max(1), Relaxed);
+            }
             ("--sizes", Some(v)) => {
                 sizes = v
                     .split(',')
@@ -130,7 +144,7 @@ fn main() {
                     .collect()
             }
             _ => {
-                eprintln!("usage: memory [--nframe N] [--sizes N,N,...]");
+                eprintln!("usage: memory [--nframe N] [--sizes N,N,...] [--bytes B]");
                 std::process::exit(2);
             }
         }
@@ -240,7 +254,8 @@ fn measure(
 
 fn report(nframe: usize, cold: Duration, mem_rows: Vec<Vec<String>>, snap_rows: Vec<Vec<String>>) {
     let h = |cols: &[&str]| cols.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    println!("### Tracer memory per live block (nframe {nframe})\n");
+    let bytes = BLOCK_BYTES.load(Relaxed);
+    println!("### Tracer memory per live block of {bytes} bytes (nframe {nframe})\n");
     println!(
         "`fixed` is the process-wide traceback store; `traces` is where the traces live: the 16 \
          shards' trace tables (16-byte slots, each doubled when it reaches load 3/4), plus, with \
