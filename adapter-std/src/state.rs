@@ -854,7 +854,7 @@ unsafe fn realloc_shadowed(
     moved
 }
 
-/// Records a default-domain block of `shard` allocated from the stack `frames`.
+/// Records a default-domain block allocated from `stack`.
 #[inline(always)]
 fn record(inner: &dyn GlobalAlloc, addr: usize, size: usize, stack: &Stack<'_>) -> bool {
     // The generation first: an id interned after a `clear_traces()` that this read missed is
