@@ -188,7 +188,7 @@ pub enum Storage {
     /// memory follows the heap's address span rather than the number of live blocks: about half
     /// the size of a densely used heap of small blocks, but up to a 4 KiB page per block where
     /// blocks lie 8 KiB or more apart, and pages written stay taken until `clear_traces()` or
-    /// `stop()`. Blocks that do not fit (not aligned to 16 bytes, 4 GiB or larger) and
+    /// `stop()`. Blocks that do not fit (not aligned to 16 bytes, 256 MiB or larger) and
     /// platforms without `mmap` use the tables, and so does sampling, whatever this says.
     Shadow,
     /// Hash tables keyed by address, in 16 shards that double when full: memory in proportion

@@ -16,14 +16,14 @@
 //! tracing stops; [`clear`] gives the written pages back instead.
 //!
 //! What does not fit a cell goes to the shard tables (see `state`): blocks not aligned to 16
-//! bytes (two could share a cell), of 4 GiB or more, or of size 0, and any block in a region
+//! bytes (two could share a cell), of 256 MiB or more, or of size 0, and any block in a region
 //! that could not be reserved. Sampling always uses the tables, and so does every block on a
 //! system whose pages are larger than 4 KiB (the reservation's guard pages cannot be set
 //! there, so reserving fails).
 //!
 //! The generation in each cell tells the traces of the current store from those a thread wrote
 //! while racing with `clear_traces()` (which gives the written pages back, then starts a new
-//! generation). It is 8 bits: after 256 clears a stale cell that escaped both could read as
+//! generation). It is 12 bits: after 4096 clears a stale cell that escaped both could read as
 //! current again.
 
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::*};
@@ -49,8 +49,13 @@ const RESERVATION: usize = CELLS_BYTES + BITMAP_WORDS * size_of::<u64>();
 /// further regions go to the tables.
 const MAX_REGIONS: usize = 4096;
 
-/// The largest block a cell holds.
-pub(crate) const MAX_SIZE: u64 = u32::MAX as u64;
+/// The largest block a cell holds (28 bits: larger blocks are few, and the tables serve them).
+pub(crate) const MAX_SIZE: u64 = (1 << SIZE_BITS) - 1;
+const SIZE_BITS: u32 = 28;
+const SIZE_SHIFT: u32 = 64 - SIZE_BITS;
+/// Generation bits: a stale cell that escaped a clear reads as current again only after this
+/// many more clears.
+const GENERATION_MASK: u64 = (1 << (SIZE_SHIFT - 24)) - 1;
 
 /// The cells' base address per region; 0 while not reserved, [`UNRESERVABLE`] once a
 /// reservation failed (the region's blocks go to the tables from then on, instead of every
@@ -64,7 +69,7 @@ static RESERVED_LEN: AtomicUsize = AtomicUsize::new(0);
 /// Taken to reserve a region (and by the fork handlers).
 pub(crate) static RESERVING: spin::Mutex<()> = spin::Mutex::new(());
 
-/// A cell's content: 0, or a trace as size (high 32 bits), generation (8 bits) and id (24).
+/// A cell's content: 0, or a trace as size (high 28 bits), generation (12 bits) and id (24).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Packed(u64);
 
@@ -75,15 +80,20 @@ impl Packed {
     /// store's `generation`.
     fn new(size: u64, generation: u32, id: TracebackId) -> Packed {
         debug_assert!(size != 0 && size <= MAX_SIZE);
-        Packed(size << 32 | u64::from(generation as u8) << 24 | u64::from(id.index()))
+        Packed(
+            size << SIZE_SHIFT
+                | (u64::from(generation) & GENERATION_MASK) << 24
+                | u64::from(id.index()),
+        )
     }
 
     /// The trace's size and id, if the cell holds one of `generation`: other generations'
     /// ids name tracebacks of a store since cleared.
     #[inline]
     pub(crate) fn of_generation(self, generation: u32) -> Option<(u64, TracebackId)> {
-        let current = self.0 != 0 && (self.0 >> 24) as u8 == generation as u8;
-        current.then(|| (self.0 >> 32, TracebackId::from_index(self.0 as u32)))
+        let current = self.0 != 0
+            && (self.0 >> 24) & GENERATION_MASK == u64::from(generation) & GENERATION_MASK;
+        current.then(|| (self.0 >> SIZE_SHIFT, TracebackId::from_index(self.0 as u32)))
     }
 }
 
@@ -437,9 +447,9 @@ mod tests {
         assert_eq!(get(a).of_generation(7), Some((24, id)));
         assert_eq!(get(a).of_generation(8), None, "another generation's id");
         assert_eq!(
-            get(a).of_generation(7 + 256),
+            get(a).of_generation(7 + 4096),
             Some((24, id)),
-            "8 bits of generation"
+            "12 bits of generation"
         );
         // Two pages of cells written, and the bitmap's page that marks them.
         assert_eq!(memory_bytes() - memory_before, 3 * PAGE);
