@@ -248,7 +248,8 @@ pub(crate) fn reset_peak() {
     PEAK.store(CURRENT.load(Relaxed).max(0), Relaxed);
 }
 
-/// Zeroes the figures (`start()`, `clear_traces()`), under every shard lock.
+/// Zeroes the figures (`start()`, `clear_traces()`), under the lock that fixes the generation
+/// (`clear()` holds every shard lock, arming the first one).
 pub(crate) fn reset() {
     CURRENT.store(0, Relaxed);
     PEAK.store(0, Relaxed);

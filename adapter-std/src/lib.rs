@@ -38,7 +38,8 @@
 //!
 //! `RUST_TRACEMALLOC_SAMPLE=BYTES` beside `RUST_TRACEMALLOC` samples one block per BYTES
 //! allocated on average (see [`Config::sample_interval`]): always-on tracing of a deployed
-//! program without a code change.
+//! program without a code change. `RUST_TRACEMALLOC_STORAGE=table` (or `shadow`, `auto`) beside
+//! it picks [`Config::storage`].
 //!
 //! Build with `-C force-frame-pointers=yes` (in `.cargo/config.toml`: `[build] rustflags =
 //! ["-C", "force-frame-pointers=yes"]`): stacks are then captured by walking frame pointers,
@@ -192,8 +193,8 @@ pub enum Storage {
     /// platforms without `mmap` use the tables, and so does sampling, whatever this says.
     Shadow,
     /// Hash tables keyed by address, in 16 shards that double when full: memory in proportion
-    /// to the live blocks (at most 21.3 bytes each at the load limit), for sparse or
-    /// fragmented heaps, or when memory is tighter than time.
+    /// to the live blocks (21.3 bytes each at the load limit, up to twice that just after a
+    /// doubling), for sparse or fragmented heaps, or when memory is tighter than time.
     Table,
 }
 
@@ -309,8 +310,8 @@ pub fn traceback_limit() -> usize {
 /// Threads publish their changes in batches of 64 KiB: the figures include every change the
 /// calling thread made and, on Unix, those of threads that have exited; they may miss under
 /// 64 KiB of each other thread's latest changes (allocations or frees, so the peak may be off
-/// by as much), and up to 15 of its latest frees of blocks up to 4 KiB, which it applies in
-/// batches. With one thread they are exact.
+/// by as much), and, with the tables, up to 15 of its latest frees of blocks up to 4 KiB,
+/// which it applies in batches. With one thread they are exact.
 pub fn traced_memory() -> (usize, usize) {
     let (current, peak) = accounting::traced_memory();
     (current as usize, peak as usize)
@@ -354,10 +355,11 @@ fn trim(traceback: &mut Traceback, nframe: usize) {
     }
 }
 
-/// Takes a snapshot of the traced blocks (Python's `take_snapshot`). The tables are copied under
-/// their locks; symbolization runs afterwards, each address once per process. Every free made
-/// before the call, on any thread, is reflected (frees that threads hold in their queues are
-/// left out).
+/// Takes a snapshot of the traced blocks (Python's `take_snapshot`). Shadow memory is read
+/// without a lock, so a block allocated, freed or moved during the read may or may not be in it;
+/// the tables are copied under their locks. Symbolization runs afterwards, each address once
+/// per process. Every free made before the call, on any thread, is reflected (frees that
+/// threads hold in the tables' queues are left out).
 pub fn take_snapshot() -> Result<Snapshot, Error> {
     if !is_tracing() {
         return Err(Error::NotTracing);

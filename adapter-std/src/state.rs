@@ -113,7 +113,8 @@ const EMPTY_SHARD: spin::Mutex<Shard> = spin::Mutex::new(Shard {
 });
 static SHARD_TABLE: [spin::Mutex<Shard>; SHARDS] = [EMPTY_SHARD; SHARDS];
 
-/// Runs `f` under a lock that `clear()` holds while it starts a new generation (a shard's).
+/// Runs `f` under a lock that `clear()` and arming hold while they start a new generation (a
+/// shard's).
 pub(crate) fn with_generation_fixed<R>(f: impl FnOnce() -> R) -> R {
     // Inside the tracer while the lock is held: a signal handler's free on this thread must
     // pass untraced rather than wait for the lock forever.
@@ -443,12 +444,20 @@ fn arm(inner: &dyn GlobalAlloc) -> bool {
             inner,
             config.nframe.saturating_add(config.hidden_frame_allowance),
         )
-        && interner::reset(
-            inner,
-            config.initial_tracebacks.max(16),
-            capture_depth(&config).clamp(4, STACK_FRAMES),
-            config.max_traceback_memory,
-        );
+        // The new generation and the zeroed figures together, under the generation lock: a
+        // change published under the old generation lands before both, or is dropped.
+        && with_generation_fixed(|| {
+            let reset = interner::reset(
+                inner,
+                config.initial_tracebacks.max(16),
+                capture_depth(&config).clamp(4, STACK_FRAMES),
+                config.max_traceback_memory,
+            );
+            if reset {
+                accounting::reset();
+            }
+            reset
+        });
     if !ready {
         ARM_FAILED.store(true, Relaxed);
         STATE.store(OFF, Release);
@@ -457,7 +466,6 @@ fn arm(inner: &dyn GlobalAlloc) -> bool {
         }
         return false;
     }
-    accounting::reset();
     accounting::arm();
     let on = if sampler::interval() == 0 {
         ON

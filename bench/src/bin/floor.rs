@@ -6,8 +6,10 @@
 //! forget their trace at once. It is not a tracer (the hash stands in for an id, and nothing can
 //! be read back); it bounds from below what tracemalloc's allocation and free paths can cost.
 //!
-//! `FLOOR=walk` only walks, `FLOOR=table` only records (with the return address's hash),
-//! `FLOOR=full` (the default) does both.
+//! `FLOOR=walk` only walks, `FLOOR=table` only records (with the block address's hash in place
+//! of a traceback), `FLOOR=full` (the default) does both. `FLOOR=shadow` walks and records into
+//! shadow memory instead of the table (an 8-byte cell per 16 bytes of address space, see
+//! `mod shadow` below), `FLOOR=shadow-only` records there without walking.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
