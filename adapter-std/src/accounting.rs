@@ -29,10 +29,7 @@ static PEAK: OwnLine<AtomicI64> = OwnLine(AtomicI64::new(0));
 pub(crate) fn account(added: u64, removed: u64, interval: u64, generation: u32) {
     // Sizes and intervals are bounded (`sampler::MAX_INTERVAL`), so scaled sizes fit an i64.
     let change = scaled_size(added, interval) as i64 - scaled_size(removed, interval) as i64;
-    let pending = PENDING.try_with(|pending| pending.add(change, generation, false));
-    if pending.is_err() {
-        publish(change, change.max(0)); // this thread's locals are gone: publish at once
-    }
+    add_change(change, generation, false);
 }
 
 /// [`account`] for callers that hold no shard lock (shadow memory, where full tracing needs
@@ -41,10 +38,20 @@ pub(crate) fn account(added: u64, removed: u64, interval: u64, generation: u32) 
 /// an old one. Unsampled sizes: shadow memory serves full tracing only.
 #[inline(always)]
 pub(crate) fn account_unlocked(added: u64, removed: u64, generation: u32) {
-    let change = added as i64 - removed as i64;
-    let pending = PENDING.try_with(|pending| pending.add(change, generation, true));
+    add_change(added as i64 - removed as i64, generation, true);
+}
+
+/// Adds `change` to this thread's [`Pending`] sum, or publishes it at once when the thread's
+/// locals are gone; `checked`: under the generation lock (see [`account_unlocked`]).
+#[inline(always)]
+fn add_change(change: i64, generation: u32, checked: bool) {
+    let pending = PENDING.try_with(|pending| pending.add(change, generation, checked));
     if pending.is_err() {
-        publish_checked(change, change.max(0), generation);
+        if checked {
+            publish_checked(change, change.max(0), generation);
+        } else {
+            publish(change, change.max(0));
+        }
     }
 }
 
@@ -106,12 +113,8 @@ impl Pending {
     /// Publishes this thread's change, if it belongs to the current generation. Takes a shard
     /// lock, which `clear()` holds while it starts a new generation.
     fn publish_now(&self) {
-        state::with_generation_fixed(|| {
-            let (change, high) = self.take();
-            if self.generation.get() == interner::generation() {
-                publish(change, high);
-            }
-        });
+        let (change, high) = self.take();
+        publish_checked(change, high, self.generation.get());
     }
 }
 

@@ -848,7 +848,7 @@ unsafe fn realloc_shadowed(
         return moved;
     }
     match (in_cell, old_shard.as_mut()) {
-        (Some((size, _)), _) => forget_cell(size, generation),
+        (Some((size, _)), _) => accounting::account_unlocked(0, size, generation),
         (None, Some(shard)) => {
             forget_locked(shard, old);
         }
@@ -994,16 +994,10 @@ fn forget_locked(shard: &mut Shard, addr: usize) -> bool {
 fn forget_default(addr: usize) -> bool {
     let generation = interner::generation();
     if let Some((size, _)) = shadow::take(addr).of_generation(generation) {
-        forget_cell(size, generation);
+        accounting::account_unlocked(0, size, generation);
         return true;
     }
     SPILLED.load(Relaxed) != 0 && forget_locked(&mut shard_of(addr).lock(), addr)
-}
-
-/// Accounts for a trace of `size` bytes taken out of a cell.
-#[inline(always)]
-fn forget_cell(size: u64, generation: u32) {
-    accounting::account_unlocked(0, size, generation);
 }
 
 #[inline(always)]
