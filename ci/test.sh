@@ -6,6 +6,11 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 job() { echo; echo "=== ci/test: $*"; }
 
+# CI builds everything once: incremental caches would only double the disk it needs.
+export CARGO_INCREMENTAL=0
+
+disk() { job "disk: $1"; df -h . | tail -1; du -sh target 2>/dev/null || true; }
+
 install() { job install; bash ci/install.sh; }
 
 format() { job "cargo fmt --check"; cargo fmt --all -- --check; }
@@ -49,6 +54,7 @@ demo() {
   echo "$out" | grep -q "Leak found: $file:$line grows fastest"
 }
 
+disk before
 install
 format
 lint
@@ -56,3 +62,4 @@ no_std
 docs
 tests
 demo
+disk after
