@@ -94,6 +94,15 @@ impl ElfResolver {
         file.to_owned()
     }
 
+    /// The demangled name of the symbol-table function at or before `probe`, without hashes
+    /// or crate disambiguators (`__rustc::__rust_alloc`, not `__rustc[b7974e86…]::…`).
+    fn symbol_at(&self, probe: u64) -> Option<String> {
+        Some(format!(
+            "{:#}",
+            rustc_demangle::demangle(self.loader.find_symbol(probe)?)
+        ))
+    }
+
     fn lookup(&mut self, address: usize) -> Option<Vec<Frame>> {
         let probe = address.checked_sub(self.bias)? as u64;
         let mut found = Vec::new();
@@ -111,6 +120,12 @@ impl ElfResolver {
             found.push((function, file, line));
         }
         drop(frames);
+        if let Some((function @ None, _, _)) = found.last_mut() {
+            // Line tables without names (`debug = "line-tables-only"` leaves the allocator
+            // shim `__rg_alloc` nameless): the outermost frame is the function the symbol table
+            // names at this address, and that name tells plumbing from the application.
+            *function = self.symbol_at(probe);
+        }
         if found.is_empty() {
             // No DWARF for this address: the symbol table may still name the function. Such
             // frames (C runtime, code built without debug info) are shown only with plumbing,
@@ -118,9 +133,7 @@ impl ElfResolver {
             if !self.show_plumbing {
                 return Some(Vec::new());
             }
-            let name = self.loader.find_symbol(probe)?;
-            let name = rustc_demangle::demangle(name).to_string();
-            found.push((Some(strip_hash(&name).to_owned()), None, 0));
+            found.push((Some(self.symbol_at(probe)?), None, 0));
         }
         let mut out = Vec::with_capacity(found.len());
         for (function, file, line) in found {
