@@ -11,6 +11,16 @@ export CARGO_INCREMENTAL=0
 
 disk() { job "disk: $1"; df -h . | tail -1; du -sh target 2>/dev/null || true; }
 
+# A cold run fills about 1 GB of target (README); a full disk otherwise shows up minutes later
+# as an LLVM "IO failure on output stream" in whichever crate was compiling.
+need_disk() {
+  local free_kb
+  free_kb=$(df -Pk . | awk 'NR == 2 { print $4 }')
+  if [ "$free_kb" -lt $((1536 * 1024)) ]; then
+    echo "ci/test: warning: only $((free_kb / 1024)) MB free here; a cold run needs about 1 GB" >&2
+  fi
+}
+
 install() { job install; bash ci/install.sh; }
 
 format() { job "cargo fmt --check"; cargo fmt --all -- --check; }
@@ -55,6 +65,7 @@ demo() {
 }
 
 disk before
+need_disk
 install
 format
 lint
