@@ -13,7 +13,10 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
-for target in thumbv6m-none-eabi thumbv7m-none-eabi; do
+# The thumb targets build the firmware; the others check that the std adapter builds where it
+# is not run (ci/test.sh, `portable`).
+for target in thumbv6m-none-eabi thumbv7m-none-eabi aarch64-unknown-linux-gnu x86_64-apple-darwin \
+  x86_64-pc-windows-gnu; do
   rustup target list --installed | grep -qx "$target" || rustup target add "$target"
 done
 rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt

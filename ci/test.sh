@@ -39,6 +39,14 @@ no_std() {
   cargo build -q -p tracemalloc-core --target thumbv7m-none-eabi --features alloc
 }
 
+portable() {
+  # Compiled and linted only: CI runs on x86_64 Linux (README, Platforms).
+  job "the std adapter builds for aarch64 Linux, macOS and Windows"
+  for target in aarch64-unknown-linux-gnu x86_64-apple-darwin x86_64-pc-windows-gnu; do
+    cargo clippy -q -p tracemalloc --all-targets --target "$target" -- -D warnings
+  done
+}
+
 docs() {
   job "cargo doc, warnings denied"
   RUSTDOCFLAGS="-D warnings" cargo doc -q --no-deps -p tracemalloc -p tracemalloc-embedded
@@ -70,6 +78,7 @@ install
 format
 lint
 no_std
+portable
 docs
 tests
 demo

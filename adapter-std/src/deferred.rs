@@ -258,6 +258,7 @@ fn apply_own(own: &Cell<(usize, bool)>) {
 
 /// At thread exit: applies the queue and gives the slot back; frees made after that (by later
 /// destructors) are applied at once.
+#[cfg(unix)]
 pub(crate) fn flush_at_exit() {
     // One guard for all of it: a signal handler's free meanwhile passes untraced, rather than
     // queue a block after the last flush or wait for a lock this thread holds.

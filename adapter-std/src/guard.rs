@@ -28,11 +28,13 @@ impl Guard {
 
     /// Enters the tracer until [`Guard::leave_held`] on this thread (fork handlers enter in one
     /// callback and leave in another); false when the thread was inside already.
+    #[cfg(unix)]
     pub(crate) fn enter_held() -> bool {
         Guard::enter().map(core::mem::forget).is_some()
     }
 
     /// Leaves what [`Guard::enter_held`] entered on this thread.
+    #[cfg(unix)]
     pub(crate) fn leave_held() {
         drop(Guard(()));
     }

@@ -63,7 +63,12 @@ impl ElfResolver {
             path: "current executable".into(),
             reason: e.to_string(),
         })?;
-        ElfResolver::open(&exe, main_program_bias())
+        let bias = main_program_bias().ok_or_else(|| Error::Symbols {
+            path: exe.display().to_string(),
+            reason: "the load address of the running program is known on Linux and macOS only"
+                .into(),
+        })?;
+        ElfResolver::open(&exe, bias)
     }
 
     /// Shows (`true`) or hides (`false`, the default) allocation plumbing frames.
@@ -251,9 +256,10 @@ fn cargo_workspace_around(dir: &Path) -> Option<String> {
     package
 }
 
-/// The load bias of the main executable: 0 unless it is position-independent.
+/// The load bias of the main executable (0 unless it is position-independent), where this
+/// platform says it: elsewhere a guess could name the wrong lines.
 #[cfg(any(target_os = "linux", target_os = "android"))]
-fn main_program_bias() -> usize {
+fn main_program_bias() -> Option<usize> {
     unsafe extern "C" fn first(
         info: *mut libc::dl_phdr_info,
         _size: libc::size_t,
@@ -267,12 +273,23 @@ fn main_program_bias() -> usize {
     let mut bias = 0usize;
     // SAFETY: the callback only writes through `data`, which points to `bias`.
     unsafe { libc::dl_iterate_phdr(Some(first), (&mut bias as *mut usize).cast()) };
-    bias
+    Some(bias)
 }
 
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
-fn main_program_bias() -> usize {
-    0
+#[cfg(target_vendor = "apple")]
+fn main_program_bias() -> Option<usize> {
+    // dyld's own API, in libSystem (libc's binding is deprecated in favour of another crate).
+    extern "C" {
+        fn _dyld_get_image_vmaddr_slide(image_index: u32) -> isize;
+    }
+    // SAFETY: dyld's image 0 is the main executable, loaded for the whole life of the process;
+    // the call only reads dyld's table of images.
+    Some(unsafe { _dyld_get_image_vmaddr_slide(0) } as usize)
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android", target_vendor = "apple")))]
+fn main_program_bias() -> Option<usize> {
+    None
 }
 
 /// Where an `ElfResolver` for the running process is cached between snapshots.
@@ -280,6 +297,7 @@ static RESOLVER: std::sync::Mutex<Option<Result<ElfResolver, ()>>> = std::sync::
 
 /// The resolver's lock, held across `fork()` by the tracer's fork handlers: a child forked while
 /// another thread was symbolizing would otherwise find it locked for ever.
+#[cfg(unix)]
 pub(crate) struct ForkHold(
     #[allow(dead_code)] std::sync::MutexGuard<'static, Option<Result<ElfResolver, ()>>>,
 );
@@ -287,9 +305,11 @@ pub(crate) struct ForkHold(
 // SAFETY: a hold is taken in the fork's prepare handler and dropped in its parent or child
 // handler, that is by the thread that took it or by that thread's copy in the child, which is
 // how a mutex must be unlocked.
+#[cfg(unix)]
 unsafe impl Send for ForkHold {}
 
 /// Takes the resolver's lock for the duration of a `fork()`.
+#[cfg(unix)]
 pub(crate) fn hold_for_fork() -> ForkHold {
     ForkHold(RESOLVER.lock().unwrap_or_else(|e| e.into_inner()))
 }
