@@ -1,8 +1,10 @@
 //! Symbolization: code addresses to file, line and function, from an ELF file's DWARF.
 //!
-//! One resolver serves both uses: this process's own executable (with the load bias of a
-//! position-independent executable subtracted) and a firmware ELF read on the host (bias 0).
-//! Inlined calls expand into their own frames, innermost first, through `addr2line`.
+//! One resolver serves both uses: an object of this process (with its load bias subtracted)
+//! and a firmware ELF read on the host (bias 0). Inlined calls expand into their own frames,
+//! innermost first, through `addr2line`. On Linux the running process's addresses are looked
+//! up in the object that holds them: the executable, or a shared library it loaded (a `cdylib`
+//! such as a Python extension that installs the tracer, or the C library).
 //!
 //! Frames of allocation plumbing (the tracer itself, and the `alloc`, `core` and `std` code that
 //! sits between a `Vec::push` and the allocator) are hidden unless asked for, so a push inside
@@ -10,7 +12,8 @@
 //! built in print relative to it.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tracemalloc_core::{Frame, Resolver};
@@ -292,14 +295,163 @@ fn main_program_bias() -> Option<usize> {
     None
 }
 
-/// Where an `ElfResolver` for the running process is cached between snapshots.
-static RESOLVER: std::sync::Mutex<Option<Result<ElfResolver, ()>>> = std::sync::Mutex::new(None);
+/// The running process's code: the objects it has loaded, each opened for symbols the first
+/// time one of its addresses is asked for.
+pub(crate) struct ProcessResolver {
+    modules: Vec<Module>,
+    /// Whether the list was read again since the last [`with_process_resolver`] call, for an
+    /// address in none of its objects (a library loaded after the list was made).
+    refreshed: bool,
+    show_plumbing: bool,
+}
+
+/// One object of the running process.
+struct Module {
+    /// Its code, as run-time address ranges.
+    code: Vec<Range<usize>>,
+    path: PathBuf,
+    bias: usize,
+    /// Opened on first use; `Err` for an object without a readable file (the vDSO).
+    resolver: Option<Result<ElfResolver, ()>>,
+}
+
+impl ProcessResolver {
+    fn new() -> ProcessResolver {
+        ProcessResolver {
+            modules: loaded_modules(),
+            refreshed: false,
+            show_plumbing: false,
+        }
+    }
+
+    fn module_of(&self, address: usize) -> Option<usize> {
+        self.modules
+            .iter()
+            .position(|m| m.code.iter().any(|r| r.contains(&address)))
+    }
+
+    /// Reads the list again, keeping the objects already opened.
+    fn refresh(&mut self) {
+        let mut fresh = loaded_modules();
+        for module in &mut fresh {
+            let same = |old: &Module| old.path == module.path && old.bias == module.bias;
+            if let Some(old) = self.modules.iter_mut().find(|old| same(old)) {
+                module.resolver = old.resolver.take();
+            }
+        }
+        self.modules = fresh;
+    }
+}
+
+impl Resolver for ProcessResolver {
+    fn resolve(&mut self, address: usize, out: &mut Vec<Frame>) -> bool {
+        let mut found = self.module_of(address);
+        if found.is_none() && !self.refreshed {
+            self.refreshed = true;
+            self.refresh();
+            found = self.module_of(address);
+        }
+        let Some(index) = found else {
+            return false;
+        };
+        let Module {
+            path,
+            bias,
+            resolver,
+            ..
+        } = &mut self.modules[index];
+        match resolver.get_or_insert_with(|| ElfResolver::open(path, *bias).map_err(drop)) {
+            Ok(resolver) => {
+                resolver.show_plumbing(self.show_plumbing);
+                resolver.resolve(address, out)
+            }
+            Err(()) => false,
+        }
+    }
+}
+
+/// The objects the process has loaded, the executable first, each with its executable segments.
+#[cfg(target_os = "linux")]
+fn loaded_modules() -> Vec<Module> {
+    unsafe extern "C" fn each(
+        info: *mut libc::dl_phdr_info,
+        _size: libc::size_t,
+        data: *mut libc::c_void,
+    ) -> libc::c_int {
+        // SAFETY: `dl_iterate_phdr` passes a valid `info` for the duration of the call, and
+        // `data` is the `&mut Vec<Module>` given below, alive for the whole iteration.
+        let (info, modules) = unsafe { (&*info, &mut *(data as *mut Vec<Module>)) };
+        let bias = info.dlpi_addr as usize;
+        let headers = if info.dlpi_phdr.is_null() {
+            &[][..]
+        } else {
+            // SAFETY: a non-null `dlpi_phdr` points to the object's `dlpi_phnum` program
+            // headers, mapped while it is loaded (the loader's lock is held during the call).
+            unsafe { core::slice::from_raw_parts(info.dlpi_phdr, usize::from(info.dlpi_phnum)) }
+        };
+        let code = headers
+            .iter()
+            .filter(|h| h.p_type == libc::PT_LOAD && h.p_flags & libc::PF_X != 0)
+            .map(|h| {
+                let start = bias.wrapping_add(h.p_vaddr as usize);
+                start..start.saturating_add(h.p_memsz as usize)
+            })
+            .collect();
+        let path = if info.dlpi_name.is_null() {
+            PathBuf::new()
+        } else {
+            use std::os::unix::ffi::OsStrExt;
+            // SAFETY: a non-null `dlpi_name` is a NUL-terminated string owned by the loader,
+            // valid during the call; it is copied.
+            let name = unsafe { core::ffi::CStr::from_ptr(info.dlpi_name) };
+            PathBuf::from(std::ffi::OsStr::from_bytes(name.to_bytes()))
+        };
+        modules.push(Module {
+            code,
+            path,
+            bias,
+            resolver: None,
+        });
+        0 // on to the next object
+    }
+    let mut modules: Vec<Module> = Vec::new();
+    // SAFETY: the callback only reads what the loader passes and pushes onto `modules`, which
+    // outlives the call; it neither unwinds nor keeps any pointer it was given.
+    unsafe { libc::dl_iterate_phdr(Some(each), (&mut modules as *mut Vec<Module>).cast()) };
+    // The executable comes first, without a name; objects without one after it (the vDSO on
+    // some systems) have no file to read.
+    if let (Some(first), Ok(exe)) = (modules.first_mut(), std::env::current_exe()) {
+        if first.path.as_os_str().is_empty() {
+            first.path = exe;
+        }
+    }
+    modules.retain(|m| !m.path.as_os_str().is_empty() && !m.code.is_empty());
+    modules
+}
+
+/// The executable alone, holding every address (shared libraries' frames are then looked up in
+/// it, and show as plumbing or addresses).
+#[cfg(not(target_os = "linux"))]
+fn loaded_modules() -> Vec<Module> {
+    match (std::env::current_exe(), main_program_bias()) {
+        (Ok(path), Some(bias)) => vec![Module {
+            code: std::iter::once(0..usize::MAX).collect(),
+            path,
+            bias,
+            resolver: None,
+        }],
+        _ => Vec::new(),
+    }
+}
+
+/// Where the running process's resolver is kept between snapshots.
+static RESOLVER: std::sync::Mutex<Option<ProcessResolver>> = std::sync::Mutex::new(None);
 
 /// The resolver's lock, held across `fork()` by the tracer's fork handlers: a child forked while
 /// another thread was symbolizing would otherwise find it locked for ever.
 #[cfg(unix)]
 pub(crate) struct ForkHold(
-    #[allow(dead_code)] std::sync::MutexGuard<'static, Option<Result<ElfResolver, ()>>>,
+    #[allow(dead_code)] std::sync::MutexGuard<'static, Option<ProcessResolver>>,
 );
 
 // SAFETY: a hold is taken in the fork's prepare handler and dropped in its parent or child
@@ -314,17 +466,14 @@ pub(crate) fn hold_for_fork() -> ForkHold {
     ForkHold(RESOLVER.lock().unwrap_or_else(|e| e.into_inner()))
 }
 
-/// Runs `f` with the running process's resolver, created on first use.
+/// Runs `f` with the running process's resolver, created on first use. Addresses it cannot
+/// place stay addresses.
 pub(crate) fn with_process_resolver<R>(f: impl FnOnce(&mut dyn Resolver) -> R) -> R {
     let mut slot = RESOLVER.lock().unwrap_or_else(|e| e.into_inner());
-    let resolver = slot.get_or_insert_with(|| ElfResolver::for_current_process().map_err(|_| ()));
-    match resolver {
-        Ok(resolver) => {
-            resolver.show_plumbing(crate::show_plumbing());
-            f(resolver)
-        }
-        Err(()) => f(&mut tracemalloc_core::snapshot::AddressesOnly),
-    }
+    let resolver = slot.get_or_insert_with(ProcessResolver::new);
+    resolver.refreshed = false;
+    resolver.show_plumbing = crate::show_plumbing();
+    f(resolver)
 }
 
 #[cfg(test)]
