@@ -6,17 +6,19 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 job() { echo; echo "=== ci/test: $*"; }
 
-# CI builds everything once: incremental caches would only double the disk it needs.
-export CARGO_INCREMENTAL=0
+# CI builds everything once: incremental caches would only double the disk it needs (a
+# setting of the caller's own wins).
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+target_dir="${CARGO_TARGET_DIR:-target}"
 
-disk() { job "disk: $1"; df -h . | tail -1; du -sh target 2>/dev/null || true; }
+disk() { job "disk: $1"; df -h . | tail -1 || true; du -sh "$target_dir" 2>/dev/null || true; }
 
 # A cold run fills about 1 GB of target (README); a full disk otherwise shows up minutes later
 # as an LLVM "IO failure on output stream" in whichever crate was compiling.
 need_disk() {
   local free_kb
-  free_kb=$(df -Pk . | awk 'NR == 2 { print $4 }')
-  if [ "$free_kb" -lt $((1536 * 1024)) ]; then
+  free_kb=$(df -Pk . 2>/dev/null | awk 'NR == 2 { print $4 }') || true
+  if [[ "$free_kb" =~ ^[0-9]+$ ]] && [ "$free_kb" -lt $((1536 * 1024)) ]; then
     echo "ci/test: warning: only $((free_kb / 1024)) MB free here; a cold run needs about 1 GB" >&2
   fi
 }
@@ -43,11 +45,13 @@ portable() {
   # Compiled and linted only: CI runs on x86_64 Linux (README, Platforms). Their 100 MB of
   # metadata is not kept.
   job "the std adapter builds for aarch64 Linux and macOS"
+  local dir="$target_dir/portable"
+  rm -rf "$dir"
   for target in aarch64-unknown-linux-gnu x86_64-apple-darwin; do
-    CARGO_TARGET_DIR=target/portable \
+    CARGO_TARGET_DIR="$dir" \
       cargo clippy -q -p tracemalloc --all-targets --target "$target" -- -D warnings
   done
-  rm -rf target/portable
+  rm -rf "$dir"
 }
 
 docs() {

@@ -131,7 +131,9 @@ impl ElfResolver {
         if let Some((function @ None, _, _)) = found.last_mut() {
             // Line tables without names (`debug = "line-tables-only"` leaves the allocator
             // shim `__rg_alloc` nameless): the outermost frame is the function the symbol table
-            // names at this address, and that name tells plumbing from the application.
+            // names at this address, and that name tells plumbing from the application. (For a
+            // function the table does not list, such as a stripped local one, the nearest
+            // symbol before it is a neighbour's.)
             *function = self.symbol_at(probe);
         }
         if found.is_empty() {
@@ -303,6 +305,9 @@ pub(crate) struct ProcessResolver {
     /// address in none of its objects (a library loaded after the list was made).
     refreshed: bool,
     show_plumbing: bool,
+    /// Objects the process had unloaded when the list was read: once that grows, a range of the
+    /// list may hold another object, loaded where the unloaded one was.
+    unloads: u64,
 }
 
 /// One object of the running process.
@@ -318,6 +323,7 @@ struct Module {
 impl ProcessResolver {
     fn new() -> ProcessResolver {
         ProcessResolver {
+            unloads: unloads(),
             modules: loaded_modules(),
             refreshed: false,
             show_plumbing: false,
@@ -330,12 +336,20 @@ impl ProcessResolver {
             .position(|m| m.code.iter().any(|r| r.contains(&address)))
     }
 
-    /// Reads the list again, keeping the objects already opened.
+    /// Reads the list again, keeping the objects already opened, or after an unload only the
+    /// executable: a library rebuilt and loaded again at the same place has new debug info.
     fn refresh(&mut self) {
+        let unloads = unloads();
+        let keep = if unloads == self.unloads {
+            self.modules.len()
+        } else {
+            1
+        };
+        self.unloads = unloads;
         let mut fresh = loaded_modules();
         for module in &mut fresh {
             let same = |old: &Module| old.path == module.path && old.bias == module.bias;
-            if let Some(old) = self.modules.iter_mut().find(|old| same(old)) {
+            if let Some(old) = self.modules.iter_mut().take(keep).find(|old| same(old)) {
                 module.resolver = old.resolver.take();
             }
         }
@@ -416,17 +430,56 @@ fn loaded_modules() -> Vec<Module> {
     }
     let mut modules: Vec<Module> = Vec::new();
     // SAFETY: the callback only reads what the loader passes and pushes onto `modules`, which
-    // outlives the call; it neither unwinds nor keeps any pointer it was given.
+    // outlives the call; it neither unwinds nor keeps any pointer it was given. It allocates
+    // under the loader's lock, as std's own backtraces do; the caller holds the tracer's guard,
+    // so those allocations go straight to the inner allocator.
     unsafe { libc::dl_iterate_phdr(Some(each), (&mut modules as *mut Vec<Module>).cast()) };
-    // The executable comes first, without a name; objects without one after it (the vDSO on
-    // some systems) have no file to read.
-    if let (Some(first), Ok(exe)) = (modules.first_mut(), std::env::current_exe()) {
-        if first.path.as_os_str().is_empty() {
-            first.path = exe;
-        }
+    for (index, module) in modules.iter_mut().enumerate() {
+        module.path = if index == 0 && module.path.as_os_str().is_empty() {
+            // The executable comes first, without a name.
+            std::env::current_exe().unwrap_or_default()
+        } else if module.path.is_relative() {
+            // As given to `dlopen` (`./libx.so`): made absolute now, before a `chdir`. A bare
+            // name (`linux-vdso.so.1`) has no file.
+            match module.path.components().count() {
+                1 => PathBuf::new(),
+                _ => std::fs::canonicalize(&module.path).unwrap_or_default(),
+            }
+        } else {
+            std::mem::take(&mut module.path)
+        };
     }
     modules.retain(|m| !m.path.as_os_str().is_empty() && !m.code.is_empty());
     modules
+}
+
+/// How many objects the process has unloaded so far (glibc counts them; musl never unloads).
+#[cfg(target_os = "linux")]
+fn unloads() -> u64 {
+    unsafe extern "C" fn first(
+        info: *mut libc::dl_phdr_info,
+        size: libc::size_t,
+        data: *mut libc::c_void,
+    ) -> libc::c_int {
+        // The counter is there only when the loader's structure reaches it.
+        let end = core::mem::offset_of!(libc::dl_phdr_info, dlpi_subs) + size_of::<u64>();
+        if size >= end {
+            // SAFETY: `info` is valid for the call, and `size` says that it holds `dlpi_subs`;
+            // `data` is the `&mut u64` given below.
+            unsafe { *(data as *mut u64) = (*info).dlpi_subs };
+        }
+        1 // one object tells it
+    }
+    let mut unloads = 0u64;
+    // SAFETY: the callback only reads `info` and writes through `data`, which points to
+    // `unloads` for the whole call.
+    unsafe { libc::dl_iterate_phdr(Some(first), (&mut unloads as *mut u64).cast()) };
+    unloads
+}
+
+#[cfg(not(target_os = "linux"))]
+fn unloads() -> u64 {
+    0
 }
 
 /// The executable alone, holding every address (shared libraries' frames are then looked up in
@@ -472,6 +525,9 @@ pub(crate) fn with_process_resolver<R>(f: impl FnOnce(&mut dyn Resolver) -> R) -
     let mut slot = RESOLVER.lock().unwrap_or_else(|e| e.into_inner());
     let resolver = slot.get_or_insert_with(ProcessResolver::new);
     resolver.refreshed = false;
+    if unloads() != resolver.unloads {
+        resolver.refresh(); // an unloaded object's range may hold another object now
+    }
     resolver.show_plumbing = crate::show_plumbing();
     f(resolver)
 }

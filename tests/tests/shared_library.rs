@@ -6,10 +6,11 @@
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use tracemalloc::TracingAllocator;
+use tracemalloc_core::snapshot::Snapshot;
 use tracemalloc_tests::{marked_line, traced_at};
 
 #[global_allocator]
@@ -18,78 +19,111 @@ static ALLOC: TracingAllocator = TracingAllocator::system();
 const THIS_FILE: &str = "tests/tests/shared_library.rs";
 const LIBRARY_SOURCE: &str = "tests/c/callback.c";
 
-/// Allocates a block that stays live.
-extern "C" fn allocate() {
-    std::mem::forget(vec![7u8; 5000]); // ALLOCATE
+/// Allocates a block of `SIZE` bytes that stays live.
+extern "C" fn allocate<const SIZE: usize>() {
+    std::mem::forget(vec![7u8; SIZE]); // ALLOCATE
 }
 
-/// Builds `tests/c/callback.c` into a shared library and loads it; returns its entry point.
-fn load_library() -> extern "C" fn(extern "C" fn()) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let library = Path::new(env!("CARGO_TARGET_TMPDIR")).join("libtracemalloc_callback.so");
-    let status = Command::new("cc")
-        .args([
-            "-shared",
-            "-fPIC",
-            "-g",
-            "-O0",
-            "-fno-omit-frame-pointer",
-            "-o",
-        ])
-        .arg(&library)
-        .arg(root.join(LIBRARY_SOURCE))
-        .status()
-        .expect("this test needs a C compiler, `cc`");
-    assert!(status.success(), "cc failed: {status}");
-    let path = CString::new(library.as_os_str().as_bytes()).unwrap();
-    // SAFETY: the library is ours and has no initialisers; it stays loaded for the process.
-    let handle = unsafe { libc::dlopen(path.as_ptr(), libc::RTLD_NOW) };
-    assert!(!handle.is_null(), "dlopen failed");
-    // SAFETY: `handle` is a loaded library; the name is NUL-terminated.
-    let symbol = unsafe { libc::dlsym(handle, c"tracemalloc_test_call".as_ptr()) };
-    assert!(!symbol.is_null(), "dlsym failed");
-    // SAFETY: the symbol is `void tracemalloc_test_call(void (*)(void))`, which has this ABI.
-    unsafe { std::mem::transmute::<*mut libc::c_void, extern "C" fn(extern "C" fn())>(symbol) }
+/// A loaded build of `tests/c/callback.c`, unloaded and deleted on drop.
+struct Library {
+    handle: *mut libc::c_void,
+    file: PathBuf,
+    call: extern "C" fn(extern "C" fn()),
+}
+
+impl Library {
+    /// Builds `tests/c/callback.c` (with `defines`) into a shared library of its own name and
+    /// loads it.
+    fn load(name: &str, defines: &[&str]) -> Library {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let file = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("lib{name}-{}.so", std::process::id()));
+        let status = Command::new("cc")
+            .args(["-shared", "-fPIC", "-g", "-O0", "-fno-omit-frame-pointer"])
+            .args(defines)
+            .arg("-o")
+            .arg(&file)
+            .arg(root.join(LIBRARY_SOURCE))
+            .status()
+            .expect("this test needs a C compiler, `cc`");
+        assert!(status.success(), "cc failed: {status}");
+        let path = CString::new(file.as_os_str().as_bytes()).unwrap();
+        // SAFETY: the library is ours and has no initialisers.
+        let handle = unsafe { libc::dlopen(path.as_ptr(), libc::RTLD_NOW) };
+        assert!(!handle.is_null(), "dlopen failed");
+        // SAFETY: `handle` is a loaded library; the name is NUL-terminated.
+        let symbol = unsafe { libc::dlsym(handle, c"tracemalloc_test_call".as_ptr()) };
+        assert!(!symbol.is_null(), "dlsym failed");
+        // SAFETY: the symbol is `void tracemalloc_test_call(void (*)(void))`, of this ABI.
+        let call = unsafe {
+            std::mem::transmute::<*mut libc::c_void, extern "C" fn(extern "C" fn())>(symbol)
+        };
+        Library { handle, file, call }
+    }
+}
+
+impl Drop for Library {
+    fn drop(&mut self) {
+        // SAFETY: `handle` came from `dlopen`, and nothing of the library is used after this.
+        assert_eq!(unsafe { libc::dlclose(self.handle) }, 0, "dlclose failed");
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
+
+/// The (file, line) frames of the one traced block of `size` bytes.
+fn frames_of(snapshot: &Snapshot, size: u64) -> Vec<(String, u32)> {
+    let trace = snapshot
+        .traces
+        .iter()
+        .find(|t| t.size == size)
+        .expect("the block is traced");
+    let frames = &snapshot.tracebacks[trace.traceback as usize].frames;
+    frames
+        .iter()
+        .map(|f| (f.filename.to_string(), f.lineno))
+        .collect()
+}
+
+/// The line of `tests/c/callback.c` that ends with `marker`.
+fn c_line(marker: &str) -> u32 {
+    include_str!("../c/callback.c")
+        .lines()
+        .position(|l| l.ends_with(marker))
+        .expect("the C file's marker") as u32
+        + 1
 }
 
 #[test]
-fn frames_in_a_library_loaded_after_the_first_snapshot_name_its_source_lines() {
+fn frames_in_loaded_libraries_name_their_source_lines() {
+    let this = include_str!("shared_library.rs");
+    let allocate_line = marked_line(this, "ALLOCATE");
+    let expect = |c_marker: &str, call_marker: &str| {
+        vec![
+            (THIS_FILE.to_owned(), allocate_line),
+            (LIBRARY_SOURCE.to_owned(), c_line(c_marker)),
+            (THIS_FILE.to_owned(), marked_line(this, call_marker)),
+        ]
+    };
     tracemalloc::start(3).unwrap();
     // The resolver lists the process's objects at the first snapshot: the library comes later,
     // and an address in it makes the resolver read the list again.
     let before = tracemalloc::take_snapshot().unwrap();
-    let call = load_library();
-    call(allocate); // LOAD_AND_CALL
+    let first = Library::load("tracemalloc_first", &[]);
+    (first.call)(allocate::<5000>); // FIRST
+    let snapshot = tracemalloc::take_snapshot().unwrap();
+    assert_eq!(traced_at(&before, THIS_FILE, allocate_line), None);
+    assert_eq!(frames_of(&snapshot, 5000), expect("/* CALL */", "FIRST"));
+
+    // Unloaded, and another build loaded, where the loader usually puts it at the same
+    // address: its frames must come from its own debug info, not the first library's.
+    drop(first);
+    let second = Library::load("tracemalloc_second", &["-DSECOND"]);
+    (second.call)(allocate::<6000>); // SECOND
     let snapshot = tracemalloc::take_snapshot().unwrap();
     tracemalloc::stop();
-
-    let allocate_line = marked_line(include_str!("shared_library.rs"), "ALLOCATE");
-    assert_eq!(traced_at(&before, THIS_FILE, allocate_line), None);
     assert_eq!(
-        traced_at(&snapshot, THIS_FILE, allocate_line),
-        Some((5000, 1))
+        frames_of(&snapshot, 6000),
+        expect("/* SECOND CALL */", "SECOND")
     );
-    let trace = snapshot
-        .traces
-        .iter()
-        .find(|t| t.size == 5000)
-        .expect("the block is traced");
-    let frames = &snapshot.tracebacks[trace.traceback as usize].frames;
-    let lines: Vec<(&str, u32)> = frames.iter().map(|f| (&*f.filename, f.lineno)).collect();
-    let call_line = include_str!("../c/callback.c")
-        .lines()
-        .position(|l| l.ends_with("/* CALL */"))
-        .expect("the C file's marker") as u32
-        + 1;
-    assert_eq!(
-        lines,
-        [
-            (THIS_FILE, allocate_line),
-            (LIBRARY_SOURCE, call_line),
-            (
-                THIS_FILE,
-                marked_line(include_str!("shared_library.rs"), "LOAD_AND_CALL")
-            ),
-        ]
-    );
+    drop(second);
 }
