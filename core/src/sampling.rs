@@ -32,6 +32,14 @@ pub fn scaled_size(size: u64, interval: u64) -> u64 {
     }
 }
 
+/// The bytes all of `sizes` stand for, saturating: sizes come from files too, and a forged one
+/// must not overflow the total.
+pub fn scaled_total(sizes: impl IntoIterator<Item = u64>, interval: u64) -> u64 {
+    sizes.into_iter().fold(0, |total, size| {
+        total.saturating_add(scaled_size(size, interval))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,7 +13,7 @@ use core::hash::{Hash, Hasher};
 
 use hashbrown::{HashMap, HashSet};
 
-use crate::sampling::scaled_size;
+use crate::sampling::scaled_total;
 use crate::table::Slot;
 use crate::traceback::{TracebackEntry, TracebackId, TracebackStore};
 use crate::tracer::{Counters, Tracer};
@@ -369,11 +369,8 @@ impl RawSnapshot {
         // may still count blocks left out above, or miss another thread's latest changes.
         let counters = &mut snapshot.counters;
         counters.traces = snapshot.traces.len() as u64;
-        counters.current = snapshot
-            .traces
-            .iter()
-            .map(|t| scaled_size(t.size, self.sample_interval))
-            .sum();
+        counters.current =
+            scaled_total(snapshot.traces.iter().map(|t| t.size), self.sample_interval);
         counters.peak = counters.peak.max(counters.current);
         snapshot.resolve_addresses(resolver);
         snapshot
@@ -425,7 +422,7 @@ pub fn snapshot_from_traces(
             snapshot.addresses.push(Vec::new());
             next
         });
-        snapshot.counters.current += size;
+        snapshot.counters.current = snapshot.counters.current.saturating_add(size);
         snapshot.counters.traces += 1;
         snapshot.traces.push(Trace {
             domain,
@@ -440,6 +437,7 @@ pub fn snapshot_from_traces(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sampling::scaled_size;
     use crate::TracerArrays;
 
     type Arrays = TracerArrays<64, 8, 32>;

@@ -98,8 +98,10 @@ impl Sink for SliceSink<'_> {
 }
 
 /// CRC-32 (IEEE 802.3, reflected), a nibble at a time: a 64-byte table suits a microcontroller.
-#[derive(Clone, Copy)]
-struct Crc32(u32);
+/// The trailer of every file is this checksum of what precedes it (public for tools that frame
+/// a body themselves, such as the fuzz targets in `core/fuzz`).
+#[derive(Clone, Copy, Debug)]
+pub struct Crc32(u32);
 
 const CRC_TABLE: [u32; 16] = {
     let mut table = [0u32; 16];
@@ -121,12 +123,20 @@ const CRC_TABLE: [u32; 16] = {
     table
 };
 
+impl Default for Crc32 {
+    fn default() -> Crc32 {
+        Crc32::new()
+    }
+}
+
 impl Crc32 {
-    fn new() -> Crc32 {
+    /// A checksum of no bytes yet.
+    pub fn new() -> Crc32 {
         Crc32(!0)
     }
 
-    fn update(&mut self, bytes: &[u8]) {
+    /// Adds `bytes`.
+    pub fn update(&mut self, bytes: &[u8]) {
         let mut c = self.0;
         for &b in bytes {
             c ^= u32::from(b);
@@ -136,7 +146,8 @@ impl Crc32 {
         self.0 = c;
     }
 
-    fn finish(self) -> u32 {
+    /// The checksum of every byte added.
+    pub fn finish(self) -> u32 {
         !self.0
     }
 }

@@ -22,7 +22,7 @@ use core::fmt;
 use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
 
-use crate::sampling::scaled_size;
+use crate::sampling::scaled_total;
 use crate::snapshot::{snapshot_from_traces, Frame, Snapshot, Traceback};
 use crate::tracer::Counters;
 
@@ -193,11 +193,8 @@ impl Snapshot {
         let mut snapshot = snapshot_from_traces(doc.traceback_limit, traces);
         if doc.sample_interval != 0 && doc.counters.is_none() {
             // Sampled traces stand for more bytes than their own, as in a snapshot taken here.
-            let current = snapshot
-                .traces
-                .iter()
-                .map(|t| scaled_size(t.size, doc.sample_interval))
-                .sum();
+            let sizes = snapshot.traces.iter().map(|t| t.size);
+            let current = scaled_total(sizes, doc.sample_interval);
             snapshot.counters.current = current;
             snapshot.counters.peak = current;
         }
@@ -219,8 +216,23 @@ impl Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sampling::scaled_size;
 
     const ISSUE_EXAMPLE: &str = r#"{"format": "tracemalloc-snapshot", "version": 1, "traceback_limit": 16, "traces": [{"domain": 0, "size": 1000, "total_nframe": 2, "frames": [{"filename": "src/b.rs", "lineno": 2, "function": "app::b"}, {"filename": "src/a.rs", "lineno": 1}]}]}"#;
+
+    /// Found by fuzzing (`core/fuzz`): sizes whose total overflows a `u64` panicked in the
+    /// decoder; the totals saturate instead.
+    #[test]
+    fn forged_sizes_saturate_the_totals() {
+        let huge = r#"{"format":"tracemalloc-snapshot","version":1,"traceback_limit":1,"traces":[{"domain":0,"size":18446744073709551615,"total_nframe":0,"frames":[]},{"domain":0,"size":1,"total_nframe":0,"frames":[]}]}"#;
+        let s = Snapshot::from_json(huge).unwrap();
+        assert_eq!(s.counters.current, u64::MAX);
+        assert_eq!(s.traces.len(), 2);
+        let huge_interval = r#"{"format":"tracemalloc-snapshot","version":1,"traceback_limit":1,"sample_interval":18446744073709551615,"traces":[{"domain":0,"size":1,"total_nframe":0,"frames":[]},{"domain":0,"size":1,"total_nframe":0,"frames":[]}]}"#;
+        let s = Snapshot::from_json(huge_interval).unwrap();
+        assert_eq!(s.counters.current, u64::MAX);
+        assert_eq!(s.counters.peak, u64::MAX);
+    }
 
     #[test]
     fn reads_the_documented_shape() {
