@@ -584,6 +584,9 @@ mod with_alloc {
         let n = r.count(2, "traceback count exceeds the file")?;
         let mut tracebacks = Vec::with_capacity(n);
         let mut all_addresses = Vec::with_capacity(n);
+        // One `0x…` name per distinct address: tracebacks share their outer frames, and a
+        // forged file repeating one address would otherwise cost a string per byte.
+        let mut unresolved: HashMap<usize, Frame> = HashMap::new();
         for _ in 0..n {
             let flags = r.varint()?;
             if flags & !(FLAG_ADDRESSES | FLAG_FRAMES | FLAG_STORE_FULL) != 0 {
@@ -625,7 +628,11 @@ mod with_alloc {
             } else if flags & FLAG_STORE_FULL != 0 {
                 alloc::vec![Frame::store_full()]
             } else if !addresses.is_empty() {
-                addresses.iter().map(|&a| Frame::unresolved(a)).collect()
+                let mut named = |a: usize| {
+                    let frame = unresolved.entry(a).or_insert_with(|| Frame::unresolved(a));
+                    frame.clone()
+                };
+                addresses.iter().map(|&a| named(a)).collect()
             } else {
                 alloc::vec![Frame::unknown()]
             };
@@ -812,11 +819,9 @@ mod with_alloc {
             );
         }
 
-        #[test]
-        fn unresolved_device_tracebacks_resolve_later() {
-            let mut s = sample();
-            // What a device sends: addresses, no frames.
-            s.tracebacks[0].frames.clear();
+        /// What a device sends: one traceback of `addresses` and no frames, one 64-byte trace.
+        fn device_file(addresses: &[usize]) -> Vec<u8> {
+            let s = sample();
             let mut bytes = Vec::new();
             let mut w = Writer::new(&mut bytes);
             w.header(s.traceback_limit, &s.counters, s.tracer_memory, 0);
@@ -824,13 +829,29 @@ mod with_alloc {
             w.varint(1);
             w.varint(FLAG_ADDRESSES);
             w.varint(2);
-            w.addresses(&s.addresses[0]);
+            w.addresses(addresses);
             w.varint(1);
             w.varint(0);
             w.varint(64);
             w.varint(0);
             w.finish();
-            let mut back = Snapshot::load_bytes(&bytes).unwrap();
+            bytes
+        }
+
+        #[test]
+        fn unresolved_addresses_share_one_name_each() {
+            let back = Snapshot::load_bytes(&device_file(&[0x0800_1234; 1000])).unwrap();
+            let frames = &back.tracebacks[0].frames;
+            assert_eq!(frames.len(), 1000);
+            assert_eq!(frames[999].to_string(), "0x8001234:0");
+            assert!(frames
+                .iter()
+                .all(|f| Arc::ptr_eq(&f.filename, &frames[0].filename)));
+        }
+
+        #[test]
+        fn unresolved_device_tracebacks_resolve_later() {
+            let mut back = Snapshot::load_bytes(&device_file(&sample().addresses[0])).unwrap();
             assert_eq!(back.tracebacks[0].frames[0].to_string(), "0x8001234:0");
             struct Map;
             impl Resolver for Map {
