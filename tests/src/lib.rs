@@ -77,3 +77,33 @@ unsafe impl GlobalAlloc for Counting {
         p
     }
 }
+
+/// Loads the shared library at `path` (for the rest of the process, or until `dlclose`) and
+/// returns its handle and the address of its `symbol`; panics with the loader's reason.
+#[cfg(unix)]
+pub fn load_symbol(
+    path: &std::path::Path,
+    symbol: &std::ffi::CStr,
+) -> (*mut libc::c_void, *mut libc::c_void) {
+    use std::os::unix::ffi::OsStrExt;
+    let reason = || {
+        // SAFETY: `dlerror` returns null or a NUL-terminated message owned by the loader.
+        let message = unsafe { libc::dlerror() };
+        if message.is_null() {
+            String::new()
+        } else {
+            // SAFETY: as above; copied before any other loader call.
+            unsafe { std::ffi::CStr::from_ptr(message) }
+                .to_string_lossy()
+                .into_owned()
+        }
+    };
+    let name = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: the test's own library; its initialisers are Rust's or none.
+    let handle = unsafe { libc::dlopen(name.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
+    assert!(!handle.is_null(), "dlopen {}: {}", path.display(), reason());
+    // SAFETY: `handle` is a loaded library; `symbol` is NUL-terminated.
+    let address = unsafe { libc::dlsym(handle, symbol.as_ptr()) };
+    assert!(!address.is_null(), "dlsym {symbol:?}: {}", reason());
+    (handle, address)
+}

@@ -4,12 +4,10 @@
 
 #![cfg(target_os = "linux")]
 
-use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::process::Command;
 
-use tracemalloc_tests::marked_line;
+use tracemalloc_tests::{load_symbol, marked_line};
 
 /// Builds the probe library (`tests/cdylib`) with the cargo running this test, and returns its
 /// path: cargo's `test` builds no `cdylib` for a test to load.
@@ -42,14 +40,7 @@ fn build_probe() -> PathBuf {
 
 #[test]
 fn a_cdylib_with_its_own_tracer_names_its_own_lines() {
-    let library = build_probe();
-    let path = CString::new(library.as_os_str().as_bytes()).unwrap();
-    // SAFETY: the probe library has no initialisers beyond Rust's, and stays loaded.
-    let handle = unsafe { libc::dlopen(path.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
-    assert!(!handle.is_null(), "dlopen {} failed", library.display());
-    // SAFETY: `handle` is loaded; the name is NUL-terminated.
-    let symbol = unsafe { libc::dlsym(handle, c"tracemalloc_probe".as_ptr()) };
-    assert!(!symbol.is_null(), "dlsym failed");
+    let (_stays_loaded, symbol) = load_symbol(&build_probe(), c"tracemalloc_probe");
     type Probe = unsafe extern "C" fn(*mut u8, usize) -> isize;
     // SAFETY: the symbol is `tracemalloc_probe` of `tests/cdylib/src/lib.rs`, of this type.
     let probe = unsafe { std::mem::transmute::<*mut libc::c_void, Probe>(symbol) };

@@ -4,14 +4,12 @@
 
 #![cfg(target_os = "linux")]
 
-use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use tracemalloc::TracingAllocator;
 use tracemalloc_core::snapshot::Snapshot;
-use tracemalloc_tests::{marked_line, traced_at};
+use tracemalloc_tests::{load_symbol, marked_line, traced_at};
 
 #[global_allocator]
 static ALLOC: TracingAllocator = TracingAllocator::system();
@@ -47,13 +45,7 @@ impl Library {
             .status()
             .expect("this test needs a C compiler, `cc`");
         assert!(status.success(), "cc failed: {status}");
-        let path = CString::new(file.as_os_str().as_bytes()).unwrap();
-        // SAFETY: the library is ours and has no initialisers.
-        let handle = unsafe { libc::dlopen(path.as_ptr(), libc::RTLD_NOW) };
-        assert!(!handle.is_null(), "dlopen failed");
-        // SAFETY: `handle` is a loaded library; the name is NUL-terminated.
-        let symbol = unsafe { libc::dlsym(handle, c"tracemalloc_test_call".as_ptr()) };
-        assert!(!symbol.is_null(), "dlsym failed");
+        let (handle, symbol) = load_symbol(&file, c"tracemalloc_test_call");
         // SAFETY: the symbol is `void tracemalloc_test_call(void (*)(void))`, of this ABI.
         let call = unsafe {
             std::mem::transmute::<*mut libc::c_void, extern "C" fn(extern "C" fn())>(symbol)
