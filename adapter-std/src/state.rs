@@ -22,7 +22,7 @@ use core::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering::*};
 
 use tracemalloc_core::table::Slot;
 use tracemalloc_core::traceback::TracebackStorage;
-use tracemalloc_core::{RawSnapshot, Recorded, Tracer, TracerStorage, DEFAULT_DOMAIN};
+use tracemalloc_core::{RawSnapshot, Recorded, TracebackId, Tracer, TracerStorage, DEFAULT_DOMAIN};
 
 use crate::accounting;
 use crate::capture::{capture, Capture, Stack};
@@ -762,10 +762,9 @@ pub(crate) unsafe fn realloc(
             return unsafe { realloc_shadowed(inner, ptr, layout, new_size, None) };
         }
         return with_stack(inner, |stack| {
-            let generation = interner::generation();
-            let id = interner::intern(inner, stack);
+            let new = intern_stack(inner, stack);
             // SAFETY: as above.
-            unsafe { realloc_shadowed(inner, ptr, layout, new_size, Some((id, generation))) }
+            unsafe { realloc_shadowed(inner, ptr, layout, new_size, Some(new)) }
         });
     }
     if !record_new {
@@ -778,10 +777,7 @@ pub(crate) unsafe fn realloc(
         return new;
     }
     with_stack(inner, |stack| {
-        // The generation first: an id interned after a `clear_traces()` that this read
-        // missed is then refused under the lock, never recorded against the wrong store.
-        let generation = interner::generation();
-        let id = interner::intern(inner, stack);
+        let (id, generation) = intern_stack(inner, stack);
         let old = ptr as usize;
         let old_index = shard_index(old);
         let mut old_shard = SHARD_TABLE[old_index].lock();
@@ -833,7 +829,7 @@ unsafe fn realloc_shadowed(
     ptr: *mut u8,
     layout: Layout,
     new_size: usize,
-    new: Option<(tracemalloc_core::TracebackId, u32)>,
+    new: Option<(TracebackId, u32)>,
 ) -> *mut u8 {
     let old = ptr as usize;
     let generation = new.map_or_else(interner::generation, |(_, generation)| generation);
@@ -862,13 +858,19 @@ unsafe fn realloc_shadowed(
     moved
 }
 
+/// Interns `stack`, with the generation read before: an id interned after a `clear_traces()`
+/// that this read missed is then refused where it is recorded, never put against the wrong
+/// store.
+#[inline(always)]
+fn intern_stack(inner: &dyn GlobalAlloc, stack: &Stack<'_>) -> (TracebackId, u32) {
+    let generation = interner::generation();
+    (interner::intern(inner, stack), generation)
+}
+
 /// Records a default-domain block allocated from `stack`.
 #[inline(always)]
 fn record(inner: &dyn GlobalAlloc, addr: usize, size: usize, stack: &Stack<'_>) -> bool {
-    // The generation first: an id interned after a `clear_traces()` that this read missed is
-    // then refused under the lock, never recorded against the wrong store.
-    let generation = interner::generation();
-    let id = interner::intern(inner, stack);
+    let (id, generation) = intern_stack(inner, stack);
     record_id(inner, addr, size, id, generation)
 }
 
@@ -879,7 +881,7 @@ fn record_id(
     inner: &dyn GlobalAlloc,
     addr: usize,
     size: usize,
-    id: tracemalloc_core::TracebackId,
+    id: TracebackId,
     generation: u32,
 ) -> bool {
     if is_shadowed() && shadow::fits(addr, size) {
@@ -907,7 +909,7 @@ fn insert_locked(
     index: usize,
     addr: usize,
     size: usize,
-    id: tracemalloc_core::TracebackId,
+    id: TracebackId,
     generation: u32,
 ) -> bool {
     // Re-checked under the lock: `stop()` switches off, and `clear_traces()` starts a new
@@ -1211,8 +1213,10 @@ fn copy_cells(generation: u32) -> Vec<Slot> {
 
 /// The trace of one default-domain block: size and raw frames.
 pub(crate) fn trace_of(addr: usize) -> Option<(u64, Vec<usize>, u16)> {
-    let cell = shadow::get(addr).of_generation(interner::generation());
-    let (size, id) = if let Some(trace) = cell.filter(|_| is_shadowed()) {
+    let cell = is_shadowed()
+        .then(|| shadow::get(addr).of_generation(interner::generation()))
+        .flatten();
+    let (size, id) = if let Some(trace) = cell {
         trace
     } else {
         let shard = shard_of(addr).lock();
@@ -1294,7 +1298,7 @@ pub(crate) fn untrack(domain: u32, addr: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tracemalloc_core::{TraceTable, TracebackId};
+    use tracemalloc_core::TraceTable;
 
     #[test]
     fn one_shards_blocks_spread_over_its_whole_table() {

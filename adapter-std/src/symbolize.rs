@@ -265,20 +265,32 @@ fn cargo_workspace_around(dir: &Path) -> Option<String> {
 /// platform says it: elsewhere a guess could name the wrong lines.
 #[cfg(any(target_os = "linux", target_os = "android"))]
 fn main_program_bias() -> Option<usize> {
-    unsafe extern "C" fn first(
+    let mut bias = 0;
+    for_each_object(|info, _| {
+        bias = info.dlpi_addr as usize;
+        false // the first object is the main program
+    });
+    Some(bias)
+}
+
+/// Calls `f` with each object the process has loaded, the executable first, and the size of
+/// the loader's record of it, until `f` returns false. `f` runs under the loader's lock and must
+/// not panic (the loader is C: a panic there aborts).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn for_each_object<F: FnMut(&libc::dl_phdr_info, usize) -> bool>(mut f: F) {
+    unsafe extern "C" fn each<F: FnMut(&libc::dl_phdr_info, usize) -> bool>(
         info: *mut libc::dl_phdr_info,
-        _size: libc::size_t,
+        size: libc::size_t,
         data: *mut libc::c_void,
     ) -> libc::c_int {
-        // SAFETY: `dl_iterate_phdr` passes a valid `info`, and `data` is the `&mut usize` given
-        // below, alive for the whole call.
-        unsafe { *(data as *mut usize) = (*info).dlpi_addr as usize };
-        1 // the first object is the main program: stop
+        // SAFETY: `dl_iterate_phdr` passes a valid `info` for the duration of the call, and
+        // `data` is the `&mut F` given below, alive for the whole iteration.
+        let (info, f) = unsafe { (&*info, &mut *(data as *mut F)) };
+        libc::c_int::from(!f(info, size))
     }
-    let mut bias = 0usize;
-    // SAFETY: the callback only writes through `data`, which points to `bias`.
-    unsafe { libc::dl_iterate_phdr(Some(first), (&mut bias as *mut usize).cast()) };
-    Some(bias)
+    // SAFETY: `each::<F>` reads `data` as the `F` it is given, which outlives the call; the
+    // loader passes each object's record only for the duration of its callback.
+    unsafe { libc::dl_iterate_phdr(Some(each::<F>), (&mut f as *mut F).cast()) };
 }
 
 #[cfg(target_vendor = "apple")]
@@ -387,14 +399,10 @@ impl Resolver for ProcessResolver {
 /// The objects the process has loaded, the executable first, each with its executable segments.
 #[cfg(target_os = "linux")]
 fn loaded_modules() -> Vec<Module> {
-    unsafe extern "C" fn each(
-        info: *mut libc::dl_phdr_info,
-        _size: libc::size_t,
-        data: *mut libc::c_void,
-    ) -> libc::c_int {
-        // SAFETY: `dl_iterate_phdr` passes a valid `info` for the duration of the call, and
-        // `data` is the `&mut Vec<Module>` given below, alive for the whole iteration.
-        let (info, modules) = unsafe { (&*info, &mut *(data as *mut Vec<Module>)) };
+    let mut modules: Vec<Module> = Vec::new();
+    // It allocates under the loader's lock, as std's own backtraces do; the caller holds the
+    // tracer's guard, so those allocations go straight to the inner allocator.
+    for_each_object(|info, _| {
         let bias = info.dlpi_addr as usize;
         let headers = if info.dlpi_phdr.is_null() {
             &[][..]
@@ -426,14 +434,8 @@ fn loaded_modules() -> Vec<Module> {
             bias,
             resolver: None,
         });
-        0 // on to the next object
-    }
-    let mut modules: Vec<Module> = Vec::new();
-    // SAFETY: the callback only reads what the loader passes and pushes onto `modules`, which
-    // outlives the call; it neither unwinds nor keeps any pointer it was given. It allocates
-    // under the loader's lock, as std's own backtraces do; the caller holds the tracer's guard,
-    // so those allocations go straight to the inner allocator.
-    unsafe { libc::dl_iterate_phdr(Some(each), (&mut modules as *mut Vec<Module>).cast()) };
+        true // on to the next object
+    });
     for (index, module) in modules.iter_mut().enumerate() {
         module.path = if index == 0 && module.path.as_os_str().is_empty() {
             // The executable comes first, without a name.
@@ -456,24 +458,15 @@ fn loaded_modules() -> Vec<Module> {
 /// How many objects the process has unloaded so far (glibc counts them; musl never unloads).
 #[cfg(target_os = "linux")]
 fn unloads() -> u64 {
-    unsafe extern "C" fn first(
-        info: *mut libc::dl_phdr_info,
-        size: libc::size_t,
-        data: *mut libc::c_void,
-    ) -> libc::c_int {
-        // The counter is there only when the loader's structure reaches it.
-        let end = core::mem::offset_of!(libc::dl_phdr_info, dlpi_subs) + size_of::<u64>();
+    // The counter is there only when the loader's record reaches it.
+    let end = core::mem::offset_of!(libc::dl_phdr_info, dlpi_subs) + size_of::<u64>();
+    let mut unloads = 0;
+    for_each_object(|info, size| {
         if size >= end {
-            // SAFETY: `info` is valid for the call, and `size` says that it holds `dlpi_subs`;
-            // `data` is the `&mut u64` given below.
-            unsafe { *(data as *mut u64) = (*info).dlpi_subs };
+            unloads = info.dlpi_subs;
         }
-        1 // one object tells it
-    }
-    let mut unloads = 0u64;
-    // SAFETY: the callback only reads `info` and writes through `data`, which points to
-    // `unloads` for the whole call.
-    unsafe { libc::dl_iterate_phdr(Some(first), (&mut unloads as *mut u64).cast()) };
+        false // one object tells it
+    });
     unloads
 }
 
