@@ -12,7 +12,9 @@
 
 use core::mem::MaybeUninit;
 
-use tracemalloc_core::traceback::{fold_frame, HASH_SEED};
+use tracemalloc_core::traceback::{fold_frame, fold_stack, HASH_SEED};
+
+use crate::plumbing;
 
 /// How call stacks are captured.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -83,9 +85,9 @@ fn probe_leaf() -> bool {
         return false;
     }
     let mut walked = [MaybeUninit::new(0usize); 8];
-    let n = capture(Capture::FramePointers, &mut walked).n;
+    let n = capture(Capture::FramePointers, &mut walked, 8).n;
     let mut unwound = [MaybeUninit::new(0usize); 32];
-    let m = unwind(&mut unwound).n;
+    let m = capture(Capture::Unwinder, &mut unwound, 32).n;
     // SAFETY: both buffers were initialised before the captures.
     let (walked, unwound) = unsafe {
         (
@@ -121,30 +123,64 @@ pub(crate) struct Stack<'a> {
     pub(crate) hash: u64,
 }
 
-/// Fills `out` with up to `out.len()` frames of the caller's stack, most recent first, and
-/// hashes them. `out` may be uninitialised: zeroing a 96-frame buffer on every allocation
-/// would cost more than walking the frames.
+/// Fills `out` with frames of the caller's stack, most recent first, and hashes them: `nframe`
+/// frames after the leading plumbing frames ([`crate::plumbing`]), for which `out` has room
+/// beyond `nframe`; without a plumbing map, as many as `out` holds. `out` may be
+/// uninitialised: zeroing a 96-frame buffer on every allocation would cost more than walking
+/// the frames.
 #[inline(always)]
-pub(crate) fn capture(method: Capture, out: &mut [MaybeUninit<usize>]) -> Captured {
-    match method {
+pub(crate) fn capture(method: Capture, out: &mut [MaybeUninit<usize>], nframe: usize) -> Captured {
+    let mut captured = match method {
         #[cfg(all(
             any(target_arch = "x86_64", target_arch = "aarch64"),
             any(target_os = "linux", target_os = "android")
         ))]
         Capture::FramePointers | Capture::Auto => frame_pointers::walk(out),
         _ => unwind(out),
+    };
+    // The walk fills `out` without asking which frames are plumbing, and only a stack longer
+    // than the limit is cut to fit it afterwards: most stacks are shorter, and pay one compare.
+    if captured.n > nframe {
+        if let Some(map) = plumbing::map() {
+            // SAFETY: the walk initialised the first `n` elements; `MaybeUninit<usize>` has the
+            // layout of `usize`.
+            let frames =
+                unsafe { core::slice::from_raw_parts(out.as_ptr().cast::<usize>(), captured.n) };
+            let spare = out.len().saturating_sub(nframe);
+            let leading = frames
+                .iter()
+                .take(spare)
+                .take_while(|&&f| map.contains(f))
+                .count();
+            let kept = leading + nframe;
+            if kept < captured.n {
+                captured.n = kept;
+                captured.hash = fold_stack(&frames[..kept]);
+            }
+        }
     }
+    captured
 }
 
 fn unwind(out: &mut [MaybeUninit<usize>]) -> Captured {
     let mut seen = 0usize;
     let mut written = 0usize;
     let mut hash = HASH_SEED;
+    // The unwinder's own frames (the `backtrace` crate's, called from here) lie below this
+    // function's frame: their stack pointers are below this local's address. Skipped, they
+    // neither use up the limit nor show in snapshots. (A backend without stack pointers
+    // reports 0 and keeps them.)
+    let marker = 0u8;
+    let here = core::hint::black_box(&marker) as *const u8 as usize;
     // SAFETY: `trace_unsynchronized` requires that no other thread unwinds through it at the
     // same time with the same global state; the unwinder (libunwind's `_Unwind_Backtrace`) is
     // thread-safe on the platforms std supports, and our callback neither panics nor unwinds.
     unsafe {
         backtrace::trace_unsynchronized(|frame| {
+            let sp = frame.sp() as usize;
+            if sp != 0 && sp < here {
+                return true;
+            }
             if written < out.len() {
                 let ip = (frame.ip() as usize).saturating_sub(1);
                 out[written].write(ip);
@@ -291,7 +327,7 @@ mod tests {
     #[inline(never)]
     fn leaf(method: Capture) -> (Vec<usize>, u16) {
         let mut buf = [MaybeUninit::new(0usize); 64];
-        let Captured { n, total, .. } = capture(method, &mut buf);
+        let Captured { n, total, .. } = capture(method, &mut buf, 64);
         // SAFETY: `capture` wrote the first `n` elements (they were initialised anyway).
         (
             buf[..n]
@@ -340,7 +376,7 @@ mod tests {
         for method in methods {
             for len in [2, 64] {
                 let mut buf = vec![MaybeUninit::new(0usize); len];
-                let captured = capture(method, &mut buf);
+                let captured = capture(method, &mut buf, len);
                 // SAFETY: the buffer was initialised before the capture.
                 let frames: Vec<usize> = buf[..captured.n]
                     .iter()
@@ -372,7 +408,7 @@ mod tests {
     #[test]
     fn capture_respects_the_buffer_and_counts_the_total() {
         let mut buf = [MaybeUninit::new(0usize); 2];
-        let Captured { n, total, .. } = capture(Capture::Auto.resolved(), &mut buf);
+        let Captured { n, total, .. } = capture(Capture::Auto.resolved(), &mut buf, 2);
         assert_eq!(n, 2);
         assert!(total >= 2);
     }

@@ -55,6 +55,7 @@ mod deferred;
 mod files;
 mod guard;
 mod interner;
+mod plumbing;
 mod sampler;
 mod shadow;
 mod source;
@@ -137,10 +138,15 @@ impl From<StatsError> for Error {
 pub struct Config {
     /// Frames kept per traceback after plumbing is hidden (Python's `nframe`), `1..=65535`.
     pub nframe: usize,
-    /// Extra frames captured so that the allocator plumbing between the application and the
-    /// allocator (`Vec::push` → `RawVec::grow_one` → … → `__rust_alloc`) does not use up the
-    /// limit. 0 captures exactly `nframe` raw frames. The default is 8 in optimized builds,
-    /// where most plumbing is inlined, and 24 in debug builds, where none is.
+    /// The most frames of allocator plumbing (`Vec::push` → `RawVec::grow_one` → … →
+    /// `__rust_alloc`) a capture takes beyond `nframe`, so that the plumbing, which snapshots
+    /// hide, does not use up the limit. On Linux the tracer reads its program's symbol table
+    /// when tracing first starts and takes only the plumbing frames a stack has (none where
+    /// `Box::new` is inlined): a traceback then keeps no frame past the `nframe` shown, and
+    /// stacks that differ only there share it. Elsewhere, or without a symbol table (a
+    /// stripped binary), every capture takes this many frames more. 0 captures exactly
+    /// `nframe` raw frames. The default is 8 in optimized builds, where most plumbing is
+    /// inlined, and 24 in debug builds, where none is.
     pub hidden_frame_allowance: usize,
     /// Where the traces of blocks go: see [`Storage`].
     pub storage: Storage,
@@ -261,6 +267,9 @@ pub fn start_with(config: Config) -> Result<(), Error> {
     drop(std::hint::black_box(Box::new(0u64)));
     if state::is_on() {
         deferred::note_global();
+        if let Some(_guard) = guard::Guard::enter() {
+            plumbing::build(); // once per process
+        }
         Ok(())
     } else if state::arm_failed() {
         Err(Error::OutOfMemory)
@@ -369,6 +378,9 @@ pub fn take_snapshot() -> Result<Snapshot, Error> {
     let Some(_guard) = guard::Guard::enter() else {
         return Err(Error::NotTracing);
     };
+    // Tracing started by `RUST_TRACEMALLOC` began inside the allocator, where the map cannot
+    // be read: from the first snapshot on, its captures keep no frame past the limit either.
+    plumbing::build();
     let generation = interner::generation();
     let raw = state::copy_raw();
     let mut snapshot = symbolize::with_process_resolver(|resolver| raw.resolve(resolver));

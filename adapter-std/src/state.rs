@@ -653,6 +653,7 @@ fn allocate_foreign(inner: &dyn GlobalAlloc, depth: usize) -> bool {
 #[inline(always)]
 fn with_stack<R>(inner: &dyn GlobalAlloc, f: impl FnOnce(&Stack<'_>) -> R) -> R {
     let depth = CAPTURE_DEPTH.load(Relaxed);
+    let nframe = NFRAME.load(Relaxed);
     let method = if METHOD.load(Relaxed) == 0 {
         Capture::FramePointers
     } else {
@@ -672,7 +673,7 @@ fn with_stack<R>(inner: &dyn GlobalAlloc, f: impl FnOnce(&Stack<'_>) -> R) -> R 
         Some(buf) => buf,
         None => &mut stack[..depth.min(STACK_FRAMES)],
     };
-    let captured = capture(method, buf);
+    let captured = capture(method, buf, nframe);
     // SAFETY: `capture` initialised the first `n` elements, and `MaybeUninit<usize>` has the
     // layout of `usize`.
     let frames = unsafe { core::slice::from_raw_parts(buf.as_ptr().cast::<usize>(), captured.n) };

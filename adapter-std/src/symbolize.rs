@@ -197,7 +197,7 @@ fn strip_hash(name: &str) -> &str {
 }
 
 /// Whether a frame is allocation plumbing rather than the application's code.
-fn is_plumbing(function: Option<&str>, file: Option<&str>) -> bool {
+pub(crate) fn is_plumbing(function: Option<&str>, file: Option<&str>) -> bool {
     if let Some(file) = file {
         // The standard library's sources (and the crates it vendors, such as hashbrown), and
         // this crate's: an inlined frame carries only its short name (`alloc<System>`), so the
@@ -453,6 +453,18 @@ fn loaded_modules() -> Vec<Module> {
     }
     modules.retain(|m| !m.path.as_os_str().is_empty() && !m.code.is_empty());
     modules
+}
+
+/// The object whose code holds `address`: its file, load bias and code (from its first
+/// executable segment to the end of its last).
+#[cfg(target_os = "linux")]
+pub(crate) fn object_holding(address: usize) -> Option<(PathBuf, usize, Range<usize>)> {
+    let module = loaded_modules()
+        .into_iter()
+        .find(|m| m.code.iter().any(|r| r.contains(&address)))?;
+    let start = module.code.iter().map(|r| r.start).min()?;
+    let end = module.code.iter().map(|r| r.end).max()?;
+    Some((module.path, module.bias, start..end))
 }
 
 /// How many objects the process has unloaded so far (glibc counts them; musl never unloads).

@@ -313,9 +313,9 @@ fn frees_in_later_thread_exit_destructors_are_counted() {
 #[inline(never)]
 fn nest(depth: u32) -> Vec<u8> {
     if depth == 0 {
-        return vec![9u8; 4321];
+        return vec![9u8; 4321]; // NEST-LEAF
     }
-    std::hint::black_box(nest(depth - 1))
+    std::hint::black_box(nest(depth - 1)) // NEST-CALL
 }
 
 #[test]
@@ -328,6 +328,68 @@ fn limits_beyond_the_stack_buffer_keep_every_frame() {
     let frames = &snapshot.tracebacks[trace.traceback as usize].frames;
     assert!(frames.len() > 150, "{} frames kept", frames.len());
     drop(kept);
+    tracemalloc::stop();
+}
+
+/// Frames past the limit are not kept, even those that the allowance for hidden plumbing has
+/// room for: two blocks whose shown frames agree share one traceback. With a fixed allowance,
+/// each traceback held the allowance's frames too, so recursive code stored a traceback per
+/// call path of which a snapshot shows the same few frames.
+#[test]
+fn frames_past_the_limit_do_not_split_a_traceback() {
+    let _s = serial();
+    fresh(4);
+    let a = nest(6);
+    let b = nest(6);
+    let snapshot = tracemalloc::take_snapshot().unwrap();
+    let ids: Vec<u32> = snapshot
+        .traces
+        .iter()
+        .filter(|t| t.size == 4321)
+        .map(|t| t.traceback)
+        .collect();
+    assert_eq!(ids.len(), 2);
+    assert_eq!(ids[0], ids[1], "one traceback for both blocks");
+    let shown = &snapshot.tracebacks[ids[0] as usize].frames;
+    let nest_lines = (line_of("NEST-LEAF"), line_of("NEST-CALL"));
+    let lines: Vec<u32> = shown.iter().map(|f| f.lineno).collect();
+    assert_eq!(
+        lines,
+        [nest_lines.0, nest_lines.1, nest_lines.1, nest_lines.1],
+        "{shown:?}"
+    );
+    drop((a, b));
+    tracemalloc::stop();
+}
+
+#[inline(never)]
+fn unwound_leaf() -> Vec<u8> {
+    vec![3u8; 5432] // UNWOUND-LEAF
+}
+
+/// Stacks captured by the unwinder, whose first frames are the tracer's and the unwinder's own,
+/// keep the limit's frames of the program.
+#[test]
+fn the_unwinder_keeps_the_limit_of_program_frames() {
+    let _s = serial();
+    tracemalloc::stop();
+    let config = tracemalloc::Config {
+        nframe: 2,
+        capture: tracemalloc::Capture::Unwinder,
+        ..tracemalloc::Config::default()
+    };
+    tracemalloc::start_with(config).unwrap();
+    let block = std::hint::black_box(unwound_leaf()); // UNWOUND-CALL
+    let snapshot = tracemalloc::take_snapshot().unwrap();
+    let trace = snapshot.traces.iter().find(|t| t.size == 5432).unwrap();
+    let shown = &snapshot.tracebacks[trace.traceback as usize].frames;
+    let lines: Vec<u32> = shown.iter().map(|f| f.lineno).collect();
+    assert_eq!(
+        lines,
+        [line_of("UNWOUND-LEAF"), line_of("UNWOUND-CALL")],
+        "{shown:?}"
+    );
+    drop(block);
     tracemalloc::stop();
 }
 
