@@ -18,17 +18,15 @@
 //! application's closure inlined into it is marked, as are the application's impls of std's
 //! traits, and each costs one frame more, never one fewer.
 
-use std::sync::OnceLock;
+use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicUsize, Ordering::*};
 
 use crate::state::OwnLine;
 
-/// One bit per 16 bytes of an object's code: set where a plumbing function lies.
+/// One bit per 16 bytes of an object's code, set where a plumbing function lies.
+#[derive(Clone, Copy)]
 pub(crate) struct Map {
     start: usize,
-    /// Granules of code: the bits past them stay clear.
-    #[cfg(target_os = "linux")]
-    granules: usize,
-    bits: &'static mut [u64],
+    bits: &'static [u64],
 }
 
 /// Bytes of code per bit: functions start on 16-byte boundaries on x86-64 (4 on AArch64, where a
@@ -45,12 +43,22 @@ impl Map {
             .get(granule / 64)
             .is_some_and(|word| word >> (granule % 64) & 1 != 0)
     }
+}
 
+/// A map being made.
+#[cfg(target_os = "linux")]
+struct Builder {
+    start: usize,
+    granules: usize,
+    bits: &'static mut [u64],
+}
+
+#[cfg(target_os = "linux")]
+impl Builder {
     /// An empty map of `code`, in pages of its own that it keeps for the life of the process
     /// (like the code it describes): neither the inner allocator's memory, which `stop()` gives
     /// back in full, nor counted in `tracemalloc_memory()`. `None` without memory.
-    #[cfg(target_os = "linux")]
-    fn new(code: std::ops::Range<usize>) -> Option<Map> {
+    fn new(code: std::ops::Range<usize>) -> Option<Builder> {
         let granules = (code.end - code.start).div_ceil(1 << GRANULE_SHIFT);
         let words = granules.div_ceil(64).max(1);
         // SAFETY: a new anonymous private mapping at an address of the kernel's choosing; it
@@ -71,7 +79,7 @@ impl Map {
         // SAFETY: the mapping holds `words` zeroed, aligned words, is never unmapped, and this
         // is the only reference to it.
         let bits = unsafe { core::slice::from_raw_parts_mut(ptr.cast::<u64>(), words) };
-        Some(Map {
+        Some(Builder {
             start: code.start,
             granules,
             bits,
@@ -79,7 +87,6 @@ impl Map {
     }
 
     /// Marks `len` bytes from `address`, clipped to the map.
-    #[cfg(target_os = "linux")]
     fn mark(&mut self, address: usize, len: usize) {
         if address < self.start || self.granules == 0 {
             return; // below the code: not ours
@@ -91,22 +98,83 @@ impl Map {
             self.bits[granule / 64] |= 1 << (granule % 64);
         }
     }
+
+    fn finish(self) -> Map {
+        Map {
+            start: self.start,
+            bits: self.bits,
+        }
+    }
 }
 
-/// Read by every capture: on a line of its own, away from the counters other threads write.
-static MAP: OwnLine<OnceLock<Option<Map>>> = OwnLine(OnceLock::new());
+/// The map, published once: its bits last (release), so that a reader that sees them sees the
+/// rest. Atomics rather than a `OnceLock`: a thread never waits for another to read the symbol
+/// table, and a child forked meanwhile, where that thread does not exist, never waits forever.
+/// Read by every capture of a stack longer than the limit: on a line of its own.
+struct Published {
+    bits: AtomicPtr<u64>,
+    words: AtomicUsize,
+    start: AtomicUsize,
+}
+
+static PUBLISHED: OwnLine<Published> = OwnLine(Published {
+    bits: AtomicPtr::new(core::ptr::null_mut()),
+    words: AtomicUsize::new(0),
+    start: AtomicUsize::new(0),
+});
+
+const NOT_READ: u8 = 0;
+const READING: u8 = 1;
+const READ: u8 = 2;
+
+/// Whether the map was read (`READ`, even if there was none to read), is being read, or not.
+static PROGRESS: AtomicU8 = AtomicU8::new(NOT_READ);
 
 /// The map, once [`build`] has made one.
 #[inline(always)]
-pub(crate) fn map() -> Option<&'static Map> {
-    MAP.0.get().and_then(Option::as_ref)
+pub(crate) fn map() -> Option<Map> {
+    let published = &PUBLISHED.0;
+    let bits = published.bits.load(Acquire);
+    if bits.is_null() {
+        return None;
+    }
+    // SAFETY: `publish` stored the length and the start before the bits (release, read above
+    // with acquire); the bits were written before and are never written again or unmapped.
+    let bits = unsafe { core::slice::from_raw_parts(bits, published.words.load(Relaxed)) };
+    Some(Map {
+        start: published.start.load(Relaxed),
+        bits,
+    })
 }
 
-/// Makes the map the first time it is called (later calls return at once). Called by `start`
-/// once tracing is on (a start that fails makes none) and by `take_snapshot`, outside the
-/// allocator, with the tracer's guard held: listing the objects allocates.
+fn publish(map: Map) {
+    let published = &PUBLISHED.0;
+    published.words.store(map.bits.len(), Relaxed);
+    published.start.store(map.start, Relaxed);
+    published.bits.store(map.bits.as_ptr().cast_mut(), Release);
+}
+
+/// Makes the map the first time it is called; later calls, and calls while another thread
+/// makes it, return at once (captures take the whole allowance until it is there). Called by
+/// `start` once tracing is on (a start that fails makes none) and by `take_snapshot`, outside
+/// the allocator, with the tracer's guard held: listing the objects allocates.
 pub(crate) fn build() {
-    MAP.0.get_or_init(read);
+    if PROGRESS
+        .compare_exchange(NOT_READ, READING, Acquire, Relaxed)
+        .is_ok()
+    {
+        if let Some(map) = read() {
+            publish(map);
+        }
+        PROGRESS.store(READ, Release);
+    }
+}
+
+/// In a child forked while a thread was reading the map: that thread does not exist here, so the
+/// next start reads it again.
+#[cfg(unix)]
+pub(crate) fn after_fork_in_child() {
+    let _ = PROGRESS.compare_exchange(READING, NOT_READ, Relaxed, Relaxed);
 }
 
 /// Whether a function of this name may be plumbing. Symbolization hides frames by name and by
@@ -133,7 +201,7 @@ fn read() -> Option<Map> {
     let (path, bias, code) = crate::symbolize::object_holding(here)?;
     let file = MappedFile::open(&path)?;
     let elf = object::File::parse(file.bytes()).ok()?;
-    let mut map = Map::new(code)?;
+    let mut map = Builder::new(code)?;
     let mut functions = 0usize;
     let mut name = NameBuffer::default();
     for symbol in elf.symbols() {
@@ -149,7 +217,7 @@ fn read() -> Option<Map> {
             );
         }
     }
-    (functions > 0).then_some(map)
+    (functions > 0).then(|| map.finish())
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -254,10 +322,11 @@ mod tests {
     #[test]
     #[cfg(target_os = "linux")]
     fn marks_cover_whole_granules_and_stay_inside_the_map() {
-        let mut map = Map::new(0x1000..0x2000).unwrap();
-        map.mark(0x1010, 0x20); // granules 1 and 2
-        map.mark(0x1ff8, 0x100); // the last granule, clipped
-        map.mark(0x800, 0x10); // below: ignored
+        let mut builder = Builder::new(0x1000..0x2000).unwrap();
+        builder.mark(0x1010, 0x20); // granules 1 and 2
+        builder.mark(0x1ff8, 0x100); // the last granule, clipped
+        builder.mark(0x800, 0x10); // below: ignored
+        let map = builder.finish();
         assert!(!map.contains(0x100f));
         assert!(map.contains(0x1010) && map.contains(0x102f));
         assert!(!map.contains(0x1030));
@@ -294,7 +363,10 @@ mod tests {
     #[cfg(target_os = "linux")]
     fn std_functions_are_marked() {
         let _guard = crate::guard::Guard::enter();
-        build();
+        while PROGRESS.load(Acquire) != READ {
+            build(); // returns at once while another thread reads the map
+            std::thread::yield_now();
+        }
         let map = map().expect("the test binary has a symbol table");
         let reserve = <Vec<u8>>::reserve as fn(&mut Vec<u8>, usize) as usize;
         assert!(map.contains(reserve + 1), "Vec::reserve is plumbing");

@@ -541,6 +541,7 @@ mod fork {
     extern "C" fn child() {
         release();
         deferred::adopt_queues_in_child();
+        crate::plumbing::after_fork_in_child();
         leave_guard();
     }
 

@@ -459,6 +459,9 @@ fn loaded_modules() -> Vec<Module> {
 /// executable segment to the end of its last).
 #[cfg(target_os = "linux")]
 pub(crate) fn object_holding(address: usize) -> Option<(PathBuf, usize, Range<usize>)> {
+    // Under the resolver's lock, as every listing: the fork handlers take it, so no child is
+    // forked while this thread holds the loader's lock.
+    let _listing = RESOLVER.lock().unwrap_or_else(|e| e.into_inner());
     let module = loaded_modules()
         .into_iter()
         .find(|m| m.code.iter().any(|r| r.contains(&address)))?;

@@ -113,6 +113,56 @@ fn a_child_forked_while_another_thread_starts_tracing_can_start_tracing() {
     tracemalloc::stop();
 }
 
+/// A child forked while another thread reads the plumbing map (the first `start` of a process
+/// does, for a few milliseconds) can start tracing: the reading thread does not exist in the
+/// child, which must neither wait for it nor go without a map.
+#[test]
+fn a_child_forked_while_the_plumbing_map_is_read_can_start_tracing() {
+    const NAME: &str = "a_child_forked_while_the_plumbing_map_is_read_can_start_tracing";
+    if std::env::var_os("TRACEMALLOC_TEST_FRESH").is_none() {
+        // In a process of its own, where no start has read the map yet.
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", NAME, "--test-threads=1"])
+            .env("TRACEMALLOC_TEST_FRESH", "1")
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "the fresh process failed: {status}");
+        return;
+    }
+    let starter = std::thread::spawn(|| tracemalloc::start(8).unwrap());
+    let mut children = Vec::new();
+    while !starter.is_finished() || children.is_empty() {
+        // SAFETY: the child starts tracing, allocates, takes a snapshot and leaves with `_exit`.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            let ok = tracemalloc::start(8).is_ok() && {
+                let kept = black_box(vec![1u8; 1000]);
+                let seen = tracemalloc::take_snapshot()
+                    .is_ok_and(|s| s.traces.iter().any(|t| t.size == 1000));
+                drop(kept);
+                seen
+            };
+            // SAFETY: ends the child without running the parent's exit handlers.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        children.push(pid);
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    starter.join().unwrap();
+    for (i, pid) in children.iter().enumerate() {
+        let status = wait_for(*pid, Duration::from_secs(20));
+        assert_eq!(
+            status,
+            Some(0),
+            "child {i} of {} hung or failed",
+            children.len()
+        );
+    }
+    tracemalloc::stop();
+}
+
 #[inline(never)]
 fn probe_blocks() -> Vec<Vec<u8>> {
     (0..5).map(|_| vec![7u8; 100]).collect()
