@@ -123,9 +123,9 @@ pub(crate) struct Stack<'a> {
     pub(crate) hash: u64,
 }
 
-/// Fills `out` with frames of the caller's stack, most recent first, and hashes them: `nframe`
-/// frames after the leading plumbing frames ([`crate::plumbing`]), for which `out` has room
-/// beyond `nframe`; without a plumbing map, as many as `out` holds. `out` may be
+/// Fills `out` with frames of the caller's stack, most recent first, and hashes them: up to the
+/// `nframe`-th frame that is not plumbing ([`crate::plumbing`]), for whose plumbing `out` has
+/// room beyond `nframe`; without a plumbing map, as many as `out` holds. `out` may be
 /// uninitialised: zeroing a 96-frame buffer on every allocation would cost more than walking
 /// the frames.
 #[inline(always)]
@@ -146,13 +146,7 @@ pub(crate) fn capture(method: Capture, out: &mut [MaybeUninit<usize>], nframe: u
             // layout of `usize`.
             let frames =
                 unsafe { core::slice::from_raw_parts(out.as_ptr().cast::<usize>(), captured.n) };
-            let spare = out.len().saturating_sub(nframe);
-            let leading = frames
-                .iter()
-                .take(spare)
-                .take_while(|&&f| map.contains(f))
-                .count();
-            let kept = leading + nframe;
+            let kept = map.frames_to_keep(frames, nframe, out.len().saturating_sub(nframe));
             if kept < captured.n {
                 captured.n = kept;
                 captured.hash = fold_stack(&frames[..kept]);
@@ -166,21 +160,26 @@ fn unwind(out: &mut [MaybeUninit<usize>]) -> Captured {
     let mut seen = 0usize;
     let mut written = 0usize;
     let mut hash = HASH_SEED;
-    // The unwinder's own frames (the `backtrace` crate's, called from here) lie below this
-    // function's frame: their stack pointers are below this local's address. Skipped, they
-    // neither use up the limit nor show in snapshots. (A backend without stack pointers
+    // The unwinder's own frames (the `backtrace` crate's and `_Unwind_Backtrace`, called from
+    // here) come first, and lie below this function's frame: their stack pointer (the caller's
+    // at the call with libgcc's `_Unwind_GetCFA`, the frame's own with LLVM's libunwind) is at
+    // or below this local's address. Skipped, they neither use up the limit nor show in
+    // snapshots; the skipping ends at the first frame kept, so that a frame after a switch of
+    // stacks (a signal stack, a coroutine) is not dropped. (A backend without stack pointers
     // reports 0 and keeps them.)
     let marker = 0u8;
     let here = core::hint::black_box(&marker) as *const u8 as usize;
+    let mut skipping = true;
     // SAFETY: `trace_unsynchronized` requires that no other thread unwinds through it at the
     // same time with the same global state; the unwinder (libunwind's `_Unwind_Backtrace`) is
     // thread-safe on the platforms std supports, and our callback neither panics nor unwinds.
     unsafe {
         backtrace::trace_unsynchronized(|frame| {
             let sp = frame.sp() as usize;
-            if sp != 0 && sp < here {
+            if skipping && sp != 0 && sp <= here {
                 return true;
             }
+            skipping = false;
             if written < out.len() {
                 let ip = (frame.ip() as usize).saturating_sub(1);
                 out[written].write(ip);
@@ -369,14 +368,16 @@ mod tests {
 
     #[test]
     fn the_hash_folds_exactly_the_frames_written() {
+        crate::plumbing::build_and_wait();
         let mut methods = vec![Capture::Unwinder];
         if Capture::frame_pointers_supported() {
             methods.push(Capture::FramePointers);
         }
         for method in methods {
-            for len in [2, 64] {
+            // Whole buffers, and a limit of 2 in a buffer of 64 (cut after the walk).
+            for (len, nframe) in [(2, 2), (64, 64), (64, 2)] {
                 let mut buf = vec![MaybeUninit::new(0usize); len];
-                let captured = capture(method, &mut buf, len);
+                let captured = capture(method, &mut buf, nframe);
                 // SAFETY: the buffer was initialised before the capture.
                 let frames: Vec<usize> = buf[..captured.n]
                     .iter()

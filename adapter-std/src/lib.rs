@@ -138,15 +138,16 @@ impl From<StatsError> for Error {
 pub struct Config {
     /// Frames kept per traceback after plumbing is hidden (Python's `nframe`), `1..=65535`.
     pub nframe: usize,
-    /// The most frames of allocator plumbing (`Vec::push` → `RawVec::grow_one` → … →
-    /// `__rust_alloc`) a capture takes beyond `nframe`, so that the plumbing, which snapshots
-    /// hide, does not use up the limit. On Linux the tracer reads its program's symbol table
-    /// when tracing first starts and takes only the plumbing frames a stack has (none where
-    /// `Box::new` is inlined): a traceback then keeps no frame past the `nframe` shown, and
-    /// stacks that differ only there share it. Elsewhere, or without a symbol table (a
-    /// stripped binary), every capture takes this many frames more. 0 captures exactly
-    /// `nframe` raw frames. The default is 8 in optimized builds, where most plumbing is
-    /// inlined, and 24 in debug builds, where none is.
+    /// The most frames of plumbing (`Vec::push` → `RawVec::grow_one` → … → `__rust_alloc`, and
+    /// std between the application's frames, as in `OnceLock::get_or_init`) that a capture takes
+    /// beyond `nframe`, so that the plumbing, which snapshots hide, does not use up the limit.
+    /// On Linux the tracer reads the symbol table of the object it is linked into when tracing
+    /// first starts (or, when `RUST_TRACEMALLOC` started it, at the first snapshot), and a
+    /// stack then ends at its `nframe`-th frame that is not plumbing: a traceback keeps no frame
+    /// past the ones a snapshot shows, and stacks of the same depth that differ only beyond
+    /// them share it. Elsewhere, or without a symbol table (a stripped binary), every capture
+    /// takes this many frames more. 0 captures exactly `nframe` raw frames. The default is 8 in
+    /// optimized builds, where most plumbing is inlined, and 24 in debug builds, where none is.
     pub hidden_frame_allowance: usize,
     /// Where the traces of blocks go: see [`Storage`].
     pub storage: Storage,

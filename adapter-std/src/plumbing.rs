@@ -4,19 +4,20 @@
 //! and the allocator (`Vec::push` → `RawVecInner::grow_one` → `finish_grow` → `__rust_realloc`)
 //! is hidden when a snapshot is symbolized, so a capture must take more frames than it shows.
 //! How many more depends on the stack: none where `Box::new` is inlined into its caller, four or
-//! five through a `Vec`'s growth. A fixed allowance was wrong both ways, and on deep stacks it
-//! was costly: its frames lay beyond the ones shown, and in recursive code they made nearly
-//! every stack distinct (one `tree` of 262 k nodes stored 262 k tracebacks for 65 k that
-//! differ in what a snapshot shows).
+//! five through a `Vec`'s growth, some between the application's frames where std calls back
+//! into it (`OnceLock::get_or_init`, `Iterator::collect`). A fixed allowance was wrong both
+//! ways, and on deep stacks it was costly: its frames lay beyond the ones shown, and in
+//! recursive code they made nearly every stack distinct (one `tree` of 262 k nodes stored
+//! 262 k tracebacks; 131 k now, `total_nframe` being part of a traceback as in CPython).
 //!
 //! So when tracing first starts, the symbol table of the object that holds the tracer is read
 //! once into a bitmap, one bit per 16 bytes of its code, marking the functions whose names are
 //! plumbing. A capture walks as many frames as before (`nframe` and the allowance), and a stack
-//! longer than `nframe` is then cut to its leading frames that the map marks (at most the
-//! allowance) and `nframe` more: the check costs shorter stacks one compare. A frame is judged by the function that holds its return address, the
-//! outermost of those inlined there, and the map errs towards keeping: std code with the
-//! application's closure inlined into it is marked, as are the application's impls of std's
-//! traits, and each costs one frame more, never one fewer.
+//! longer than `nframe` then ends at its `nframe`-th frame the map does not mark, the marked
+//! ones (at most the allowance) not counting: the check costs shorter stacks one compare. A
+//! frame is judged by the function that holds its return address, the outermost of those
+//! inlined there, and the map errs towards keeping: std code with the application's closure
+//! inlined into it is marked, and costs one frame more, never one fewer.
 
 use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicUsize, Ordering::*};
 
@@ -37,12 +38,42 @@ impl Map {
     /// Whether `address` lies in a plumbing function.
     #[inline(always)]
     pub(crate) fn contains(&self, address: usize) -> bool {
-        let granule = address.wrapping_sub(self.start) >> GRANULE_SHIFT;
-        // Granules past the last one lie in the last word's spare bits, which stay clear.
-        self.bits
-            .get(granule / 64)
-            .is_some_and(|word| word >> (granule % 64) & 1 != 0)
+        is_marked(self.start, self.bits, address)
     }
+
+    /// How many of `frames` (most recent first) a traceback of `nframe` frames keeps: through
+    /// the `nframe`-th frame that is not plumbing, up to `allowance` plumbing frames not
+    /// counting, wherever they lie (a snapshot hides plumbing between the application's frames
+    /// too: `OnceLock::get_or_init`, `Iterator::collect`); all of them when fewer count.
+    pub(crate) fn frames_to_keep(
+        &self,
+        frames: &[usize],
+        nframe: usize,
+        allowance: usize,
+    ) -> usize {
+        let mut uncounted = allowance;
+        let mut counted = 0;
+        for (i, &frame) in frames.iter().enumerate() {
+            if uncounted > 0 && self.contains(frame) {
+                uncounted -= 1;
+                continue;
+            }
+            counted += 1;
+            if counted == nframe {
+                return i + 1;
+            }
+        }
+        frames.len()
+    }
+}
+
+/// Whether the bit of `address` is set in `bits`, a map of the code from `start`.
+#[inline(always)]
+fn is_marked(start: usize, bits: &[u64], address: usize) -> bool {
+    let granule = address.wrapping_sub(start) >> GRANULE_SHIFT;
+    // Granules past the last one lie in the last word's spare bits, which stay clear.
+    bits.get(granule / 64)
+        .is_some_and(|word| word >> (granule % 64) & 1 != 0)
 }
 
 /// A map being made.
@@ -105,6 +136,12 @@ impl Builder {
             bits: self.bits,
         }
     }
+
+    /// Gives the map's pages back, for a map that will not be used.
+    fn discard(self) {
+        // SAFETY: the mapping made in `new`, of this many words, which nothing else refers to.
+        unsafe { libc::munmap(self.bits.as_mut_ptr().cast(), size_of_val(self.bits)) };
+    }
 }
 
 /// The map, published once: its bits last (release), so that a reader that sees them sees the
@@ -161,47 +198,110 @@ fn publish(map: Map) {
 pub(crate) fn build() {
     if PROGRESS
         .compare_exchange(NOT_READ, READING, Acquire, Relaxed)
-        .is_ok()
+        .is_err()
     {
-        if let Some(map) = read() {
-            publish(map);
-        }
-        PROGRESS.store(READ, Release);
+        return;
     }
+    let done = match read() {
+        Read::Map(map) => {
+            publish(map);
+            READ
+        }
+        Read::Nothing => READ,
+        Read::Later => NOT_READ,
+    };
+    PROGRESS.store(done, Release);
 }
 
 /// In a child forked while a thread was reading the map: that thread does not exist here, so the
-/// next start reads it again.
+/// next start reads it again, unless the map was published already.
 #[cfg(unix)]
 pub(crate) fn after_fork_in_child() {
-    let _ = PROGRESS.compare_exchange(READING, NOT_READ, Relaxed, Relaxed);
+    let done = if PUBLISHED.0.bits.load(Acquire).is_null() {
+        NOT_READ
+    } else {
+        READ
+    };
+    let _ = PROGRESS.compare_exchange(READING, done, Relaxed, Relaxed);
 }
 
-/// Whether a function of this name may be plumbing. Symbolization hides frames by name and by
-/// file, and a symbol table has no files, so names stand in for the files: the `hashbrown` that
-/// std vendors, and impls of std's traits (`<u8 as alloc::vec::spec_from_elem::SpecFromElem>`
-/// behind `vec![0; n]`), the application's own impls among them, which only keep a frame more.
+/// What reading the map found.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+enum Read {
+    Map(Map),
+    /// No map to be had: the object has no symbol table, it does not describe the running code,
+    /// or this platform has no way to find it.
+    Nothing,
+    /// Not now: the symbolizer holds the list of objects (a first snapshot loading debug info
+    /// can take seconds, and a start should not wait for it).
+    Later,
+}
+
+/// Whether a function of this (demangled) name may be plumbing. Symbolization hides frames by
+/// name and by file, and a symbol table has no files, so names stand in for the files: the
+/// crates std vendors (`hashbrown`, and those of its own symbolizer), and std's impls of its
+/// traits (`<u8 as alloc::vec::spec_from_elem::SpecFromElem>` behind `vec![0; n]`, `<T as
+/// alloc::string::ToString>`). Legacy mangling names an impl by its generic self type, so an
+/// impl for an application's type (`<app::Tree as core::clone::Clone>`, derived or written)
+/// is the application's code and is not marked; v0 mangling (`legacy` false) names the concrete
+/// type, which cannot tell the two apart, and every impl of a std trait is marked, which only
+/// keeps a frame more.
 #[cfg(any(target_os = "linux", test))]
-fn is_plumbing_symbol(name: &str) -> bool {
+fn is_plumbing_symbol(name: &str, legacy: bool) -> bool {
+    const VENDORED: [&str; 9] = [
+        "hashbrown::",
+        "gimli::",
+        "addr2line::",
+        "object::",
+        "miniz_oxide::",
+        "adler2::",
+        "memchr::",
+        "rustc_demangle::",
+        "std_detect::",
+    ];
     const STD_TRAITS: [&str; 3] = [" as alloc::", " as core::", " as std::"];
-    crate::symbolize::is_plumbing(Some(name), None)
-        || name.trim_start_matches('<').starts_with("hashbrown::")
-        || STD_TRAITS.iter().any(|t| name.contains(t))
+    if crate::symbolize::is_plumbing(Some(name), None) {
+        return true;
+    }
+    let bare = name.trim_start_matches('<');
+    if VENDORED.iter().any(|c| bare.starts_with(c)) {
+        return true;
+    }
+    // `<Self as Trait>::method`: the trait's path follows the first ` as ` of the name.
+    let Some((self_type, _)) = bare.split_once(" as ") else {
+        return false;
+    };
+    let std_trait = STD_TRAITS.iter().any(|t| name.contains(t));
+    // A generic or primitive self type (`T`, `&T`, `[T]`, `u8`) names no path.
+    std_trait && (!legacy || !self_type.contains("::"))
 }
 
-/// The map of the object holding this code, from its symbol table; `None` where objects cannot
-/// be listed, without memory, or when the object has no symbol table (stripped): captures then
-/// take the whole allowance. The file is mapped, not read, and names are demangled into a
-/// buffer on the stack: the only allocations are the map and the list of objects.
+/// The map of the object holding this code, from its symbol table: nothing where objects
+/// cannot be listed, without memory, when the object has no symbol table (stripped: captures
+/// then take the whole allowance), or when the map does not mark this very function, which is
+/// plumbing by name (a file that is not the code running, such as a library replaced since it
+/// was loaded: a wrong map would cut every stack short, no map only keeps more frames). The
+/// file is mapped, not read, and names are demangled into a buffer on the stack: the only
+/// allocations are the map and the list of objects.
 #[cfg(target_os = "linux")]
-fn read() -> Option<Map> {
+fn read() -> Read {
     use object::{Object, ObjectSymbol, SymbolKind};
 
-    let here = read as fn() -> Option<Map> as usize;
-    let (path, bias, code) = crate::symbolize::object_holding(here)?;
-    let file = MappedFile::open(&path)?;
-    let elf = object::File::parse(file.bytes()).ok()?;
-    let mut map = Builder::new(code)?;
+    let here = read as fn() -> Read as usize;
+    let (path, bias, code) = match crate::symbolize::object_holding(here) {
+        Ok(Some(found)) => found,
+        Ok(None) => return Read::Nothing,
+        Err(crate::symbolize::Busy) => return Read::Later,
+    };
+    let Some(file) = MappedFile::open(&path) else {
+        return Read::Nothing;
+    };
+    let Ok(elf) = object::File::parse(file.bytes()) else {
+        return Read::Nothing;
+    };
+    let Some(mut map) = Builder::new(code) else {
+        return Read::Nothing;
+    };
     let mut functions = 0usize;
     let mut name = NameBuffer::default();
     for symbol in elf.symbols() {
@@ -210,19 +310,23 @@ fn read() -> Option<Map> {
         }
         functions += 1;
         let Ok(mangled) = symbol.name() else { continue };
-        if is_plumbing_symbol(name.demangle(mangled)) {
+        if is_plumbing_symbol(name.demangle(mangled), mangled.starts_with("_ZN")) {
             map.mark(
                 bias.wrapping_add(symbol.address() as usize),
                 symbol.size() as usize,
             );
         }
     }
-    (functions > 0).then(|| map.finish())
+    if functions == 0 || !is_marked(map.start, map.bits, here) {
+        map.discard();
+        return Read::Nothing;
+    }
+    Read::Map(map.finish())
 }
 
 #[cfg(not(target_os = "linux"))]
-fn read() -> Option<Map> {
-    None
+fn read() -> Read {
+    Read::Nothing
 }
 
 /// A file mapped read-only for as long as this lives.
@@ -272,10 +376,11 @@ impl Drop for MappedFile {
     }
 }
 
-/// A demangled name, cut at 256 bytes (enough to tell a std path or a trait impl).
+/// A demangled name, cut at 1 KiB (enough to tell a std path or a trait impl: only a v0
+/// name whose self type alone is longer hides the trait).
 #[cfg(any(target_os = "linux", test))]
 struct NameBuffer {
-    bytes: [u8; 256],
+    bytes: [u8; 1024],
     len: usize,
 }
 
@@ -283,7 +388,7 @@ struct NameBuffer {
 impl Default for NameBuffer {
     fn default() -> NameBuffer {
         NameBuffer {
-            bytes: [0; 256],
+            bytes: [0; 1024],
             len: 0,
         }
     }
@@ -295,6 +400,7 @@ impl NameBuffer {
     fn demangle(&mut self, mangled: &str) -> &str {
         use core::fmt::Write;
         self.len = 0;
+        // A name that does not fit ends the formatting with an error, and stays cut there.
         let _ = write!(self, "{:#}", rustc_demangle::demangle(mangled));
         // Only whole characters are copied in.
         core::str::from_utf8(&self.bytes[..self.len]).unwrap_or("")
@@ -311,7 +417,20 @@ impl core::fmt::Write for NameBuffer {
         }
         self.bytes[self.len..self.len + take].copy_from_slice(&s.as_bytes()[..take]);
         self.len += take;
+        if take < s.len() {
+            return Err(core::fmt::Error); // full: no later, shorter piece is spliced on
+        }
         Ok(())
+    }
+}
+
+/// Reads the map if no thread has yet, waiting for one that is (tests only).
+#[cfg(test)]
+pub(crate) fn build_and_wait() {
+    let _guard = crate::guard::Guard::enter();
+    while PROGRESS.load(Acquire) != READ {
+        build(); // returns at once while another thread reads the map
+        std::thread::yield_now();
     }
 }
 
@@ -319,19 +438,43 @@ impl core::fmt::Write for NameBuffer {
 mod tests {
     use super::*;
 
-    #[test]
     #[cfg(target_os = "linux")]
-    fn marks_cover_whole_granules_and_stay_inside_the_map() {
+    fn test_map() -> Map {
         let mut builder = Builder::new(0x1000..0x2000).unwrap();
         builder.mark(0x1010, 0x20); // granules 1 and 2
         builder.mark(0x1ff8, 0x100); // the last granule, clipped
         builder.mark(0x800, 0x10); // below: ignored
-        let map = builder.finish();
+        builder.finish()
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn marks_cover_whole_granules_and_stay_inside_the_map() {
+        let map = test_map();
         assert!(!map.contains(0x100f));
         assert!(map.contains(0x1010) && map.contains(0x102f));
         assert!(!map.contains(0x1030));
         assert!(map.contains(0x1fff));
         assert!(!map.contains(0x2000) && !map.contains(0x800) && !map.contains(0));
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn a_traceback_ends_at_its_limit_of_frames_that_are_not_plumbing() {
+        let map = test_map();
+        let (p, a) = (0x1010, 0x1100); // plumbing, application
+                                       // Plumbing before, between and after: skipped wherever it lies.
+        let frames = [p, a, p, a, a, a];
+        assert_eq!(map.frames_to_keep(&frames, 1, 8), 2);
+        assert_eq!(map.frames_to_keep(&frames, 2, 8), 4);
+        assert_eq!(map.frames_to_keep(&frames, 3, 8), 5);
+        // Fewer frames that count than the limit: all kept.
+        assert_eq!(map.frames_to_keep(&frames, 5, 8), 6);
+        // The allowance caps the plumbing that does not count.
+        assert_eq!(map.frames_to_keep(&frames, 2, 1), 3);
+        assert_eq!(map.frames_to_keep(&frames, 2, 0), 2);
+        assert_eq!(map.frames_to_keep(&[p, p, p, a], 1, 2), 3);
+        assert_eq!(map.frames_to_keep(&[], 1, 8), 0);
     }
 
     #[test]
@@ -341,35 +484,48 @@ mod tests {
             name.demangle("_ZN5alloc7raw_vec11finish_grow17h0123456789abcdefE"),
             "alloc::raw_vec::finish_grow"
         );
-        let long = "é".repeat(200);
+        let long = "é".repeat(1000);
         let cut = name.demangle(&long);
-        assert!(cut.len() <= 256 && cut.len() >= 254 && long.starts_with(cut));
+        assert!(cut.len() <= 1024 && cut.len() >= 1022 && long.starts_with(cut));
     }
 
     #[test]
-    fn std_paths_and_std_trait_impls_are_plumbing_names() {
-        for name in [
-            "alloc::raw_vec::finish_grow",
-            "<u8 as alloc::vec::spec_from_elem::SpecFromElem>::from_elem",
-            "hashbrown::raw::RawTable<T,A>::reserve_rehash",
-            "__rust_alloc",
+    fn std_paths_and_std_impls_are_plumbing_names() {
+        for (name, legacy) in [
+            ("alloc::raw_vec::finish_grow", true),
+            (
+                "<u8 as alloc::vec::spec_from_elem::SpecFromElem>::from_elem",
+                true,
+            ),
+            ("<T as alloc::string::ToString>::to_string", true),
+            ("<&T as core::fmt::Display>::fmt", true),
+            ("hashbrown::raw::RawTable<T,A>::reserve_rehash", true),
+            ("gimli::read::unit::Unit<R>::new", true),
+            ("__rust_alloc", true),
+            // v0 names the concrete type: an impl of a std trait is marked whatever it is for.
+            ("<app::Key as alloc::string::ToString>::to_string", false),
         ] {
-            assert!(is_plumbing_symbol(name), "{name}");
+            assert!(is_plumbing_symbol(name, legacy), "{name}");
         }
-        assert!(!is_plumbing_symbol("app::cache::Cache::insert"));
+        for (name, legacy) in [
+            ("app::cache::Cache::insert", true),
+            ("app::cache::Cache::insert", false),
+            // Legacy names the application's own impl by its type: its code, not std's.
+            ("<app::Tree as core::clone::Clone>::clone", true),
+            ("<app::Key as app::Encode>::encode", true),
+        ] {
+            assert!(!is_plumbing_symbol(name, legacy), "{name}");
+        }
     }
 
     #[test]
     #[cfg(target_os = "linux")]
     fn std_functions_are_marked() {
-        let _guard = crate::guard::Guard::enter();
-        while PROGRESS.load(Acquire) != READ {
-            build(); // returns at once while another thread reads the map
-            std::thread::yield_now();
-        }
+        build_and_wait();
         let map = map().expect("the test binary has a symbol table");
         let reserve = <Vec<u8>>::reserve as fn(&mut Vec<u8>, usize) as usize;
         assert!(map.contains(reserve + 1), "Vec::reserve is plumbing");
+        assert!(map.contains(read as fn() -> Read as usize));
         assert!(!map.contains(usize::MAX));
         // The application's functions are not: `tests/tests/allocator.rs` checks that.
     }

@@ -395,6 +395,10 @@ fn read_env(name: &str) -> Option<String> {
 /// Records the configuration and arms the tracer; the next allocation through the wrapper
 /// switches tracing on.
 pub(crate) fn request_start(config: Config) {
+    // Before `CONFIG` is taken below: a fork while it is held must find the handlers that take
+    // it (arming registers them too, for tracing started by `RUST_TRACEMALLOC`).
+    #[cfg(unix)]
+    fork::register();
     CAPTURE_DEPTH.store(capture_depth(&config), Relaxed);
     NFRAME.store(config.nframe, Relaxed);
     METHOD.store(

@@ -455,19 +455,45 @@ fn loaded_modules() -> Vec<Module> {
     modules
 }
 
-/// The object whose code holds `address`: its file, load bias and code (from its first
-/// executable segment to the end of its last).
+/// The symbolizer's lock is held by another thread (see [`object_holding`]).
 #[cfg(target_os = "linux")]
-pub(crate) fn object_holding(address: usize) -> Option<(PathBuf, usize, Range<usize>)> {
-    // Under the resolver's lock, as every listing: the fork handlers take it, so no child is
-    // forked while this thread holds the loader's lock.
-    let _listing = RESOLVER.lock().unwrap_or_else(|e| e.into_inner());
-    let module = loaded_modules()
-        .into_iter()
-        .find(|m| m.code.iter().any(|r| r.contains(&address)))?;
-    let start = module.code.iter().map(|r| r.start).min()?;
-    let end = module.code.iter().map(|r| r.end).max()?;
-    Some((module.path, module.bias, start..end))
+pub(crate) struct Busy;
+
+/// The object whose code holds `address`: its file (`/proc/self/exe` for the executable, the
+/// file running even if the path now names another), load bias and code (from its first
+/// executable segment to the end of its last). Listed under the resolver's lock, as every
+/// listing: the fork handlers take it, so no child is forked while this thread holds the
+/// loader's lock. [`Busy`] rather than wait while another thread holds it (a first snapshot
+/// loads debug info for as long as it takes).
+#[cfg(target_os = "linux")]
+pub(crate) fn object_holding(
+    address: usize,
+) -> Result<Option<(PathBuf, usize, Range<usize>)>, Busy> {
+    let _listing = match RESOLVER.try_lock() {
+        Ok(guard) => guard,
+        Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+        Err(std::sync::TryLockError::WouldBlock) => return Err(Busy),
+    };
+    let modules = loaded_modules();
+    let Some(index) = modules
+        .iter()
+        .position(|m| m.code.iter().any(|r| r.contains(&address)))
+    else {
+        return Ok(None);
+    };
+    let module = &modules[index];
+    let (Some(start), Some(end)) = (
+        module.code.iter().map(|r| r.start).min(),
+        module.code.iter().map(|r| r.end).max(),
+    ) else {
+        return Ok(None);
+    };
+    let path = if index == 0 {
+        PathBuf::from("/proc/self/exe") // the executable comes first
+    } else {
+        module.path.clone()
+    };
+    Ok(Some((path, module.bias, start..end)))
 }
 
 /// How many objects the process has unloaded so far (glibc counts them; musl never unloads).

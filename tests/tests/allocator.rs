@@ -336,6 +336,7 @@ fn limits_beyond_the_stack_buffer_keep_every_frame() {
 /// each traceback held the allowance's frames too, so recursive code stored a traceback per
 /// call path of which a snapshot shows the same few frames.
 #[test]
+#[cfg(target_os = "linux")] // elsewhere the fixed allowance keeps the callers' lines
 fn frames_past_the_limit_do_not_split_a_traceback() {
     let _s = serial();
     fresh(4);
@@ -359,6 +360,59 @@ fn frames_past_the_limit_do_not_split_a_traceback() {
         "{shown:?}"
     );
     drop((a, b));
+    tracemalloc::stop();
+}
+
+#[inline(never)]
+fn made(size: usize) -> Vec<u8> {
+    vec![5u8; size] // MADE
+}
+
+#[inline(never)]
+fn made_once() -> &'static Vec<u8> {
+    static ONCE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    ONCE.get_or_init(|| made(6543)) // MADE-ONCE
+}
+
+#[inline(never)]
+fn made_by_collect() -> Vec<Vec<u8>> {
+    (0..1).map(|_| made(7654)).collect() // MADE-BY-COLLECT
+}
+
+/// std between the program's frames (`OnceLock::get_or_init`, `Iterator::collect`) is hidden by
+/// snapshots and does not use up the limit either: each traceback shows `nframe` frames of the
+/// program.
+#[test]
+fn plumbing_between_program_frames_does_not_use_up_the_limit() {
+    let _s = serial();
+    fresh(4);
+    let once = made_once(); // CALLS-ONCE
+    let collected = made_by_collect(); // CALLS-COLLECT
+    let snapshot = tracemalloc::take_snapshot().unwrap();
+    let lines_of = |size: u64| -> Vec<u32> {
+        let trace = snapshot.traces.iter().find(|t| t.size == size).unwrap();
+        let frames = &snapshot.tracebacks[trace.traceback as usize].frames;
+        frames.iter().map(|f| f.lineno).collect()
+    };
+    let (made, in_once, in_collect) = (
+        line_of("MADE"),
+        line_of("MADE-ONCE"),
+        line_of("MADE-BY-COLLECT"),
+    );
+    // The closure's line, then (unless inlining merged the two) the caller's call on the same
+    // line, then the test's call: four frames of the program.
+    for (lines, inner, call) in [
+        (lines_of(6543), in_once, line_of("CALLS-ONCE")),
+        (lines_of(7654), in_collect, line_of("CALLS-COLLECT")),
+    ] {
+        assert_eq!(lines.len(), 4, "{lines:?}");
+        assert_eq!(lines[..2], [made, inner], "{lines:?}");
+        assert!(
+            lines.contains(&call),
+            "{lines:?} lacks the call at line {call}"
+        );
+    }
+    drop((once, collected));
     tracemalloc::stop();
 }
 
