@@ -90,7 +90,9 @@ impl Builder {
     /// (like the code it describes): neither the inner allocator's memory, which `stop()` gives
     /// back in full, nor counted in `tracemalloc_memory()`. `None` without memory.
     fn new(code: std::ops::Range<usize>) -> Option<Builder> {
-        let granules = (code.end - code.start).div_ceil(1 << GRANULE_SHIFT);
+        // From a granule boundary, so that granules line up with function starts.
+        let start = code.start & !((1 << GRANULE_SHIFT) - 1);
+        let granules = code.end.saturating_sub(start).div_ceil(1 << GRANULE_SHIFT);
         let words = granules.div_ceil(64).max(1);
         // SAFETY: a new anonymous private mapping at an address of the kernel's choosing; it
         // touches no existing memory.
@@ -111,7 +113,7 @@ impl Builder {
         // is the only reference to it.
         let bits = unsafe { core::slice::from_raw_parts_mut(ptr.cast::<u64>(), words) };
         Some(Builder {
-            start: code.start,
+            start,
             granules,
             bits,
         })
