@@ -179,6 +179,8 @@ pub(crate) fn map() -> Option<Map> {
     }
     // SAFETY: `publish` stored the length and the start before the bits (release, read above
     // with acquire); the bits were written before and are never written again or unmapped.
+    // They are published once: `build` publishes only after taking `READING` from `NOT_READ`,
+    // which a child forked after the publication never goes back to (`after_fork_in_child`).
     let bits = unsafe { core::slice::from_raw_parts(bits, published.words.load(Relaxed)) };
     Some(Map {
         start: published.start.load(Relaxed),
