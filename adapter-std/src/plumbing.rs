@@ -86,9 +86,10 @@ struct Builder {
 
 #[cfg(target_os = "linux")]
 impl Builder {
-    /// An empty map of `code`, in pages of its own that it keeps for the life of the process
-    /// (like the code it describes): neither the inner allocator's memory, which `stop()` gives
-    /// back in full, nor counted in `tracemalloc_memory()`. `None` without memory.
+    /// An empty map of `code`, in pages of its own, which a finished map keeps for the life of
+    /// the process (like the code it describes): neither the inner allocator's memory, which
+    /// `stop()` gives back in full, nor counted in `tracemalloc_memory()`. `None` without
+    /// memory.
     fn new(code: std::ops::Range<usize>) -> Option<Builder> {
         // From a granule boundary, so that granules line up with function starts.
         let start = code.start & !((1 << GRANULE_SHIFT) - 1);
@@ -109,8 +110,9 @@ impl Builder {
         if ptr == libc::MAP_FAILED {
             return None;
         }
-        // SAFETY: the mapping holds `words` zeroed, aligned words, is never unmapped, and this
-        // is the only reference to it.
+        // SAFETY: the mapping holds `words` zeroed, aligned words, and this is the only
+        // reference to it; it is unmapped only by `discard`, which takes the builder, so the
+        // `'static` slice never outlives it (a finished map is never unmapped).
         let bits = unsafe { core::slice::from_raw_parts_mut(ptr.cast::<u64>(), words) };
         Some(Builder {
             start,
