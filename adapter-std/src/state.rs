@@ -444,10 +444,7 @@ fn arm(inner: &dyn GlobalAlloc) -> bool {
     SPILLED.store(0, Relaxed);
     shadow::clear();
     let ready = allocate_shards(inner, &config)
-        && allocate_foreign(
-            inner,
-            config.nframe.saturating_add(config.hidden_frame_allowance),
-        )
+        && allocate_foreign(inner, capture_depth(&config))
         // The new generation and the zeroed figures together, under the generation lock: a
         // change published under the old generation lands before both, or is dropped.
         && with_generation_fixed(|| {

@@ -25,6 +25,17 @@ pub fn blocks<T>(n: usize, make: impl Fn() -> T) -> Vec<T> {
     out
 }
 
+/// The traceback ids (indices into `snapshot.tracebacks`) of the traced blocks of exactly
+/// `size` bytes, in the snapshot's order: tests give the blocks they look for a size of their own.
+pub fn traceback_ids(snapshot: &Snapshot, size: u64) -> Vec<u32> {
+    snapshot
+        .traces
+        .iter()
+        .filter(|t| t.size == size)
+        .map(|t| t.traceback)
+        .collect()
+}
+
 /// `(size, count)` of the traced blocks allocated at `file:line` (the first frame's line).
 pub fn traced_at(snapshot: &Snapshot, file: &str, line: u32) -> Option<(u64, u64)> {
     let only_file = [TraceFilter::Filter(Filter::new(true, file))];

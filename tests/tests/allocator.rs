@@ -9,7 +9,7 @@ use std::cell::Cell;
 use std::sync::Mutex;
 
 use tracemalloc::{DomainFilter, Filter, KeyType, Snapshot, TraceFilter, TracingAllocator};
-use tracemalloc_tests::{blocks, marked_line};
+use tracemalloc_tests::{blocks, marked_line, traceback_ids};
 
 /// The system allocator, remembering the last block it handed out, to check that the wrapper
 /// returns exactly what its inner allocator returns.
@@ -343,12 +343,7 @@ fn frames_past_the_limit_do_not_split_a_traceback() {
     let a = nest(6);
     let b = nest(6);
     let snapshot = tracemalloc::take_snapshot().unwrap();
-    let ids: Vec<u32> = snapshot
-        .traces
-        .iter()
-        .filter(|t| t.size == 4321)
-        .map(|t| t.traceback)
-        .collect();
+    let ids = traceback_ids(&snapshot, 4321);
     assert_eq!(ids.len(), 2);
     assert_eq!(ids[0], ids[1], "one traceback for both blocks");
     let shown = &snapshot.tracebacks[ids[0] as usize].frames;
@@ -390,8 +385,7 @@ fn plumbing_between_program_frames_does_not_use_up_the_limit() {
     let collected = made_by_collect(); // CALLS-COLLECT
     let snapshot = tracemalloc::take_snapshot().unwrap();
     let lines_of = |size: u64| -> Vec<u32> {
-        let trace = snapshot.traces.iter().find(|t| t.size == size).unwrap();
-        let frames = &snapshot.tracebacks[trace.traceback as usize].frames;
+        let frames = &snapshot.tracebacks[traceback_ids(&snapshot, size)[0] as usize].frames;
         frames.iter().map(|f| f.lineno).collect()
     };
     let (made, in_once, in_collect) = (
@@ -435,8 +429,7 @@ fn the_unwinder_keeps_the_limit_of_program_frames() {
     tracemalloc::start_with(config).unwrap();
     let block = std::hint::black_box(unwound_leaf()); // UNWOUND-CALL
     let snapshot = tracemalloc::take_snapshot().unwrap();
-    let trace = snapshot.traces.iter().find(|t| t.size == 5432).unwrap();
-    let shown = &snapshot.tracebacks[trace.traceback as usize].frames;
+    let shown = &snapshot.tracebacks[traceback_ids(&snapshot, 5432)[0] as usize].frames;
     let lines: Vec<u32> = shown.iter().map(|f| f.lineno).collect();
     assert_eq!(
         lines,

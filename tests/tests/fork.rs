@@ -127,12 +127,7 @@ fn has_plumbing_map() -> bool {
     let a = nest(6);
     let b = nest(6);
     let shared = tracemalloc::take_snapshot().is_ok_and(|s| {
-        let ids: Vec<u32> = s
-            .traces
-            .iter()
-            .filter(|t| t.size == 4321)
-            .map(|t| t.traceback)
-            .collect();
+        let ids = tracemalloc_tests::traceback_ids(&s, 4321);
         ids.len() == 2 && ids[0] == ids[1]
     });
     drop((a, b));
