@@ -7,14 +7,16 @@
 //! stack's 64-bit hash to its id, so threads rarely meet there and most allocations skip the
 //! store's frame comparison altogether.
 //!
-//! The cache trusts the 64-bit hash: two different stacks with the same hash would share an id
-//! (about one chance in 10^19 per lookup). The store itself compares frames.
+//! Both tell stacks apart by their 64-bit key (`stack_key`): the cache compares all of it, the
+//! store the top 40 bits beyond the index position, and neither reads frames.
 
 use core::alloc::GlobalAlloc;
 use core::cell::Cell;
 use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering::*};
 
-use tracemalloc_core::traceback::{Index, IndexHint, StoreFull, TracebackId, TracebackStore};
+use tracemalloc_core::traceback::{
+    stack_key, Index, IndexHint, StoreFull, TracebackId, TracebackStore,
+};
 
 use crate::capture::Stack;
 use crate::state::prefetch;
@@ -50,6 +52,8 @@ struct CacheEntry {
     id: u32,
 }
 
+/// Of generation 0, which `GENERATION` (from 1) reaches again only after 2^32 clears: an empty
+/// entry matches no stack.
 const EMPTY_ENTRY: CacheEntry = CacheEntry {
     key: 0,
     generation: 0,
@@ -74,7 +78,7 @@ pub(crate) fn generation() -> u32 {
 /// The id of a default-domain stack, from this thread's cache or the shared store.
 #[inline(always)]
 pub(crate) fn intern(inner: &dyn GlobalAlloc, stack: &Stack<'_>) -> TracebackId {
-    let key = cache_key(stack);
+    let key = stack_key(0, stack.hash, stack.frames.len(), stack.total);
     let slot = (key >> 32) as usize & (CACHE_SLOTS - 1);
     let generation = generation();
     let hit = CACHE.try_with(|cache| {
@@ -84,7 +88,7 @@ pub(crate) fn intern(inner: &dyn GlobalAlloc, stack: &Stack<'_>) -> TracebackId 
     if let Ok(Some(id)) = hit {
         return TracebackId::from_index(id);
     }
-    let (id, lasting) = intern_shared(inner, stack);
+    let (id, lasting) = intern_shared(inner, stack, key);
     if lasting {
         let _ = CACHE.try_with(|cache| {
             cache[slot].set(CacheEntry {
@@ -97,23 +101,12 @@ pub(crate) fn intern(inner: &dyn GlobalAlloc, stack: &Stack<'_>) -> TracebackId 
     id
 }
 
-/// A stack's key in the per-thread cache: its running hash with the depth and the number of
-/// frames mixed in and avalanched (the slot comes from the high half). Never 0, so an empty
-/// cache entry matches nothing.
-#[inline(always)]
-fn cache_key(stack: &Stack<'_>) -> u64 {
-    let depth = u64::from(stack.total) << 32 | stack.frames.len() as u64;
-    let h = (stack.hash ^ depth.wrapping_mul(0xA24B_AED4_963E_E407))
-        .wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
-    (h ^ (h >> 29)) | 1
-}
-
 /// The id from the shared store, and whether it holds until the next generation: `OVERFLOW`
 /// does once the store is at its limit (a program with that many stacks would otherwise take
 /// the store's lock on every allocation), not when growing failed for want of memory or
 /// before the store exists.
 #[cold]
-fn intern_shared(inner: &dyn GlobalAlloc, stack: &Stack<'_>) -> (TracebackId, bool) {
+fn intern_shared(inner: &dyn GlobalAlloc, stack: &Stack<'_>, key: u64) -> (TracebackId, bool) {
     let Stack {
         frames,
         total,
@@ -126,7 +119,7 @@ fn intern_shared(inner: &dyn GlobalAlloc, stack: &Stack<'_>) -> (TracebackId, bo
         base: INDEX_BASE.load(Relaxed),
         mask: INDEX_MASK.load(Relaxed),
     };
-    prefetch(hint.first_cell(0, hash));
+    prefetch(hint.first_cell(frames, key));
     let mut store = STORE.lock();
     let Some(store) = store.as_mut() else {
         return (TracebackId::OVERFLOW, false);

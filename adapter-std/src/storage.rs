@@ -132,7 +132,7 @@ pub(crate) fn tracebacks_bytes(entries: usize, frames: usize) -> usize {
         .unwrap_or(usize::MAX);
     entries
         .saturating_mul(size_of::<TracebackEntry>())
-        .saturating_add(index.saturating_mul(size_of::<u32>()))
+        .saturating_add(index.saturating_mul(size_of::<u64>()))
         .saturating_add(frames.saturating_mul(size_of::<usize>()))
 }
 
@@ -145,7 +145,7 @@ pub(crate) fn allocate_tracebacks(
 ) -> Option<TracebackStorage<'static>> {
     let index_len = entries.checked_mul(2)?.checked_next_power_of_two()?;
     let entries_array = allocate_array::<TracebackEntry>(inner, entries)?;
-    let Some(index) = allocate_array::<u32>(inner, index_len) else {
+    let Some(index) = allocate_array::<u64>(inner, index_len) else {
         free_array(inner, Raw::from(entries_array));
         return None;
     };
@@ -164,7 +164,7 @@ pub(crate) fn allocate_tracebacks(
 /// A traceback store's arrays as raw pointers ([`Raw`]), to free or grow them.
 pub(crate) struct RawTracebacks {
     entries: Raw<TracebackEntry>,
-    index: Raw<u32>,
+    index: Raw<u64>,
     frames: Raw<usize>,
 }
 
@@ -231,7 +231,7 @@ pub(crate) fn grow_tracebacks(
     let index = entries
         .checked_mul(2)
         .and_then(usize::checked_next_power_of_two)
-        .and_then(|len| allocate_array::<u32>(inner, len))
+        .and_then(|len| allocate_array::<u64>(inner, len))
         .map(Raw::from);
     let grown = match index {
         None => Err(storage),

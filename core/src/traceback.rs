@@ -2,9 +2,10 @@
 //!
 //! A traceback is a list of raw code addresses, most recent call first, captured in one domain.
 //! The store keeps each distinct `(domain, frames)` once, in three arrays the caller provides:
-//! entries (16 bytes each), an open-addressed index of entry ids, and a pool the frames are
-//! appended to. Nothing is freed until [`TracebackStore::clear`], as in CPython: the set of call
-//! sites of a program is small and stable, the set of blocks is not.
+//! entries (12 bytes each), an open-addressed index of entry ids keyed by the stack's 64-bit
+//! [`stack_key`], and a pool the frames are appended to. Nothing is freed until
+//! [`TracebackStore::clear`], as in CPython: the set of call sites of a program is small and
+//! stable, the set of blocks is not.
 //!
 //! When any array is full, new stacks map to [`TracebackId::OVERFLOW`], which snapshots report
 //! as a single `<traceback store full>` frame, so their bytes still show up.
@@ -36,7 +37,6 @@ impl TracebackId {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(C)]
 pub struct TracebackEntry {
-    hash: u32,
     start: u32,
     len: u16,
     total_nframe: u16,
@@ -46,7 +46,6 @@ pub struct TracebackEntry {
 impl TracebackEntry {
     /// An unused entry, for initialising storage.
     pub const EMPTY: TracebackEntry = TracebackEntry {
-        hash: 0,
         start: 0,
         len: 0,
         total_nframe: 0,
@@ -125,7 +124,7 @@ pub struct TracebackStorage<'a> {
     /// One entry per distinct traceback; entry 0 is reserved for [`TracebackId::OVERFLOW`].
     pub entries: &'a mut [TracebackEntry],
     /// The hash index; its usable length is the largest power of two that fits.
-    pub index: &'a mut [u32],
+    pub index: &'a mut [u64],
     /// The frame pool.
     pub frames: &'a mut [usize],
 }
@@ -143,22 +142,23 @@ pub struct IndexHint {
 }
 
 impl IndexHint {
-    /// The address of the first cell a lookup of the stack folded to `folded` in `domain` reads.
+    /// The address of the first cell a lookup of `frames`, whose [`stack_key`] is `key`, reads.
     #[inline]
-    pub fn first_cell(&self, domain: u32, folded: u64) -> usize {
-        let i = finish_hash(domain, folded) as usize & self.mask;
+    pub fn first_cell(&self, frames: &[usize], key: u64) -> usize {
+        let width = (self.mask + 1).min(GROUP);
+        let i = home_group(frames) as usize & self.mask & !(width - 1) | key as usize & (width - 1);
         self.base
-            .wrapping_add(i.wrapping_mul(core::mem::size_of::<u32>()))
+            .wrapping_add(i.wrapping_mul(core::mem::size_of::<u64>()))
     }
 }
 
 /// Interns call stacks.
 pub struct TracebackStore<'a> {
     entries: &'a mut [TracebackEntry],
-    /// Cells of `id | tag << 24`, `tag` being the top 8 bits of the stack's hash (0 = empty:
-    /// id 0 is the overflow entry, never indexed). The tag rejects most probes of other stacks
-    /// without reading their entries, each a cache miss in a big store.
-    index: &'a mut [u32],
+    /// Cells of `id | tag`, `tag` being the top 40 bits of the stack's [`stack_key`] (0 = empty:
+    /// id 0 is the overflow entry, never indexed). A lookup decides on the key alone and reads
+    /// neither entries nor frames, each a cache miss in a big store (see [`stack_key`]).
+    index: &'a mut [u64],
     index_mask: usize,
     frames: &'a mut [usize],
     entry_count: usize,
@@ -188,20 +188,46 @@ pub fn fold_stack(frames: &[usize]) -> u64 {
     frames.iter().fold(HASH_SEED, |h, &f| fold_frame(h, f))
 }
 
-/// The store's 32-bit hash of a stack captured in `domain`, from its running hash: avalanched,
-/// since the index takes its position from the low bits and its tag from the top byte.
+/// A stack's key: its running hash ([`fold_frame`]) with the domain, the number of frames kept
+/// and `total_nframe` mixed in, avalanched. The store's index takes its position from the low
+/// bits and compares the top 40, and adapters key per-thread caches of ids with all 64.
+///
+/// Stacks are told apart by their keys alone, as caches of ids must be: comparing frames
+/// would read an entry and the frame pool, two more cache misses per lookup in a store of
+/// millions of stacks (deep recursion ran 1.13x longer with them, BENCHMARKS.md, section 2).
+/// Two different stacks share an id only if a lookup meets a stack with the same 40 bits in
+/// the cells it probes: about one chance in 10^11 per lookup that misses a per-thread cache.
 #[inline]
-fn finish_hash(domain: u32, folded: u64) -> u32 {
-    let h = (folded ^ u64::from(domain).wrapping_mul(0xA24B_AED4_963E_E407))
-        .wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+pub fn stack_key(domain: u32, folded: u64, len: usize, total_nframe: u16) -> u64 {
+    let shape = (u64::from(domain) << 32 | u64::from(total_nframe) << 16 | len as u64 & 0xFFFF)
+        .wrapping_mul(0xA24B_AED4_963E_E407);
+    let h = (folded ^ shape).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
     let h = h ^ (h >> 29);
-    (h ^ (h >> 32)) as u32
+    h.wrapping_mul(0x1656_67B1_9E37_79F9) ^ (h >> 32)
 }
 
-/// The bits of an index cell above the id: the hash's top byte (the position uses its low bits).
+/// Index cells per group: a stack is looked up first in the group of cells its callers choose
+/// ([`home_group`]), and in the whole index only once that group is full.
+const GROUP: usize = 16;
+
+/// Frames at the top of a stack that do not choose its group.
+const GROUP_SKIP: usize = 3;
+
+/// A stack's group of index cells, chosen by its frames past the first [`GROUP_SKIP`]: stacks
+/// that differ only in their innermost frames share two lines of the index. Programs allocate
+/// from one part of their call tree after another, so a lookup finds its lines in the cache
+/// more often than random ones: deep recursion, whose stacks rarely repeat soon enough for a
+/// per-thread cache, spent a third of its time on the index's cache misses before, and ran in
+/// 0.8 of its time (BENCHMARKS.md, section 2).
 #[inline]
-fn index_tag(hash: u32) -> u32 {
-    hash & !TracebackId::MASK
+fn home_group(frames: &[usize]) -> u64 {
+    stack_key(0, fold_stack(&frames[GROUP_SKIP.min(frames.len())..]), 0, 0)
+}
+
+/// The bits of an index cell above the id: the key's top 40 (the position uses its low bits).
+#[inline]
+fn index_tag(key: u64) -> u64 {
+    key & !u64::from(TracebackId::MASK)
 }
 
 impl<'a> TracebackStore<'a> {
@@ -343,30 +369,15 @@ impl<'a> TracebackStore<'a> {
         } else {
             (frames, folded)
         };
-        let hash = finish_hash(domain, folded);
         if self.index.is_empty() {
             return Err(StoreFull);
         }
-        let tag = index_tag(hash);
-        let mut i = hash as usize & self.index_mask;
-        loop {
-            let cell = self.index[i];
-            if cell == 0 {
-                break;
-            }
-            if cell & !TracebackId::MASK == tag {
-                let id = cell & TracebackId::MASK;
-                let e = &self.entries[id as usize];
-                if e.hash == hash
-                    && e.domain == domain
-                    && e.total_nframe == total_nframe
-                    && &self.frames[e.start()..e.start() + e.len()] == frames
-                {
-                    return Ok(TracebackId(id));
-                }
-            }
-            i = (i + 1) & self.index_mask;
-        }
+        let key = stack_key(domain, folded, len, total_nframe);
+        let i = match self.find(key, home_group(frames)) {
+            Ok(id) => return Ok(id),
+            Err(Some(empty)) => empty,
+            Err(None) => return Err(StoreFull),
+        };
         if self.entry_count >= self.entry_capacity()
             || self.frames.len() - self.frame_count < len
             || self.frame_count + len > u32::MAX as usize
@@ -378,15 +389,38 @@ impl<'a> TracebackStore<'a> {
         self.frames[start..start + len].copy_from_slice(frames);
         self.frame_count += len;
         self.entries[id] = TracebackEntry {
-            hash,
             start: start as u32,
             len: len as u16,
             total_nframe,
             domain,
         };
         self.entry_count += 1;
-        self.index[i] = id as u32 | tag;
+        self.index[i] = id as u64 | index_tag(key);
         Ok(TracebackId(id as u32))
+    }
+
+    /// The id indexed under `key`, or the empty cell where it would go: in its `home` group
+    /// ([`home_group`]) while that has room, else anywhere, by linear probing from the key's
+    /// own cell. Cells are never emptied but by a clear, so a group once full stays full, and a
+    /// lookup follows the path its insertion took. `Err(None)`, no empty cell, does not happen:
+    /// at most half of the index holds ids (see [`TracebackStore::entry_capacity`]).
+    #[inline]
+    fn find(&self, key: u64, home: u64) -> Result<TracebackId, Option<usize>> {
+        let width = self.index.len().min(GROUP);
+        let group = home as usize & self.index_mask & !(width - 1);
+        let in_group = (0..width).map(|k| group | (key as usize).wrapping_add(k) & (width - 1));
+        let anywhere =
+            (0..self.index.len()).map(|k| (key as usize).wrapping_add(k) & self.index_mask);
+        for i in in_group.chain(anywhere) {
+            match self.index[i] {
+                0 => return Err(Some(i)),
+                cell if index_tag(cell) == index_tag(key) => {
+                    return Ok(TracebackId(cell as u32 & TracebackId::MASK))
+                }
+                _ => {}
+            }
+        }
+        Err(None)
     }
 
     /// Takes the storage out so that its owner can grow it in place (with `realloc`: entries and
@@ -443,12 +477,13 @@ impl<'a> TracebackStore<'a> {
     /// Indexes every entry again, into an index that is all empty.
     fn rebuild_index(&mut self) {
         for id in 1..self.entry_count {
-            let hash = self.entries[id].hash;
-            let mut i = hash as usize & self.index_mask;
-            while self.index[i] != 0 {
-                i = (i + 1) & self.index_mask;
+            let e = self.entries[id];
+            let frames = &self.frames[e.start()..e.start() + e.len()];
+            let key = stack_key(e.domain, fold_stack(frames), e.len(), e.total_nframe);
+            // A key met twice (two stacks that collide) keeps the first id, as a lookup would.
+            if let Err(Some(i)) = self.find(key, home_group(frames)) {
+                self.index[i] = id as u64 | index_tag(key);
             }
-            self.index[i] = id as u32 | index_tag(hash);
         }
     }
 
@@ -515,12 +550,12 @@ mod tests {
         let frames = [0x10, 0x20];
         let id = s.intern(0, &frames, 2);
         let hint = s.index_hint();
-        let cell = hint.first_cell(0, fold_stack(&frames));
+        let cell = hint.first_cell(&frames, stack_key(0, fold_stack(&frames), 2, 2));
         let base = s.index.as_ptr() as usize;
-        assert!(cell >= base && cell < base + s.index.len() * 4);
+        assert!(cell >= base && cell < base + s.index.len() * 8);
         // The stack was the first in an empty index: it sits in the cell its probe starts at.
-        let value = s.index[(cell - base) / 4];
-        assert_eq!(value & TracebackId::MASK, id.index());
+        let value = s.index[(cell - base) / 8];
+        assert_eq!(value as u32 & TracebackId::MASK, id.index());
     }
 
     #[test]
@@ -614,7 +649,7 @@ mod growth_tests {
     fn storage(entries: usize, frames: usize) -> TracebackStorage<'static> {
         TracebackStorage {
             entries: vec![TracebackEntry::EMPTY; entries].leak(),
-            index: vec![0u32; (entries * 2).next_power_of_two()].leak(),
+            index: vec![0u64; (entries * 2).next_power_of_two()].leak(),
             frames: vec![0usize; frames].leak(),
         }
     }
@@ -628,13 +663,70 @@ mod growth_tests {
         let bigger = storage(entries, frames);
         bigger.entries[..old.entries.len()].copy_from_slice(old.entries);
         bigger.frames[..old.frames.len()].copy_from_slice(old.frames);
-        bigger.index.fill(u32::MAX); // garbage: the store must rebuild it
+        bigger.index.fill(u64::MAX); // garbage: the store must rebuild it
         bigger
     }
 
     fn grow(store: &mut TracebackStore<'static>, entries: usize, frames: usize) {
         let (old, held) = store.take_storage();
         store.put_back(extended(old, entries, frames), held, Index::Rebuild);
+    }
+
+    /// The group a stack's lookup starts in, as an index of the first of its cells.
+    fn group_of(s: &TracebackStore<'_>, frames: &[usize]) -> usize {
+        let width = s.index.len().min(GROUP);
+        home_group(frames) as usize & s.index_mask & !(width - 1)
+    }
+
+    /// Where `id` sits in the index.
+    fn cell_of(s: &TracebackStore<'_>, id: TracebackId) -> usize {
+        let cells = s.index.iter().enumerate();
+        let mut at = cells.filter(|(_, &c)| c != 0 && c as u32 & TracebackId::MASK == id.index());
+        at.next().expect("every id is indexed").0
+    }
+
+    #[test]
+    fn stacks_that_share_their_callers_share_a_group_of_the_index() {
+        let mut s = TracebackStore::new(storage(64, 512));
+        let callers = [0x500, 0x600, 0x700];
+        for top in 0..GROUP_SKIP {
+            let mut frames = [0x100, 0x200, 0x300, callers[0], callers[1], callers[2]];
+            frames[top] += 8;
+            let id = s.intern(0, &frames, 6);
+            let group = group_of(&s, &frames);
+            assert_eq!(group, group_of(&s, &[1, 2, 3, 0x500, 0x600, 0x700]));
+            assert!((group..group + GROUP).contains(&cell_of(&s, id)));
+        }
+    }
+
+    #[test]
+    fn a_full_group_sends_stacks_elsewhere_and_finds_them_again() {
+        // 3 groups' worth of stacks with the same callers: the first fill their group, the
+        // rest probe the whole index; after growth every one is indexed again.
+        let n = 3 * GROUP;
+        let mut s = TracebackStore::new(storage(n + 1, 4 * n));
+        let stack = |i: usize| [0x1000 + 16 * i, 0x500, 0x600, 0x700];
+        let ids: Vec<_> = (0..n).map(|i| s.intern(0, &stack(i), 4)).collect();
+        let group = group_of(&s, &stack(0));
+        let cells: Vec<_> = ids.iter().map(|&id| cell_of(&s, id)).collect();
+        let home = cells
+            .iter()
+            .filter(|c| (group..group + GROUP).contains(c))
+            .count();
+        assert_eq!(home, GROUP, "the group fills first");
+        let mut distinct = ids.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), n);
+        assert!(!ids.contains(&TracebackId::OVERFLOW));
+        for (i, &id) in ids.iter().enumerate() {
+            assert_eq!(s.intern(0, &stack(i), 4), id);
+        }
+        grow(&mut s, 4 * n, 8 * n);
+        for (i, &id) in ids.iter().enumerate() {
+            assert_eq!(s.intern(0, &stack(i), 4), id);
+        }
+        assert_eq!(s.len(), n + 1);
     }
 
     #[test]

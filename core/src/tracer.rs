@@ -70,7 +70,7 @@ pub struct TracerStorage<'a> {
 pub struct TracerArrays<const SLOTS: usize, const TRACEBACKS: usize, const FRAMES: usize> {
     slots: [Slot; SLOTS],
     entries: [TracebackEntry; TRACEBACKS],
-    index: [[u32; 2]; TRACEBACKS],
+    index: [[u64; 2]; TRACEBACKS],
     frames: [usize; FRAMES],
 }
 

@@ -103,7 +103,7 @@ fn allocs() -> impl Strategy<Value = Vec<Alloc>> {
 struct Arrays {
     slots: Vec<Slot>,
     entries: Vec<TracebackEntry>,
-    index: Vec<u32>,
+    index: Vec<u64>,
     frames: Vec<usize>,
 }
 

@@ -523,7 +523,7 @@ fn json_round_trip_keeps_traces() {
 fn tracer_peak_and_reset_peak() {
     let mut slots = [Slot::EMPTY; 64];
     let mut entries = [TracebackEntry::EMPTY; 16];
-    let mut index = [0u32; 32];
+    let mut index = [0u64; 32];
     let mut frames = [0usize; 64];
     let mut t = Tracer::new(TracerStorage {
         slots: &mut slots,

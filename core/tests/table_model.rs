@@ -285,7 +285,7 @@ proptest! {
     fn tracer_counters_match_a_model(ops in proptest::collection::vec(tracer_op(), 1..300)) {
         let mut slots = vec![Slot::EMPTY; 16];
         let mut entries = vec![TracebackEntry::EMPTY; 64];
-        let mut index = vec![0u32; 128];
+        let mut index = vec![0u64; 128];
         let mut frames = vec![0usize; 256];
         let mut tracer = Tracer::new(TracerStorage {
             slots: &mut slots,

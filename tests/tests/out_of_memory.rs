@@ -27,7 +27,8 @@ static WRONG_LAYOUT: AtomicBool = AtomicBool::new(false);
 static FAILING_STEP: AtomicUsize = AtomicUsize::new(NO_STEP);
 static GROWTH_FAILURES: AtomicIsize = AtomicIsize::new(0);
 const NO_STEP: usize = 0;
-/// The new index: the only zeroed allocation of `u32`s (alignment 4) of 1 KiB or more.
+/// The new index: the only zeroed allocation of alignment 8 whose size is a power of two of
+/// 1 KiB or more while the store grows.
 const INDEX: usize = 1;
 /// The entries: the only reallocation of alignment 4.
 const ENTRIES: usize = 2;
@@ -131,7 +132,10 @@ unsafe impl GlobalAlloc for Flaky {
         handed_out(unsafe { System.alloc(layout) }, layout)
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let index = layout.align() == 4 && layout.size() >= 1024 && growth_fails(INDEX);
+        let index = layout.align() == 8
+            && layout.size() >= 1024
+            && layout.size().is_power_of_two()
+            && growth_fails(INDEX);
         if index || fails(layout.size()) || refused(layout) {
             return std::ptr::null_mut();
         }

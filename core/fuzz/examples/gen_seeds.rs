@@ -35,7 +35,7 @@ fn sample() -> Snapshot {
 
 fn device_stream() -> Vec<u8> {
     let (mut slots, mut entries) = ([Slot::EMPTY; 16], [TracebackEntry::EMPTY; 8]);
-    let (mut index, mut frames) = ([0u32; 16], [0usize; 32]);
+    let (mut index, mut frames) = ([0u64; 16], [0usize; 32]);
     let mut tracer = Tracer::new(TracerStorage {
         slots: &mut slots,
         tracebacks: TracebackStorage {

@@ -241,7 +241,7 @@ impl<S: Sink> Writer<S> {
 /// use tracemalloc_core::{Tracer, TracerStorage};
 ///
 /// let (mut slots, mut entries) = ([Slot::EMPTY; 16], [TracebackEntry::EMPTY; 8]);
-/// let (mut index, mut frames) = ([0u32; 16], [0usize; 32]);
+/// let (mut index, mut frames) = ([0u64; 16], [0usize; 32]);
 /// let mut tracer = Tracer::new(TracerStorage {
 ///     slots: &mut slots,
 ///     tracebacks: TracebackStorage { entries: &mut entries, index: &mut index, frames: &mut frames },
