@@ -202,8 +202,7 @@ pub fn stack_key(domain: u32, folded: u64, len: usize, total_nframe: u16) -> u64
     let shape = (u64::from(domain) << 32 | u64::from(total_nframe) << 16 | len as u64 & 0xFFFF)
         .wrapping_mul(0xA24B_AED4_963E_E407);
     let h = (folded ^ shape).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
-    let h = h ^ (h >> 29);
-    h.wrapping_mul(0x1656_67B1_9E37_79F9) ^ (h >> 32)
+    h ^ (h >> 29)
 }
 
 /// Index cells per group: a stack is looked up first in the group of cells its callers choose
