@@ -4,11 +4,11 @@
 //! every stack was interned up to 16 times, and a program with many distinct stacks (deep
 //! recursion) filled every shard's store. One shared store holds each stack once and grows from
 //! the inner allocator. Its lock is taken only on a miss of the per-thread cache, which maps a
-//! stack's 64-bit hash to its id, so threads rarely meet there and most allocations skip the
-//! store's frame comparison altogether.
+//! stack's key to its id, so threads rarely meet there and most allocations skip the store
+//! altogether.
 //!
-//! Both tell stacks apart by their 64-bit key (`stack_key`): the cache compares all of it, the
-//! store the top 40 bits beyond the index position, and neither reads frames.
+//! Both tell stacks apart by their 64-bit key (`stack_key`, made from the hash the walk
+//! computes): the cache compares all of it, the store 40 of its bits, and neither reads frames.
 
 use core::alloc::GlobalAlloc;
 use core::cell::Cell;
