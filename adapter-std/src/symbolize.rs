@@ -34,7 +34,14 @@ impl ElfResolver {
     /// Opens `path`; addresses are looked up after subtracting `bias` (the load bias of the
     /// file in the process that captured them; 0 for firmware and non-PIE executables).
     pub fn open(path: &Path, bias: usize) -> Result<ElfResolver, Error> {
-        let loader = addr2line::Loader::new(path).map_err(|e| Error::Symbols {
+        ElfResolver::open_as(path, path, bias)
+    }
+
+    /// Opens `file`, the build that `path` named when it was loaded (`file` differs once
+    /// `path` has been replaced, see [`running_file`]): `path` finds the workspace and names
+    /// the file in errors.
+    fn open_as(file: &Path, path: &Path, bias: usize) -> Result<ElfResolver, Error> {
+        let loader = addr2line::Loader::new(file).map_err(|e| Error::Symbols {
             path: path.display().to_string(),
             reason: e.to_string(),
         })?;
@@ -71,7 +78,14 @@ impl ElfResolver {
             reason: "the load address of the running program is known on Linux and macOS only"
                 .into(),
         })?;
-        ElfResolver::open(&exe, bias)
+        #[cfg(target_os = "linux")]
+        let (file, exe) = {
+            let exe = undeleted(exe);
+            (running_executable(&exe), exe)
+        };
+        #[cfg(not(target_os = "linux"))]
+        let file = exe.clone();
+        ElfResolver::open_as(&file, &exe, bias)
     }
 
     /// Shows (`true`) or hides (`false`, the default) allocation plumbing frames.
@@ -326,7 +340,11 @@ pub(crate) struct ProcessResolver {
 struct Module {
     /// Its code, as run-time address ranges.
     code: Vec<Range<usize>>,
+    /// The path it was loaded from.
     path: PathBuf,
+    /// Where to read it: `path`, or the file as mapped once `path` names another
+    /// ([`running_file`]).
+    file: PathBuf,
     bias: usize,
     /// Opened on first use; `Err` for an object without a readable file (the vDSO).
     resolver: Option<Result<ElfResolver, ()>>,
@@ -382,11 +400,13 @@ impl Resolver for ProcessResolver {
         };
         let Module {
             path,
+            file,
             bias,
             resolver,
             ..
         } = &mut self.modules[index];
-        match resolver.get_or_insert_with(|| ElfResolver::open(path, *bias).map_err(drop)) {
+        let open = || ElfResolver::open_as(file, path, *bias).map_err(drop);
+        match resolver.get_or_insert_with(open) {
             Ok(resolver) => {
                 resolver.show_plumbing(self.show_plumbing);
                 resolver.resolve(address, out)
@@ -431,15 +451,18 @@ fn loaded_modules() -> Vec<Module> {
         modules.push(Module {
             code,
             path,
+            file: PathBuf::new(),
             bias,
             resolver: None,
         });
         true // on to the next object
     });
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
     for (index, module) in modules.iter_mut().enumerate() {
-        module.path = if index == 0 && module.path.as_os_str().is_empty() {
+        let executable = index == 0 && module.path.as_os_str().is_empty();
+        module.path = if executable {
             // The executable comes first, without a name.
-            std::env::current_exe().unwrap_or_default()
+            std::env::current_exe().map(undeleted).unwrap_or_default()
         } else if module.path.is_relative() {
             // As given to `dlopen` (`./libx.so`): made absolute now, before a `chdir`. A bare
             // name (`linux-vdso.so.1`) has no file.
@@ -450,18 +473,103 @@ fn loaded_modules() -> Vec<Module> {
         } else {
             std::mem::take(&mut module.path)
         };
+        let mapping = module
+            .code
+            .first()
+            .and_then(|code| mapping_of(&maps, code.start));
+        module.file = match mapping {
+            _ if executable => running_executable(&module.path),
+            Some((range, running)) => {
+                let mapped = Path::new("/proc/self/map_files").join(range);
+                running_file(&module.path, &mapped, running)
+            }
+            None => module.path.clone(), // cannot be checked
+        };
     }
     modules.retain(|m| !m.path.as_os_str().is_empty() && !m.code.is_empty());
     modules
+}
+
+/// The running executable, whatever its path names now.
+#[cfg(target_os = "linux")]
+const RUNNING_EXE: &str = "/proc/self/exe";
+
+/// The file to read for an object loaded from `path`, whose mapped file is `running` (device and
+/// inode): `path` while it names that file; else `mapped`, a `/proc/self` link that leads to the
+/// mapped file even after its path was given to another (`/proc/self/exe`, or the object's
+/// entry in `/proc/self/map_files`, which the kernel opens only for privileged processes); else
+/// none. A program whose binary or libraries were replaced on disk while it ran (a deploy, a
+/// package upgrade) would otherwise lose its lines, or be shown another build's.
+#[cfg(target_os = "linux")]
+fn running_file(path: &Path, mapped: &Path, running: (u64, u64)) -> PathBuf {
+    let named = std::fs::metadata(path).ok().map(|m| identity(&m));
+    if named == Some(running) {
+        path.to_path_buf()
+    } else if std::fs::metadata(mapped).is_ok() {
+        mapped.to_path_buf()
+    } else {
+        PathBuf::new() // no file: its frames stay unnamed rather than named wrong
+    }
+}
+
+/// The file to read for the executable, loaded from `exe` ([`running_file`]).
+#[cfg(target_os = "linux")]
+fn running_executable(exe: &Path) -> PathBuf {
+    match std::fs::metadata(RUNNING_EXE) {
+        Ok(running) => running_file(exe, Path::new(RUNNING_EXE), identity(&running)),
+        Err(_) => exe.to_path_buf(), // no /proc: cannot be checked
+    }
+}
+
+/// A file's device and inode.
+#[cfg(target_os = "linux")]
+fn identity(metadata: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (metadata.dev(), metadata.ino())
+}
+
+/// `path` without the ` (deleted)` the kernel appends to `/proc/self/exe`'s target once the
+/// file is gone (its path may name a new build by now, whose workspace is the same).
+#[cfg(target_os = "linux")]
+fn undeleted(path: PathBuf) -> PathBuf {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    const DELETED: &[u8] = b" (deleted)";
+    let bytes = path.as_os_str().as_bytes();
+    match bytes.strip_suffix(DELETED) {
+        Some(kept) if !path.exists() => PathBuf::from(std::ffi::OsString::from_vec(kept.to_vec())),
+        _ => path,
+    }
+}
+
+/// The mapping in `maps` (`/proc/self/maps`) that holds `address`: its address range
+/// (`start-end` in hex, as `map_files` names it) and its file's device and inode.
+#[cfg(target_os = "linux")]
+fn mapping_of(maps: &str, address: usize) -> Option<(&str, (u64, u64))> {
+    maps.lines().find_map(|line| {
+        // start-end perms offset major:minor inode path
+        let mut fields = line.split_ascii_whitespace();
+        let range = fields.next()?;
+        let (start, end) = range.split_once('-')?;
+        let start = usize::from_str_radix(start, 16).ok()?;
+        let end = usize::from_str_radix(end, 16).ok()?;
+        if !(start..end).contains(&address) {
+            return None;
+        }
+        let (major, minor) = fields.nth(2)?.split_once(':')?;
+        let major = u32::from_str_radix(major, 16).ok()?;
+        let minor = u32::from_str_radix(minor, 16).ok()?;
+        let inode = fields.next()?.parse().ok()?;
+        Some((range, (libc::makedev(major, minor), inode)))
+    })
 }
 
 /// The symbolizer's lock is held by another thread (see [`object_holding`]).
 #[cfg(target_os = "linux")]
 pub(crate) struct Busy;
 
-/// The object whose code holds `address`: its file (`/proc/self/exe` for the executable, the
-/// file running even if the path now names another), load bias and code (from its first
-/// executable segment to the end of its last). Listed under the resolver's lock, as every
+/// The object whose code holds `address`: its file (the file mapped, even if its path now names
+/// another, see [`running_file`]), load bias and code (from its first executable segment to the
+/// end of its last). Listed under the resolver's lock, as every
 /// listing: the fork handlers take it, so no child is forked while this thread holds the
 /// loader's lock. [`Busy`] rather than wait while another thread holds it (a first snapshot
 /// loads debug info for as long as it takes).
@@ -488,12 +596,7 @@ pub(crate) fn object_holding(
     ) else {
         return Ok(None);
     };
-    let path = if index == 0 {
-        PathBuf::from("/proc/self/exe") // the executable comes first
-    } else {
-        module.path.clone()
-    };
-    Ok(Some((path, module.bias, start..end)))
+    Ok(Some((module.file.clone(), module.bias, start..end)))
 }
 
 /// How many objects the process has unloaded so far (glibc counts them; musl never unloads).
@@ -523,6 +626,7 @@ fn loaded_modules() -> Vec<Module> {
     match (std::env::current_exe(), main_program_bias()) {
         (Ok(path), Some(bias)) => vec![Module {
             code: std::iter::once(0..usize::MAX).collect(),
+            file: path.clone(),
             path,
             bias,
             resolver: None,
@@ -569,6 +673,47 @@ pub(crate) fn with_process_resolver<R>(f: impl FnOnce(&mut dyn Resolver) -> R) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn the_mapping_of_an_address_gives_its_range_and_file() {
+        let maps = "\
+55d0c2a00000-55d0c2a3f000 r--p 00000000 fd:01 1835081  /usr/bin/app
+55d0c2a3f000-55d0c2b40000 r-xp 0003f000 fd:01 1835081  /usr/bin/app (deleted)
+7f3a1c000000-7f3a1c021000 rw-p 00000000 00:00 0 
+";
+        let (range, (dev, inode)) = mapping_of(maps, 0x55d0_c2a4_0000).unwrap();
+        assert_eq!(range, "55d0c2a3f000-55d0c2b40000");
+        assert_eq!(inode, 1835081);
+        assert_eq!(dev, libc::makedev(0xfd, 1));
+        assert_eq!(mapping_of(maps, 0x55d0_c2b4_0000).map(|m| m.0), None);
+        assert_eq!(mapping_of(maps, 0x1000), None);
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn a_deleted_executable_is_named_by_its_path() {
+        let gone = PathBuf::from("/nonexistent/tracemalloc/app (deleted)");
+        assert_eq!(undeleted(gone), Path::new("/nonexistent/tracemalloc/app"));
+        // A file whose name really ends so, or any other path, is left alone.
+        let here = std::env::current_exe().unwrap();
+        assert_eq!(undeleted(here.clone()), here);
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn the_running_file_is_read_through_proc_once_its_path_names_another() {
+        let running = identity(&std::fs::metadata(RUNNING_EXE).unwrap());
+        let exe = std::env::current_exe().unwrap();
+        assert_eq!(running_file(&exe, Path::new(RUNNING_EXE), running), exe);
+        let other = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+        assert_eq!(
+            running_file(&other, Path::new(RUNNING_EXE), running),
+            Path::new(RUNNING_EXE)
+        );
+        let unreachable = Path::new("/proc/self/map_files/0-0");
+        assert_eq!(running_file(&other, unreachable, running), PathBuf::new());
+    }
 
     #[test]
     fn hashes_are_stripped_from_symbol_names() {

@@ -1,11 +1,13 @@
 //! Frames in a shared library the program loaded are looked up in that library's own debug info
 //! (Linux). A `cdylib` that installs the tracer, such as a Python extension written in Rust, has
 //! all its frames in such a library; before, they were looked up in the executable and lost.
+//! The debug info is the loaded build's, even once another build was put at its path.
 
 #![cfg(target_os = "linux")]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
 
 use tracemalloc::TracingAllocator;
 use tracemalloc_core::snapshot::Snapshot;
@@ -16,6 +18,9 @@ static ALLOC: TracingAllocator = TracingAllocator::system();
 
 const THIS_FILE: &str = "tests/tests/shared_library.rs";
 const LIBRARY_SOURCE: &str = "tests/c/callback.c";
+
+/// Tests start and stop the process's tracer: one at a time.
+static TRACER: Mutex<()> = Mutex::new(());
 
 /// Allocates a block of `SIZE` bytes that stays live.
 extern "C" fn allocate<const SIZE: usize>() {
@@ -29,22 +34,28 @@ struct Library {
     call: extern "C" fn(extern "C" fn()),
 }
 
+/// Builds `tests/c/callback.c` (with `defines`) into a shared library of its own name.
+fn build(name: &str, defines: &[&str]) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let file =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("lib{name}-{}.so", std::process::id()));
+    let status = Command::new("cc")
+        .args(["-shared", "-fPIC", "-g", "-O0", "-fno-omit-frame-pointer"])
+        .args(defines)
+        .arg("-o")
+        .arg(&file)
+        .arg(root.join(LIBRARY_SOURCE))
+        .status()
+        .expect("this test needs a C compiler, `cc`");
+    assert!(status.success(), "cc failed: {status}");
+    file
+}
+
 impl Library {
     /// Builds `tests/c/callback.c` (with `defines`) into a shared library of its own name and
     /// loads it.
     fn load(name: &str, defines: &[&str]) -> Library {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-        let file = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("lib{name}-{}.so", std::process::id()));
-        let status = Command::new("cc")
-            .args(["-shared", "-fPIC", "-g", "-O0", "-fno-omit-frame-pointer"])
-            .args(defines)
-            .arg("-o")
-            .arg(&file)
-            .arg(root.join(LIBRARY_SOURCE))
-            .status()
-            .expect("this test needs a C compiler, `cc`");
-        assert!(status.success(), "cc failed: {status}");
+        let file = build(name, defines);
         let (handle, symbol) = load_symbol(&file, c"tracemalloc_test_call");
         // SAFETY: the symbol is `void tracemalloc_test_call(void (*)(void))`, of this ABI.
         let call = unsafe {
@@ -85,17 +96,21 @@ fn c_line(marker: &str) -> u32 {
         + 1
 }
 
+/// The frames of a block allocated through the library: `allocate`, the library's call at its
+/// `c_marker` line, and this file's call at its `call_marker` line.
+fn expect(c_marker: &str, call_marker: &str) -> Vec<(String, u32)> {
+    let this = include_str!("shared_library.rs");
+    vec![
+        (THIS_FILE.to_owned(), marked_line(this, "ALLOCATE")),
+        (LIBRARY_SOURCE.to_owned(), c_line(c_marker)),
+        (THIS_FILE.to_owned(), marked_line(this, call_marker)),
+    ]
+}
+
 #[test]
 fn frames_in_loaded_libraries_name_their_source_lines() {
-    let this = include_str!("shared_library.rs");
-    let allocate_line = marked_line(this, "ALLOCATE");
-    let expect = |c_marker: &str, call_marker: &str| {
-        vec![
-            (THIS_FILE.to_owned(), allocate_line),
-            (LIBRARY_SOURCE.to_owned(), c_line(c_marker)),
-            (THIS_FILE.to_owned(), marked_line(this, call_marker)),
-        ]
-    };
+    let _one_at_a_time = TRACER.lock().unwrap_or_else(|e| e.into_inner());
+    let allocate_line = marked_line(include_str!("shared_library.rs"), "ALLOCATE");
     tracemalloc::start(3).unwrap();
     // The resolver lists the process's objects at the first snapshot: the library comes later,
     // and an address in it makes the resolver read the list again.
@@ -118,4 +133,41 @@ fn frames_in_loaded_libraries_name_their_source_lines() {
         expect("/* SECOND CALL */", "SECOND")
     );
     drop(second);
+}
+
+#[test]
+fn a_library_replaced_on_disk_names_the_lines_of_the_build_that_runs() {
+    let _one_at_a_time = TRACER.lock().unwrap_or_else(|e| e.into_inner());
+    let loaded = Library::load("tracemalloc_replaced", &[]);
+    // Another build renamed over the loaded one, as a package upgrade does: its call is on
+    // another line, which the frames must not show.
+    let upgrade = build("tracemalloc_upgrade", &["-DSECOND"]);
+    std::fs::rename(&upgrade, &loaded.file).unwrap();
+    tracemalloc::start(3).unwrap();
+    (loaded.call)(allocate::<7000>); // REPLACED
+    let snapshot = tracemalloc::take_snapshot().unwrap();
+    tracemalloc::stop();
+    let frames = frames_of(&snapshot, 7000);
+    if map_files_open() {
+        assert_eq!(frames, expect("/* CALL */", "REPLACED"));
+    } else {
+        // Unprivileged: the loaded build cannot be read, and its frame shows as an address,
+        // never with the lines of the build now at its path.
+        let mut expected = expect("/* CALL */", "REPLACED");
+        expected[1] = (frames[1].0.clone(), 0);
+        assert!(frames[1].0.starts_with("0x"), "{frames:?}");
+        assert_eq!(frames, expected);
+    }
+}
+
+/// Whether this process may open its mappings' files through `/proc/self/map_files`, which the
+/// kernel allows only with `CAP_CHECKPOINT_RESTORE` or `CAP_SYS_ADMIN`.
+fn map_files_open() -> bool {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let file_backed = maps
+        .lines()
+        .find(|l| l.contains('/'))
+        .expect("a mapped file");
+    let range = file_backed.split(' ').next().unwrap();
+    std::fs::File::open(Path::new("/proc/self/map_files").join(range)).is_ok()
 }
