@@ -285,10 +285,11 @@ fn is_plumbing_symbol(name: &str, legacy: bool) -> bool {
 /// The map of the object holding this code, from its symbol table: nothing where objects
 /// cannot be listed, without memory, when the object has no symbol table (stripped: captures
 /// then take the whole allowance), or when the map does not mark this very function, which is
-/// plumbing by name (a file that is not the code running, such as a library replaced since it
-/// was loaded: a wrong map would cut every stack short, no map only keeps more frames). The
-/// file is mapped, not read, and names are demangled into a buffer on the stack: the only
-/// allocations are the map and the list of objects.
+/// plumbing by name (a file that is not the code running: a wrong map would cut every stack
+/// short, no map only keeps more frames; the file is the build loaded even where its path now
+/// names another, see `symbolize::Module::file`). The file is mapped, not read, and names are
+/// demangled into a buffer on the stack: the only allocations are the map, the list of objects
+/// and `/proc/self/maps` read to find the object's file.
 #[cfg(target_os = "linux")]
 fn read() -> Read {
     use object::{Object, ObjectSymbol, SymbolKind};
@@ -299,7 +300,7 @@ fn read() -> Read {
         Ok(None) => return Read::Nothing,
         Err(crate::symbolize::Busy) => return Read::Later,
     };
-    let Some(file) = MappedFile::open(&path) else {
+    let Some(file) = crate::symbolize::MappedFile::open(&path) else {
         return Read::Nothing;
     };
     let Ok(elf) = object::File::parse(file.bytes()) else {
@@ -333,53 +334,6 @@ fn read() -> Read {
 #[cfg(not(target_os = "linux"))]
 fn read() -> Read {
     Read::Nothing
-}
-
-/// A file mapped read-only for as long as this lives.
-#[cfg(target_os = "linux")]
-struct MappedFile {
-    ptr: *mut libc::c_void,
-    len: usize,
-}
-
-#[cfg(target_os = "linux")]
-impl MappedFile {
-    fn open(path: &std::path::Path) -> Option<MappedFile> {
-        use std::os::fd::AsRawFd;
-        let file = std::fs::File::open(path).ok()?;
-        let len = usize::try_from(file.metadata().ok()?.len()).ok()?;
-        if len == 0 {
-            return None;
-        }
-        // SAFETY: a new private read-only mapping of an open file at an address of the
-        // kernel's choosing; it touches no existing memory, and outlives the descriptor.
-        let ptr = unsafe {
-            libc::mmap(
-                core::ptr::null_mut(),
-                len,
-                libc::PROT_READ,
-                libc::MAP_PRIVATE,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        (ptr != libc::MAP_FAILED).then_some(MappedFile { ptr, len })
-    }
-
-    fn bytes(&self) -> &[u8] {
-        // SAFETY: `ptr..ptr + len` is mapped readable until `drop`, which needs `&mut self`.
-        // A file truncated meanwhile would fault on the pages past its end; executables and
-        // libraries in use are replaced, not truncated, by builds and package managers.
-        unsafe { core::slice::from_raw_parts(self.ptr.cast::<u8>(), self.len) }
-    }
-}
-
-#[cfg(target_os = "linux")]
-impl Drop for MappedFile {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `open`, which no borrow outlives.
-        unsafe { libc::munmap(self.ptr, self.len) };
-    }
 }
 
 /// A demangled name, cut at 1 KiB (enough to tell a std path or a trait impl: only a v0

@@ -38,7 +38,7 @@ impl ElfResolver {
     }
 
     /// Opens `file`, the build that `path` named when it was loaded (`file` differs once
-    /// `path` has been replaced, see [`running_file`]): `path` finds the workspace and names
+    /// `path` has been replaced, see [`Module::file`]): `path` finds the workspace and names
     /// the file in errors.
     fn open_as(file: &Path, path: &Path, bias: usize) -> Result<ElfResolver, Error> {
         let loader = addr2line::Loader::new(file).map_err(|e| Error::Symbols {
@@ -78,14 +78,8 @@ impl ElfResolver {
             reason: "the load address of the running program is known on Linux and macOS only"
                 .into(),
         })?;
-        #[cfg(target_os = "linux")]
-        let (file, exe) = {
-            let exe = undeleted(exe);
-            (running_executable(&exe), exe)
-        };
-        #[cfg(not(target_os = "linux"))]
-        let file = exe.clone();
-        ElfResolver::open_as(&file, &exe, bias)
+        let (file, path) = executable_file(exe);
+        ElfResolver::open_as(&file, &path, bias)
     }
 
     /// Shows (`true`) or hides (`false`, the default) allocation plumbing frames.
@@ -342,9 +336,12 @@ struct Module {
     code: Vec<Range<usize>>,
     /// The path it was loaded from.
     path: PathBuf,
-    /// Where to read it: `path`, or the file as mapped once `path` names another
-    /// ([`running_file`]).
-    file: PathBuf,
+    /// A `/proc/self` link to the file as mapped, which outlives `path` ([`Module::file`]).
+    #[cfg(target_os = "linux")]
+    mapped: Option<PathBuf>,
+    /// The GNU build id in the loaded image, to tell the file at `path` from another build.
+    #[cfg(target_os = "linux")]
+    build_id: Option<Vec<u8>>,
     bias: usize,
     /// Opened on first use; `Err` for an object without a readable file (the vDSO).
     resolver: Option<Result<ElfResolver, ()>>,
@@ -398,15 +395,13 @@ impl Resolver for ProcessResolver {
         let Some(index) = found else {
             return false;
         };
-        let Module {
-            path,
-            file,
-            bias,
-            resolver,
-            ..
-        } = &mut self.modules[index];
-        let open = || ElfResolver::open_as(file, path, *bias).map_err(drop);
-        match resolver.get_or_insert_with(open) {
+        let module = &mut self.modules[index];
+        if module.resolver.is_none() {
+            let file = module.file();
+            module.resolver =
+                Some(ElfResolver::open_as(&file, &module.path, module.bias).map_err(drop));
+        }
+        match module.resolver.as_mut().expect("opened above") {
             Ok(resolver) => {
                 resolver.show_plumbing(self.show_plumbing);
                 resolver.resolve(address, out)
@@ -439,6 +434,32 @@ fn loaded_modules() -> Vec<Module> {
                 start..start.saturating_add(h.p_memsz as usize)
             })
             .collect();
+        let build_id = headers
+            .iter()
+            .filter(|h| h.p_type == libc::PT_NOTE)
+            .find_map(|note| {
+                // Only notes inside a readable loaded segment are read.
+                let start = note.p_vaddr;
+                let end = start.checked_add(note.p_memsz)?;
+                let loaded = headers.iter().any(|h| {
+                    h.p_type == libc::PT_LOAD
+                        && h.p_flags & libc::PF_R != 0
+                        && h.p_vaddr <= start
+                        && end <= h.p_vaddr.saturating_add(h.p_memsz)
+                });
+                if !loaded {
+                    return None;
+                }
+                // SAFETY: the note lies inside a readable segment of the object, mapped while
+                // it is loaded (the loader's lock is held during the call); it is copied.
+                let notes = unsafe {
+                    core::slice::from_raw_parts(
+                        bias.wrapping_add(start as usize) as *const u8,
+                        note.p_memsz as usize,
+                    )
+                };
+                gnu_build_id(notes, note.p_align as usize).map(<[u8]>::to_vec)
+            });
         let path = if info.dlpi_name.is_null() {
             PathBuf::new()
         } else {
@@ -451,7 +472,8 @@ fn loaded_modules() -> Vec<Module> {
         modules.push(Module {
             code,
             path,
-            file: PathBuf::new(),
+            mapped: None,
+            build_id,
             bias,
             resolver: None,
         });
@@ -473,17 +495,13 @@ fn loaded_modules() -> Vec<Module> {
         } else {
             std::mem::take(&mut module.path)
         };
-        let mapping = module
-            .code
-            .first()
-            .and_then(|code| mapping_of(&maps, code.start));
-        module.file = match mapping {
-            _ if executable => running_executable(&module.path),
-            Some((range, running)) => {
-                let mapped = Path::new("/proc/self/map_files").join(range);
-                running_file(&module.path, &mapped, running)
-            }
-            None => module.path.clone(), // cannot be checked
+        module.mapped = if executable {
+            Some(PathBuf::from(RUNNING_EXE))
+        } else {
+            let start = module.code.first().map(|code| code.start);
+            start
+                .and_then(|start| mapping_of(&maps, start))
+                .map(map_files_entry)
         };
     }
     modules.retain(|m| !m.path.as_os_str().is_empty() && !m.code.is_empty());
@@ -494,38 +512,99 @@ fn loaded_modules() -> Vec<Module> {
 #[cfg(target_os = "linux")]
 const RUNNING_EXE: &str = "/proc/self/exe";
 
-/// The file to read for an object loaded from `path`, whose mapped file is `running` (device and
-/// inode): `path` while it names that file; else `mapped`, a `/proc/self` link that leads to the
-/// mapped file even after its path was given to another (`/proc/self/exe`, or the object's
-/// entry in `/proc/self/map_files`, which the kernel opens only for privileged processes); else
-/// none. A program whose binary or libraries were replaced on disk while it ran (a deploy, a
-/// package upgrade) would otherwise lose its lines, or be shown another build's.
-#[cfg(target_os = "linux")]
-fn running_file(path: &Path, mapped: &Path, running: (u64, u64)) -> PathBuf {
-    let named = std::fs::metadata(path).ok().map(|m| identity(&m));
-    if named == Some(running) {
-        path.to_path_buf()
-    } else if std::fs::metadata(mapped).is_ok() {
-        mapped.to_path_buf()
-    } else {
-        PathBuf::new() // no file: its frames stay unnamed rather than named wrong
+impl Module {
+    /// The file to read for this object: `path` while it holds the build that was loaded;
+    /// else `mapped`, which leads to the loaded file even after its path was given to another
+    /// build (`/proc/self/exe`, or the object's entry in `/proc/self/map_files`, which the
+    /// kernel opens only for privileged processes); else none. A program whose binary or
+    /// libraries were replaced on disk while it ran (a deploy, a package upgrade) would
+    /// otherwise lose its lines, or be shown another build's.
+    #[cfg(target_os = "linux")]
+    fn file(&self) -> PathBuf {
+        let Some(mapped) = &self.mapped else {
+            return self.path.clone(); // no `/proc`: cannot be checked
+        };
+        match (std::fs::metadata(&self.path), std::fs::metadata(mapped)) {
+            (Ok(named), Ok(running)) if identity(&named) == identity(&running) => self.path.clone(),
+            (_, Ok(_)) => mapped.clone(),
+            // The loaded file cannot be opened: its build id tells whether `path` holds it.
+            (_, Err(_)) => match (&self.build_id, file_build_id(&self.path)) {
+                (Some(loaded), Some(on_disk)) if *loaded != on_disk => PathBuf::new(),
+                _ => self.path.clone(), // the same build, or no way to tell
+            },
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn file(&self) -> PathBuf {
+        self.path.clone()
     }
 }
 
-/// The file to read for the executable, loaded from `exe` ([`running_file`]).
+/// The file to read for the running executable, loaded from `exe` ([`Module::file`]), and the
+/// path that names it.
 #[cfg(target_os = "linux")]
-fn running_executable(exe: &Path) -> PathBuf {
-    match std::fs::metadata(RUNNING_EXE) {
-        Ok(running) => running_file(exe, Path::new(RUNNING_EXE), identity(&running)),
-        Err(_) => exe.to_path_buf(), // no /proc: cannot be checked
-    }
+fn executable_file(exe: PathBuf) -> (PathBuf, PathBuf) {
+    let module = Module {
+        code: Vec::new(),
+        path: undeleted(exe),
+        mapped: Some(PathBuf::from(RUNNING_EXE)),
+        build_id: None,
+        bias: 0,
+        resolver: None,
+    };
+    (module.file(), module.path)
 }
 
-/// A file's device and inode.
+#[cfg(not(target_os = "linux"))]
+fn executable_file(exe: PathBuf) -> (PathBuf, PathBuf) {
+    (exe.clone(), exe)
+}
+
+/// A file's device and inode, as `stat` gives them: the same for a file and a `/proc` link
+/// that leads to it (`/proc/self/maps` may number devices otherwise, as on btrfs).
 #[cfg(target_os = "linux")]
 fn identity(metadata: &std::fs::Metadata) -> (u64, u64) {
     use std::os::unix::fs::MetadataExt;
     (metadata.dev(), metadata.ino())
+}
+
+/// The GNU build id of the ELF file at `path`.
+#[cfg(target_os = "linux")]
+fn file_build_id(path: &Path) -> Option<Vec<u8>> {
+    use object::Object;
+    let file = MappedFile::open(path)?;
+    let elf = object::File::parse(file.bytes()).ok()?;
+    elf.build_id().ok().flatten().map(<[u8]>::to_vec)
+}
+
+/// The descriptor of the `NT_GNU_BUILD_ID` note among `notes` (an ELF note segment, its
+/// entries aligned to `align`: 4, or 8 for some).
+#[cfg(target_os = "linux")]
+fn gnu_build_id(notes: &[u8], align: usize) -> Option<&[u8]> {
+    const NT_GNU_BUILD_ID: u32 = 3;
+    let align = if align == 8 { 8 } else { 4 };
+    let word = |at: usize| -> Option<u32> {
+        let bytes = notes.get(at..at.checked_add(4)?)?;
+        Some(u32::from_ne_bytes(bytes.try_into().ok()?))
+    };
+    let mut at = 0usize;
+    while at < notes.len() {
+        let name_size = word(at)? as usize;
+        let desc_size = word(at.checked_add(4)?)? as usize;
+        let kind = word(at.checked_add(8)?)?;
+        let name_start = at.checked_add(12)?;
+        let name_end = name_start.checked_add(name_size)?;
+        let desc_start = name_end.checked_next_multiple_of(align)?;
+        let desc_end = desc_start.checked_add(desc_size)?;
+        let name = notes.get(name_start..name_end)?;
+        let desc = notes.get(desc_start..desc_end)?;
+        if kind == NT_GNU_BUILD_ID && name == b"GNU\0" {
+            return Some(desc);
+        }
+        at = desc_end.checked_next_multiple_of(align)?;
+    }
+    None
 }
 
 /// `path` without the ` (deleted)` the kernel appends to `/proc/self/exe`'s target once the
@@ -541,34 +620,80 @@ fn undeleted(path: PathBuf) -> PathBuf {
     }
 }
 
-/// The mapping in `maps` (`/proc/self/maps`) that holds `address`: its address range
-/// (`start-end` in hex, as `map_files` names it) and its file's device and inode.
+/// The link in `/proc/self/map_files` to the file mapped at `range` (named without the zeros
+/// `/proc/self/maps` pads with: the kernel refuses those names).
 #[cfg(target_os = "linux")]
-fn mapping_of(maps: &str, address: usize) -> Option<(&str, (u64, u64))> {
+fn map_files_entry(range: Range<usize>) -> PathBuf {
+    PathBuf::from(format!(
+        "/proc/self/map_files/{:x}-{:x}",
+        range.start, range.end
+    ))
+}
+
+/// The address range of the mapping in `maps` (`/proc/self/maps`) that holds `address`.
+#[cfg(target_os = "linux")]
+fn mapping_of(maps: &str, address: usize) -> Option<Range<usize>> {
     maps.lines().find_map(|line| {
-        // start-end perms offset major:minor inode path
-        let mut fields = line.split_ascii_whitespace();
-        let range = fields.next()?;
-        let (start, end) = range.split_once('-')?;
+        let (start, end) = line.split(' ').next()?.split_once('-')?;
         let start = usize::from_str_radix(start, 16).ok()?;
         let end = usize::from_str_radix(end, 16).ok()?;
-        if !(start..end).contains(&address) {
+        (start..end).contains(&address).then_some(start..end)
+    })
+}
+
+/// A file mapped read-only for as long as this lives.
+#[cfg(target_os = "linux")]
+pub(crate) struct MappedFile {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+#[cfg(target_os = "linux")]
+impl MappedFile {
+    pub(crate) fn open(path: &std::path::Path) -> Option<MappedFile> {
+        use std::os::fd::AsRawFd;
+        let file = std::fs::File::open(path).ok()?;
+        let len = usize::try_from(file.metadata().ok()?.len()).ok()?;
+        if len == 0 {
             return None;
         }
-        let (major, minor) = fields.nth(2)?.split_once(':')?;
-        let major = u32::from_str_radix(major, 16).ok()?;
-        let minor = u32::from_str_radix(minor, 16).ok()?;
-        let inode = fields.next()?.parse().ok()?;
-        Some((range, (libc::makedev(major, minor), inode)))
-    })
+        // SAFETY: a new private read-only mapping of an open file at an address of the
+        // kernel's choosing; it touches no existing memory, and outlives the descriptor.
+        let ptr = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        (ptr != libc::MAP_FAILED).then_some(MappedFile { ptr, len })
+    }
+
+    pub(crate) fn bytes(&self) -> &[u8] {
+        // SAFETY: `ptr..ptr + len` is mapped readable until `drop`, which needs `&mut self`.
+        // A file truncated meanwhile would fault on the pages past its end; executables and
+        // libraries in use are replaced, not truncated, by builds and package managers.
+        unsafe { core::slice::from_raw_parts(self.ptr.cast::<u8>(), self.len) }
+    }
+}
+
+#[cfg(target_os = "linux")]
+impl Drop for MappedFile {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `open`, which no borrow outlives.
+        unsafe { libc::munmap(self.ptr, self.len) };
+    }
 }
 
 /// The symbolizer's lock is held by another thread (see [`object_holding`]).
 #[cfg(target_os = "linux")]
 pub(crate) struct Busy;
 
-/// The object whose code holds `address`: its file (the file mapped, even if its path now names
-/// another, see [`running_file`]), load bias and code (from its first executable segment to the
+/// The object whose code holds `address`: its file (the build loaded, even if its path now names
+/// another, see [`Module::file`]), load bias and code (from its first executable segment to the
 /// end of its last). Listed under the resolver's lock, as every
 /// listing: the fork handlers take it, so no child is forked while this thread holds the
 /// loader's lock. [`Busy`] rather than wait while another thread holds it (a first snapshot
@@ -596,7 +721,7 @@ pub(crate) fn object_holding(
     ) else {
         return Ok(None);
     };
-    Ok(Some((module.file.clone(), module.bias, start..end)))
+    Ok(Some((module.file(), module.bias, start..end)))
 }
 
 /// How many objects the process has unloaded so far (glibc counts them; musl never unloads).
@@ -626,7 +751,6 @@ fn loaded_modules() -> Vec<Module> {
     match (std::env::current_exe(), main_program_bias()) {
         (Ok(path), Some(bias)) => vec![Module {
             code: std::iter::once(0..usize::MAX).collect(),
-            file: path.clone(),
             path,
             bias,
             resolver: None,
@@ -676,18 +800,66 @@ mod tests {
 
     #[test]
     #[cfg(target_os = "linux")]
-    fn the_mapping_of_an_address_gives_its_range_and_file() {
+    fn the_mapping_of_an_address_gives_its_range_as_map_files_names_it() {
         let maps = "\
+01000000-01001000 r-xp 00000000 fd:01 1835080  /opt/low
 55d0c2a00000-55d0c2a3f000 r--p 00000000 fd:01 1835081  /usr/bin/app
 55d0c2a3f000-55d0c2b40000 r-xp 0003f000 fd:01 1835081  /usr/bin/app (deleted)
 7f3a1c000000-7f3a1c021000 rw-p 00000000 00:00 0 
 ";
-        let (range, (dev, inode)) = mapping_of(maps, 0x55d0_c2a4_0000).unwrap();
-        assert_eq!(range, "55d0c2a3f000-55d0c2b40000");
-        assert_eq!(inode, 1835081);
-        assert_eq!(dev, libc::makedev(0xfd, 1));
-        assert_eq!(mapping_of(maps, 0x55d0_c2b4_0000).map(|m| m.0), None);
+        let range = mapping_of(maps, 0x55d0_c2a4_0000).unwrap();
+        assert_eq!(range, 0x55d0_c2a3_f000..0x55d0_c2b4_0000);
+        assert_eq!(mapping_of(maps, 0x55d0_c2b4_0000), None);
         assert_eq!(mapping_of(maps, 0x1000), None);
+        // maps pads to 8 digits; map_files names do not, and refuse padded ones.
+        let low = mapping_of(maps, 0x100_0010).unwrap();
+        assert_eq!(
+            map_files_entry(low),
+            Path::new("/proc/self/map_files/1000000-1001000")
+        );
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn the_build_id_of_the_loaded_executable_is_the_one_in_its_file() {
+        let exe = &loaded_modules()[0];
+        let loaded = exe
+            .build_id
+            .as_deref()
+            .expect("this test binary has a build id");
+        assert!(loaded.len() >= 8);
+        assert_eq!(
+            file_build_id(Path::new(RUNNING_EXE)).as_deref(),
+            Some(loaded)
+        );
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn the_build_id_is_found_among_other_notes() {
+        let note = |kind: u32, name: &[u8], desc: &[u8], align: usize| {
+            let mut out = Vec::new();
+            out.extend((name.len() as u32).to_ne_bytes());
+            out.extend((desc.len() as u32).to_ne_bytes());
+            out.extend(kind.to_ne_bytes());
+            out.extend(name);
+            out.resize(out.len().next_multiple_of(align), 0);
+            out.extend(desc);
+            out.resize(out.len().next_multiple_of(align), 0);
+            out
+        };
+        for align in [4, 8] {
+            let mut notes = note(5, b"GNU\0", &[1; 12], align); // a property note
+            notes.extend(note(3, b"Go\0\0", &[2; 4], align)); // another vendor's
+            notes.extend(note(3, b"GNU\0", &[0xab; 20], align));
+            assert_eq!(gnu_build_id(&notes, align), Some(&[0xab; 20][..]));
+            assert_eq!(
+                gnu_build_id(&notes[..notes.len() - 5], align),
+                None,
+                "cut short"
+            );
+        }
+        assert_eq!(gnu_build_id(&[], 4), None);
     }
 
     #[test]
@@ -702,17 +874,34 @@ mod tests {
 
     #[test]
     #[cfg(target_os = "linux")]
-    fn the_running_file_is_read_through_proc_once_its_path_names_another() {
-        let running = identity(&std::fs::metadata(RUNNING_EXE).unwrap());
+    fn a_module_is_read_from_its_path_only_while_that_holds_the_loaded_build() {
+        let module = |path: &Path, mapped: &str, build_id: Option<Vec<u8>>| Module {
+            code: Vec::new(),
+            path: path.to_path_buf(),
+            mapped: Some(PathBuf::from(mapped)),
+            build_id,
+            bias: 0,
+            resolver: None,
+        };
         let exe = std::env::current_exe().unwrap();
-        assert_eq!(running_file(&exe, Path::new(RUNNING_EXE), running), exe);
+        assert_eq!(module(&exe, RUNNING_EXE, None).file(), exe);
+        // The path names another file: the loaded one is read through `/proc`.
         let other = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
         assert_eq!(
-            running_file(&other, Path::new(RUNNING_EXE), running),
+            module(&other, RUNNING_EXE, None).file(),
             Path::new(RUNNING_EXE)
         );
-        let unreachable = Path::new("/proc/self/map_files/0-0");
-        assert_eq!(running_file(&other, unreachable, running), PathBuf::new());
+        // ... and when that cannot be opened (an unprivileged `map_files`), the build ids
+        // decide: another build is not read, the same one or an unknown one is.
+        let closed = "/proc/self/map_files/0-0";
+        let this_build = file_build_id(&exe);
+        assert!(this_build.is_some());
+        assert_eq!(module(&exe, closed, this_build).file(), exe);
+        assert_eq!(
+            module(&exe, closed, Some(vec![1, 2, 3])).file(),
+            PathBuf::new()
+        );
+        assert_eq!(module(&exe, closed, None).file(), exe);
     }
 
     #[test]

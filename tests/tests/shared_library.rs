@@ -40,7 +40,14 @@ fn build(name: &str, defines: &[&str]) -> PathBuf {
     let file =
         Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("lib{name}-{}.so", std::process::id()));
     let status = Command::new("cc")
-        .args(["-shared", "-fPIC", "-g", "-O0", "-fno-omit-frame-pointer"])
+        .args([
+            "-shared",
+            "-fPIC",
+            "-g",
+            "-O0",
+            "-fno-omit-frame-pointer",
+            "-Wl,--build-id",
+        ])
         .args(defines)
         .arg("-o")
         .arg(&file)
@@ -147,17 +154,37 @@ fn a_library_replaced_on_disk_names_the_lines_of_the_build_that_runs() {
     (loaded.call)(allocate::<7000>); // REPLACED
     let snapshot = tracemalloc::take_snapshot().unwrap();
     tracemalloc::stop();
-    let frames = frames_of(&snapshot, 7000);
-    if map_files_open() {
-        assert_eq!(frames, expect("/* CALL */", "REPLACED"));
-    } else {
-        // Unprivileged: the loaded build cannot be read, and its frame shows as an address,
-        // never with the lines of the build now at its path.
-        let mut expected = expect("/* CALL */", "REPLACED");
-        expected[1] = (frames[1].0.clone(), 0);
+    assert_loaded_build(frames_of(&snapshot, 7000), "REPLACED");
+}
+
+#[test]
+fn a_library_listed_before_it_was_replaced_is_read_as_loaded() {
+    let _one_at_a_time = TRACER.lock().unwrap_or_else(|e| e.into_inner());
+    let listed = Library::load("tracemalloc_listed", &[]);
+    let other = Library::load("tracemalloc_other", &[]);
+    tracemalloc::start(3).unwrap();
+    // A frame in the other library makes this snapshot list both, and read only that one.
+    (other.call)(allocate::<8100>); // OTHER
+    let first = tracemalloc::take_snapshot().unwrap();
+    assert_eq!(frames_of(&first, 8100), expect("/* CALL */", "OTHER"));
+    let upgrade = build("tracemalloc_listed_upgrade", &["-DSECOND"]);
+    std::fs::rename(&upgrade, &listed.file).unwrap();
+    (listed.call)(allocate::<8000>); // LISTED
+    let snapshot = tracemalloc::take_snapshot().unwrap();
+    tracemalloc::stop();
+    assert_loaded_build(frames_of(&snapshot, 8000), "LISTED");
+}
+
+/// Checks the frames of a block allocated through a library whose path now holds the `SECOND`
+/// build: the loaded build's lines where the process may read it through
+/// `/proc/self/map_files`, else an address (the build ids differ), never the new build's lines.
+fn assert_loaded_build(frames: Vec<(String, u32)>, call_marker: &str) {
+    let mut expected = expect("/* CALL */", call_marker);
+    if !map_files_open() {
         assert!(frames[1].0.starts_with("0x"), "{frames:?}");
-        assert_eq!(frames, expected);
+        expected[1] = (frames[1].0.clone(), 0);
     }
+    assert_eq!(frames, expected);
 }
 
 /// Whether this process may open its mappings' files through `/proc/self/map_files`, which the
