@@ -342,6 +342,9 @@ struct Module {
     /// The GNU build id in the loaded image, to tell the file at `path` from another build.
     #[cfg(target_os = "linux")]
     build_id: Option<Vec<u8>>,
+    /// The inode of the mapped file, as `/proc/self/maps` gives it (libraries only).
+    #[cfg(target_os = "linux")]
+    mapped_inode: Option<u64>,
     bias: usize,
     /// Opened on first use; `Err` for an object without a readable file (the vDSO).
     resolver: Option<Result<ElfResolver, ()>>,
@@ -474,6 +477,7 @@ fn loaded_modules() -> Vec<Module> {
             path,
             mapped: None,
             build_id,
+            mapped_inode: None,
             bias,
             resolver: None,
         });
@@ -495,13 +499,14 @@ fn loaded_modules() -> Vec<Module> {
         } else {
             std::mem::take(&mut module.path)
         };
-        module.mapped = if executable {
-            Some(PathBuf::from(RUNNING_EXE))
-        } else {
-            let start = module.code.first().map(|code| code.start);
-            start
-                .and_then(|start| mapping_of(&maps, start))
-                .map(map_files_entry)
+        let mapping = (!executable)
+            .then(|| mapping_of(&maps, module.code.first()?.start))
+            .flatten();
+        module.mapped_inode = mapping.as_ref().map(|(_, inode)| *inode);
+        module.mapped = match mapping {
+            _ if executable => Some(PathBuf::from(RUNNING_EXE)),
+            Some((range, _)) => Some(map_files_entry(range)),
+            None => None,
         };
     }
     modules.retain(|m| !m.path.as_os_str().is_empty() && !m.code.is_empty());
@@ -519,19 +524,41 @@ impl Module {
     /// kernel opens only for privileged processes); else none. A program whose binary or
     /// libraries were replaced on disk while it ran (a deploy, a package upgrade) would
     /// otherwise lose its lines, or be shown another build's.
+    ///
+    /// The same file is told by `stat` (a file and a `/proc` link to it agree), else by the
+    /// GNU build id (overlayfs links `map_files` to the file in the layer below, and reading
+    /// `path` keeps debug files found beside it, such as a `.dwp`), else, where `map_files`
+    /// cannot be opened and the loaded image has no build id, by the inode `/proc/self/maps`
+    /// gives (its device numbers may differ from `stat`'s, as on btrfs). A path replaced between
+    /// this check and the read goes unnoticed.
     #[cfg(target_os = "linux")]
     fn file(&self) -> PathBuf {
         let Some(mapped) = &self.mapped else {
             return self.path.clone(); // no `/proc`: cannot be checked
         };
-        match (std::fs::metadata(&self.path), std::fs::metadata(mapped)) {
-            (Ok(named), Ok(running)) if identity(&named) == identity(&running) => self.path.clone(),
-            (_, Ok(_)) => mapped.clone(),
-            // The loaded file cannot be opened: its build id tells whether `path` holds it.
-            (_, Err(_)) => match (&self.build_id, file_build_id(&self.path)) {
-                (Some(loaded), Some(on_disk)) if *loaded != on_disk => PathBuf::new(),
-                _ => self.path.clone(), // the same build, or no way to tell
-            },
+        let named = std::fs::metadata(&self.path).ok();
+        let running = std::fs::metadata(mapped).ok();
+        if let (Some(named), Some(running)) = (&named, &running) {
+            if identity(named) == identity(running) {
+                return self.path.clone();
+            }
+        }
+        let same_build = self
+            .build_id
+            .as_ref()
+            .map(|loaded| file_build_id(&self.path).is_some_and(|on_disk| on_disk == *loaded));
+        use std::os::unix::fs::MetadataExt;
+        let same_inode = match (self.mapped_inode, &named) {
+            (Some(inode), Some(named)) => Some(named.ino() == inode),
+            (Some(_), None) => Some(false),
+            (None, _) => None,
+        };
+        match (same_build, running) {
+            (Some(true), _) => self.path.clone(),
+            (_, Some(_)) => mapped.clone(),
+            (Some(false), None) => PathBuf::new(), // another build: no lines rather than its
+            (None, None) if same_inode == Some(false) => PathBuf::new(),
+            (None, None) => self.path.clone(), // the same file, or no way to tell
         }
     }
 
@@ -550,6 +577,7 @@ fn executable_file(exe: PathBuf) -> (PathBuf, PathBuf) {
         path: undeleted(exe),
         mapped: Some(PathBuf::from(RUNNING_EXE)),
         build_id: None,
+        mapped_inode: None,
         bias: 0,
         resolver: None,
     };
@@ -630,14 +658,20 @@ fn map_files_entry(range: Range<usize>) -> PathBuf {
     ))
 }
 
-/// The address range of the mapping in `maps` (`/proc/self/maps`) that holds `address`.
+/// The address range and the file's inode of the mapping in `maps` (`/proc/self/maps`) that
+/// holds `address`.
 #[cfg(target_os = "linux")]
-fn mapping_of(maps: &str, address: usize) -> Option<Range<usize>> {
+fn mapping_of(maps: &str, address: usize) -> Option<(Range<usize>, u64)> {
     maps.lines().find_map(|line| {
-        let (start, end) = line.split(' ').next()?.split_once('-')?;
+        // start-end perms offset major:minor inode path
+        let mut fields = line.split_ascii_whitespace();
+        let (start, end) = fields.next()?.split_once('-')?;
         let start = usize::from_str_radix(start, 16).ok()?;
         let end = usize::from_str_radix(end, 16).ok()?;
-        (start..end).contains(&address).then_some(start..end)
+        let inode = fields.nth(3)?.parse().ok()?;
+        (start..end)
+            .contains(&address)
+            .then_some((start..end, inode))
     })
 }
 
@@ -807,12 +841,13 @@ mod tests {
 55d0c2a3f000-55d0c2b40000 r-xp 0003f000 fd:01 1835081  /usr/bin/app (deleted)
 7f3a1c000000-7f3a1c021000 rw-p 00000000 00:00 0 
 ";
-        let range = mapping_of(maps, 0x55d0_c2a4_0000).unwrap();
+        let (range, inode) = mapping_of(maps, 0x55d0_c2a4_0000).unwrap();
         assert_eq!(range, 0x55d0_c2a3_f000..0x55d0_c2b4_0000);
+        assert_eq!(inode, 1835081);
         assert_eq!(mapping_of(maps, 0x55d0_c2b4_0000), None);
         assert_eq!(mapping_of(maps, 0x1000), None);
         // maps pads to 8 digits; map_files names do not, and refuse padded ones.
-        let low = mapping_of(maps, 0x100_0010).unwrap();
+        let (low, _) = mapping_of(maps, 0x100_0010).unwrap();
         assert_eq!(
             map_files_entry(low),
             Path::new("/proc/self/map_files/1000000-1001000")
@@ -822,16 +857,10 @@ mod tests {
     #[test]
     #[cfg(target_os = "linux")]
     fn the_build_id_of_the_loaded_executable_is_the_one_in_its_file() {
+        // A linker may leave the id out (`rust-lld` without `--build-id`): then both lack it.
         let exe = &loaded_modules()[0];
-        let loaded = exe
-            .build_id
-            .as_deref()
-            .expect("this test binary has a build id");
-        assert!(loaded.len() >= 8);
-        assert_eq!(
-            file_build_id(Path::new(RUNNING_EXE)).as_deref(),
-            Some(loaded)
-        );
+        assert_eq!(exe.build_id, file_build_id(Path::new(RUNNING_EXE)));
+        assert!(exe.build_id.as_ref().is_none_or(|id| id.len() >= 8));
     }
 
     #[test]
@@ -880,6 +909,7 @@ mod tests {
             path: path.to_path_buf(),
             mapped: Some(PathBuf::from(mapped)),
             build_id,
+            mapped_inode: None,
             bias: 0,
             resolver: None,
         };
@@ -892,16 +922,25 @@ mod tests {
             Path::new(RUNNING_EXE)
         );
         // ... and when that cannot be opened (an unprivileged `map_files`), the build ids
-        // decide: another build is not read, the same one or an unknown one is.
+        // decide: another build is not read, the same one is.
         let closed = "/proc/self/map_files/0-0";
-        let this_build = file_build_id(&exe);
-        assert!(this_build.is_some());
-        assert_eq!(module(&exe, closed, this_build).file(), exe);
-        assert_eq!(
-            module(&exe, closed, Some(vec![1, 2, 3])).file(),
-            PathBuf::new()
-        );
-        assert_eq!(module(&exe, closed, None).file(), exe);
+        if let Some(this_build) = file_build_id(&exe) {
+            assert_eq!(module(&exe, closed, Some(this_build)).file(), exe);
+        }
+        let another = module(&exe, closed, Some(vec![1, 2, 3]));
+        assert_eq!(another.file(), PathBuf::new());
+        // Without build ids, the inode the maps give.
+        let inode = |path: &Path| {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(path).unwrap().ino()
+        };
+        let unknown = |mapped_inode| Module {
+            mapped_inode,
+            ..module(&exe, closed, None)
+        };
+        assert_eq!(unknown(Some(inode(&exe))).file(), exe);
+        assert_eq!(unknown(Some(inode(&other))).file(), PathBuf::new());
+        assert_eq!(unknown(None).file(), exe, "no way to tell");
     }
 
     #[test]

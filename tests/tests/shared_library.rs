@@ -34,8 +34,9 @@ struct Library {
     call: extern "C" fn(extern "C" fn()),
 }
 
-/// Builds `tests/c/callback.c` (with `defines`) into a shared library of its own name.
-fn build(name: &str, defines: &[&str]) -> PathBuf {
+/// Builds `tests/c/callback.c` (with `flags`: defines, linker options) into a shared library
+/// of its own name.
+fn build(name: &str, flags: &[&str]) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let file =
         Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("lib{name}-{}.so", std::process::id()));
@@ -48,7 +49,7 @@ fn build(name: &str, defines: &[&str]) -> PathBuf {
             "-fno-omit-frame-pointer",
             "-Wl,--build-id",
         ])
-        .args(defines)
+        .args(flags)
         .arg("-o")
         .arg(&file)
         .arg(root.join(LIBRARY_SOURCE))
@@ -59,10 +60,10 @@ fn build(name: &str, defines: &[&str]) -> PathBuf {
 }
 
 impl Library {
-    /// Builds `tests/c/callback.c` (with `defines`) into a shared library of its own name and
+    /// Builds `tests/c/callback.c` (with `flags`) into a shared library of its own name and
     /// loads it.
-    fn load(name: &str, defines: &[&str]) -> Library {
-        let file = build(name, defines);
+    fn load(name: &str, flags: &[&str]) -> Library {
+        let file = build(name, flags);
         let (handle, symbol) = load_symbol(&file, c"tracemalloc_test_call");
         // SAFETY: the symbol is `void tracemalloc_test_call(void (*)(void))`, of this ABI.
         let call = unsafe {
@@ -145,6 +146,7 @@ fn frames_in_loaded_libraries_name_their_source_lines() {
 #[test]
 fn a_library_replaced_on_disk_names_the_lines_of_the_build_that_runs() {
     let _one_at_a_time = TRACER.lock().unwrap_or_else(|e| e.into_inner());
+    unprivileged_if_asked();
     let loaded = Library::load("tracemalloc_replaced", &[]);
     // Another build renamed over the loaded one, as a package upgrade does: its call is on
     // another line, which the frames must not show.
@@ -158,8 +160,24 @@ fn a_library_replaced_on_disk_names_the_lines_of_the_build_that_runs() {
 }
 
 #[test]
+fn a_library_without_a_build_id_replaced_on_disk_is_not_read_from_the_new_build() {
+    let _one_at_a_time = TRACER.lock().unwrap_or_else(|e| e.into_inner());
+    unprivileged_if_asked();
+    let no_id = "-Wl,--build-id=none";
+    let loaded = Library::load("tracemalloc_no_id", &[no_id]);
+    let upgrade = build("tracemalloc_no_id_upgrade", &["-DSECOND", no_id]);
+    std::fs::rename(&upgrade, &loaded.file).unwrap();
+    tracemalloc::start(3).unwrap();
+    (loaded.call)(allocate::<7100>); // NO_ID
+    let snapshot = tracemalloc::take_snapshot().unwrap();
+    tracemalloc::stop();
+    assert_loaded_build(frames_of(&snapshot, 7100), "NO_ID");
+}
+
+#[test]
 fn a_library_listed_before_it_was_replaced_is_read_as_loaded() {
     let _one_at_a_time = TRACER.lock().unwrap_or_else(|e| e.into_inner());
+    unprivileged_if_asked();
     let listed = Library::load("tracemalloc_listed", &[]);
     let other = Library::load("tracemalloc_other", &[]);
     tracemalloc::start(3).unwrap();
@@ -195,6 +213,81 @@ fn map_files_open() -> bool {
         .lines()
         .find(|l| l.contains('/'))
         .expect("a mapped file");
-    let range = file_backed.split(' ').next().unwrap();
-    std::fs::File::open(Path::new("/proc/self/map_files").join(range)).is_ok()
+    let (start, end) = file_backed
+        .split(' ')
+        .next()
+        .unwrap()
+        .split_once('-')
+        .unwrap();
+    let number = |hex| usize::from_str_radix(hex, 16).unwrap();
+    // Named without the zeros maps pads with.
+    let name = format!("{:x}-{:x}", number(start), number(end));
+    std::fs::metadata(Path::new("/proc/self/map_files").join(name)).is_ok()
+}
+
+/// Runs the tests of replaced libraries again, in a process whose test threads give up the
+/// capabilities that open `/proc/self/map_files`: a privileged run (as CI's may be) then
+/// checks both ways of telling builds apart.
+#[test]
+fn replaced_libraries_are_told_apart_without_privileges_too() {
+    if std::env::var_os(UNPRIVILEGED).is_some() || !map_files_open() {
+        return; // the child itself, or unprivileged already
+    }
+    let output = Command::new(std::env::current_exe().unwrap())
+        .args(["replaced", "--test-threads=1"])
+        .env(UNPRIVILEGED, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("4 passed"), "{stdout}");
+}
+
+const UNPRIVILEGED: &str = "TRACEMALLOC_TEST_UNPRIVILEGED";
+
+/// Under [`UNPRIVILEGED`], drops this thread's `CAP_SYS_ADMIN` and `CAP_CHECKPOINT_RESTORE`
+/// (capabilities are per thread, and this thread symbolizes its own snapshots).
+fn unprivileged_if_asked() {
+    if std::env::var_os(UNPRIVILEGED).is_none() {
+        return;
+    }
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_CHECKPOINT_RESTORE: u32 = 40;
+    let mut header = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let mut data = [Data::default(); 2];
+    // SAFETY: `capget` and `capset` read and write a version 3 header and two data words, which
+    // these are; they change this thread's capabilities only.
+    unsafe {
+        assert_eq!(
+            libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()),
+            0
+        );
+        data[0].effective &= !(1 << CAP_SYS_ADMIN);
+        data[1].effective &= !(1 << (CAP_CHECKPOINT_RESTORE - 32));
+        assert_eq!(
+            libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()),
+            0
+        );
+    }
+    assert!(!map_files_open(), "map_files still opens");
 }
