@@ -547,16 +547,16 @@ impl Module {
             .build_id
             .as_ref()
             .map(|loaded| file_build_id(&self.path).is_some_and(|on_disk| on_disk == *loaded));
-        use std::os::unix::fs::MetadataExt;
         let same_inode = match (self.mapped_inode, &named) {
-            (Some(inode), Some(named)) => Some(named.ino() == inode),
+            (Some(inode), Some(named)) => Some(std::os::unix::fs::MetadataExt::ino(named) == inode),
             (Some(_), None) => Some(false),
             (None, _) => None,
         };
+        // No file, where `path` holds another build: its frames then show as addresses.
         match (same_build, running) {
             (Some(true), _) => self.path.clone(),
             (_, Some(_)) => mapped.clone(),
-            (Some(false), None) => PathBuf::new(), // another build: no lines rather than its
+            (Some(false), None) => PathBuf::new(),
             (None, None) if same_inode == Some(false) => PathBuf::new(),
             (None, None) => self.path.clone(), // the same file, or no way to tell
         }
