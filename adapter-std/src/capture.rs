@@ -12,7 +12,7 @@
 
 use core::mem::MaybeUninit;
 
-use tracemalloc_core::traceback::{fold_frame, fold_stack, HASH_SEED};
+use tracemalloc_core::traceback::{fold_frame, HASH_SEED};
 
 use crate::plumbing;
 
@@ -146,10 +146,10 @@ pub(crate) fn capture(method: Capture, out: &mut [MaybeUninit<usize>], nframe: u
             // layout of `usize`.
             let frames =
                 unsafe { core::slice::from_raw_parts(out.as_ptr().cast::<usize>(), captured.n) };
-            let kept = map.frames_to_keep(frames, nframe, out.len().saturating_sub(nframe));
+            let (kept, hash) = map.frames_to_keep(frames, nframe, out.len().saturating_sub(nframe));
             if kept < captured.n {
                 captured.n = kept;
-                captured.hash = fold_stack(&frames[..kept]);
+                captured.hash = hash;
             }
         }
     }
