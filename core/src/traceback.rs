@@ -212,15 +212,17 @@ const GROUP: usize = 16;
 /// Frames at the top of a stack that do not choose its group.
 const GROUP_SKIP: usize = 3;
 
-/// A stack's group of index cells, chosen by its frames past the first [`GROUP_SKIP`]: stacks
-/// that differ only in their innermost frames share two lines of the index. Programs allocate
-/// from one part of their call tree after another, so a lookup finds its lines in the cache
-/// more often than random ones: deep recursion, whose stacks rarely repeat soon enough for a
-/// per-thread cache, spent a third of its time on the index's cache misses before, and ran in
-/// 0.8 of its time (BENCHMARKS.md, section 2).
+/// A stack's group of index cells, chosen by its frames past the first [`GROUP_SKIP`] (by its
+/// outermost frame when it has no more: short limits would otherwise put every stack in one
+/// group): stacks that differ only in their innermost frames share two lines of the index.
+/// Programs allocate from one part of their call tree after another, so a lookup finds its
+/// lines in the cache more often than random ones: deep recursion, whose stacks rarely repeat
+/// soon enough for a per-thread cache, spent a third of its time on the index's cache misses
+/// before, and ran in 0.8 of its time (BENCHMARKS.md, section 2).
 #[inline]
 fn home_group(frames: &[usize]) -> u64 {
-    stack_key(0, fold_stack(&frames[GROUP_SKIP.min(frames.len())..]), 0, 0)
+    let skipped = GROUP_SKIP.min(frames.len().saturating_sub(1));
+    stack_key(0, fold_stack(&frames[skipped..]), 0, 0)
 }
 
 /// The bits of an index cell above the id: the key's top 40 (the position uses its low bits).
@@ -696,6 +698,23 @@ mod growth_tests {
             assert_eq!(group, group_of(&s, &[1, 2, 3, 0x500, 0x600, 0x700]));
             assert!((group..group + GROUP).contains(&cell_of(&s, id)));
         }
+    }
+
+    #[test]
+    fn short_stacks_are_grouped_by_their_outermost_frame() {
+        let mut s = TracebackStore::new(storage(64, 512));
+        let groups: Vec<_> = (0..8)
+            .map(|i| {
+                let frames = [0x100, 0x9000 + 16 * i];
+                s.intern(0, &frames, 2);
+                group_of(&s, &frames)
+            })
+            .collect();
+        assert!(
+            groups.iter().any(|&g| g != groups[0]),
+            "one group for all: {groups:?}"
+        );
+        assert_eq!(group_of(&s, &[0x200, 0x9000]), groups[0]);
     }
 
     #[test]
