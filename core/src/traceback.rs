@@ -189,8 +189,9 @@ pub fn fold_stack(frames: &[usize]) -> u64 {
 }
 
 /// A stack's key: its running hash ([`fold_frame`]) with the domain, the number of frames kept
-/// and `total_nframe` mixed in, avalanched. The store's index takes its position from the low
-/// bits and compares the top 40, and adapters key per-thread caches of ids with all 64.
+/// and `total_nframe` mixed in, avalanched. The store's index compares its top 40 bits and
+/// probes from its low bits (within the stack's group, then in the whole index), and adapters
+/// key per-thread caches of ids with all 64.
 ///
 /// Stacks are told apart by their keys alone, as caches of ids must be: comparing frames
 /// would read an entry and the frame pool, two more cache misses per lookup in a store of
@@ -218,14 +219,14 @@ const GROUP_SKIP: usize = 3;
 /// Programs allocate from one part of their call tree after another, so a lookup finds its
 /// lines in the cache more often than random ones: deep recursion, whose stacks rarely repeat
 /// soon enough for a per-thread cache, spent a third of its time on the index's cache misses
-/// before, and ran in 0.8 of its time (BENCHMARKS.md, section 2).
+/// before, and ran in 0.84–0.89 of its time (BENCHMARKS.md, section 2).
 #[inline]
 fn home_group(frames: &[usize]) -> u64 {
     let skipped = GROUP_SKIP.min(frames.len().saturating_sub(1));
     stack_key(0, fold_stack(&frames[skipped..]), 0, 0)
 }
 
-/// The bits of an index cell above the id: the key's top 40 (the position uses its low bits).
+/// The bits of an index cell above the id: the key's top 40 (positions use its low bits).
 #[inline]
 fn index_tag(key: u64) -> u64 {
     key & !u64::from(TracebackId::MASK)
