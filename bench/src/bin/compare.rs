@@ -7,8 +7,12 @@
 //!
 //! ```text
 //! compare [--rounds N] [--workloads hashmap,json,...] [--no-main] [--no-sweep] [--no-memory]
-//!         [--no-heaptrack] [--no-dhat] [--svg PATH]
+//!         [--no-heaptrack] [--no-dhat] [--svg PATH] [--against DIR]
 //! ```
+//!
+//! `--against DIR` compares this build's `traced` with the one in `DIR` (another build's
+//! `target/release`, as `ci/ab.sh` makes one) instead: both at nframe 16 and 1 (and 16 with
+//! two threads), interleaved with this build's `untraced`, each ratio taken round by round.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -31,6 +35,8 @@ struct Options {
     heaptrack: bool,
     dhat: bool,
     svg: PathBuf,
+    /// Another build's binaries, for an A/B run.
+    against: Option<PathBuf>,
 }
 
 fn options() -> Result<Options, String> {
@@ -43,6 +49,7 @@ fn options() -> Result<Options, String> {
         heaptrack: Path::new(HEAPTRACK).exists(),
         dhat: true,
         svg: PathBuf::from("BENCHMARKS-overhead.svg"),
+        against: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -63,6 +70,13 @@ fn options() -> Result<Options, String> {
                     .collect::<Result<_, _>>()?
             }
             "--svg" => o.svg = args.next().ok_or("--svg needs a path")?.into(),
+            "--against" => {
+                let dir = PathBuf::from(args.next().ok_or("--against needs a directory")?);
+                if !dir.join("traced").is_file() {
+                    return Err(format!("--against: no `traced` in {}", dir.display()));
+                }
+                o.against = Some(dir);
+            }
             "--no-main" => o.main = false,
             "--no-sweep" => o.sweep = false,
             "--no-memory" => o.memory = false,
@@ -79,8 +93,10 @@ fn options() -> Result<Options, String> {
 struct Variant {
     /// Column name.
     label: String,
-    /// Binary next to this one.
+    /// Binary next to this one, or in `dir`.
     bin: &'static str,
+    /// Where `bin` is, when not next to this one (another build, for `--against`).
+    dir: Option<PathBuf>,
     args: Vec<String>,
     /// Run under heaptrack.
     heaptrack: bool,
@@ -95,11 +111,17 @@ impl Variant {
         Variant {
             label: label.to_string(),
             bin,
+            dir: None,
             args: args.iter().map(|s| s.to_string()).collect(),
             heaptrack: false,
             baseline: baseline.to_string(),
             env: Vec::new(),
         }
+    }
+
+    fn in_dir(mut self, dir: &Path) -> Variant {
+        self.dir = Some(dir.to_path_buf());
+        self
     }
 
     fn with_env(mut self, name: &'static str, value: &'static str) -> Variant {
@@ -187,7 +209,7 @@ fn variants(w: Workload, o: &Options) -> Vec<Variant> {
 
 /// Runs one variant once; its wall time in seconds, or NaN when it failed.
 fn run(dir: &Path, v: &Variant) -> f64 {
-    let bin = dir.join(v.bin);
+    let bin = v.dir.as_deref().unwrap_or(dir).join(v.bin);
     let mut cmd = if v.heaptrack {
         let out = std::env::temp_dir().join("tracemalloc-bench-heaptrack-%p");
         let mut c = Command::new(HEAPTRACK);
@@ -394,6 +416,68 @@ fn main_tables(dir: &Path, o: &Options) {
     println!("{}\n", verdicts.join("\n"));
 }
 
+/// An A/B run: this build's `traced` against the one in `before`, at the limits that matter.
+fn against(dir: &Path, before: &Path, o: &Options) {
+    let mut rows = Vec::new();
+    for &w in &o.workloads {
+        let name = w.name();
+        let mut pairs = vec![("16", vec![]), ("1", vec![])];
+        if !w.is_multithreaded() {
+            pairs.push(("16 2T", vec!["--threads", "2"]));
+        }
+        let mut vs = vec![Variant::new(UNTRACED, "untraced", &[name], UNTRACED)];
+        if !w.is_multithreaded() {
+            let two = [name, "--threads", "2"];
+            vs.push(Variant::new(UNTRACED_2T, "untraced", &two, UNTRACED_2T));
+        }
+        for (limit, extra) in &pairs {
+            let nframe = limit.split(' ').next().unwrap_or(limit);
+            let mut args = vec![name, "--nframe", nframe];
+            args.extend(extra);
+            let baseline = if extra.is_empty() {
+                UNTRACED
+            } else {
+                UNTRACED_2T
+            };
+            vs.push(Variant::new(
+                &format!("after {limit}"),
+                "traced",
+                &args,
+                baseline,
+            ));
+            vs.push(
+                Variant::new(&format!("before {limit}"), "traced", &args, baseline).in_dir(before),
+            );
+        }
+        let times = run_interleaved(dir, name, &vs, o.rounds);
+        for (limit, _) in &pairs {
+            let (after, before) = (format!("after {limit}"), format!("before {limit}"));
+            let change = times
+                .get(&after)
+                .zip(times.get(&before))
+                .and_then(|(a, b)| median_ratio(a, b));
+            rows.push(vec![
+                name.to_string(),
+                limit.to_string(),
+                fmt_opt(ratio(&times, &vs, &before), |r| format!("{r:.3}x")),
+                fmt_opt(ratio(&times, &vs, &after), |r| format!("{r:.3}x")),
+                fmt_opt(change, |r| format!("{r:.3}")),
+            ]);
+        }
+    }
+    println!(
+        "### This build against {} ({} interleaved rounds)\n",
+        before.display(),
+        o.rounds
+    );
+    println!("Ratios to untraced, then after / before round by round (below 1: faster now).\n");
+    let header: Vec<String> = ["workload", "nframe", "before", "after", "after / before"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    println!("{}", markdown_table(&header, &rows));
+}
+
 fn sweep(dir: &Path, o: &Options) {
     let w = Workload::Hashmap;
     let mut vs = vec![Variant::new(UNTRACED, "untraced", &[w.name()], UNTRACED)];
@@ -485,6 +569,10 @@ fn main() {
     };
     let exe = std::env::current_exe().expect("current executable");
     let dir = exe.parent().expect("executable directory").to_path_buf();
+    if let Some(before) = &o.against {
+        against(&dir, before, &o);
+        return;
+    }
     if o.main {
         main_tables(&dir, &o);
     }
