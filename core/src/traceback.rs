@@ -223,7 +223,7 @@ const GROUP_SKIP: usize = 4;
 /// Programs allocate from one part of their call tree after another, so a lookup finds its
 /// lines in the cache more often than random ones: deep recursion, whose stacks rarely repeat
 /// soon enough for a per-thread cache, spent a third of its time on the index's cache misses
-/// before, and ran in 0.84–0.89 of its time (BENCHMARKS.md, section 2).
+/// before, and ran in 0.79–0.87 of its time (BENCHMARKS.md, section 2).
 #[inline]
 fn home_group(frames: &[usize]) -> u64 {
     let skipped = GROUP_SKIP.min(frames.len().saturating_sub(1));
