@@ -15,7 +15,7 @@ use core::cell::Cell;
 use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering::*};
 
 use tracemalloc_core::traceback::{
-    stack_key, Index, IndexHint, StoreFull, TracebackId, TracebackStore,
+    stack_key, Index, IndexHint, StackProbe, StoreFull, TracebackId, TracebackStore,
 };
 
 use crate::capture::Stack;
@@ -107,28 +107,25 @@ pub(crate) fn intern(inner: &dyn GlobalAlloc, stack: &Stack<'_>) -> TracebackId 
 /// before the store exists.
 #[cold]
 fn intern_shared(inner: &dyn GlobalAlloc, stack: &Stack<'_>, key: u64) -> (TracebackId, bool) {
-    let Stack {
-        frames,
-        total,
-        hash,
-    } = *stack;
-    // The store's first probe, fetched while the lock is taken (or waited for): under the
+    let Stack { frames, total, .. } = *stack;
+    // The store's first cell, fetched while the lock is taken (or waited for): under the
     // lock, with a store of millions of stacks, it was a cache miss that every other thread
     // interning a new stack waited for too.
+    let probe = StackProbe::new(key, frames);
     let hint = IndexHint {
         base: INDEX_BASE.load(Relaxed),
         mask: INDEX_MASK.load(Relaxed),
     };
-    prefetch(hint.first_cell(frames, key));
+    prefetch(hint.first_cell(&probe));
     let mut store = STORE.lock();
     let Some(store) = store.as_mut() else {
         return (TracebackId::OVERFLOW, false);
     };
-    match store.try_intern_folded(0, frames, total, hash) {
+    match store.try_intern_probed(0, frames, total, probe) {
         Ok(id) => (id, true),
         Err(StoreFull) => {
             let at_limit = grow(inner, store, frames.len());
-            let id = store.intern_folded(0, frames, total, hash);
+            let id = store.intern_probed(0, frames, total, probe);
             (id, id != TracebackId::OVERFLOW || at_limit)
         }
     }

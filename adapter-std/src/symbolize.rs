@@ -399,12 +399,13 @@ impl Resolver for ProcessResolver {
             return false;
         };
         let module = &mut self.modules[index];
-        if module.resolver.is_none() {
-            let file = module.file();
-            module.resolver =
-                Some(ElfResolver::open_as(&file, &module.path, module.bias).map_err(drop));
-        }
-        match module.resolver.as_mut().expect("opened above") {
+        // Which file holds the build is decided when it is first read, not when it was listed:
+        // it may have been replaced in between.
+        let opened = match module.resolver.take() {
+            Some(opened) => opened,
+            None => ElfResolver::open_as(&module.file(), &module.path, module.bias).map_err(drop),
+        };
+        match module.resolver.insert(opened) {
             Ok(resolver) => {
                 resolver.show_plumbing(self.show_plumbing);
                 resolver.resolve(address, out)
@@ -547,18 +548,21 @@ impl Module {
             .build_id
             .as_ref()
             .map(|loaded| file_build_id(&self.path).is_some_and(|on_disk| on_disk == *loaded));
-        let same_inode = match (self.mapped_inode, &named) {
-            (Some(inode), Some(named)) => Some(std::os::unix::fs::MetadataExt::ino(named) == inode),
-            (Some(_), None) => Some(false),
-            (None, _) => None,
-        };
         // No file, where `path` holds another build: its frames then show as addresses.
-        match (same_build, running) {
-            (Some(true), _) => self.path.clone(),
-            (_, Some(_)) => mapped.clone(),
-            (Some(false), None) => PathBuf::new(),
-            (None, None) if same_inode == Some(false) => PathBuf::new(),
-            (None, None) => self.path.clone(), // the same file, or no way to tell
+        match (same_build, running, self.mapped_inode) {
+            (Some(true), _, _) => self.path.clone(),
+            (_, Some(_), _) => mapped.clone(),
+            (Some(false), None, _) => PathBuf::new(),
+            (None, None, Some(inode)) => {
+                let same_inode =
+                    named.is_some_and(|n| std::os::unix::fs::MetadataExt::ino(&n) == inode);
+                if same_inode {
+                    self.path.clone()
+                } else {
+                    PathBuf::new()
+                }
+            }
+            (None, None, None) => self.path.clone(), // no way to tell
         }
     }
 

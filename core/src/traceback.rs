@@ -142,13 +142,41 @@ pub struct IndexHint {
 }
 
 impl IndexHint {
-    /// The address of the first cell a lookup of `frames`, whose [`stack_key`] is `key`, reads.
+    /// The address of the first cell a lookup of `probe` reads.
     #[inline]
-    pub fn first_cell(&self, frames: &[usize], key: u64) -> usize {
-        let width = (self.mask + 1).min(GROUP);
-        let i = home_group(frames) as usize & self.mask & !(width - 1) | key as usize & (width - 1);
+    pub fn first_cell(&self, probe: &StackProbe) -> usize {
+        let i = probe.group_cells(self.mask).next().unwrap_or(0);
         self.base
             .wrapping_add(i.wrapping_mul(core::mem::size_of::<u64>()))
+    }
+}
+
+/// Where the store looks a stack up: its [`stack_key`] and its group of index cells (chosen
+/// by its callers: a recursion's stacks that differ in their last calls share one), computed once for an owner that prefetches the first cell
+/// ([`IndexHint::first_cell`]) and then interns ([`TracebackStore::try_intern_probed`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StackProbe {
+    key: u64,
+    home: u64,
+}
+
+impl StackProbe {
+    /// The probe of `frames`, whose [`stack_key`] is `key`.
+    #[inline]
+    pub fn new(key: u64, frames: &[usize]) -> StackProbe {
+        StackProbe {
+            key,
+            home: home_group(frames),
+        }
+    }
+
+    /// The cells of the stack's group in an index of `mask + 1` cells, in the order a lookup
+    /// reads them.
+    #[inline]
+    fn group_cells(self, mask: usize) -> impl Iterator<Item = usize> {
+        let width = (mask + 1).min(GROUP);
+        let group = self.home as usize & mask & !(width - 1);
+        (0..width).map(move |k| group | (self.key as usize).wrapping_add(k) & (width - 1))
     }
 }
 
@@ -172,7 +200,7 @@ pub const HASH_SEED: u64 = 0x243F_6A88_85A3_08D3;
 /// Folds the next frame, most recent first, into a stack's running hash. Adapters that walk
 /// the stack fold each frame as they read it: the multiply is off the dependency chain and the
 /// add and rotate fit in the latency of the next frame load, so the hash costs nothing beyond
-/// the walk, and the store reuses it through [`TracebackStore::try_intern_folded`] instead of
+/// the walk, and the store reuses it through [`TracebackStore::try_intern_probed`] instead of
 /// hashing the frames again. An add, not an xor: with an xor the fold was linear and its
 /// rotation repeats every 64 frames, so a frame 64 places further on cancelled out.
 #[inline(always)]
@@ -228,6 +256,15 @@ const GROUP_SKIP: usize = 4;
 fn home_group(frames: &[usize]) -> u64 {
     let skipped = GROUP_SKIP.min(frames.len().saturating_sub(1));
     stack_key(0, fold_stack(&frames[skipped..]), 0, 0)
+}
+
+/// The probe of `frames` captured in `domain`, folded to `folded`.
+#[inline]
+fn probe_of(domain: u32, frames: &[usize], total_nframe: u16, folded: u64) -> StackProbe {
+    StackProbe::new(
+        stack_key(domain, folded, frames.len(), total_nframe),
+        frames,
+    )
 }
 
 /// The bits of an index cell above the id: the key's top 40 (positions use its low bits).
@@ -331,19 +368,20 @@ impl<'a> TracebackStore<'a> {
     /// The id of `frames` captured in `domain`, interning it if new; when the store is full,
     /// [`TracebackId::OVERFLOW`] (counted in [`TracebackStore::overflowed`]).
     pub fn intern(&mut self, domain: u32, frames: &[usize], total_nframe: u16) -> TracebackId {
-        self.intern_folded(domain, frames, total_nframe, fold_stack(frames))
+        let probe = probe_of(domain, frames, total_nframe, fold_stack(frames));
+        self.intern_probed(domain, frames, total_nframe, probe)
     }
 
-    /// [`TracebackStore::intern`] for a caller that folded the frames already (see
-    /// [`TracebackStore::try_intern_folded`]).
-    pub fn intern_folded(
+    /// [`TracebackStore::intern`] for a caller that made the stack's probe already (see
+    /// [`TracebackStore::try_intern_probed`]).
+    pub fn intern_probed(
         &mut self,
         domain: u32,
         frames: &[usize],
         total_nframe: u16,
-        folded: u64,
+        probe: StackProbe,
     ) -> TracebackId {
-        match self.try_intern_folded(domain, frames, total_nframe, folded) {
+        match self.try_intern_probed(domain, frames, total_nframe, probe) {
             Ok(id) => id,
             Err(StoreFull) => self.overflow(),
         }
@@ -357,29 +395,32 @@ impl<'a> TracebackStore<'a> {
         frames: &[usize],
         total_nframe: u16,
     ) -> Result<TracebackId, StoreFull> {
-        self.try_intern_folded(domain, frames, total_nframe, fold_stack(frames))
+        let probe = probe_of(domain, frames, total_nframe, fold_stack(frames));
+        self.try_intern_probed(domain, frames, total_nframe, probe)
     }
 
-    /// [`TracebackStore::try_intern`] for a caller that folded the frames already: `folded`
-    /// must be [`fold_stack`]`(frames)`, as a frame-pointer walk computes it on the way.
-    pub fn try_intern_folded(
+    /// [`TracebackStore::try_intern`] for a caller that made the stack's probe already:
+    /// `probe` must be `StackProbe::new(stack_key(domain, fold_stack(frames), frames.len(),
+    /// total_nframe), frames)`. A frame-pointer walk folds the frames on the way, and an owner
+    /// that prefetches the probe's first cell before taking its lock makes the probe once.
+    pub fn try_intern_probed(
         &mut self,
         domain: u32,
         frames: &[usize],
         total_nframe: u16,
-        folded: u64,
+        probe: StackProbe,
     ) -> Result<TracebackId, StoreFull> {
         let len = frames.len().min(u16::MAX as usize);
-        let (frames, folded) = if len < frames.len() {
-            (&frames[..len], fold_stack(&frames[..len]))
+        let (frames, probe) = if len < frames.len() {
+            let kept = &frames[..len];
+            (kept, probe_of(domain, kept, total_nframe, fold_stack(kept)))
         } else {
-            (frames, folded)
+            (frames, probe)
         };
         if self.index.is_empty() {
             return Err(StoreFull);
         }
-        let key = stack_key(domain, folded, len, total_nframe);
-        let i = match self.find(key, home_group(frames)) {
+        let i = match self.find(probe) {
             Ok(id) => return Ok(id),
             Err(Some(empty)) => empty,
             Err(None) => return Err(StoreFull),
@@ -401,26 +442,23 @@ impl<'a> TracebackStore<'a> {
             domain,
         };
         self.entry_count += 1;
-        self.index[i] = id as u64 | index_tag(key);
+        self.index[i] = id as u64 | index_tag(probe.key);
         Ok(TracebackId(id as u32))
     }
 
-    /// The id indexed under `key`, or the empty cell where it would go: in its `home` group
+    /// The id indexed under `probe`'s key, or the empty cell where it would go: in its group
     /// ([`home_group`]) while that has room, else anywhere, by linear probing from the key's
     /// own cell. Cells are never emptied but by a clear, so a group once full stays full, and a
     /// lookup follows the path its insertion took. `Err(None)`, no empty cell, does not happen:
     /// at most half of the index holds ids (see [`TracebackStore::entry_capacity`]).
     #[inline]
-    fn find(&self, key: u64, home: u64) -> Result<TracebackId, Option<usize>> {
-        let width = self.index.len().min(GROUP);
-        let group = home as usize & self.index_mask & !(width - 1);
-        let in_group = (0..width).map(|k| group | (key as usize).wrapping_add(k) & (width - 1));
-        let anywhere =
-            (0..self.index.len()).map(|k| (key as usize).wrapping_add(k) & self.index_mask);
-        for i in in_group.chain(anywhere) {
+    fn find(&self, probe: StackProbe) -> Result<TracebackId, Option<usize>> {
+        let key = probe.key as usize;
+        let anywhere = (0..self.index.len()).map(|k| key.wrapping_add(k) & self.index_mask);
+        for i in probe.group_cells(self.index_mask).chain(anywhere) {
             match self.index[i] {
                 0 => return Err(Some(i)),
-                cell if index_tag(cell) == index_tag(key) => {
+                cell if index_tag(cell) == index_tag(probe.key) => {
                     return Ok(TracebackId(cell as u32 & TracebackId::MASK))
                 }
                 _ => {}
@@ -485,10 +523,10 @@ impl<'a> TracebackStore<'a> {
         for id in 1..self.entry_count {
             let e = self.entries[id];
             let frames = &self.frames[e.start()..e.start() + e.len()];
-            let key = stack_key(e.domain, fold_stack(frames), e.len(), e.total_nframe);
+            let probe = probe_of(e.domain, frames, e.total_nframe, fold_stack(frames));
             // A key met twice (two stacks that collide) keeps the first id, as a lookup would.
-            if let Err(Some(i)) = self.find(key, home_group(frames)) {
-                self.index[i] = id as u64 | index_tag(key);
+            if let Err(Some(i)) = self.find(probe) {
+                self.index[i] = id as u64 | index_tag(probe.key);
             }
         }
     }
@@ -556,7 +594,8 @@ mod tests {
         let frames = [0x10, 0x20];
         let id = s.intern(0, &frames, 2);
         let hint = s.index_hint();
-        let cell = hint.first_cell(&frames, stack_key(0, fold_stack(&frames), 2, 2));
+        let probe = StackProbe::new(stack_key(0, fold_stack(&frames), 2, 2), &frames);
+        let cell = hint.first_cell(&probe);
         let base = s.index.as_ptr() as usize;
         assert!(cell >= base && cell < base + s.index.len() * 8);
         // The stack was the first in an empty index: it sits in the cell its probe starts at.
@@ -579,16 +618,14 @@ mod tests {
     }
 
     #[test]
-    fn a_folded_intern_finds_what_a_plain_one_stored() {
+    fn a_probed_intern_finds_what_a_plain_one_stored() {
         let mut a = Arrays::new();
         let mut s = store(&mut a);
         let frames = [0x10, 0x20, 0x30];
         let x = s.intern(0, &frames, 3);
-        assert_eq!(s.intern_folded(0, &frames, 3, fold_stack(&frames)), x);
-        assert_eq!(
-            s.try_intern_folded(0, &frames, 3, fold_stack(&frames)),
-            Ok(x)
-        );
+        let probe = StackProbe::new(stack_key(0, fold_stack(&frames), 3, 3), &frames);
+        assert_eq!(s.intern_probed(0, &frames, 3, probe), x);
+        assert_eq!(s.try_intern_probed(0, &frames, 3, probe), Ok(x));
         assert_eq!(s.len(), 2, "the overflow entry and one stack");
     }
 
@@ -680,8 +717,9 @@ mod growth_tests {
 
     /// The group a stack's lookup starts in, as an index of the first of its cells.
     fn group_of(s: &TracebackStore<'_>, frames: &[usize]) -> usize {
-        let width = s.index.len().min(GROUP);
-        home_group(frames) as usize & s.index_mask & !(width - 1)
+        // With key 0 a lookup starts at the group's first cell.
+        let first = StackProbe::new(0, frames).group_cells(s.index_mask).next();
+        first.expect("a group has cells")
     }
 
     /// Where `id` sits in the index.

@@ -147,31 +147,14 @@ fn frames_in_loaded_libraries_name_their_source_lines() {
 fn a_library_replaced_on_disk_names_the_lines_of_the_build_that_runs() {
     let _one_at_a_time = TRACER.lock().unwrap_or_else(|e| e.into_inner());
     unprivileged_if_asked();
-    let loaded = Library::load("tracemalloc_replaced", &[]);
-    // Another build renamed over the loaded one, as a package upgrade does: its call is on
-    // another line, which the frames must not show.
-    let upgrade = build("tracemalloc_upgrade", &["-DSECOND"]);
-    std::fs::rename(&upgrade, &loaded.file).unwrap();
-    tracemalloc::start(3).unwrap();
-    (loaded.call)(allocate::<7000>); // REPLACED
-    let snapshot = tracemalloc::take_snapshot().unwrap();
-    tracemalloc::stop();
-    assert_loaded_build(frames_of(&snapshot, 7000), "REPLACED");
+    check_replaced("tracemalloc_replaced", &[]);
 }
 
 #[test]
 fn a_library_without_a_build_id_replaced_on_disk_is_not_read_from_the_new_build() {
     let _one_at_a_time = TRACER.lock().unwrap_or_else(|e| e.into_inner());
     unprivileged_if_asked();
-    let no_id = "-Wl,--build-id=none";
-    let loaded = Library::load("tracemalloc_no_id", &[no_id]);
-    let upgrade = build("tracemalloc_no_id_upgrade", &["-DSECOND", no_id]);
-    std::fs::rename(&upgrade, &loaded.file).unwrap();
-    tracemalloc::start(3).unwrap();
-    (loaded.call)(allocate::<7100>); // NO_ID
-    let snapshot = tracemalloc::take_snapshot().unwrap();
-    tracemalloc::stop();
-    assert_loaded_build(frames_of(&snapshot, 7100), "NO_ID");
+    check_replaced("tracemalloc_no_id", &["-Wl,--build-id=none"]);
 }
 
 #[test]
@@ -185,12 +168,31 @@ fn a_library_listed_before_it_was_replaced_is_read_as_loaded() {
     (other.call)(allocate::<8100>); // OTHER
     let first = tracemalloc::take_snapshot().unwrap();
     assert_eq!(frames_of(&first, 8100), expect("/* CALL */", "OTHER"));
-    let upgrade = build("tracemalloc_listed_upgrade", &["-DSECOND"]);
-    std::fs::rename(&upgrade, &listed.file).unwrap();
+    upgrade(&listed, "tracemalloc_listed", &[]);
     (listed.call)(allocate::<8000>); // LISTED
     let snapshot = tracemalloc::take_snapshot().unwrap();
     tracemalloc::stop();
     assert_loaded_build(frames_of(&snapshot, 8000), "LISTED");
+}
+
+/// Loads a build of `name` (with `flags`), puts another one at its path ([`upgrade`]), then
+/// checks the frames of a block allocated through the loaded one ([`assert_loaded_build`]).
+fn check_replaced(name: &str, flags: &[&str]) {
+    let loaded = Library::load(name, flags);
+    upgrade(&loaded, name, flags);
+    tracemalloc::start(3).unwrap();
+    (loaded.call)(allocate::<7000>); // REPLACED
+    let snapshot = tracemalloc::take_snapshot().unwrap();
+    tracemalloc::stop();
+    assert_loaded_build(frames_of(&snapshot, 7000), "REPLACED");
+}
+
+/// Renames the `SECOND` build of `name` (with `flags`) over `loaded`'s file, as a package
+/// upgrade does: its call is on another line, which the frames must not show.
+fn upgrade(loaded: &Library, name: &str, flags: &[&str]) {
+    let flags = [&["-DSECOND"][..], flags].concat();
+    let upgrade = build(&format!("{name}_upgrade"), &flags);
+    std::fs::rename(&upgrade, &loaded.file).unwrap();
 }
 
 /// Checks the frames of a block allocated through a library whose path now holds the `SECOND`

@@ -417,40 +417,31 @@ fn main_tables(dir: &Path, o: &Options) {
 }
 
 /// An A/B run: this build's `traced` against the one in `before`, at the limits that matter.
-fn against(dir: &Path, before: &Path, o: &Options) {
+fn against(dir: &Path, before_dir: &Path, o: &Options) {
     let mut rows = Vec::new();
     for &w in &o.workloads {
         let name = w.name();
-        let mut pairs = vec![("16", vec![]), ("1", vec![])];
-        if !w.is_multithreaded() {
-            pairs.push(("16 2T", vec!["--threads", "2"]));
-        }
+        // (column, nframe, two threads)
+        let mut limits = vec![("16", "16", false), ("1", "1", false)];
         let mut vs = vec![Variant::new(UNTRACED, "untraced", &[name], UNTRACED)];
         if !w.is_multithreaded() {
+            limits.push(("16 2T", "16", true));
             let two = [name, "--threads", "2"];
             vs.push(Variant::new(UNTRACED_2T, "untraced", &two, UNTRACED_2T));
         }
-        for (limit, extra) in &pairs {
-            let nframe = limit.split(' ').next().unwrap_or(limit);
+        for &(limit, nframe, two_threads) in &limits {
             let mut args = vec![name, "--nframe", nframe];
-            args.extend(extra);
-            let baseline = if extra.is_empty() {
-                UNTRACED
-            } else {
-                UNTRACED_2T
-            };
-            vs.push(Variant::new(
-                &format!("after {limit}"),
-                "traced",
-                &args,
-                baseline,
-            ));
-            vs.push(
-                Variant::new(&format!("before {limit}"), "traced", &args, baseline).in_dir(before),
-            );
+            let mut baseline = UNTRACED;
+            if two_threads {
+                args.extend(["--threads", "2"]);
+                baseline = UNTRACED_2T;
+            }
+            let after = Variant::new(&format!("after {limit}"), "traced", &args, baseline);
+            let before = Variant::new(&format!("before {limit}"), "traced", &args, baseline);
+            vs.extend([after, before.in_dir(before_dir)]);
         }
         let times = run_interleaved(dir, name, &vs, o.rounds);
-        for (limit, _) in &pairs {
+        for &(limit, _, _) in &limits {
             let (after, before) = (format!("after {limit}"), format!("before {limit}"));
             let change = times
                 .get(&after)
@@ -467,7 +458,7 @@ fn against(dir: &Path, before: &Path, o: &Options) {
     }
     println!(
         "### This build against {} ({} interleaved rounds)\n",
-        before.display(),
+        before_dir.display(),
         o.rounds
     );
     println!("Ratios to untraced, then after / before round by round (below 1: faster now).\n");

@@ -4,8 +4,7 @@ use std::fs;
 use std::sync::Arc;
 
 use tracemalloc_core::snapshot::snapshot_from_traces;
-use tracemalloc_core::{encode_tracer, Frame, Slot, Snapshot, Traceback, TracebackEntry};
-use tracemalloc_core::{TracebackStorage, Tracer, TracerStorage};
+use tracemalloc_core::{encode_tracer, Frame, Snapshot, Traceback, Tracer, TracerArrays};
 
 fn sample() -> Snapshot {
     let mut tb = Traceback::new(vec![
@@ -34,16 +33,8 @@ fn sample() -> Snapshot {
 }
 
 fn device_stream() -> Vec<u8> {
-    let (mut slots, mut entries) = ([Slot::EMPTY; 16], [TracebackEntry::EMPTY; 8]);
-    let (mut index, mut frames) = ([0u64; 16], [0usize; 32]);
-    let mut tracer = Tracer::new(TracerStorage {
-        slots: &mut slots,
-        tracebacks: TracebackStorage {
-            entries: &mut entries,
-            index: &mut index,
-            frames: &mut frames,
-        },
-    });
+    let mut arrays = TracerArrays::<16, 8, 32>::new();
+    let mut tracer = Tracer::new(arrays.storage());
     tracer.record_alloc(0, 0x2000_0100, 64, &[0x0800_1234, 0x0800_0400], 2);
     tracer.record_alloc(0, 0x2000_0200, 16, &[0x0800_1234, 0x0800_0400], 2);
     tracer.record_alloc(2, 0x2000_0300, 100, &[0x0800_2000], 5);
