@@ -1,39 +1,51 @@
 //! Shadow memory: the default domain's traces, each at a place computed from its block's
 //! address.
 //!
-//! Every 16 bytes of address space have an 8-byte cell, which holds the trace of the block that
-//! starts there: its size, the traceback store's generation and the traceback's id. A block's
-//! cell lies beside its heap neighbours' cells, so recording and forgetting follow the heap's own
-//! cache locality, where a hash table keyed by address scatters them (BENCHMARKS.md, section 3:
-//! on serde_json the table alone cost 1.55x, shadow memory 1.18x). Nor does it need a lock:
-//! between its allocation and its free a block belongs to one thread, the only one that writes
-//! its cell. Snapshots read cells while they change, each one atomically.
+//! Every 32 bytes of address space have an 8-byte cell, which holds the trace of a block that
+//! starts there: its size, the traceback store's generation, which 16-byte half of the 32 the
+//! block starts at, and the traceback's id. A block's cell lies beside its heap neighbours'
+//! cells, so recording and forgetting follow the heap's own cache locality, where a hash table
+//! keyed by address scatters them (BENCHMARKS.md, section 3: on serde_json the table alone cost
+//! 1.55x, shadow memory 1.18x). Nor does it need a lock. Snapshots read cells while they change,
+//! each one atomically.
+//!
+//! Why 32 bytes: glibc's blocks start at least 32 bytes apart (its smallest chunk, header
+//! included), so its blocks never share a cell, and a cell per 32 bytes takes half the memory and
+//! half the page faults of a cell per 16 (json's shadow cost fell from +0.045 s to +0.018 s in
+//! the floor benchmark). Allocators that hand out 16-byte blocks side by side (jemalloc,
+//! mimalloc, musl) may put two blocks in one cell's 32 bytes: the first one recorded takes the
+//! cell (with a compare-and-swap, as the other may belong to another thread), the other goes to
+//! the tables. A cell holding a block's trace is written by no one else until that block is
+//! freed; its free empties it with a compare-and-swap, which a record racing with a
+//! `clear_traces()` cannot slip past.
 //!
 //! The address space is cut into 1 GiB regions. The first block in a region reserves the
-//! region's 512 MiB of cells (`MAP_NORESERVE`: only the pages written take memory) and a bitmap
+//! region's 256 MiB of cells (`MAP_NORESERVE`: only the pages written take memory) and a bitmap
 //! of the cell pages written, which snapshots, [`clear`] and [`memory_bytes`] walk instead of
 //! the reservation. Reservations are never unmapped, as a thread may be writing a cell while
 //! tracing stops; [`clear`] gives the written pages back instead.
 //!
 //! What does not fit a cell goes to the shard tables (see `state`): blocks not aligned to 16
-//! bytes (two could share a cell), of 256 MiB or more, or of size 0, and any block in a region
-//! that could not be reserved. Sampling always uses the tables, and so does every block on a
-//! system whose pages are larger than 4 KiB (the reservation's guard pages cannot be set
-//! there, so reserving fails).
+//! bytes, of 256 MiB or more, or of size 0, blocks whose cell holds a live neighbour's trace,
+//! and any block in a region that could not be reserved. Sampling always uses the tables, and
+//! so does every block on a system whose pages are larger than 4 KiB (the reservation's guard
+//! pages cannot be set there, so reserving fails).
 //!
 //! The generation in each cell tells the traces of the current store from those a thread wrote
 //! while racing with `clear_traces()` (which gives the written pages back, then starts a new
-//! generation). It is 12 bits: after 4096 clears a stale cell that escaped both could read as
+//! generation). It is 11 bits: after 2048 clears a stale cell that escaped both could read as
 //! current again.
 
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::*};
 
 use tracemalloc_core::TracebackId;
 
-/// Bytes of address space per cell: blocks of allocators that align to less than this go to
-/// the tables.
+/// The alignment a block needs to have a cell: a cell tells the two 16-byte halves of its
+/// span apart, and no more.
 const GRAIN: usize = 16;
-const CELL_SHIFT: u32 = GRAIN.trailing_zeros();
+/// Bytes of address space per cell.
+const CELL_SPAN: usize = 2 * GRAIN;
+const CELL_SHIFT: u32 = CELL_SPAN.trailing_zeros();
 /// Addresses above this are not shadowed (the user half of a 48-bit address space).
 const ADDRESS_BITS: u32 = 48;
 const REGION_BITS: u32 = 30;
@@ -53,9 +65,13 @@ const MAX_REGIONS: usize = 4096;
 pub(crate) const MAX_SIZE: u64 = (1 << SIZE_BITS) - 1;
 const SIZE_BITS: u32 = 28;
 const SIZE_SHIFT: u32 = 64 - SIZE_BITS;
+const ID_BITS: u32 = 24;
+/// Set in a cell whose block starts at the second half of the cell's span.
+const UPPER_HALF: u64 = 1 << ID_BITS;
+const GENERATION_SHIFT: u32 = ID_BITS + 1;
 /// Generation bits: a stale cell that escaped a clear reads as current again only after this
 /// many more clears.
-const GENERATION_MASK: u64 = (1 << (SIZE_SHIFT - 24)) - 1;
+const GENERATION_MASK: u64 = (1 << (SIZE_SHIFT - GENERATION_SHIFT)) - 1;
 
 /// The cells' base address per region; 0 while not reserved, [`UNRESERVABLE`] once a
 /// reservation failed (the region's blocks go to the tables from then on, instead of every
@@ -69,20 +85,23 @@ static RESERVED_LEN: AtomicUsize = AtomicUsize::new(0);
 /// Taken to reserve a region (and by the fork handlers).
 pub(crate) static RESERVING: spin::Mutex<()> = spin::Mutex::new(());
 
-/// A cell's content: 0, or a trace as size (high 28 bits), generation (12 bits) and id (24).
+/// A cell's content: 0, or a trace as size (high 28 bits), generation (11 bits), half (1 bit:
+/// [`UPPER_HALF`]) and id (24 bits).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Packed(u64);
 
 impl Packed {
     pub(crate) const EMPTY: Packed = Packed(0);
 
-    /// A trace of `size` bytes (1..=[`MAX_SIZE`], so the cell is never 0) with `id` of the
-    /// store's `generation`.
-    fn new(size: u64, generation: u32, id: TracebackId) -> Packed {
+    /// The trace of the block at `addr`, of `size` bytes (1..=[`MAX_SIZE`], so the cell is
+    /// never 0), with `id` of the store's `generation`.
+    #[inline(always)]
+    fn new(addr: usize, size: u64, generation: u32, id: TracebackId) -> Packed {
         debug_assert!(size != 0 && size <= MAX_SIZE);
         Packed(
             size << SIZE_SHIFT
-                | (u64::from(generation) & GENERATION_MASK) << 24
+                | (u64::from(generation) & GENERATION_MASK) << GENERATION_SHIFT
+                | half_of(addr)
                 | u64::from(id.index()),
         )
     }
@@ -91,9 +110,45 @@ impl Packed {
     /// ids name tracebacks of a store since cleared.
     #[inline]
     pub(crate) fn of_generation(self, generation: u32) -> Option<(u64, TracebackId)> {
-        let current = self.0 != 0
-            && (self.0 >> 24) & GENERATION_MASK == u64::from(generation) & GENERATION_MASK;
-        current.then(|| (self.0 >> SIZE_SHIFT, TracebackId::from_index(self.0 as u32)))
+        self.is_of(generation).then(|| {
+            (
+                self.0 >> SIZE_SHIFT,
+                TracebackId::from_index(self.0 as u32 & ((1 << ID_BITS) - 1)),
+            )
+        })
+    }
+
+    #[inline(always)]
+    fn is_of(self, generation: u32) -> bool {
+        self.0 != 0
+            && (self.0 >> GENERATION_SHIFT) & GENERATION_MASK
+                == u64::from(generation) & GENERATION_MASK
+    }
+
+    /// Whether this is the trace of a block at `addr` (of any generation), rather than of the
+    /// block at the other half of the cell's span.
+    #[inline(always)]
+    fn is_at(self, addr: usize) -> bool {
+        self.0 != 0 && self.0 & UPPER_HALF == half_of(addr)
+    }
+
+    /// The offset of the traced block in its cell's span.
+    fn offset(self) -> usize {
+        if self.0 & UPPER_HALF != 0 {
+            GRAIN
+        } else {
+            0
+        }
+    }
+}
+
+/// [`UPPER_HALF`] for a block at `addr` in the upper half of its cell's span, else 0.
+#[inline(always)]
+fn half_of(addr: usize) -> u64 {
+    if addr & GRAIN != 0 {
+        UPPER_HALF
+    } else {
+        0
     }
 }
 
@@ -164,8 +219,10 @@ unsafe fn bitmap_word(base: usize, word: usize) -> &'static AtomicU64 {
     unsafe { &*((base + CELLS_BYTES) as *const AtomicU64).add(word) }
 }
 
-/// Records the block at `addr` (which [`fits`]). Returns what the cell held before (a block
-/// the tracer did not see freed), or `Err` when the region cannot be reserved.
+/// Records the block at `addr` (which [`fits`]). Returns what the cell held before for this
+/// address (a block the tracer did not see freed), or `Err` when the block has no cell: its
+/// region cannot be reserved, or the cell holds the trace of a block at the other half of its
+/// span.
 #[inline(always)]
 pub(crate) fn record(
     addr: usize,
@@ -178,15 +235,26 @@ pub(crate) fn record(
     let (cell, (word, bit)) = unsafe { (cell_at(base, addr), page_bit(base, addr)) };
     // The page's bit is set after its first cell is written, by the thread that wrote it; a
     // cell of a page without it is empty (or a cell of an old generation, written by a thread
-    // racing with `clear`), and is written without being read (see `written_cell`). A load
-    // and a store, not a swap: only this thread writes the cell (see the module).
+    // racing with `clear`), and is first tried as empty without being read (see
+    // `written_cell`): the compare-and-swap then faults a fresh page in at once.
     let marked = word.load(Relaxed) & bit != 0;
-    let before = if marked {
+    let mut before = if marked {
         Packed(cell.load(Relaxed))
     } else {
         Packed::EMPTY
     };
-    cell.store(Packed::new(size, generation, id).0, Relaxed);
+    let new = Packed::new(addr, size, generation, id);
+    loop {
+        // A neighbour's trace, even a stale one, is never replaced: a record that read its
+        // generation before a clear cannot tell a live neighbour of the next one.
+        if before != Packed::EMPTY && !before.is_at(addr) {
+            return Err(());
+        }
+        match cell.compare_exchange_weak(before.0, new.0, Relaxed, Relaxed) {
+            Ok(_) => break,
+            Err(now) => before = Packed(now),
+        }
+    }
     // Checked again after the store: a `clear` that took the bit meanwhile may not have given
     // the page back yet, and a page holding a cell must stay marked, to be counted and cleared.
     if !marked || word.load(Relaxed) & bit == 0 {
@@ -195,33 +263,40 @@ pub(crate) fn record(
     Ok(before)
 }
 
-/// Empties the cell of the block at `addr` and returns what it held.
+/// Empties the cell of the block at `addr` and returns what it held for that block.
 #[inline(always)]
 pub(crate) fn take(addr: usize) -> Packed {
     let Some(cell) = written_cell(addr) else {
         return Packed::EMPTY;
     };
     let held = Packed(cell.load(Relaxed));
-    if held != Packed::EMPTY {
-        cell.store(0, Relaxed);
+    // Only a `clear` changes the cell of a live block, and after one a neighbour may take the
+    // emptied cell: a plain store of 0 could erase the neighbour's new trace.
+    if held.is_at(addr) && cell.compare_exchange(held.0, 0, Relaxed, Relaxed).is_ok() {
+        held
+    } else {
+        Packed::EMPTY
     }
-    held
 }
 
 /// Puts back what [`take`] returned, for a block that turned out not to be freed (a failed
-/// `realloc`). Its page was written already, or the cell was empty.
-pub(crate) fn put_back(addr: usize, held: Packed) {
+/// `realloc`). Returns false when the block's neighbour took the cell meanwhile: the trace
+/// then belongs in the tables.
+pub(crate) fn put_back(addr: usize, held: Packed) -> bool {
     if held == Packed::EMPTY {
-        return;
+        return true;
     }
-    if let Some(cell) = written_cell(addr) {
-        cell.store(held.0, Relaxed);
-    }
+    // The page was written already: `take` found `held` there.
+    written_cell(addr)
+        .is_some_and(|cell| cell.compare_exchange(0, held.0, Relaxed, Relaxed).is_ok())
 }
 
-/// What the cell of `addr` holds.
+/// What the cell of `addr` holds for the block there.
 pub(crate) fn get(addr: usize) -> Packed {
-    written_cell(addr).map_or(Packed::EMPTY, |cell| Packed(cell.load(Relaxed)))
+    written_cell(addr)
+        .map(|cell| Packed(cell.load(Relaxed)))
+        .filter(|held| held.is_at(addr))
+        .unwrap_or(Packed::EMPTY)
 }
 
 #[cold]
@@ -353,9 +428,12 @@ pub(crate) fn scan(mut f: impl FnMut(usize, Packed)) {
                 bits &= bits - 1;
                 for i in page * CELLS_PER_PAGE..(page + 1) * CELLS_PER_PAGE {
                     // SAFETY: `base` comes from `reserved()`; the address is in its region.
-                    let held = unsafe { cell_at(base, i << CELL_SHIFT) }.load(Relaxed);
-                    if held != 0 {
-                        f(region << REGION_BITS | i << CELL_SHIFT, Packed(held));
+                    let held = Packed(unsafe { cell_at(base, i << CELL_SHIFT) }.load(Relaxed));
+                    if held != Packed::EMPTY {
+                        f(
+                            region << REGION_BITS | i << CELL_SHIFT | held.offset(),
+                            held,
+                        );
                     }
                 }
             }
@@ -447,9 +525,9 @@ mod tests {
         assert_eq!(get(a).of_generation(7), Some((24, id)));
         assert_eq!(get(a).of_generation(8), None, "another generation's id");
         assert_eq!(
-            get(a).of_generation(7 + 4096),
+            get(a).of_generation(7 + 2048),
             Some((24, id)),
-            "12 bits of generation"
+            "11 bits of generation"
         );
         // Two pages of cells written, and the bitmap's page that marks them.
         assert_eq!(memory_bytes() - memory_before, 3 * PAGE);
@@ -469,13 +547,39 @@ mod tests {
         assert_eq!(seen, [(a, Some((24, id))), (b, Some((MAX_SIZE, id)))]);
 
         // A second record at the same address reports the trace it replaces.
-        assert_eq!(record(a, 32, 7, id), Ok(Packed::new(24, 7, id)));
+        assert_eq!(record(a, 32, 7, id), Ok(Packed::new(a, 24, 7, id)));
         let held = take(a);
         assert_eq!(held.of_generation(7), Some((32, id)));
         assert_eq!(take(a), Packed::EMPTY);
-        put_back(a, held);
+        assert!(put_back(a, held));
         assert_eq!(get(a), held);
-        assert_eq!(take(a + 16), Packed::EMPTY, "a neighbour's cell is its own");
+
+        // A block at the other half of a's cell: a's trace stays, the neighbour has no cell.
+        let n = a + GRAIN;
+        assert!(fits(n, 16));
+        assert_eq!(take(n), Packed::EMPTY, "the cell holds a's trace, not n's");
+        assert_eq!(get(n), Packed::EMPTY);
+        assert_eq!(get(a), held);
+        assert_eq!(record(n, 16, 7, id), Err(()), "n goes to the tables");
+        assert_eq!(get(a), held);
+        // Once a is freed, n can take the cell, and a's failed realloc cannot put it back.
+        assert_eq!(take(a), held);
+        assert_eq!(record(n, 16, 7, id), Ok(Packed::EMPTY));
+        assert!(!put_back(a, held));
+        assert_eq!(get(a), Packed::EMPTY);
+        assert_eq!(get(n).of_generation(7), Some((16, id)));
+        let mut found = Vec::new();
+        scan(|addr, held| {
+            if addr >> REGION_BITS == a >> REGION_BITS {
+                found.push((addr, held.of_generation(7)));
+            }
+        });
+        assert_eq!(found, [(n, Some((16, id))), (b, Some((MAX_SIZE, id)))]);
+        // A stale trace of n's (another generation) still keeps a out of the cell.
+        assert_eq!(record(a, 8, 8, id), Err(()));
+        assert_eq!(take(n).of_generation(7), Some((16, id)));
+        assert_eq!(record(a, 8, 8, id), Ok(Packed::EMPTY));
+        assert_eq!(get(a).of_generation(8), Some((8, id)));
 
         clear();
         assert_eq!(get(a), Packed::EMPTY);

@@ -566,7 +566,7 @@ mod fork {
 
 /// Whether `config` records full tracing in shadow memory. Sampling always uses the tables
 /// (the shadow paths keep no sampling state), and so does `Auto` where the address space is
-/// limited (`RLIMIT_AS`): each region reserves 512 MiB of it, which the program's own
+/// limited (`RLIMIT_AS`): each region reserves 256 MiB of it, which the program's own
 /// mappings might then be refused.
 fn shadow_chosen(config: &Config) -> bool {
     match config.storage {
@@ -843,7 +843,14 @@ unsafe fn realloc_shadowed(
     // SAFETY: forwarded unchanged under the caller's contract.
     let moved = unsafe { inner.realloc(ptr, layout, new_size) };
     if moved.is_null() {
-        shadow::put_back(old, held); // the old block is untouched, and so is its trace
+        // The old block is untouched, and so is its trace: back in its cell, or in the tables
+        // if a neighbour took the cell meanwhile (its size leaves the count and comes back).
+        if !shadow::put_back(old, held) {
+            if let Some((size, id)) = in_cell {
+                accounting::account_unlocked(0, size, generation);
+                record_id(inner, old, size as usize, id, generation);
+            }
+        }
         return moved;
     }
     match (in_cell, old_shard.as_mut()) {

@@ -1,0 +1,298 @@
+//! Shadow memory has a cell per 32 bytes of address space (`adapter-std/src/shadow.rs`): glibc
+//! never starts two blocks in one cell's span, but allocators with 16-byte blocks (jemalloc,
+//! mimalloc, musl) do. Under an inner allocator that hands out 16-byte blocks side by side, the
+//! first of two neighbours takes the cell and the other goes to the tables; both must be
+//! traced, found, forgotten and counted exactly, also when threads allocate and free
+//! neighbours at the same time, and when a neighbour takes the cell while a failed `realloc`
+//! has the other block's trace out of it.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering::*};
+use std::sync::Mutex;
+
+use tracemalloc::{Config, Storage, TracingAllocator};
+use tracemalloc_tests::{marked_line, traced_at};
+
+/// Slots of 16 bytes, 32-byte aligned in pairs, for blocks of [`Half`]'s layout only (nothing
+/// else allocates it), handed out in address order and reused last freed first: two such
+/// blocks allocated one after the other share a cell's span.
+const SLOTS: usize = 1 << 16;
+
+#[repr(C, align(32))]
+struct Arena([u8; SLOTS * 16]);
+
+struct Paired {
+    arena: *mut Arena,
+    /// The next slot never handed out, and the free list's head (slot index + 1, 0 = empty):
+    /// a freed slot holds the next free one's index + 1.
+    state: Mutex<(usize, usize)>,
+}
+
+// SAFETY: the arena is only written through blocks handed out (one owner each) and through
+// free slots under the lock.
+unsafe impl Sync for Paired {}
+
+/// The size whose reallocation fails, after a neighbour was allocated on another thread.
+const FAIL: usize = 777_777;
+static NEIGHBOUR_WANTED: AtomicBool = AtomicBool::new(false);
+static NEIGHBOUR: AtomicPtr<u8> = AtomicPtr::new(std::ptr::null_mut());
+/// Hands out slots never handed out before, leaving the free list alone.
+static FRESH_ONLY: AtomicBool = AtomicBool::new(false);
+
+impl Paired {
+    fn is_small(layout: Layout) -> bool {
+        layout == Layout::new::<Half>()
+    }
+
+    fn slot_of(&self, ptr: *mut u8) -> Option<usize> {
+        let offset = (ptr as usize).checked_sub(self.arena as usize)?;
+        (offset < SLOTS * 16).then_some(offset / 16)
+    }
+
+    fn take_slot(&self) -> *mut u8 {
+        let mut state = self.state.lock().unwrap();
+        let (fresh, free) = &mut *state;
+        let slot = if *free != 0 && !FRESH_ONLY.load(Relaxed) {
+            let slot = *free - 1;
+            // SAFETY: a free slot holds the next free one's index + 1, written by `dealloc`.
+            *free = unsafe { (self.arena as *const u8).add(slot * 16).cast::<usize>().read() };
+            slot
+        } else if *fresh < SLOTS {
+            *fresh += 1;
+            *fresh - 1
+        } else {
+            return std::ptr::null_mut();
+        };
+        // SAFETY: `slot < SLOTS`, inside the arena.
+        unsafe { (self.arena as *mut u8).add(slot * 16) }
+    }
+}
+
+// SAFETY: blocks of `Half`'s layout are distinct 16-byte, 16-aligned slots of the arena (a slot is handed
+// out again only after `dealloc`); other blocks are `System`'s with the caller's layout.
+// `realloc` to `FAIL` returns null and leaves the block untouched, as `realloc` may.
+unsafe impl GlobalAlloc for Paired {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if Self::is_small(layout) {
+            return self.take_slot();
+        }
+        // SAFETY: the caller's contract is forwarded.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        match self.slot_of(ptr) {
+            Some(slot) => {
+                let mut state = self.state.lock().unwrap();
+                // SAFETY: the slot was handed out and is now given back: ours to write.
+                unsafe { ptr.cast::<usize>().write(state.1) };
+                state.1 = slot + 1;
+            }
+            // SAFETY: not an arena slot, so a `System` block of `layout`.
+            None => unsafe { System.dealloc(ptr, layout) },
+        }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if new_size == FAIL {
+            // Another thread allocates meanwhile (traced: this thread is inside the tracer).
+            NEIGHBOUR_WANTED.store(true, Release);
+            while NEIGHBOUR.load(Acquire).is_null() {
+                std::thread::yield_now();
+            }
+            return std::ptr::null_mut();
+        }
+        let new_layout = Layout::from_size_align(new_size, layout.align()).unwrap();
+        // SAFETY: the caller's contract: `new_layout` is valid and non-zero.
+        let new = unsafe { self.alloc(new_layout) };
+        if !new.is_null() {
+            // SAFETY: both blocks are live and distinct; the copy stays within both.
+            unsafe {
+                std::ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size));
+                self.dealloc(ptr, layout);
+            }
+        }
+        new
+    }
+}
+
+#[global_allocator]
+static ALLOC: TracingAllocator<Paired> = TracingAllocator::new(Paired {
+    arena: {
+        static mut ARENA: Arena = Arena([0; SLOTS * 16]);
+        &raw mut ARENA
+    },
+    state: Mutex::new((0, 0)),
+});
+
+const THIS_FILE: &str = "tests/tests/paired_blocks.rs";
+
+fn line_of(marker: &str) -> u32 {
+    marked_line(include_str!("paired_blocks.rs"), marker)
+}
+
+fn traced_here(marker: &str) -> Option<(u64, u64)> {
+    let snapshot = tracemalloc::take_snapshot().unwrap();
+    traced_at(&snapshot, THIS_FILE, line_of(marker))
+}
+
+/// A 16-byte block of the inner allocator's arena.
+#[repr(C, align(16))]
+struct Half([u64; 2]);
+
+#[inline(never)]
+fn left() -> Box<Half> {
+    Box::new(Half([1, 1])) // LEFT
+}
+
+#[inline(never)]
+fn right() -> Box<Half> {
+    Box::new(Half([2, 2])) // RIGHT
+}
+
+fn addr(b: &Half) -> usize {
+    b as *const Half as usize
+}
+
+/// Neighbours from two call sites, each pair in one cell's span.
+fn neighbours_in_one_thread() {
+    let (before, _) = tracemalloc::traced_memory();
+    let mut pairs: Vec<(Box<Half>, Box<Half>)> = Vec::with_capacity(1000);
+    for _ in 0..1000 {
+        pairs.push((left(), right()));
+    }
+    assert!(pairs.iter().all(|(l, r)| addr(r) == addr(l) + 16));
+    assert!(pairs.iter().all(|(l, _)| addr(l) % 32 == 0));
+    assert_eq!(traced_here("LEFT"), Some((1000 * 16, 1000)));
+    assert_eq!(traced_here("RIGHT"), Some((1000 * 16, 1000)));
+    let (with, _) = tracemalloc::traced_memory();
+    assert_eq!(with - before, 2000 * 16 + 1000 * 16, "blocks and the Vec");
+    let (l, r) = &pairs[500];
+    let line = |b: &Half| tracemalloc::object_traceback(b).map(|t| t.frames[0].lineno);
+    assert_eq!(line(l), Some(line_of("LEFT")), "the cell's block");
+    assert_eq!(line(r), Some(line_of("RIGHT")), "its neighbour, in the tables");
+
+    // Free the cells' blocks first: their neighbours stay traced, in the tables. New blocks
+    // then land in the freed lower halves (last freed first) and take their cells.
+    let rights: Vec<_> = pairs.into_iter().map(|(_, r)| r).collect();
+    let lefts: Vec<_> = (0..1000).map(|_| left()).collect();
+    let mut paired: Vec<_> = lefts.iter().map(|l| addr(l) + 16).collect();
+    let mut expected: Vec<_> = rights.iter().map(|r| addr(r)).collect();
+    paired.sort_unstable();
+    expected.sort_unstable();
+    assert_eq!(paired, expected, "each new block is a right block's neighbour");
+    drop((paired, expected));
+    assert_eq!(traced_here("RIGHT"), Some((1000 * 16, 1000)));
+    assert_eq!(traced_here("LEFT"), Some((1000 * 16, 1000)));
+    drop(rights);
+    assert_eq!(traced_here("RIGHT"), None);
+    assert_eq!(traced_here("LEFT"), Some((1000 * 16, 1000)));
+    drop(lefts);
+    assert_eq!(traced_here("LEFT"), None);
+    assert_eq!(tracemalloc::traced_memory().0, before, "every block forgotten once");
+}
+
+#[inline(never)]
+fn churned() -> Box<Half> {
+    Box::new(Half([3, 3])) // CHURN
+}
+
+/// Two threads allocate into and free from shared slots, so neighbours belong to different
+/// threads and change hands; no trace may be lost or kept.
+fn neighbours_across_threads() {
+    const SHARED: usize = 512;
+    let slots: Vec<AtomicPtr<Half>> = (0..SHARED)
+        .map(|_| AtomicPtr::new(std::ptr::null_mut()))
+        .collect();
+    let live = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for t in 0..2usize {
+            let (slots, live) = (&slots, &live);
+            s.spawn(move || {
+                let mut x = t as u64 + 1;
+                for _ in 0..200_000 {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let block = Box::into_raw(churned());
+                    let old = slots[x as usize % SHARED].swap(block, AcqRel);
+                    if old.is_null() {
+                        live.fetch_add(1, Relaxed);
+                    } else {
+                        // SAFETY: every non-null slot holds a block from `Box::into_raw`,
+                        // swapped out by one thread only.
+                        drop(unsafe { Box::from_raw(old) });
+                    }
+                }
+            });
+        }
+    });
+    let live = live.load(Relaxed) as u64;
+    assert_eq!(traced_here("CHURN"), Some((live * 16, live)));
+    for slot in &slots {
+        let block = slot.swap(std::ptr::null_mut(), Relaxed);
+        if !block.is_null() {
+            // SAFETY: as above; the threads are done.
+            drop(unsafe { Box::from_raw(block) });
+        }
+    }
+    assert_eq!(traced_here("CHURN"), None);
+    // Not `traced_memory()`: the threads' own blocks (std's, for their start and exit) were
+    // freed meanwhile, maybe on other threads.
+}
+
+/// A `realloc` that fails while a neighbour took the cell its block's trace had left: the
+/// trace goes to the tables, and both blocks stay traced.
+fn neighbour_takes_the_cell_during_a_failed_realloc() {
+    let layout = Layout::new::<Half>();
+    let (before, _) = tracemalloc::traced_memory();
+    // Two fresh neighbours, the first at the lower half of a cell's span.
+    FRESH_ONLY.store(true, Relaxed);
+    let mut first = left();
+    let skipped = (addr(&first) % 32 != 0).then(|| std::mem::replace(&mut first, left()));
+    let second = right();
+    FRESH_ONLY.store(false, Relaxed);
+    drop(skipped);
+    let (a, b) = (addr(&first), addr(&second));
+    assert_eq!((a % 32, b), (0, a + 16));
+    drop(second); // its slot is the next one handed out
+    let helper = std::thread::spawn(|| {
+        while !NEIGHBOUR_WANTED.load(Acquire) {
+            std::thread::yield_now();
+        }
+        NEIGHBOUR.store(Box::into_raw(right()).cast(), Release);
+    });
+    let block = Box::into_raw(first).cast::<u8>();
+    // SAFETY: `block` is live, of `layout`; `FAIL` is non-zero and far from overflow.
+    let moved = unsafe { std::alloc::realloc(block, layout, FAIL) };
+    assert!(moved.is_null());
+    helper.join().unwrap();
+    let neighbour = NEIGHBOUR.load(Acquire);
+    assert_eq!(neighbour as usize, b, "the neighbour took the freed upper half");
+
+    assert_eq!(traced_here("LEFT"), Some((16, 1)), "the realloc'd block");
+    assert_eq!(traced_here("RIGHT"), Some((16, 1)), "the neighbour");
+    assert_eq!(tracemalloc::traced_memory().0, before + 32);
+    // SAFETY: both are live blocks of `layout` from `Box::into_raw`.
+    unsafe {
+        drop(Box::from_raw(block.cast::<Half>()));
+        drop(Box::from_raw(neighbour.cast::<Half>()));
+    }
+    assert_eq!(traced_here("LEFT"), None);
+    assert_eq!(traced_here("RIGHT"), None);
+    assert_eq!(tracemalloc::traced_memory().0, before);
+}
+
+#[test]
+fn neighbours_in_one_cell_are_both_traced() {
+    tracemalloc::start_with(Config {
+        nframe: 4,
+        storage: Storage::Shadow,
+        ..Config::default()
+    })
+    .unwrap();
+    neighbours_in_one_thread();
+    neighbours_across_threads();
+    neighbour_takes_the_cell_during_a_failed_realloc();
+    tracemalloc::stop();
+}
