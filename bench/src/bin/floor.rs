@@ -8,7 +8,7 @@
 //!
 //! `FLOOR=walk` only walks, `FLOOR=table` only records (with the block address's hash in place
 //! of a traceback), `FLOOR=full` (the default) does both. `FLOOR=shadow` walks and records into
-//! shadow memory instead of the table (an 8-byte cell per 16 bytes of address space, see
+//! shadow memory instead of the table (an 8-byte cell per 32 bytes of address space, see
 //! `mod shadow` below), `FLOOR=shadow-only` records there without walking.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -184,10 +184,12 @@ fn huge_pages<T: Copy>(len: usize) -> &'static mut [T] {
     }
 }
 
-/// Shadow memory: an 8-byte cell for every 16 bytes of address space, at a fixed place computed
-/// from the block's address, so that recording a block touches memory with the heap's own
-/// locality instead of a hash table's. A directory of 1 GiB regions maps each to 512 MiB of
-/// cells, reserved (not committed) when a block first lands in the region.
+/// Shadow memory: an 8-byte cell for every 32 bytes of address space (as tracemalloc's: glibc
+/// starts blocks at least 32 bytes apart), at a fixed place computed from the block's address,
+/// so that recording a block touches memory with the heap's own locality instead of a hash
+/// table's. A directory of 1 GiB regions maps each to 256 MiB of cells, reserved (not
+/// committed) when a block first lands in the region. Blocks that share a cell (other
+/// allocators than glibc's) overwrite each other: this is a floor, not a tracer.
 mod shadow {
     use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::*};
 
@@ -203,9 +205,9 @@ mod shadow {
         if base == 0 {
             base = map(region)?;
         }
-        let offset = (addr & ((1 << REGION_BITS) - 1)) >> 4;
-        // SAFETY: `base` is a mapping of `1 << (REGION_BITS - 1)` bytes that is never unmapped,
-        // holding one aligned 8-byte cell per 16 bytes of the region; `offset` indexes it.
+        let offset = (addr & ((1 << REGION_BITS) - 1)) >> 5;
+        // SAFETY: `base` is a mapping of `1 << (REGION_BITS - 2)` bytes that is never unmapped,
+        // holding one aligned 8-byte cell per 32 bytes of the region; `offset` indexes it.
         Some(unsafe { &*(base as *const AtomicU64).add(offset) })
     }
 
@@ -220,7 +222,7 @@ mod shadow {
         let ptr = unsafe {
             libc::mmap(
                 core::ptr::null_mut(),
-                1 << (REGION_BITS - 1),
+                1 << (REGION_BITS - 2),
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
                 -1,
