@@ -55,7 +55,12 @@ impl Paired {
         let slot = if *free != 0 && !FRESH_ONLY.load(Relaxed) {
             let slot = *free - 1;
             // SAFETY: a free slot holds the next free one's index + 1, written by `dealloc`.
-            *free = unsafe { (self.arena as *const u8).add(slot * 16).cast::<usize>().read() };
+            *free = unsafe {
+                (self.arena as *const u8)
+                    .add(slot * 16)
+                    .cast::<usize>()
+                    .read()
+            };
             slot
         } else if *fresh < SLOTS {
             *fresh += 1;
@@ -170,7 +175,11 @@ fn neighbours_in_one_thread() {
     let (l, r) = &pairs[500];
     let line = |b: &Half| tracemalloc::object_traceback(b).map(|t| t.frames[0].lineno);
     assert_eq!(line(l), Some(line_of("LEFT")), "the cell's block");
-    assert_eq!(line(r), Some(line_of("RIGHT")), "its neighbour, in the tables");
+    assert_eq!(
+        line(r),
+        Some(line_of("RIGHT")),
+        "its neighbour, in the tables"
+    );
 
     // Free the cells' blocks first: their neighbours stay traced, in the tables. New blocks
     // then land in the freed lower halves (last freed first) and take their cells.
@@ -180,7 +189,10 @@ fn neighbours_in_one_thread() {
     let mut expected: Vec<_> = rights.iter().map(|r| addr(r)).collect();
     paired.sort_unstable();
     expected.sort_unstable();
-    assert_eq!(paired, expected, "each new block is a right block's neighbour");
+    assert_eq!(
+        paired, expected,
+        "each new block is a right block's neighbour"
+    );
     drop((paired, expected));
     assert_eq!(traced_here("RIGHT"), Some((1000 * 16, 1000)));
     assert_eq!(traced_here("LEFT"), Some((1000 * 16, 1000)));
@@ -189,7 +201,11 @@ fn neighbours_in_one_thread() {
     assert_eq!(traced_here("LEFT"), Some((1000 * 16, 1000)));
     drop(lefts);
     assert_eq!(traced_here("LEFT"), None);
-    assert_eq!(tracemalloc::traced_memory().0, before, "every block forgotten once");
+    assert_eq!(
+        tracemalloc::traced_memory().0,
+        before,
+        "every block forgotten once"
+    );
 }
 
 #[inline(never)]
@@ -268,7 +284,10 @@ fn neighbour_takes_the_cell_during_a_failed_realloc() {
     assert!(moved.is_null());
     helper.join().unwrap();
     let neighbour = NEIGHBOUR.load(Acquire);
-    assert_eq!(neighbour as usize, b, "the neighbour took the freed upper half");
+    assert_eq!(
+        neighbour as usize, b,
+        "the neighbour took the freed upper half"
+    );
 
     assert_eq!(traced_here("LEFT"), Some((16, 1)), "the realloc'd block");
     assert_eq!(traced_here("RIGHT"), Some((16, 1)), "the neighbour");
