@@ -186,20 +186,21 @@ pub struct Config {
 pub enum Storage {
     /// [`Storage::Shadow`] when every block is traced, [`Storage::Table`] when sampling (few
     /// blocks, far apart: shadow memory would take a page for each) or where the address space
-    /// is limited (`RLIMIT_AS`: each region of shadow memory reserves 256 MiB of it).
+    /// is limited (`RLIMIT_AS`: each region of shadow memory reserves 512 MiB of it).
     #[default]
     Auto,
     /// Shadow memory: 8 bytes for every 32 bytes of address space in which traced blocks
-    /// start, at a place computed from the block's address, reserved in 1 GiB regions and
-    /// taken page by page as blocks land there. Recording a block needs no lock and touches
-    /// memory next to its heap neighbours' traces: see BENCHMARKS.md for what it saves. The
-    /// memory follows the heap's address span rather than the number of live blocks: about a
-    /// quarter of the size of a densely used heap of small blocks, but up to a 4 KiB page per
-    /// block where blocks lie 16 KiB or more apart, and pages written stay taken until
-    /// `clear_traces()` or `stop()`. Blocks that do not fit (not aligned to 16 bytes, 256 MiB
-    /// or larger, or 16 bytes after a live block that took their 32 bytes' cell, as allocators
-    /// with 16-byte blocks may place them; glibc's are 32 bytes apart at least) and platforms
-    /// without `mmap` use the tables, and so does sampling, whatever this says.
+    /// start (every 16 bytes under allocators that hand out small blocks side by side, such as
+    /// jemalloc and mimalloc; glibc's lie 32 bytes apart at least), at a place computed from
+    /// the block's address, reserved in 1 GiB regions and taken page by page as blocks land
+    /// there. Recording a block needs no lock and touches memory next to its heap neighbours'
+    /// traces: see BENCHMARKS.md for what it saves. The memory follows the heap's address span
+    /// rather than the number of live blocks: about a quarter of the size of a densely used
+    /// glibc heap of small blocks, but up to a 4 KiB page per block where blocks lie 16 KiB or
+    /// more apart, and pages written stay taken until `clear_traces()` or `stop()`. Blocks
+    /// that do not fit (not aligned to 8 bytes, 128 MiB or larger, or starting in the span of
+    /// a block whose trace holds the cell) and platforms without `mmap` use the tables, and so
+    /// does sampling, whatever this says.
     Shadow,
     /// Hash tables keyed by address, in 16 shards that double when full: memory in proportion
     /// to the live blocks (21.3 bytes each at the load limit, up to twice that just after a

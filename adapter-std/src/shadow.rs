@@ -1,32 +1,35 @@
 //! Shadow memory: the default domain's traces, each at a place computed from its block's
 //! address.
 //!
-//! Every 32 bytes of address space have an 8-byte cell, which holds the trace of a block that
-//! starts there: its size, the traceback store's generation, which 16-byte half of the 32 the
-//! block starts at, and the traceback's id. A block's cell lies beside its heap neighbours'
-//! cells, so recording and forgetting follow the heap's own cache locality, where a hash table
-//! keyed by address scatters them (BENCHMARKS.md, section 3: on serde_json the table alone cost
-//! 1.55x, shadow memory 1.18x). Nor does it need a lock. Snapshots read cells while they change,
-//! each one atomically.
+//! Every 16 or 32 bytes of address space (the cell's span) have an 8-byte cell, which holds
+//! the trace of a block that starts there: its size, the traceback store's generation, where in
+//! the span the block starts (in 8-byte steps) and the traceback's id. A block's cell lies
+//! beside its heap neighbours' cells, so recording and forgetting follow the heap's own cache
+//! locality, where a hash table keyed by address scatters them (BENCHMARKS.md, section 3: on
+//! serde_json the table alone cost 1.55x, shadow memory 1.18x). Nor does it need a lock.
+//! Snapshots read cells while they change, each one atomically.
 //!
-//! Why 32 bytes: glibc's blocks start at least 32 bytes apart (its smallest chunk, header
-//! included), so its blocks never share a cell, and a cell per 32 bytes takes half the memory and
-//! half the page faults of a cell per 16 (json's shadow cost fell from +0.045 s to +0.018 s in
-//! the floor benchmark). Allocators that hand out 16-byte blocks side by side (jemalloc,
-//! mimalloc, musl) may put two blocks in one cell's 32 bytes: the first one recorded takes the
-//! cell (with a compare-and-swap, as the other may belong to another thread), the other goes to
-//! the tables. A cell holding a block's trace is written by no one else until that block is
-//! freed; its free empties it with a compare-and-swap, which a record racing with a
-//! `clear_traces()` cannot slip past.
+//! The span is chosen once per process, before the first cell is written ([`choose_span`]): 32
+//! bytes when the inner allocator starts its smallest blocks at least 32 bytes apart, as glibc
+//! does (its smallest chunk, header included), which halves the cells' memory and page faults
+//! (json's shadow cost fell from +0.045 s to +0.018 s in the floor benchmark); 16 bytes for
+//! allocators that hand out small blocks side by side (jemalloc, mimalloc, musl: under mimalloc
+//! a 32-byte span sent so many neighbours to the tables that json ran 0.46 s against 0.38 s).
+//! Two blocks may still start in one span (8-byte blocks in a 16-byte span): the first one
+//! recorded takes the cell with a compare-and-swap (the other may belong to another thread),
+//! the other goes to the tables. A cell holding a block's trace is written by no one else
+//! until that block is freed; its free empties it with a compare-and-swap, which a record
+//! racing with a `clear_traces()` cannot slip past.
 //!
 //! The address space is cut into 1 GiB regions. The first block in a region reserves the
-//! region's 256 MiB of cells (`MAP_NORESERVE`: only the pages written take memory) and a bitmap
+//! region's 512 MiB of cells (`MAP_NORESERVE`: only the pages written take memory; a 32-byte
+//! span uses the first half) and a bitmap
 //! of the cell pages written, which snapshots, [`clear`] and [`memory_bytes`] walk instead of
 //! the reservation. Reservations are never unmapped, as a thread may be writing a cell while
 //! tracing stops; [`clear`] gives the written pages back instead.
 //!
-//! What does not fit a cell goes to the shard tables (see `state`): blocks not aligned to 16
-//! bytes, of 256 MiB or more, or of size 0, blocks whose cell holds a live neighbour's trace,
+//! What does not fit a cell goes to the shard tables (see `state`): blocks not aligned to 8
+//! bytes, of 128 MiB or more, or of size 0, blocks whose cell holds a neighbour's trace,
 //! and any block in a region that could not be reserved. Sampling always uses the tables, and
 //! so does every block on a system whose pages are larger than 4 KiB (the reservation's guard
 //! pages cannot be set there, so reserving fails).
@@ -36,20 +39,23 @@
 //! generation). It is 11 bits: after 2048 clears a stale cell that escaped both could read as
 //! current again.
 
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::*};
+use core::alloc::{GlobalAlloc, Layout};
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
 
 use tracemalloc_core::TracebackId;
 
-/// The alignment a block needs to have a cell: a cell tells the two 16-byte halves of its
-/// span apart, and no more.
-const GRAIN: usize = 16;
-/// Bytes of address space per cell.
-const CELL_SPAN: usize = 2 * GRAIN;
-const CELL_SHIFT: u32 = CELL_SPAN.trailing_zeros();
+/// The alignment a block needs to have a cell: a cell tells where in its span the block
+/// starts, in steps of this.
+const GRAIN: usize = 8;
+/// Bytes of address space per cell, as a shift: 4 (16 bytes) or 5 (32), see [`choose_span`].
+static SPAN_SHIFT: AtomicU32 = AtomicU32::new(NARROW_SPAN_SHIFT);
+const NARROW_SPAN_SHIFT: u32 = 4;
+const WIDE_SPAN_SHIFT: u32 = 5;
 /// Addresses above this are not shadowed (the user half of a 48-bit address space).
 const ADDRESS_BITS: u32 = 48;
 const REGION_BITS: u32 = 30;
-const REGION_CELLS: usize = 1 << (REGION_BITS - CELL_SHIFT);
+/// Cells a region may need: one per 16 bytes (a 32-byte span uses the first half).
+const REGION_CELLS: usize = 1 << (REGION_BITS - NARROW_SPAN_SHIFT);
 const CELLS_BYTES: usize = REGION_CELLS * size_of::<u64>();
 const PAGE: usize = 4096;
 const CELLS_PER_PAGE: usize = PAGE / size_of::<u64>();
@@ -61,14 +67,14 @@ const RESERVATION: usize = CELLS_BYTES + BITMAP_WORDS * size_of::<u64>();
 /// further regions go to the tables.
 const MAX_REGIONS: usize = 4096;
 
-/// The largest block a cell holds (28 bits: larger blocks are few, and the tables serve them).
+/// The largest block a cell holds (27 bits: larger blocks are few, and the tables serve them).
 pub(crate) const MAX_SIZE: u64 = (1 << SIZE_BITS) - 1;
-const SIZE_BITS: u32 = 28;
+const SIZE_BITS: u32 = 27;
 const SIZE_SHIFT: u32 = 64 - SIZE_BITS;
 const ID_BITS: u32 = 24;
-/// Set in a cell whose block starts at the second half of the cell's span.
-const UPPER_HALF: u64 = 1 << ID_BITS;
-const GENERATION_SHIFT: u32 = ID_BITS + 1;
+/// Where in its cell's span the block starts, in [`GRAIN`]s: 2 bits, beside the id.
+const OFFSET_MASK: u64 = 0b11;
+const GENERATION_SHIFT: u32 = ID_BITS + 2;
 /// Generation bits: a stale cell that escaped a clear reads as current again only after this
 /// many more clears.
 const GENERATION_MASK: u64 = (1 << (SIZE_SHIFT - GENERATION_SHIFT)) - 1;
@@ -85,8 +91,8 @@ static RESERVED_LEN: AtomicUsize = AtomicUsize::new(0);
 /// Taken to reserve a region (and by the fork handlers).
 pub(crate) static RESERVING: spin::Mutex<()> = spin::Mutex::new(());
 
-/// A cell's content: 0, or a trace as size (high 28 bits), generation (11 bits), half (1 bit:
-/// [`UPPER_HALF`]) and id (24 bits).
+/// A cell's content: 0, or a trace as size (high 27 bits), generation (11 bits), offset in
+/// the span (2 bits, in [`GRAIN`]s) and id (24 bits).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Packed(u64);
 
@@ -101,7 +107,7 @@ impl Packed {
         Packed(
             size << SIZE_SHIFT
                 | (u64::from(generation) & GENERATION_MASK) << GENERATION_SHIFT
-                | half_of(addr)
+                | offset_of(addr) << ID_BITS
                 | u64::from(id.index()),
         )
     }
@@ -125,31 +131,79 @@ impl Packed {
                 == u64::from(generation) & GENERATION_MASK
     }
 
-    /// Whether this is the trace of a block at `addr` (of any generation), rather than of the
-    /// block at the other half of the cell's span.
+    /// Whether this is the trace of a block at `addr` (of any generation), rather than of
+    /// another block starting in the cell's span.
     #[inline(always)]
     fn is_at(self, addr: usize) -> bool {
-        self.0 != 0 && self.0 & UPPER_HALF == half_of(addr)
+        self.0 != 0 && (self.0 >> ID_BITS) & OFFSET_MASK == offset_of(addr)
     }
 
-    /// The offset of the traced block in its cell's span.
+    /// The offset of the traced block in its cell's span, in bytes.
     fn offset(self) -> usize {
-        if self.0 & UPPER_HALF != 0 {
-            GRAIN
-        } else {
-            0
-        }
+        ((self.0 >> ID_BITS) & OFFSET_MASK) as usize * GRAIN
     }
 }
 
-/// [`UPPER_HALF`] for a block at `addr` in the upper half of its cell's span, else 0.
+/// Where `addr` lies in its cell's span, in [`GRAIN`]s.
 #[inline(always)]
-fn half_of(addr: usize) -> u64 {
-    if addr & GRAIN != 0 {
-        UPPER_HALF
-    } else {
-        0
+fn offset_of(addr: usize) -> u64 {
+    ((addr & ((1 << span_shift()) - 1)) / GRAIN) as u64
+}
+
+/// [`SPAN_SHIFT`]: it changes only before the first region is reserved.
+#[inline(always)]
+fn span_shift() -> u32 {
+    SPAN_SHIFT.load(Relaxed)
+}
+
+/// Chooses the cells' span for `inner`, the allocator whose blocks are about to be traced:
+/// 32 bytes when it starts small blocks at least 32 bytes apart, 16 otherwise. Only before the
+/// first region is reserved: cells are read with the span they were written with, so a later
+/// start under another allocator keeps the span (which costs it memory or speed, never traces).
+pub(crate) fn choose_span(inner: &dyn GlobalAlloc) {
+    let _reserving = RESERVING.lock();
+    if RESERVED_LEN.load(Relaxed) == 0 {
+        let wide = least_spacing(inner) >= 1 << WIDE_SPAN_SHIFT;
+        let shift = if wide {
+            WIDE_SPAN_SHIFT
+        } else {
+            NARROW_SPAN_SHIFT
+        };
+        SPAN_SHIFT.store(shift, Relaxed);
     }
+}
+
+/// The least distance between the starts of small blocks of `inner` allocated one after the
+/// other (16 each of 8, 16 and 24 bytes, 8-aligned), all freed again; `usize::MAX` if it has
+/// none to give.
+fn least_spacing(inner: &dyn GlobalAlloc) -> usize {
+    const EACH: usize = 16;
+    let mut blocks = [(0usize, Layout::new::<u8>()); 3 * EACH];
+    for (i, block) in blocks.iter_mut().enumerate() {
+        let layout = Layout::from_size_align(8 * (1 + i / EACH), 8).unwrap_or(block.1);
+        // SAFETY: a non-zero size; the block is freed below with the same layout.
+        *block = (unsafe { inner.alloc(layout) } as usize, layout);
+    }
+    let mut starts = blocks.map(|(addr, _)| addr);
+    for (addr, layout) in blocks {
+        if addr != 0 {
+            // SAFETY: allocated above by `inner` with this layout, and freed once.
+            unsafe { inner.dealloc(addr as *mut u8, layout) };
+        }
+    }
+    spacing(&mut starts)
+}
+
+/// The least distance between the non-zero addresses of `starts` (sorted on the way).
+fn spacing(starts: &mut [usize]) -> usize {
+    starts.sort_unstable();
+    starts
+        .iter()
+        .filter(|&&a| a != 0)
+        .zip(starts.iter().filter(|&&a| a != 0).skip(1))
+        .map(|(a, b)| b - a)
+        .min()
+        .unwrap_or(usize::MAX)
 }
 
 /// Whether a block at `addr` of `size` bytes can have a cell.
@@ -175,7 +229,7 @@ fn cells_of(addr: usize, reserve: bool) -> Option<usize> {
 /// `base` is the reservation of `addr`'s region, as [`cells_of`] or [`reserved`] return it.
 #[inline(always)]
 unsafe fn cell_at(base: usize, addr: usize) -> &'static AtomicU64 {
-    let index = (addr & ((1 << REGION_BITS) - 1)) >> CELL_SHIFT;
+    let index = (addr & ((1 << REGION_BITS) - 1)) >> span_shift();
     // SAFETY: `base` is the start of a reservation of `RESERVATION` bytes that is never
     // unmapped (the caller's contract), whose first `CELLS_BYTES` are `REGION_CELLS` aligned
     // 8-byte cells, only ever accessed atomically; `index < REGION_CELLS`. Reading or writing a
@@ -190,16 +244,21 @@ unsafe fn cell_at(base: usize, addr: usize) -> &'static AtomicU64 {
 /// As for [`cell_at`].
 #[inline(always)]
 unsafe fn page_bit(base: usize, addr: usize) -> (&'static AtomicU64, u64) {
-    let page = ((addr & ((1 << REGION_BITS) - 1)) >> CELL_SHIFT) / CELLS_PER_PAGE;
+    let page = ((addr & ((1 << REGION_BITS) - 1)) >> span_shift()) / CELLS_PER_PAGE;
     // SAFETY: `page < PAGES`, so its word is in the bitmap; `base` is the caller's.
     (unsafe { bitmap_word(base, page / 64) }, 1 << (page % 64))
 }
 
 /// The cell of `addr`, if its page was written since the last [`clear`]: cells in other pages
 /// are empty. Not reading those matters: a read maps the shared zero page, and the first write
-/// after it faults again and flushes the TLB of every core running the process.
+/// after it faults again and flushes the TLB of every core running the process. None for an
+/// address off the [`GRAIN`]: no block there has a cell, and its cell's trace, at another
+/// offset, is some neighbour's.
 #[inline(always)]
 fn written_cell(addr: usize) -> Option<&'static AtomicU64> {
+    if addr % GRAIN != 0 {
+        return None;
+    }
     let base = cells_of(addr, false)?;
     // SAFETY: `base` is `addr`'s reservation (`cells_of`).
     let (word, bit) = unsafe { page_bit(base, addr) };
@@ -221,8 +280,8 @@ unsafe fn bitmap_word(base: usize, word: usize) -> &'static AtomicU64 {
 
 /// Records the block at `addr` (which [`fits`]). Returns what the cell held before for this
 /// address (a block the tracer did not see freed), or `Err` when the block has no cell: its
-/// region cannot be reserved, or the cell holds the trace of a block at the other half of its
-/// span.
+/// region cannot be reserved, or the cell holds the trace (live or stale) of another block
+/// starting in its span.
 #[inline(always)]
 pub(crate) fn record(
     addr: usize,
@@ -236,7 +295,9 @@ pub(crate) fn record(
     // The page's bit is set after its first cell is written, by the thread that wrote it; a
     // cell of a page without it is empty (or a cell of an old generation, written by a thread
     // racing with `clear`), and is first tried as empty without being read (see
-    // `written_cell`): the compare-and-swap then faults a fresh page in at once.
+    // `written_cell`): the compare-and-swap then faults a fresh page in at once (on ARM
+    // without LSE atomics, its exclusive load maps the zero page first, and the loop retries
+    // once after the store's fault).
     let marked = word.load(Relaxed) & bit != 0;
     let mut before = if marked {
         Packed(cell.load(Relaxed))
@@ -280,15 +341,28 @@ pub(crate) fn take(addr: usize) -> Packed {
 }
 
 /// Puts back what [`take`] returned, for a block that turned out not to be freed (a failed
-/// `realloc`). Returns false when the block's neighbour took the cell meanwhile: the trace
-/// then belongs in the tables.
+/// `realloc`). Returns false when it cannot: a neighbour took the cell meanwhile (the trace
+/// then belongs in the tables), or a `clear` gave the page back (the trace is of an old
+/// generation, which the tables refuse).
 pub(crate) fn put_back(addr: usize, held: Packed) -> bool {
     if held == Packed::EMPTY {
         return true;
     }
-    // The page was written already: `take` found `held` there.
-    written_cell(addr)
-        .is_some_and(|cell| cell.compare_exchange(0, held.0, Relaxed, Relaxed).is_ok())
+    // `take` found `held` there, so the page was written, unless a clear came since.
+    let Some(base) = cells_of(addr, false).filter(|_| addr % GRAIN == 0) else {
+        return false;
+    };
+    // SAFETY: `base` is `addr`'s reservation (`cells_of`).
+    let (cell, (word, bit)) = unsafe { (cell_at(base, addr), page_bit(base, addr)) };
+    if word.load(Relaxed) & bit == 0 || cell.compare_exchange(0, held.0, Relaxed, Relaxed).is_err()
+    {
+        return false;
+    }
+    // As in `record`: a page holding a cell must stay marked, also after a racing `clear`.
+    if word.load(Relaxed) & bit == 0 {
+        word.fetch_or(bit, Relaxed);
+    }
+    true
 }
 
 /// What the cell of `addr` holds for the block there.
@@ -419,6 +493,7 @@ fn reserved() -> impl Iterator<Item = (usize, usize)> {
 /// Calls `f` with the address and content of every cell that holds a trace, in pages written
 /// since they were last cleared.
 pub(crate) fn scan(mut f: impl FnMut(usize, Packed)) {
+    let shift = span_shift();
     for (region, base) in reserved() {
         for word in 0..BITMAP_WORDS {
             // SAFETY: `base` comes from `reserved()`, and `word < BITMAP_WORDS`.
@@ -428,12 +503,9 @@ pub(crate) fn scan(mut f: impl FnMut(usize, Packed)) {
                 bits &= bits - 1;
                 for i in page * CELLS_PER_PAGE..(page + 1) * CELLS_PER_PAGE {
                     // SAFETY: `base` comes from `reserved()`; the address is in its region.
-                    let held = Packed(unsafe { cell_at(base, i << CELL_SHIFT) }.load(Relaxed));
+                    let held = Packed(unsafe { cell_at(base, i << shift) }.load(Relaxed));
                     if held != Packed::EMPTY {
-                        f(
-                            region << REGION_BITS | i << CELL_SHIFT | held.offset(),
-                            held,
-                        );
+                        f(region << REGION_BITS | i << shift | held.offset(), held);
                     }
                 }
             }
@@ -508,20 +580,34 @@ pub(crate) fn memory_bytes() -> usize {
 mod tests {
     use super::*;
 
-    // The shadow is process-wide; one test, so that nothing else writes it meanwhile.
+    // The shadow is process-wide; one test, so that nothing else writes it meanwhile (no other
+    // test of this crate traces), and it may switch the span between its rounds.
     #[test]
     fn cells_record_take_scan_and_clear() {
+        for shift in [NARROW_SPAN_SHIFT, WIDE_SPAN_SHIFT] {
+            SPAN_SHIFT.store(shift, Relaxed);
+            cells_record_take_scan_and_clear_with_the_span();
+        }
+    }
+
+    fn cells_record_take_scan_and_clear_with_the_span() {
         let id = TracebackId::from_index(0xAB_CDEF);
         // Addresses no allocator of this test process hands out: the top of the user half.
+        // b and c lie 16 and 24 bytes into a cell's span (or 0 and 8 with a 16-byte span),
+        // in pages of their own.
         let a = (1 << ADDRESS_BITS) - (1 << REGION_BITS);
         let b = a + 4096 * 40 + 16;
-        assert!(fits(a, 1) && fits(b, MAX_SIZE as usize));
-        assert!(!fits(a + 8, 8) && !fits(a, 0) && !fits(a, MAX_SIZE as usize + 1));
+        let c = a + 4096 * 80 + 24;
+        assert!(fits(a, 1) && fits(b, MAX_SIZE as usize) && fits(c, 8));
+        assert!(!fits(a + 4, 8) && !fits(a, 0) && !fits(a, MAX_SIZE as usize + 1));
         assert!(!fits(1 << ADDRESS_BITS, 16));
 
         let memory_before = memory_bytes();
         assert_eq!(record(a, 24, 7, id), Ok(Packed::EMPTY));
         assert_eq!(record(b, MAX_SIZE, 7, id), Ok(Packed::EMPTY));
+        assert_eq!(record(c, 8, 7, id), Ok(Packed::EMPTY));
+        assert_eq!(get(c).of_generation(7), Some((8, id)));
+        assert_eq!(take(c).of_generation(7), Some((8, id)));
         assert_eq!(get(a).of_generation(7), Some((24, id)));
         assert_eq!(get(a).of_generation(8), None, "another generation's id");
         assert_eq!(
@@ -529,14 +615,15 @@ mod tests {
             Some((24, id)),
             "11 bits of generation"
         );
-        // Two pages of cells written, and the bitmap's page that marks them.
-        assert_eq!(memory_bytes() - memory_before, 3 * PAGE);
+        // Three pages of cells written, and the bitmap's page that marks them.
+        assert_eq!(memory_bytes() - memory_before, 4 * PAGE);
         #[cfg(target_os = "linux")]
         assert_eq!(
             resident(a),
-            3 * PAGE,
+            4 * PAGE,
             "what the kernel says the region holds"
         );
+        assert_eq!(record(c, 8, 7, id), Ok(Packed::EMPTY));
 
         let mut seen = Vec::new();
         scan(|addr, held| {
@@ -544,7 +631,8 @@ mod tests {
                 seen.push((addr, held.of_generation(7)));
             }
         });
-        assert_eq!(seen, [(a, Some((24, id))), (b, Some((MAX_SIZE, id)))]);
+        let expected = [(a, 24), (b, MAX_SIZE), (c, 8)].map(|(at, size)| (at, Some((size, id))));
+        assert_eq!(seen, expected, "addresses rebuilt from the cells");
 
         // A second record at the same address reports the trace it replaces.
         assert_eq!(record(a, 32, 7, id), Ok(Packed::new(a, 24, 7, id)));
@@ -554,7 +642,12 @@ mod tests {
         assert!(put_back(a, held));
         assert_eq!(get(a), held);
 
-        // A block at the other half of a's cell: a's trace stays, the neighbour has no cell.
+        // No block starts off the grain: a's trace is not an address 4 bytes further's.
+        assert_eq!(get(a + 4), Packed::EMPTY);
+        assert_eq!(take(a + 4), Packed::EMPTY);
+        assert_eq!(get(a), held);
+
+        // A block 8 bytes further, in a's cell: a's trace stays, the neighbour has no cell.
         let n = a + GRAIN;
         assert!(fits(n, 16));
         assert_eq!(take(n), Packed::EMPTY, "the cell holds a's trace, not n's");
@@ -574,7 +667,8 @@ mod tests {
                 found.push((addr, held.of_generation(7)));
             }
         });
-        assert_eq!(found, [(n, Some((16, id))), (b, Some((MAX_SIZE, id)))]);
+        let expected = [(n, 16), (b, MAX_SIZE), (c, 8)].map(|(at, size)| (at, Some((size, id))));
+        assert_eq!(found, expected);
         // A stale trace of n's (another generation) still keeps a out of the cell.
         assert_eq!(record(a, 8, 8, id), Err(()));
         assert_eq!(take(n).of_generation(7), Some((16, id)));
@@ -584,6 +678,7 @@ mod tests {
         clear();
         assert_eq!(get(a), Packed::EMPTY);
         assert_eq!(get(b), Packed::EMPTY);
+        assert_eq!(get(c), Packed::EMPTY);
         assert_eq!(memory_bytes(), memory_before);
         #[cfg(target_os = "linux")]
         assert_eq!(
@@ -600,6 +695,43 @@ mod tests {
         release();
         #[cfg(target_os = "linux")]
         assert_eq!(resident(a), 0);
+    }
+
+    #[test]
+    fn the_span_follows_how_close_small_blocks_lie() {
+        assert_eq!(spacing(&mut [0x1040, 0, 0x1000, 0x1020]), 0x20);
+        assert_eq!(spacing(&mut [0x1000, 0x1010, 0x2000]), 0x10);
+        assert_eq!(
+            spacing(&mut [0, 0x1000]),
+            usize::MAX,
+            "one block: no spacing"
+        );
+        // glibc's smallest chunk is 32 bytes, header included.
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        assert!(least_spacing(&std::alloc::System) >= 32);
+        assert!(least_spacing(&SideBySide::default()) < 32);
+    }
+
+    /// Hands out 16-byte slots side by side, as allocators with small size classes do (and
+    /// never takes them back: the test needs a few).
+    #[derive(Default)]
+    struct SideBySide {
+        next: core::cell::Cell<usize>,
+        slots: [core::cell::UnsafeCell<[u64; 2]>; 32],
+    }
+
+    // SAFETY: every block is a distinct 16-byte slot of `slots`, which outlives the test's
+    // use; layouts of more than 16 bytes or alignment get null. Not shared between threads.
+    unsafe impl GlobalAlloc for SideBySide {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            let i = self.next.get();
+            if layout.size() > 16 || layout.align() > 8 || i == self.slots.len() {
+                return core::ptr::null_mut();
+            }
+            self.next.set(i + 1);
+            self.slots[i].get().cast()
+        }
+        unsafe fn dealloc(&self, _ptr: *mut u8, _layout: Layout) {}
     }
 
     /// Bytes of the reservation holding `addr`'s cells that are in memory (`/proc/self/smaps`).

@@ -440,7 +440,11 @@ fn arm(inner: &dyn GlobalAlloc) -> bool {
     // The storage is chosen before `interner::reset` starts the new generation: a thread that
     // reads the new generation (acquire) then sees the storage of its session. Cells left by
     // writers racing with the last stop are given back; their generation is an old one.
-    SHADOWED.store(shadow_chosen(&config), Relaxed);
+    let shadowed = shadow_chosen(&config);
+    if shadowed {
+        shadow::choose_span(inner);
+    }
+    SHADOWED.store(shadowed, Relaxed);
     SPILLED.store(0, Relaxed);
     shadow::clear();
     let ready = allocate_shards(inner, &config)
@@ -566,7 +570,7 @@ mod fork {
 
 /// Whether `config` records full tracing in shadow memory. Sampling always uses the tables
 /// (the shadow paths keep no sampling state), and so does `Auto` where the address space is
-/// limited (`RLIMIT_AS`): each region reserves 256 MiB of it, which the program's own
+/// limited (`RLIMIT_AS`): each region reserves 512 MiB of it, which the program's own
 /// mappings might then be refused.
 fn shadow_chosen(config: &Config) -> bool {
     match config.storage {
@@ -844,7 +848,8 @@ unsafe fn realloc_shadowed(
     let moved = unsafe { inner.realloc(ptr, layout, new_size) };
     if moved.is_null() {
         // The old block is untouched, and so is its trace: back in its cell, or in the tables
-        // if a neighbour took the cell meanwhile (its size leaves the count and comes back).
+        // if a neighbour took the cell meanwhile (its size leaves the count and comes back;
+        // after a clear, the tables refuse its old generation).
         if !shadow::put_back(old, held) {
             if let Some((size, id)) = in_cell {
                 accounting::account_unlocked(0, size, generation);

@@ -1,10 +1,11 @@
-//! Shadow memory has a cell per 32 bytes of address space (`adapter-std/src/shadow.rs`): glibc
-//! never starts two blocks in one cell's span, but allocators with 16-byte blocks (jemalloc,
-//! mimalloc, musl) do. Under an inner allocator that hands out 16-byte blocks side by side, the
-//! first of two neighbours takes the cell and the other goes to the tables; both must be
-//! traced, found, forgotten and counted exactly, also when threads allocate and free
-//! neighbours at the same time, and when a neighbour takes the cell while a failed `realloc`
-//! has the other block's trace out of it.
+//! Shadow memory has a cell per 16 or 32 bytes of address space (`adapter-std/src/shadow.rs`,
+//! the span chosen for the inner allocator): glibc never starts two blocks in one cell's span,
+//! but allocators with 8- or 16-byte blocks (jemalloc, mimalloc, musl) do. Under an inner
+//! allocator that hands out 8-byte blocks side by side, two neighbours share a cell in either
+//! span: the first takes the cell and the other goes to the tables. Both must be traced, found,
+//! forgotten and counted exactly, also when threads allocate and free neighbours at the same
+//! time, and when a neighbour takes the cell while a failed `realloc` has the other block's
+//! trace out of it.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering::*};
@@ -13,13 +14,14 @@ use std::sync::Mutex;
 use tracemalloc::{Config, Storage, TracingAllocator};
 use tracemalloc_tests::{marked_line, traced_at};
 
-/// Slots of 16 bytes, 32-byte aligned in pairs, for blocks of [`Half`]'s layout only (nothing
-/// else allocates it), handed out in address order and reused last freed first: two such
-/// blocks allocated one after the other share a cell's span.
+/// Slots of 8 bytes, 16-byte aligned in pairs, for blocks of [`Small`]'s layout only, handed
+/// out in address order (fresh ones) or last freed first: two fresh blocks allocated one after
+/// the other from an even slot share a cell's span.
 const SLOTS: usize = 1 << 16;
+const SLOT: usize = size_of::<Small>();
 
 #[repr(C, align(32))]
-struct Arena([u8; SLOTS * 16]);
+struct Arena([u8; SLOTS * SLOT]);
 
 struct Paired {
     arena: *mut Arena,
@@ -41,12 +43,12 @@ static FRESH_ONLY: AtomicBool = AtomicBool::new(false);
 
 impl Paired {
     fn is_small(layout: Layout) -> bool {
-        layout == Layout::new::<Half>()
+        layout == Layout::new::<Small>()
     }
 
     fn slot_of(&self, ptr: *mut u8) -> Option<usize> {
         let offset = (ptr as usize).checked_sub(self.arena as usize)?;
-        (offset < SLOTS * 16).then_some(offset / 16)
+        (offset < SLOTS * SLOT).then_some(offset / SLOT)
     }
 
     fn take_slot(&self) -> *mut u8 {
@@ -57,7 +59,7 @@ impl Paired {
             // SAFETY: a free slot holds the next free one's index + 1, written by `dealloc`.
             *free = unsafe {
                 (self.arena as *const u8)
-                    .add(slot * 16)
+                    .add(slot * SLOT)
                     .cast::<usize>()
                     .read()
             };
@@ -69,11 +71,11 @@ impl Paired {
             return std::ptr::null_mut();
         };
         // SAFETY: `slot < SLOTS`, inside the arena.
-        unsafe { (self.arena as *mut u8).add(slot * 16) }
+        unsafe { (self.arena as *mut u8).add(slot * SLOT) }
     }
 }
 
-// SAFETY: blocks of `Half`'s layout are distinct 16-byte, 16-aligned slots of the arena (a slot is handed
+// SAFETY: blocks of `Small`'s layout are distinct 8-byte, 8-aligned slots of the arena (a slot is handed
 // out again only after `dealloc`); other blocks are `System`'s with the caller's layout.
 // `realloc` to `FAIL` returns null and leaves the block untouched, as `realloc` may.
 unsafe impl GlobalAlloc for Paired {
@@ -124,7 +126,7 @@ unsafe impl GlobalAlloc for Paired {
 #[global_allocator]
 static ALLOC: TracingAllocator<Paired> = TracingAllocator::new(Paired {
     arena: {
-        static mut ARENA: Arena = Arena([0; SLOTS * 16]);
+        static mut ARENA: Arena = Arena([0; SLOTS * SLOT]);
         &raw mut ARENA
     },
     state: Mutex::new((0, 0)),
@@ -141,39 +143,50 @@ fn traced_here(marker: &str) -> Option<(u64, u64)> {
     traced_at(&snapshot, THIS_FILE, line_of(marker))
 }
 
-/// A 16-byte block of the inner allocator's arena.
-#[repr(C, align(16))]
-struct Half([u64; 2]);
+/// An 8-byte block of the inner allocator's arena.
+#[repr(C)]
+struct Small(u64);
 
 #[inline(never)]
-fn left() -> Box<Half> {
-    Box::new(Half([1, 1])) // LEFT
+fn left() -> Box<Small> {
+    Box::new(Small(1)) // LEFT
 }
 
 #[inline(never)]
-fn right() -> Box<Half> {
-    Box::new(Half([2, 2])) // RIGHT
+fn right() -> Box<Small> {
+    Box::new(Small(2)) // RIGHT
 }
 
-fn addr(b: &Half) -> usize {
-    b as *const Half as usize
+fn addr(b: &Small) -> usize {
+    b as *const Small as usize
+}
+
+/// Fresh neighbours from here on: the next fresh slot is an even one.
+fn fresh_pairs() {
+    FRESH_ONLY.store(true, Relaxed);
+    let probe = left();
+    if addr(&probe) % 16 == 0 {
+        drop(left()); // its odd neighbour
+    }
 }
 
 /// Neighbours from two call sites, each pair in one cell's span.
 fn neighbours_in_one_thread() {
     let (before, _) = tracemalloc::traced_memory();
-    let mut pairs: Vec<(Box<Half>, Box<Half>)> = Vec::with_capacity(1000);
+    let mut pairs: Vec<(Box<Small>, Box<Small>)> = Vec::with_capacity(1000);
+    fresh_pairs();
     for _ in 0..1000 {
         pairs.push((left(), right()));
     }
-    assert!(pairs.iter().all(|(l, r)| addr(r) == addr(l) + 16));
-    assert!(pairs.iter().all(|(l, _)| addr(l) % 32 == 0));
-    assert_eq!(traced_here("LEFT"), Some((1000 * 16, 1000)));
-    assert_eq!(traced_here("RIGHT"), Some((1000 * 16, 1000)));
+    FRESH_ONLY.store(false, Relaxed);
+    assert!(pairs.iter().all(|(l, r)| addr(r) == addr(l) + 8));
+    assert!(pairs.iter().all(|(l, _)| addr(l) % 16 == 0));
+    assert_eq!(traced_here("LEFT"), Some((1000 * 8, 1000)));
+    assert_eq!(traced_here("RIGHT"), Some((1000 * 8, 1000)));
     let (with, _) = tracemalloc::traced_memory();
-    assert_eq!(with - before, 2000 * 16 + 1000 * 16, "blocks and the Vec");
+    assert_eq!(with - before, 2000 * 8 + 1000 * 16, "blocks and the Vec");
     let (l, r) = &pairs[500];
-    let line = |b: &Half| tracemalloc::object_traceback(b).map(|t| t.frames[0].lineno);
+    let line = |b: &Small| tracemalloc::object_traceback(b).map(|t| t.frames[0].lineno);
     assert_eq!(line(l), Some(line_of("LEFT")), "the cell's block");
     assert_eq!(
         line(r),
@@ -182,10 +195,10 @@ fn neighbours_in_one_thread() {
     );
 
     // Free the cells' blocks first: their neighbours stay traced, in the tables. New blocks
-    // then land in the freed lower halves (last freed first) and take their cells.
+    // then land in the freed slots (last freed first) and take their cells.
     let rights: Vec<_> = pairs.into_iter().map(|(_, r)| r).collect();
     let lefts: Vec<_> = (0..1000).map(|_| left()).collect();
-    let mut paired: Vec<_> = lefts.iter().map(|l| addr(l) + 16).collect();
+    let mut paired: Vec<_> = lefts.iter().map(|l| addr(l) + 8).collect();
     let mut expected: Vec<_> = rights.iter().map(|r| addr(r)).collect();
     paired.sort_unstable();
     expected.sort_unstable();
@@ -194,11 +207,11 @@ fn neighbours_in_one_thread() {
         "each new block is a right block's neighbour"
     );
     drop((paired, expected));
-    assert_eq!(traced_here("RIGHT"), Some((1000 * 16, 1000)));
-    assert_eq!(traced_here("LEFT"), Some((1000 * 16, 1000)));
+    assert_eq!(traced_here("RIGHT"), Some((1000 * 8, 1000)));
+    assert_eq!(traced_here("LEFT"), Some((1000 * 8, 1000)));
     drop(rights);
     assert_eq!(traced_here("RIGHT"), None);
-    assert_eq!(traced_here("LEFT"), Some((1000 * 16, 1000)));
+    assert_eq!(traced_here("LEFT"), Some((1000 * 8, 1000)));
     drop(lefts);
     assert_eq!(traced_here("LEFT"), None);
     assert_eq!(
@@ -209,23 +222,26 @@ fn neighbours_in_one_thread() {
 }
 
 #[inline(never)]
-fn churned() -> Box<Half> {
-    Box::new(Half([3, 3])) // CHURN
+fn churned() -> Box<Small> {
+    Box::new(Small(3)) // CHURN
 }
 
 /// Two threads allocate into and free from shared slots, so neighbours belong to different
 /// threads and change hands; no trace may be lost or kept.
 fn neighbours_across_threads() {
     const SHARED: usize = 512;
-    let slots: Vec<AtomicPtr<Half>> = (0..SHARED)
-        .map(|_| AtomicPtr::new(std::ptr::null_mut()))
-        .collect();
-    let live = AtomicUsize::new(0);
-    std::thread::scope(|s| {
-        for t in 0..2usize {
-            let (slots, live) = (&slots, &live);
-            s.spawn(move || {
-                let mut x = t as u64 + 1;
+    let slots: &'static [AtomicPtr<Small>] = Vec::leak(
+        (0..SHARED)
+            .map(|_| AtomicPtr::new(std::ptr::null_mut()))
+            .collect(),
+    );
+    let live: &'static AtomicUsize = Box::leak(Box::new(AtomicUsize::new(0)));
+    // Joined, not scoped: a scope ends before its threads' exit, whose accounting would then
+    // land after the counts below were read.
+    let threads: Vec<_> = (0..2u64)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut x = t + 1;
                 for _ in 0..200_000 {
                     x ^= x << 13;
                     x ^= x >> 7;
@@ -240,12 +256,15 @@ fn neighbours_across_threads() {
                         drop(unsafe { Box::from_raw(old) });
                     }
                 }
-            });
-        }
-    });
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
     let live = live.load(Relaxed) as u64;
-    assert_eq!(traced_here("CHURN"), Some((live * 16, live)));
-    for slot in &slots {
+    assert_eq!(traced_here("CHURN"), Some((live * 8, live)));
+    for slot in slots {
         let block = slot.swap(std::ptr::null_mut(), Relaxed);
         if !block.is_null() {
             // SAFETY: as above; the threads are done.
@@ -253,24 +272,19 @@ fn neighbours_across_threads() {
         }
     }
     assert_eq!(traced_here("CHURN"), None);
-    // Not `traced_memory()`: the threads' own blocks (std's, for their start and exit) were
-    // freed meanwhile, maybe on other threads.
 }
 
 /// A `realloc` that fails while a neighbour took the cell its block's trace had left: the
 /// trace goes to the tables, and both blocks stay traced.
 fn neighbour_takes_the_cell_during_a_failed_realloc() {
-    let layout = Layout::new::<Half>();
+    let layout = Layout::new::<Small>();
     let (before, _) = tracemalloc::traced_memory();
-    // Two fresh neighbours, the first at the lower half of a cell's span.
-    FRESH_ONLY.store(true, Relaxed);
-    let mut first = left();
-    let skipped = (addr(&first) % 32 != 0).then(|| std::mem::replace(&mut first, left()));
+    fresh_pairs();
+    let first = left();
     let second = right();
     FRESH_ONLY.store(false, Relaxed);
-    drop(skipped);
     let (a, b) = (addr(&first), addr(&second));
-    assert_eq!((a % 32, b), (0, a + 16));
+    assert_eq!((a % 16, b), (0, a + 8));
     drop(second); // its slot is the next one handed out
     let helper = std::thread::spawn(|| {
         while !NEIGHBOUR_WANTED.load(Acquire) {
@@ -284,18 +298,15 @@ fn neighbour_takes_the_cell_during_a_failed_realloc() {
     assert!(moved.is_null());
     helper.join().unwrap();
     let neighbour = NEIGHBOUR.load(Acquire);
-    assert_eq!(
-        neighbour as usize, b,
-        "the neighbour took the freed upper half"
-    );
+    assert_eq!(neighbour as usize, b, "the neighbour took the freed slot");
 
-    assert_eq!(traced_here("LEFT"), Some((16, 1)), "the realloc'd block");
-    assert_eq!(traced_here("RIGHT"), Some((16, 1)), "the neighbour");
-    assert_eq!(tracemalloc::traced_memory().0, before + 32);
+    assert_eq!(traced_here("LEFT"), Some((8, 1)), "the realloc'd block");
+    assert_eq!(traced_here("RIGHT"), Some((8, 1)), "the neighbour");
+    assert_eq!(tracemalloc::traced_memory().0, before + 16);
     // SAFETY: both are live blocks of `layout` from `Box::into_raw`.
     unsafe {
-        drop(Box::from_raw(block.cast::<Half>()));
-        drop(Box::from_raw(neighbour.cast::<Half>()));
+        drop(Box::from_raw(block.cast::<Small>()));
+        drop(Box::from_raw(neighbour.cast::<Small>()));
     }
     assert_eq!(traced_here("LEFT"), None);
     assert_eq!(traced_here("RIGHT"), None);

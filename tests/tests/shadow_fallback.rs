@@ -1,30 +1,30 @@
-//! Shadow memory holds blocks that start on a 16-byte boundary; the rest go to the shard
-//! tables (`adapter-std/src/shadow.rs`). Under an inner allocator that hands out 8-byte
-//! aligned blocks for small alignments, and 16-byte aligned ones otherwise, both kinds must be
-//! traced, found, moved by `realloc`, forgotten when freed and counted exactly, whichever
-//! storage they landed in.
+//! Shadow memory holds blocks that start on an 8-byte boundary; the rest go to the shard
+//! tables (`adapter-std/src/shadow.rs`). Under an inner allocator that hands out blocks 4 bytes
+//! past a 16-byte boundary for alignments of 4 and less, and 16-byte aligned ones otherwise,
+//! both kinds must be traced, found, moved by `realloc`, forgotten when freed and counted
+//! exactly, whichever storage they landed in.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 
 use tracemalloc::{Config, Storage, TracingAllocator};
 use tracemalloc_tests::{blocks, marked_line, traced_at};
 
-/// Hands out blocks 8 bytes past a 16-byte boundary when their alignment allows it.
+/// Hands out blocks 4 bytes past a 16-byte boundary when their alignment allows it.
 struct Misaligned;
 
 impl Misaligned {
     /// The layout of the block underneath, and the offset of the block handed out in it.
     fn underneath(layout: Layout) -> (Layout, usize) {
-        if layout.align() > 8 {
+        if layout.align() > 4 {
             return (layout, 0);
         }
-        let padded = Layout::from_size_align(layout.size() + 8, 16).expect("small test blocks");
-        (padded, 8)
+        let padded = Layout::from_size_align(layout.size() + 4, 16).expect("small test blocks");
+        (padded, 4)
     }
 }
 
-// SAFETY: every block is a `System` block of the padded layout, offset by 8 bytes or 0; the
-// offset keeps the alignment the layout asks for (8 at most when offset) and the size fits in
+// SAFETY: every block is a `System` block of the padded layout, offset by 4 bytes or 0; the
+// offset keeps the alignment the layout asks for (4 at most when offset) and the size fits in
 // the padding. `dealloc` undoes the same offset for the same layout.
 unsafe impl GlobalAlloc for Misaligned {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
@@ -34,7 +34,7 @@ unsafe impl GlobalAlloc for Misaligned {
         if base.is_null() {
             return base;
         }
-        // SAFETY: `offset` (0 or 8) lies inside the block, which has `offset` bytes of padding.
+        // SAFETY: `offset` (0 or 4) lies inside the block, which has `offset` bytes of padding.
         unsafe { base.add(offset) }
     }
 
@@ -67,8 +67,8 @@ fn in_cells(n: usize) -> Vec<Box<Aligned>> {
 
 #[inline(never)]
 #[allow(clippy::vec_box)] // as above
-fn in_tables(n: usize) -> Vec<Box<[u64; 5]>> {
-    blocks(n, || Box::new([2; 5])) // TABLES
+fn in_tables(n: usize) -> Vec<Box<[u32; 10]>> {
+    blocks(n, || Box::new([2; 10])) // TABLES
 }
 
 #[inline(never)]
@@ -101,8 +101,8 @@ fn blocks_that_fit_no_cell_are_traced_in_the_tables() {
     assert!(cells
         .iter()
         .all(|b| &**b as *const Aligned as usize % 16 == 0 && b.0[47] == 1));
-    assert!(tables.iter().all(|b| b.as_ptr() as usize % 16 == 8));
-    assert!(grown.iter().all(|v| v.as_ptr() as usize % 16 == 8));
+    assert!(tables.iter().all(|b| b.as_ptr() as usize % 16 == 4));
+    assert!(grown.iter().all(|v| v.as_ptr() as usize % 16 == 4));
 
     assert_eq!(traced_here("CELLS"), Some((100 * 48, 100)));
     assert_eq!(traced_here("TABLES"), Some((100 * 40, 100)));
