@@ -36,6 +36,8 @@ unsafe impl Sync for Paired {}
 
 /// The size whose reallocation fails, after a neighbour was allocated on another thread.
 const FAIL: usize = 777_777;
+/// The size whose reallocation fails at once.
+const FAIL_AT_ONCE: usize = 777_778;
 static NEIGHBOUR_WANTED: AtomicBool = AtomicBool::new(false);
 static NEIGHBOUR: AtomicPtr<u8> = AtomicPtr::new(std::ptr::null_mut());
 /// Hands out slots never handed out before, leaving the free list alone.
@@ -75,9 +77,10 @@ impl Paired {
     }
 }
 
-// SAFETY: blocks of `Small`'s layout are distinct 8-byte, 8-aligned slots of the arena (a slot is handed
-// out again only after `dealloc`); other blocks are `System`'s with the caller's layout.
-// `realloc` to `FAIL` returns null and leaves the block untouched, as `realloc` may.
+// SAFETY: blocks of `Small`'s layout are distinct 8-byte, 8-aligned slots of the arena (a slot
+// is handed out again only after `dealloc`); other blocks are `System`'s with the caller's
+// layout. `realloc` to `FAIL` or `FAIL_AT_ONCE` returns null and leaves the block untouched, as
+// `realloc` may; a slot reallocated to its own size stays where it is.
 unsafe impl GlobalAlloc for Paired {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if Self::is_small(layout) {
@@ -108,6 +111,12 @@ unsafe impl GlobalAlloc for Paired {
                 std::thread::yield_now();
             }
             return std::ptr::null_mut();
+        }
+        if new_size == FAIL_AT_ONCE {
+            return std::ptr::null_mut();
+        }
+        if self.slot_of(ptr).is_some() && new_size == SLOT {
+            return ptr; // in place
         }
         let new_layout = Layout::from_size_align(new_size, layout.align()).unwrap();
         // SAFETY: the caller's contract: `new_layout` is valid and non-zero.
@@ -313,6 +322,125 @@ fn neighbour_takes_the_cell_during_a_failed_realloc() {
     assert_eq!(tracemalloc::traced_memory().0, before);
 }
 
+#[inline(never)]
+fn cleared() -> *mut Small {
+    Box::into_raw(Box::new(Small(4))) // CLEARED
+}
+
+/// One thread's part of [`neighbours_under_clears`]: replaces, frees, reallocates in place and
+/// fails to reallocate the blocks of random slots.
+fn churn_with_reallocs(slots: &[AtomicPtr<Small>], seed: u64, rounds: usize) {
+    let layout = Layout::new::<Small>();
+    let mut x = seed;
+    for _ in 0..rounds {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let slot = &slots[(x >> 8) as usize % slots.len()];
+        let taken = match x % 8 {
+            0..=3 => slot.swap(cleared(), AcqRel),
+            4 => slot.swap(std::ptr::null_mut(), AcqRel),
+            step => {
+                let block = slot.swap(std::ptr::null_mut(), AcqRel);
+                if block.is_null() {
+                    continue;
+                }
+                let new_size = if step == 7 { FAIL_AT_ONCE } else { SLOT };
+                let ptr = block.cast();
+                // SAFETY: `block` is a live block of `layout` that this thread took out of its
+                // slot; both sizes are non-zero.
+                let moved = unsafe { std::alloc::realloc(ptr, layout, new_size) }; // REALLOCATED
+                assert_eq!(moved.is_null(), step == 7, "in place, or failed");
+                slot.swap(block, AcqRel) // the block is untouched either way
+            }
+        };
+        if !taken.is_null() {
+            // SAFETY: every non-null slot holds a block from `Box::into_raw`, swapped out by
+            // one thread only.
+            drop(unsafe { Box::from_raw(taken) });
+        }
+    }
+}
+
+/// The blocks traced to `CLEARED` or, once reallocated in place, to `REALLOCATED`: bytes and
+/// count.
+fn churned_traced() -> (u64, u64) {
+    [traced_here("CLEARED"), traced_here("REALLOCATED")]
+        .into_iter()
+        .flatten()
+        .fold((0, 0), |(bytes, count), (b, c)| (bytes + b, count + c))
+}
+
+/// Frees the blocks of every slot.
+fn free_all(slots: &[AtomicPtr<Small>]) {
+    for slot in slots {
+        let block = slot.swap(std::ptr::null_mut(), AcqRel);
+        if !block.is_null() {
+            // SAFETY: as in `churn_with_reallocs`.
+            drop(unsafe { Box::from_raw(block) });
+        }
+    }
+}
+
+/// Neighbours churned by two threads, with reallocations in place and failed ones, while a
+/// third clears the traces; then churned without clears, after which the traces are exactly
+/// the live blocks, and nothing stays traced once they are freed (a helper's review).
+fn neighbours_under_clears() {
+    let slots: &'static [AtomicPtr<Small>] = Vec::leak(
+        (0..256)
+            .map(|_| AtomicPtr::new(std::ptr::null_mut()))
+            .collect(),
+    );
+    for round in 0..6u64 {
+        let done: &'static AtomicBool = Box::leak(Box::new(AtomicBool::new(false)));
+        let clearer = std::thread::spawn(move || {
+            while !done.load(Relaxed) {
+                tracemalloc::clear_traces();
+                std::thread::yield_now();
+            }
+        });
+        let churners: Vec<_> = (0..2)
+            .map(|t| {
+                std::thread::spawn(move || churn_with_reallocs(slots, 1 + round * 7 + t, 50_000))
+            })
+            .collect();
+        for thread in churners {
+            thread.join().unwrap();
+        }
+        done.store(true, Relaxed);
+        clearer.join().unwrap();
+        tracemalloc::clear_traces();
+        free_all(slots); // blocks of a cleared generation: their frees change nothing
+        assert_eq!(
+            churned_traced(),
+            (0, 0),
+            "round {round}: traced after a clear"
+        );
+
+        let churners: Vec<_> = (0..2)
+            .map(|t| {
+                std::thread::spawn(move || churn_with_reallocs(slots, 3 + round * 17 + t, 50_000))
+            })
+            .collect();
+        for thread in churners {
+            thread.join().unwrap();
+        }
+        let live = slots.iter().filter(|s| !s.load(Relaxed).is_null()).count() as u64;
+        let traced = churned_traced();
+        assert_eq!(
+            traced,
+            (live * 8, live),
+            "round {round}: traces of the live blocks"
+        );
+        free_all(slots);
+        assert_eq!(
+            churned_traced(),
+            (0, 0),
+            "round {round}: traced after the frees"
+        );
+    }
+}
+
 #[test]
 fn neighbours_in_one_cell_are_both_traced() {
     tracemalloc::start_with(Config {
@@ -324,5 +452,6 @@ fn neighbours_in_one_cell_are_both_traced() {
     neighbours_in_one_thread();
     neighbours_across_threads();
     neighbour_takes_the_cell_during_a_failed_realloc();
+    neighbours_under_clears();
     tracemalloc::stop();
 }
