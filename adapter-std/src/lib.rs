@@ -196,8 +196,9 @@ pub enum Storage {
     /// there. Recording a block needs no lock and touches memory next to its heap neighbours'
     /// traces: see BENCHMARKS.md for what it saves. The memory follows the heap's address span
     /// rather than the number of live blocks: about a quarter of the size of a densely used
-    /// glibc heap of small blocks, but up to a 4 KiB page per block where blocks lie 16 KiB or
-    /// more apart, and pages written stay taken until `clear_traces()` or `stop()`. Blocks
+    /// glibc heap of small blocks (half with 16-byte cells), but up to a 4 KiB page per block
+    /// where blocks lie 16 KiB (8 KiB) or more apart, and pages written stay taken until
+    /// `clear_traces()` or `stop()`. Blocks
     /// that do not fit (not aligned to 8 bytes, 128 MiB or larger, or starting in the span of
     /// a block whose trace holds the cell) and platforms without `mmap` use the tables, and so
     /// does sampling, whatever this says.

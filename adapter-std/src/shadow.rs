@@ -9,15 +9,17 @@
 //! serde_json the table alone cost 1.55x, shadow memory 1.18x). Nor does it need a lock.
 //! Snapshots read cells while they change, each one atomically.
 //!
-//! The span is chosen once per process, before the first cell is written ([`choose_span`]): 32
+//! The span is chosen when tracing starts with shadow memory, until the first region is
+//! reserved, and is fixed from then on ([`choose_span`]): 32
 //! bytes when the inner allocator starts its smallest blocks at least 32 bytes apart, as glibc
 //! does (its smallest chunk, header included), which halves the cells' memory and page faults
 //! (json's shadow cost fell from +0.045 s to +0.018 s in the floor benchmark); 16 bytes for
 //! allocators that hand out small blocks side by side (jemalloc, mimalloc, musl: under mimalloc
 //! a 32-byte span sent so many neighbours to the tables that json ran 0.46 s against 0.38 s).
-//! Two blocks may still start in one span (8-byte blocks in a 16-byte span): the first one
-//! recorded takes the cell with a compare-and-swap (the other may belong to another thread),
-//! the other goes to the tables. A cell holding a block's trace is written by no one else
+//! Several blocks may still start in one span (8-byte blocks in a 16-byte span; up to four in a
+//! 32-byte one, under an allocator that packs blocks closer than the probe saw): the first one
+//! recorded takes the cell with a compare-and-swap (the others may belong to other threads),
+//! the others go to the tables. A cell holding a block's trace is written by no one else
 //! until that block is freed; its free empties it with a compare-and-swap, which a record
 //! racing with a `clear_traces()` cannot slip past.
 //!
@@ -493,8 +495,9 @@ fn reserved() -> impl Iterator<Item = (usize, usize)> {
 /// Calls `f` with the address and content of every cell that holds a trace, in pages written
 /// since they were last cleared.
 pub(crate) fn scan(mut f: impl FnMut(usize, Packed)) {
-    let shift = span_shift();
     for (region, base) in reserved() {
+        // Read once a region is known: the span is fixed from the first reservation on.
+        let shift = span_shift();
         for word in 0..BITMAP_WORDS {
             // SAFETY: `base` comes from `reserved()`, and `word < BITMAP_WORDS`.
             let mut bits = unsafe { bitmap_word(base, word) }.load(Relaxed);
