@@ -101,15 +101,15 @@ pub(crate) struct Packed(u64);
 impl Packed {
     pub(crate) const EMPTY: Packed = Packed(0);
 
-    /// The trace of the block at `addr`, of `size` bytes (1..=[`MAX_SIZE`], so the cell is
-    /// never 0), with `id` of the store's `generation`.
+    /// The trace of a block at `offset` in its cell's span ([`Place::offset`]), of `size` bytes
+    /// (1..=[`MAX_SIZE`], so the cell is never 0), with `id` of the store's `generation`.
     #[inline(always)]
-    fn new(addr: usize, size: u64, generation: u32, id: TracebackId) -> Packed {
+    fn new(offset: u64, size: u64, generation: u32, id: TracebackId) -> Packed {
         debug_assert!(size != 0 && size <= MAX_SIZE);
         Packed(
             size << SIZE_SHIFT
                 | (u64::from(generation) & GENERATION_MASK) << GENERATION_SHIFT
-                | offset_of(addr) << ID_BITS
+                | offset << ID_BITS
                 | u64::from(id.index()),
         )
     }
@@ -133,23 +133,17 @@ impl Packed {
                 == u64::from(generation) & GENERATION_MASK
     }
 
-    /// Whether this is the trace of a block at `addr` (of any generation), rather than of
-    /// another block starting in the cell's span.
+    /// Whether this is the trace of a block at `offset` in the cell's span (of any
+    /// generation), rather than of another block starting in the span.
     #[inline(always)]
-    fn is_at(self, addr: usize) -> bool {
-        self.0 != 0 && (self.0 >> ID_BITS) & OFFSET_MASK == offset_of(addr)
+    fn is_at(self, offset: u64) -> bool {
+        self.0 != 0 && (self.0 >> ID_BITS) & OFFSET_MASK == offset
     }
 
     /// The offset of the traced block in its cell's span, in bytes.
     fn offset(self) -> usize {
         ((self.0 >> ID_BITS) & OFFSET_MASK) as usize * GRAIN
     }
-}
-
-/// Where `addr` lies in its cell's span, in [`GRAIN`]s.
-#[inline(always)]
-fn offset_of(addr: usize) -> u64 {
-    ((addr & ((1 << span_shift()) - 1)) / GRAIN) as u64
 }
 
 /// [`SPAN_SHIFT`]: it changes only before the first region is reserved.
@@ -225,13 +219,13 @@ fn cells_of(addr: usize, reserve: bool) -> Option<usize> {
     }
 }
 
-/// The cell of `addr`.
+/// Cell `index` of the reservation at `base`.
 ///
 /// # Safety
-/// `base` is the reservation of `addr`'s region, as [`cells_of`] or [`reserved`] return it.
+/// `base` is a reservation, as [`cells_of`] or [`reserved`] return it, and
+/// `index < REGION_CELLS`.
 #[inline(always)]
-unsafe fn cell_at(base: usize, addr: usize) -> &'static AtomicU64 {
-    let index = (addr & ((1 << REGION_BITS) - 1)) >> span_shift();
+unsafe fn cell(base: usize, index: usize) -> &'static AtomicU64 {
     // SAFETY: `base` is the start of a reservation of `RESERVATION` bytes that is never
     // unmapped (the caller's contract), whose first `CELLS_BYTES` are `REGION_CELLS` aligned
     // 8-byte cells, only ever accessed atomically; `index < REGION_CELLS`. Reading or writing a
@@ -240,42 +234,78 @@ unsafe fn cell_at(base: usize, addr: usize) -> &'static AtomicU64 {
     unsafe { &*(base as *const AtomicU64).add(index) }
 }
 
-/// The bitmap's word and bit for the page of cells holding `addr`'s.
-///
-/// # Safety
-/// As for [`cell_at`].
-#[inline(always)]
-unsafe fn page_bit(base: usize, addr: usize) -> (&'static AtomicU64, u64) {
-    let page = ((addr & ((1 << REGION_BITS) - 1)) >> span_shift()) / CELLS_PER_PAGE;
-    // SAFETY: `page < PAGES`, so its word is in the bitmap; `base` is the caller's.
-    (unsafe { bitmap_word(base, page / 64) }, 1 << (page % 64))
+/// Where a block's trace lives: its cell, the bitmap bit of the cell's page, and the block's
+/// offset in the cell's span, in [`GRAIN`]s. Computed once per record or free, from one read
+/// of the span.
+struct Place {
+    cell: &'static AtomicU64,
+    word: &'static AtomicU64,
+    bit: u64,
+    offset: u64,
 }
 
-/// The cell of `addr`, if its page was written since the last [`clear`]: cells in other pages
-/// are empty. Not reading those matters: a read maps the shared zero page, and the first write
-/// after it faults again and flushes the TLB of every core running the process. None for an
-/// address off the [`GRAIN`]: no block there has a cell, and its cell's trace, at another
-/// offset, is some neighbour's.
+impl Place {
+    /// Whether the cell's page was written since the last [`clear`].
+    #[inline(always)]
+    fn marked(&self) -> bool {
+        self.word.load(Relaxed) & self.bit != 0
+    }
+
+    /// Marks the page after a write to the cell: a `clear` that took the bit meanwhile may not
+    /// have given the page back yet, and a page holding a cell must stay marked, to be counted
+    /// and cleared. `marked` is what [`Place::marked`] said before the write.
+    #[inline(always)]
+    fn mark(&self, marked: bool) {
+        if !marked || !self.marked() {
+            self.word.fetch_or(self.bit, Relaxed);
+        }
+    }
+}
+
+/// The place of the block at `addr`.
+///
+/// # Safety
+/// `base` is the reservation of `addr`'s region, as [`cells_of`] returns it.
 #[inline(always)]
-fn written_cell(addr: usize) -> Option<&'static AtomicU64> {
+unsafe fn place(base: usize, addr: usize) -> Place {
+    let shift = span_shift();
+    let index = (addr & ((1 << REGION_BITS) - 1)) >> shift;
+    let page = index / CELLS_PER_PAGE;
+    Place {
+        // SAFETY: `index < REGION_CELLS` (an offset in a region, shifted by at least 4);
+        // `base` is the caller's.
+        cell: unsafe { cell(base, index) },
+        // SAFETY: `page < PAGES`, so its word is in the bitmap; `base` is the caller's.
+        word: unsafe { bitmap_word(base, page / 64) },
+        bit: 1 << (page % 64),
+        offset: ((addr & ((1 << shift) - 1)) / GRAIN) as u64,
+    }
+}
+
+/// The place of `addr`, if its cell's page was written since the last [`clear`]: cells in
+/// other pages are empty. Not reading those matters: a read maps the shared zero page, and the
+/// first write after it faults again and flushes the TLB of every core running the process.
+/// None for an address off the [`GRAIN`]: no block there has a cell, and its cell's trace, at
+/// another offset, is some neighbour's.
+#[inline(always)]
+fn written_place(addr: usize) -> Option<Place> {
     if addr % GRAIN != 0 {
         return None;
     }
     let base = cells_of(addr, false)?;
     // SAFETY: `base` is `addr`'s reservation (`cells_of`).
-    let (word, bit) = unsafe { page_bit(base, addr) };
-    // SAFETY: as above.
-    (word.load(Relaxed) & bit != 0).then(|| unsafe { cell_at(base, addr) })
+    let place = unsafe { place(base, addr) };
+    place.marked().then_some(place)
 }
 
 /// Word `word` of the bitmap of the reservation at `base`.
 ///
 /// # Safety
-/// `base` as for [`cell_at`], and `word < BITMAP_WORDS`.
+/// `base` as for [`cell`], and `word < BITMAP_WORDS`.
 #[inline(always)]
 unsafe fn bitmap_word(base: usize, word: usize) -> &'static AtomicU64 {
     debug_assert!(word < BITMAP_WORDS);
-    // SAFETY: as in `cell_at`: the bitmap's `BITMAP_WORDS` aligned words follow the cells in
+    // SAFETY: as in `cell`: the bitmap's `BITMAP_WORDS` aligned words follow the cells in
     // the same reservation, and the caller keeps `word` in range.
     unsafe { &*((base + CELLS_BYTES) as *const AtomicU64).add(word) }
 }
@@ -293,49 +323,48 @@ pub(crate) fn record(
 ) -> Result<Packed, ()> {
     let base = cells_of(addr, true).ok_or(())?;
     // SAFETY: `base` is `addr`'s reservation (`cells_of`).
-    let (cell, (word, bit)) = unsafe { (cell_at(base, addr), page_bit(base, addr)) };
+    let place = unsafe { place(base, addr) };
     // The page's bit is set after its first cell is written, by the thread that wrote it; a
     // cell of a page without it is empty (or a cell of an old generation, written by a thread
     // racing with `clear`), and is first tried as empty without being read (see
-    // `written_cell`): the compare-and-swap then faults a fresh page in at once (on ARM
+    // `written_place`): the compare-and-swap then faults a fresh page in at once (on ARM
     // without LSE atomics, its exclusive load maps the zero page first, and the loop retries
     // once after the store's fault).
-    let marked = word.load(Relaxed) & bit != 0;
+    let marked = place.marked();
     let mut before = if marked {
-        Packed(cell.load(Relaxed))
+        Packed(place.cell.load(Relaxed))
     } else {
         Packed::EMPTY
     };
-    let new = Packed::new(addr, size, generation, id);
+    let new = Packed::new(place.offset, size, generation, id);
     loop {
         // A neighbour's trace, even a stale one, is never replaced: a record that read its
         // generation before a clear cannot tell a live neighbour of the next one.
-        if before != Packed::EMPTY && !before.is_at(addr) {
+        if before != Packed::EMPTY && !before.is_at(place.offset) {
             return Err(());
         }
-        match cell.compare_exchange_weak(before.0, new.0, Relaxed, Relaxed) {
+        match place
+            .cell
+            .compare_exchange_weak(before.0, new.0, Relaxed, Relaxed)
+        {
             Ok(_) => break,
             Err(now) => before = Packed(now),
         }
     }
-    // Checked again after the store: a `clear` that took the bit meanwhile may not have given
-    // the page back yet, and a page holding a cell must stay marked, to be counted and cleared.
-    if !marked || word.load(Relaxed) & bit == 0 {
-        word.fetch_or(bit, Relaxed);
-    }
+    place.mark(marked);
     Ok(before)
 }
 
 /// Empties the cell of the block at `addr` and returns what it held for that block.
 #[inline(always)]
 pub(crate) fn take(addr: usize) -> Packed {
-    let Some(cell) = written_cell(addr) else {
+    let Some(Place { cell, offset, .. }) = written_place(addr) else {
         return Packed::EMPTY;
     };
     let held = Packed(cell.load(Relaxed));
     // Only a `clear` changes the cell of a live block, and after one a neighbour may take the
     // emptied cell: a plain store of 0 could erase the neighbour's new trace.
-    if held.is_at(addr) && cell.compare_exchange(held.0, 0, Relaxed, Relaxed).is_ok() {
+    if held.is_at(offset) && cell.compare_exchange(held.0, 0, Relaxed, Relaxed).is_ok() {
         held
     } else {
         Packed::EMPTY
@@ -351,28 +380,25 @@ pub(crate) fn put_back(addr: usize, held: Packed) -> bool {
         return true;
     }
     // `take` found `held` there, so the page was written, unless a clear came since.
-    let Some(base) = cells_of(addr, false).filter(|_| addr % GRAIN == 0) else {
+    let Some(place) = written_place(addr) else {
         return false;
     };
-    // SAFETY: `base` is `addr`'s reservation (`cells_of`).
-    let (cell, (word, bit)) = unsafe { (cell_at(base, addr), page_bit(base, addr)) };
-    if word.load(Relaxed) & bit == 0 || cell.compare_exchange(0, held.0, Relaxed, Relaxed).is_err()
-    {
-        return false;
+    let restored = place
+        .cell
+        .compare_exchange(0, held.0, Relaxed, Relaxed)
+        .is_ok();
+    if restored {
+        place.mark(true);
     }
-    // As in `record`: a page holding a cell must stay marked, also after a racing `clear`.
-    if word.load(Relaxed) & bit == 0 {
-        word.fetch_or(bit, Relaxed);
-    }
-    true
+    restored
 }
 
 /// What the cell of `addr` holds for the block there.
 pub(crate) fn get(addr: usize) -> Packed {
-    written_cell(addr)
-        .map(|cell| Packed(cell.load(Relaxed)))
-        .filter(|held| held.is_at(addr))
-        .unwrap_or(Packed::EMPTY)
+    written_place(addr)
+        .map(|place| (Packed(place.cell.load(Relaxed)), place.offset))
+        .filter(|&(held, offset)| held.is_at(offset))
+        .map_or(Packed::EMPTY, |(held, _)| held)
 }
 
 #[cold]
@@ -505,8 +531,9 @@ pub(crate) fn scan(mut f: impl FnMut(usize, Packed)) {
                 let page = word * 64 + bits.trailing_zeros() as usize;
                 bits &= bits - 1;
                 for i in page * CELLS_PER_PAGE..(page + 1) * CELLS_PER_PAGE {
-                    // SAFETY: `base` comes from `reserved()`; the address is in its region.
-                    let held = Packed(unsafe { cell_at(base, i << shift) }.load(Relaxed));
+                    // SAFETY: `base` comes from `reserved()`; `i` is a cell of a page below
+                    // `PAGES`, so below `REGION_CELLS`.
+                    let held = Packed(unsafe { cell(base, i) }.load(Relaxed));
                     if held != Packed::EMPTY {
                         f(region << REGION_BITS | i << shift | held.offset(), held);
                     }
@@ -638,7 +665,11 @@ mod tests {
         assert_eq!(seen, expected, "addresses rebuilt from the cells");
 
         // A second record at the same address reports the trace it replaces.
-        assert_eq!(record(a, 32, 7, id), Ok(Packed::new(a, 24, 7, id)));
+        assert_eq!(
+            record(a, 32, 7, id),
+            Ok(Packed::new(0, 24, 7, id)),
+            "a starts its span"
+        );
         let held = take(a);
         assert_eq!(held.of_generation(7), Some((32, id)));
         assert_eq!(take(a), Packed::EMPTY);

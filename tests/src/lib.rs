@@ -49,6 +49,13 @@ pub fn traced_at(snapshot: &Snapshot, file: &str, line: u32) -> Option<(u64, u64
         .map(|s| (s.size, s.count))
 }
 
+/// `(size, count)` of the traced blocks allocated at the line of `file` marked `marker`
+/// (`source` is the file's text, `include_str!`), in a snapshot taken now.
+pub fn traced_at_marker(file: &str, source: &str, marker: &str) -> Option<(u64, u64)> {
+    let snapshot = tracemalloc::take_snapshot().unwrap();
+    traced_at(&snapshot, file, marked_line(source, marker))
+}
+
 /// The system allocator, counting the bytes it has handed out and not yet taken back (in
 /// [`LIVE`]): an inner allocator for tests that check what reaches it.
 pub struct Counting;

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::mpsc;
 
 use tracemalloc::{Config, Storage, TracingAllocator};
-use tracemalloc_tests::{blocks, marked_line, traced_at, Counting, LIVE};
+use tracemalloc_tests::{blocks, marked_line, traced_at, traced_at_marker, Counting, LIVE};
 
 #[global_allocator]
 static ALLOC: TracingAllocator<Counting> = TracingAllocator::new(Counting);
@@ -21,8 +21,7 @@ fn line_of(marker: &str) -> u32 {
 }
 
 fn traced_here(marker: &str) -> Option<(u64, u64)> {
-    let snapshot = tracemalloc::take_snapshot().unwrap();
-    traced_at(&snapshot, THIS_FILE, line_of(marker))
+    traced_at_marker(THIS_FILE, include_str!("deferred_frees.rs"), marker)
 }
 
 #[inline(never)]

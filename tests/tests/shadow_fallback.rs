@@ -7,7 +7,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 
 use tracemalloc::{Config, Storage, TracingAllocator};
-use tracemalloc_tests::{blocks, marked_line, traced_at};
+use tracemalloc_tests::{blocks, marked_line, traced_at_marker};
 
 /// Hands out blocks 4 bytes past a 16-byte boundary when their alignment allows it.
 struct Misaligned;
@@ -81,8 +81,7 @@ fn grown(n: usize) -> Vec<Vec<u8>> {
 }
 
 fn traced_here(marker: &str) -> Option<(u64, u64)> {
-    let snapshot = tracemalloc::take_snapshot().unwrap();
-    traced_at(&snapshot, THIS_FILE, line_of(marker))
+    traced_at_marker(THIS_FILE, include_str!("shadow_fallback.rs"), marker)
 }
 
 #[test]

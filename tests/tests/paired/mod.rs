@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering:
 use std::sync::Mutex;
 
 use tracemalloc::{Config, Storage, TracingAllocator};
-use tracemalloc_tests::{marked_line, traced_at};
+use tracemalloc_tests::{marked_line, traced_at_marker};
 
 /// Slots of 8 bytes, 16-byte aligned in pairs, for blocks of [`Small`]'s layout only, handed
 /// out in address order (fresh ones) or last freed first: two fresh blocks allocated one after
@@ -152,8 +152,7 @@ fn line_of(marker: &str) -> u32 {
 }
 
 fn traced_here(marker: &str) -> Option<(u64, u64)> {
-    let snapshot = tracemalloc::take_snapshot().unwrap();
-    traced_at(&snapshot, THIS_FILE, line_of(marker))
+    traced_at_marker(THIS_FILE, include_str!("mod.rs"), marker)
 }
 
 /// An 8-byte block of the inner allocator's arena.
