@@ -685,7 +685,7 @@ fn with_stack<R>(inner: &dyn GlobalAlloc, f: impl FnOnce(&Stack<'_>) -> R) -> R 
     let frames = unsafe { core::slice::from_raw_parts(buf.as_ptr().cast::<usize>(), captured.n) };
     let result = f(&Stack {
         frames,
-        total: captured.total,
+        total: captured.total as u16, // saturated by `capture`
         hash: captured.hash,
     });
     if let Some(buf) = deep {
