@@ -22,7 +22,9 @@ pub enum Capture {
     /// Frame pointers where this platform has a walker, the unwinder elsewhere.
     #[default]
     Auto,
-    /// Walk the frame-pointer chain. Needs `-C force-frame-pointers=yes`.
+    /// Walk the frame-pointer chain. Needs `-C force-frame-pointers=yes`: without it the
+    /// register holds data, and the walk would read wherever that points below the top of the
+    /// stack (`Auto` checks the build once and uses the unwinder instead).
     FramePointers,
     /// DWARF unwinding through the `backtrace` crate: no build flag needed, ~110 ns a frame.
     Unwinder,
