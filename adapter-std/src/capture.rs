@@ -274,12 +274,12 @@ mod frame_pointers {
 
     /// Whether the walk may read a frame record at `next`, the frame pointer found in the record
     /// at `fp`: a valid chain strictly increases (which also rules out 0), stays within the
-    /// stack and is aligned. A foreign frame's register may hold data; an odd value ends the
-    /// walk instead of reading junk as a record.
+    /// stack and is aligned. A foreign frame's register may hold data; a misaligned value ends
+    /// the walk instead of reading junk as a record.
     #[inline(always)]
     pub(super) fn follows(next: usize, fp: usize, limit: usize) -> bool {
         // One compare for the limit and the alignment: rotated, an aligned address is itself
-        // divided by 8, an odd one has a top bit set and exceeds any limit divided by 8.
+        // divided by 8, a misaligned one has a top bit set and exceeds any limit divided by 8.
         const SHIFT: u32 = core::mem::align_of::<usize>().trailing_zeros();
         next > fp && next.rotate_right(SHIFT) <= limit >> SHIFT
     }
@@ -590,9 +590,9 @@ mod tests {
         }
 
         #[test]
-        fn a_link_that_is_odd_backwards_or_beyond_the_limit_ends_the_chain() {
+        fn a_link_that_is_misaligned_backwards_or_beyond_the_limit_ends_the_chain() {
             for (bad_next, what) in [
-                (record(3) + 4, "odd"),
+                (record(3) + 4, "misaligned"),
                 (record(1), "backwards"),
                 (record(2), "to itself"),
                 (0, "zero"),

@@ -193,11 +193,10 @@ fn least_spacing(inner: &dyn GlobalAlloc) -> usize {
 /// The least distance between the non-zero addresses of `starts` (sorted on the way).
 fn spacing(starts: &mut [usize]) -> usize {
     starts.sort_unstable();
-    starts
-        .iter()
-        .filter(|&&a| a != 0)
-        .zip(starts.iter().filter(|&&a| a != 0).skip(1))
-        .map(|(a, b)| b - a)
+    let allocated = &starts[starts.partition_point(|&a| a == 0)..];
+    allocated
+        .windows(2)
+        .map(|pair| pair[1] - pair[0])
         .min()
         .unwrap_or(usize::MAX)
 }

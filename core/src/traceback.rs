@@ -258,11 +258,12 @@ fn home_group(frames: &[usize]) -> u64 {
     stack_key(0, fold_stack(&frames[skipped..]), 0, 0)
 }
 
-/// The probe of `frames` captured in `domain`, folded to `folded`.
+/// The probe of `frames` captured in `domain`, hashing them ([`fold_stack`]): for stacks that
+/// did not come from a walk that folded them on the way.
 #[inline]
-fn probe_of(domain: u32, frames: &[usize], total_nframe: u16, folded: u64) -> StackProbe {
+fn probe_of(domain: u32, frames: &[usize], total_nframe: u16) -> StackProbe {
     StackProbe::new(
-        stack_key(domain, folded, frames.len(), total_nframe),
+        stack_key(domain, fold_stack(frames), frames.len(), total_nframe),
         frames,
     )
 }
@@ -368,7 +369,7 @@ impl<'a> TracebackStore<'a> {
     /// The id of `frames` captured in `domain`, interning it if new; when the store is full,
     /// [`TracebackId::OVERFLOW`] (counted in [`TracebackStore::overflowed`]).
     pub fn intern(&mut self, domain: u32, frames: &[usize], total_nframe: u16) -> TracebackId {
-        let probe = probe_of(domain, frames, total_nframe, fold_stack(frames));
+        let probe = probe_of(domain, frames, total_nframe);
         self.intern_probed(domain, frames, total_nframe, probe)
     }
 
@@ -395,7 +396,7 @@ impl<'a> TracebackStore<'a> {
         frames: &[usize],
         total_nframe: u16,
     ) -> Result<TracebackId, StoreFull> {
-        let probe = probe_of(domain, frames, total_nframe, fold_stack(frames));
+        let probe = probe_of(domain, frames, total_nframe);
         self.try_intern_probed(domain, frames, total_nframe, probe)
     }
 
@@ -413,7 +414,7 @@ impl<'a> TracebackStore<'a> {
         let len = frames.len().min(u16::MAX as usize);
         let (frames, probe) = if len < frames.len() {
             let kept = &frames[..len];
-            (kept, probe_of(domain, kept, total_nframe, fold_stack(kept)))
+            (kept, probe_of(domain, kept, total_nframe))
         } else {
             (frames, probe)
         };
@@ -523,7 +524,7 @@ impl<'a> TracebackStore<'a> {
         for id in 1..self.entry_count {
             let e = self.entries[id];
             let frames = &self.frames[e.start()..e.start() + e.len()];
-            let probe = probe_of(e.domain, frames, e.total_nframe, fold_stack(frames));
+            let probe = probe_of(e.domain, frames, e.total_nframe);
             // A key met twice (two stacks that collide) keeps the first id, as a lookup would.
             if let Err(Some(i)) = self.find(probe) {
                 self.index[i] = id as u64 | index_tag(probe.key);
