@@ -56,6 +56,29 @@ pub fn traced_at_marker(file: &str, source: &str, marker: &str) -> Option<(u64, 
     traced_at(&snapshot, file, marked_line(source, marker))
 }
 
+/// Defines, in a test file, `THIS_FILE` (its path, as snapshots name it), `SOURCE` (its text),
+/// `line_of(marker)` (the line of it marked `// MARKER`, [`marked_line`]) and
+/// `traced_here(marker)` (the blocks traced at that line now, [`traced_at_marker`]). A macro,
+/// because `file!` and `include_str!` name the file they are written in; the path is from the
+/// workspace's root, this crate's parent.
+#[macro_export]
+macro_rules! this_file {
+    () => {
+        #[allow(dead_code)]
+        const THIS_FILE: &str = file!();
+        #[allow(dead_code)]
+        const SOURCE: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../", file!()));
+        #[allow(dead_code)]
+        fn line_of(marker: &str) -> u32 {
+            $crate::marked_line(SOURCE, marker)
+        }
+        #[allow(dead_code)]
+        fn traced_here(marker: &str) -> Option<(u64, u64)> {
+            $crate::traced_at_marker(THIS_FILE, SOURCE, marker)
+        }
+    };
+}
+
 /// The system allocator, counting the bytes it has handed out and not yet taken back (in
 /// [`LIVE`]): an inner allocator for tests that check what reaches it.
 pub struct Counting;

@@ -9,7 +9,7 @@ use std::cell::Cell;
 use std::sync::Mutex;
 
 use tracemalloc::{DomainFilter, Filter, KeyType, Snapshot, TraceFilter, TracingAllocator};
-use tracemalloc_tests::{blocks, marked_line, traceback_ids};
+use tracemalloc_tests::{blocks, traceback_ids};
 
 /// The system allocator, remembering the last block it handed out, to check that the wrapper
 /// returns exactly what its inner allocator returns.
@@ -59,12 +59,7 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-const THIS_FILE: &str = "tests/tests/allocator.rs";
-
-/// The line of this file holding `marker` (a comment on the allocating line).
-fn line_of(marker: &str) -> u32 {
-    marked_line(include_str!("allocator.rs"), marker)
-}
+tracemalloc_tests::this_file!();
 
 /// Statistics by line, for this file only.
 fn stats_here(snapshot: &Snapshot) -> Vec<(u32, u64, u64)> {

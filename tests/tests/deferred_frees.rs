@@ -9,20 +9,12 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::mpsc;
 
 use tracemalloc::{Config, Storage, TracingAllocator};
-use tracemalloc_tests::{blocks, marked_line, traced_at, traced_at_marker, Counting, LIVE};
+use tracemalloc_tests::{blocks, traced_at, Counting, LIVE};
 
 #[global_allocator]
 static ALLOC: TracingAllocator<Counting> = TracingAllocator::new(Counting);
 
-const THIS_FILE: &str = "tests/tests/deferred_frees.rs";
-
-fn line_of(marker: &str) -> u32 {
-    marked_line(include_str!("deferred_frees.rs"), marker)
-}
-
-fn traced_here(marker: &str) -> Option<(u64, u64)> {
-    traced_at_marker(THIS_FILE, include_str!("deferred_frees.rs"), marker)
-}
+tracemalloc_tests::this_file!();
 
 #[inline(never)]
 fn small(n: usize) -> Vec<Vec<u8>> {

@@ -5,12 +5,12 @@
 #![cfg(target_os = "linux")]
 
 use tracemalloc::TracingAllocator;
-use tracemalloc_tests::{marked_line, traced_at};
+use tracemalloc_tests::traced_at;
 
 #[global_allocator]
 static ALLOC: TracingAllocator = TracingAllocator::system();
 
-const THIS_FILE: &str = "tests/tests/replaced_binary.rs";
+tracemalloc_tests::this_file!();
 const NAME: &str = "an_executable_replaced_on_disk_still_names_its_lines";
 
 #[test]
@@ -45,7 +45,9 @@ fn an_executable_replaced_on_disk_still_names_its_lines() {
     let block = vec![7u8; 4321]; // ALLOCATE
     let snapshot = tracemalloc::take_snapshot().unwrap();
     tracemalloc::stop();
-    let line = marked_line(include_str!("replaced_binary.rs"), "ALLOCATE");
-    assert_eq!(traced_at(&snapshot, THIS_FILE, line), Some((4321, 1)));
+    assert_eq!(
+        traced_at(&snapshot, THIS_FILE, line_of("ALLOCATE")),
+        Some((4321, 1))
+    );
     drop(block);
 }

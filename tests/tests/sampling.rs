@@ -4,16 +4,12 @@
 use std::sync::{Mutex, MutexGuard};
 use tracemalloc::{Config, DomainFilter, Filter, KeyType, TraceFilter, TracingAllocator};
 
-use tracemalloc_tests::{blocks, marked_line};
+use tracemalloc_tests::blocks;
 
 #[global_allocator]
 static ALLOC: TracingAllocator = TracingAllocator::system();
 
-const THIS_FILE: &str = "tests/tests/sampling.rs";
-
-fn line_of(marker: &str) -> u32 {
-    marked_line(include_str!("sampling.rs"), marker)
-}
+tracemalloc_tests::this_file!();
 
 fn estimates(snapshot: &tracemalloc::Snapshot) -> Vec<(u32, u64, u64)> {
     snapshot

@@ -7,7 +7,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 
 use tracemalloc::{Config, Storage, TracingAllocator};
-use tracemalloc_tests::{blocks, marked_line, traced_at_marker};
+use tracemalloc_tests::blocks;
 
 /// Hands out blocks 4 bytes past a 16-byte boundary when their alignment allows it.
 struct Misaligned;
@@ -49,11 +49,7 @@ unsafe impl GlobalAlloc for Misaligned {
 #[global_allocator]
 static ALLOC: TracingAllocator<Misaligned> = TracingAllocator::new(Misaligned);
 
-const THIS_FILE: &str = "tests/tests/shadow_fallback.rs";
-
-fn line_of(marker: &str) -> u32 {
-    marked_line(include_str!("shadow_fallback.rs"), marker)
-}
+tracemalloc_tests::this_file!();
 
 /// A block 16-byte aligned by its type: it starts on a cell.
 #[repr(align(16))]
@@ -78,10 +74,6 @@ fn grown(n: usize) -> Vec<Vec<u8>> {
         v.extend_from_slice(&[3u8; 200]); // realloc: the table's trace moves with the block
         v
     })
-}
-
-fn traced_here(marker: &str) -> Option<(u64, u64)> {
-    traced_at_marker(THIS_FILE, include_str!("shadow_fallback.rs"), marker)
 }
 
 #[test]

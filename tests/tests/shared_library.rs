@@ -16,7 +16,7 @@ use tracemalloc_tests::{load_symbol, marked_line, traced_at};
 #[global_allocator]
 static ALLOC: TracingAllocator = TracingAllocator::system();
 
-const THIS_FILE: &str = "tests/tests/shared_library.rs";
+tracemalloc_tests::this_file!();
 const LIBRARY_SOURCE: &str = "tests/c/callback.c";
 
 /// Tests start and stop the process's tracer: one at a time.
@@ -107,7 +107,7 @@ fn c_line(marker: &str) -> u32 {
 /// The frames of a block allocated through the library: `allocate`, the library's call at its
 /// `c_marker` line, and this file's call at its `call_marker` line.
 fn expect(c_marker: &str, call_marker: &str) -> Vec<(String, u32)> {
-    let this = include_str!("shared_library.rs");
+    let this = SOURCE;
     vec![
         (THIS_FILE.to_owned(), marked_line(this, "ALLOCATE")),
         (LIBRARY_SOURCE.to_owned(), c_line(c_marker)),
@@ -118,7 +118,7 @@ fn expect(c_marker: &str, call_marker: &str) -> Vec<(String, u32)> {
 #[test]
 fn frames_in_loaded_libraries_name_their_source_lines() {
     let _one_at_a_time = TRACER.lock().unwrap_or_else(|e| e.into_inner());
-    let allocate_line = marked_line(include_str!("shared_library.rs"), "ALLOCATE");
+    let allocate_line = line_of("ALLOCATE");
     tracemalloc::start(3).unwrap();
     // The resolver lists the process's objects at the first snapshot: the library comes later,
     // and an address in it makes the resolver read the list again.

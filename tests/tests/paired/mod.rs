@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering:
 use std::sync::Mutex;
 
 use tracemalloc::{Config, Storage, TracingAllocator};
-use tracemalloc_tests::{marked_line, traced_at_marker};
 
 /// Slots of 8 bytes, 16-byte aligned in pairs, for blocks of [`Small`]'s layout only, handed
 /// out in address order (fresh ones) or last freed first: two fresh blocks allocated one after
@@ -145,15 +144,7 @@ static ALLOC: TracingAllocator<Paired> = TracingAllocator::new(Paired {
     state: Mutex::new((0, 0)),
 });
 
-const THIS_FILE: &str = "tests/tests/paired/mod.rs";
-
-fn line_of(marker: &str) -> u32 {
-    marked_line(include_str!("mod.rs"), marker)
-}
-
-fn traced_here(marker: &str) -> Option<(u64, u64)> {
-    traced_at_marker(THIS_FILE, include_str!("mod.rs"), marker)
-}
+tracemalloc_tests::this_file!();
 
 /// An 8-byte block of the inner allocator's arena.
 #[repr(C)]
