@@ -191,8 +191,13 @@ fn unwind(out: &mut [MaybeUninit<usize>]) -> Captured {
                 return true;
             }
             skipping = false;
+            // The end of the stack, as libgcc reports it past the thread's entry (the frame-
+            // pointer walk ends at a zero return address too).
+            if frame.ip().is_null() {
+                return false;
+            }
             if written < out.len() {
-                let ip = (frame.ip() as usize).saturating_sub(1);
+                let ip = frame.ip() as usize - 1;
                 out[written].write(ip);
                 hash = fold_frame(hash, ip);
                 written += 1;
@@ -420,6 +425,17 @@ mod tests {
         let (unwound, _) = middle(Capture::Unwinder);
         let common = frames.iter().filter(|f| unwound.contains(f)).count();
         assert!(common >= 2, "fp {frames:x?} vs unwind {unwound:x?}");
+    }
+
+    #[test]
+    fn the_unwinder_ends_at_the_last_frame_with_a_return_address() {
+        // The unwinder reports the end of the stack as a frame at address 0 (libgcc, after
+        // `_start`), which is no frame of the program: a traceback ending there would show a
+        // bogus `0x0` as its oldest frame, the one statistics by traceback are labelled with.
+        let (frames, total) = middle(Capture::Unwinder);
+        assert!(frames.len() >= 3 && frames.len() < 64, "{frames:x?}");
+        assert!(!frames.contains(&0), "{frames:x?}");
+        assert_eq!(total as usize, frames.len());
     }
 
     #[test]

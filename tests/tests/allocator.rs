@@ -435,6 +435,30 @@ fn the_unwinder_keeps_the_limit_of_program_frames() {
     tracemalloc::stop();
 }
 
+/// A whole stack captured by the unwinder ends at the thread's entry, not at the address 0 the
+/// unwinder reports past it (which showed as a `0x0` frame, oldest in every traceback).
+#[test]
+fn the_unwinder_ends_a_whole_stack_at_its_last_frame() {
+    let _s = serial();
+    tracemalloc::stop();
+    let config = tracemalloc::Config {
+        nframe: 256,
+        capture: tracemalloc::Capture::Unwinder,
+        ..tracemalloc::Config::default()
+    };
+    tracemalloc::start_with(config).unwrap();
+    let block = std::hint::black_box(unwound_leaf());
+    let snapshot = tracemalloc::take_snapshot().unwrap();
+    let traceback = &snapshot.tracebacks[traceback_ids(&snapshot, 5432)[0] as usize];
+    assert!(traceback.frames.len() >= 3, "{traceback:?}");
+    assert!(
+        traceback.frames.iter().all(|f| &*f.filename != "0x0"),
+        "{traceback:?}"
+    );
+    drop(block);
+    tracemalloc::stop();
+}
+
 #[test]
 fn errors_match_python() {
     let _s = serial();
