@@ -309,7 +309,8 @@ fn on_state_change(inner: &dyn GlobalAlloc) -> bool {
     }
 }
 
-/// `RUST_TRACEMALLOC=N` as `PYTHONTRACEMALLOC=N`: start with N frames (1 when not a number).
+/// `RUST_TRACEMALLOC=N` as `PYTHONTRACEMALLOC=N`: start with N frames (with a warning, 1 when
+/// not a number and 65535 when more).
 /// `RUST_TRACEMALLOC_SAMPLE=BYTES` beside it samples one block per BYTES on average (0: every
 /// block), for always-on tracing without a code change; `RUST_TRACEMALLOC_STORAGE=table`
 /// (or `shadow`, `auto`) picks the storage.
@@ -319,10 +320,17 @@ fn env_config() -> Option<Config> {
     if value.is_empty() || value == "0" {
         return None;
     }
-    let nframe = value
-        .parse::<usize>()
-        .unwrap_or(1)
-        .clamp(1, tracemalloc_core::MAX_NFRAME);
+    let nframe = match value.parse::<usize>() {
+        Ok(n) if n <= tracemalloc_core::MAX_NFRAME => n,
+        Ok(_) => {
+            warn(b"tracemalloc: RUST_TRACEMALLOC is more than 65535 frames; using 65535\n");
+            tracemalloc_core::MAX_NFRAME
+        }
+        Err(_) => {
+            warn(b"tracemalloc: RUST_TRACEMALLOC is not a number of frames; using 1\n");
+            1
+        }
+    };
     let sample = read_env("RUST_TRACEMALLOC_SAMPLE");
     let sample_interval = match sample.as_deref().map(str::trim) {
         None | Some("") => 0,

@@ -12,7 +12,11 @@ fn env_variable_starts_tracing_at_the_first_allocation() {
     if std::env::var_os("TRACEMALLOC_CHILD").is_some() {
         // In the child: tracing must already be on, with the limit from the environment.
         assert!(tracemalloc::is_tracing());
-        assert_eq!(tracemalloc::traceback_limit(), 5);
+        let nframe: usize = std::env::var("TRACEMALLOC_CHILD_NFRAME")
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(tracemalloc::traceback_limit(), nframe);
         let expected: u64 = std::env::var("TRACEMALLOC_CHILD").unwrap().parse().unwrap();
         let storage = match std::env::var("TRACEMALLOC_CHILD_STORAGE").as_deref() {
             Ok("table") => Storage::Table,
@@ -30,19 +34,20 @@ fn env_variable_starts_tracing_at_the_first_allocation() {
         return;
     }
     let exe = std::env::current_exe().unwrap();
-    // The child is told the sample interval and the storage in use it must find; `storage` is
-    // `RUST_TRACEMALLOC_STORAGE`'s value, if any.
+    // The child is told the sample interval, the storage in use and the limit it must find;
+    // `storage` is `RUST_TRACEMALLOC_STORAGE`'s value, if any.
     let run_with = |value: Option<&str>,
                     sample: Option<&str>,
                     storage: Option<&str>,
-                    expected: (u64, &str)| {
+                    expected: (u64, &str, usize)| {
         let mut cmd = std::process::Command::new(&exe);
         cmd.args([
             "--exact",
             "env_variable_starts_tracing_at_the_first_allocation",
         ])
         .env("TRACEMALLOC_CHILD", expected.0.to_string())
-        .env("TRACEMALLOC_CHILD_STORAGE", expected.1);
+        .env("TRACEMALLOC_CHILD_STORAGE", expected.1)
+        .env("TRACEMALLOC_CHILD_NFRAME", expected.2.to_string());
         match storage {
             Some(v) => cmd.env("RUST_TRACEMALLOC_STORAGE", v),
             None => cmd.env_remove("RUST_TRACEMALLOC_STORAGE"),
@@ -61,7 +66,7 @@ fn env_variable_starts_tracing_at_the_first_allocation() {
     // limited, as it is not here), and sampling into the tables.
     let run = |value: Option<&str>, sample: Option<&str>, expected: u64| {
         let storage = if sample.is_some() { "table" } else { "shadow" };
-        run_with(value, sample, None, (expected, storage))
+        run_with(value, sample, None, (expected, storage, 5))
     };
     let ok = |out: &std::process::Output| {
         assert!(
@@ -81,20 +86,34 @@ fn env_variable_starts_tracing_at_the_first_allocation() {
         String::from_utf8_lossy(&typo.stderr)
     );
     // The tables when asked for, for full tracing too; a typo says so and keeps the default.
-    ok(&run_with(Some("5"), None, Some("table"), (0, "table")));
+    ok(&run_with(Some("5"), None, Some("table"), (0, "table", 5)));
     ok(&run_with(
         Some("5"),
         Some("4096"),
         Some("shadow"),
-        (4096, "table"),
+        (4096, "table", 5),
     ));
-    let typo = run_with(Some("5"), None, Some("tables"), (0, "shadow"));
+    let typo = run_with(Some("5"), None, Some("tables"), (0, "shadow", 5));
     ok(&typo);
     assert!(
         String::from_utf8_lossy(&typo.stderr).contains("RUST_TRACEMALLOC_STORAGE is not"),
         "{}",
         String::from_utf8_lossy(&typo.stderr)
     );
+    // A limit that is not a number, or too big, says so; tracing starts with 1 or 65535 frames.
+    for (value, nframe, warning) in [
+        ("five", 1, "RUST_TRACEMALLOC is not a number of frames"),
+        (
+            "100000",
+            65535,
+            "RUST_TRACEMALLOC is more than 65535 frames",
+        ),
+    ] {
+        let out = run_with(Some(value), None, None, (0, "shadow", nframe));
+        ok(&out);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(warning), "{stderr}");
+    }
     // Without the variable, tracing is off in the child and its assertion fails.
     assert!(!run(None, None, 0).status.success());
 }
