@@ -25,7 +25,9 @@ use crate::symbolize::ElfResolver;
 
 const USAGE: &str = "usage: tracemalloc stats FILE | compare OLD NEW | traceback FILE \
 [--key filename|lineno|traceback] [--cumulative] [--limit N] [--include GLOB[:LINE]] \
-[--exclude GLOB[:LINE]] [--all-frames] [--domain N] [--exclude-domain N] [--elf FIRMWARE]";
+[--exclude GLOB[:LINE]] [--all-frames] [--domain N] [--exclude-domain N] [--elf FIRMWARE]
+  --key defaults to lineno, --limit to 10 (0: all); tracemalloc --version prints the version";
+const COMMANDS: &str = "stats, compare or traceback";
 
 /// What went wrong, with the exit status it maps to.
 #[derive(Debug)]
@@ -99,12 +101,34 @@ fn parse_pattern(inclusive: bool, value: &str) -> Filter {
     Filter::new(inclusive, value)
 }
 
-/// The options, or `None` when help was asked for.
-fn parse(args: Vec<String>) -> Result<Option<Options>, CliError> {
+/// What the command line asks for.
+#[derive(Debug)]
+enum Request {
+    Report(Options),
+    Help,
+    Version,
+}
+
+/// The options, or what else was asked for.
+fn parse(args: Vec<String>) -> Result<Request, CliError> {
     let mut args = args.into_iter();
-    let command = args.next().ok_or_else(|| usage("no command given"))?;
-    if command == "-h" || command == "--help" {
-        return Ok(None);
+    let command = args
+        .next()
+        .ok_or_else(|| usage(format!("no command given ({COMMANDS})")))?;
+    match command.as_str() {
+        "-h" | "--help" => return Ok(Request::Help),
+        "-V" | "--version" => return Ok(Request::Version),
+        "stats" | "compare" | "traceback" => {}
+        option if option.starts_with('-') => {
+            return Err(usage(format!(
+                "the command ({COMMANDS}) comes first, before {option:?}"
+            )))
+        }
+        other => {
+            return Err(usage(format!(
+                "unknown command {other:?} (expected {COMMANDS})"
+            )))
+        }
     }
     let mut positional = Vec::new();
     let mut options = Options {
@@ -147,7 +171,7 @@ fn parse(args: Vec<String>) -> Result<Option<Options>, CliError> {
                 let value = args.next().ok_or_else(|| usage("--elf needs a file"))?;
                 options.elf = Some(PathBuf::from(value));
             }
-            "-h" | "--help" => return Ok(None),
+            "-h" | "--help" => return Ok(Request::Help),
             flag if flag.starts_with('-') && flag.len() > 1 => {
                 return Err(usage(format!("unknown option {flag:?}")));
             }
@@ -172,15 +196,14 @@ fn parse(args: Vec<String>) -> Result<Option<Options>, CliError> {
     options.command = match command.as_str() {
         "stats" => Command::Stats(next()),
         "compare" => Command::Compare(next(), next()),
-        "traceback" => Command::Traceback(next()),
-        other => return Err(usage(format!("unknown command {other:?}"))),
+        _ => Command::Traceback(next()),
     };
     if options.cumulative && options.key == KeyType::Traceback {
         return Err(usage(
             "--cumulative works with --key filename or lineno, not traceback",
         ));
     }
-    Ok(Some(options))
+    Ok(Request::Report(options))
 }
 
 fn open(path: &PathBuf, options: &Options) -> Result<Snapshot, CliError> {
@@ -204,10 +227,13 @@ fn take_limit<T>(items: Vec<T>, limit: usize) -> impl Iterator<Item = T> {
 /// Runs the command line `args` (without the program name), writing the report to `out`.
 pub fn run(args: Vec<String>, out: &mut dyn Write) -> Result<(), CliError> {
     let write_err = |e: std::io::Error| CliError::Failed(format!("cannot write the report: {e}"));
-    let Some(options) = parse(args)? else {
-        return writeln!(out, "{USAGE}").map_err(write_err);
+    let options = match parse(args)? {
+        Request::Report(options) => options,
+        Request::Help => return writeln!(out, "{USAGE}").map_err(write_err),
+        Request::Version => {
+            return writeln!(out, "tracemalloc {}", env!("CARGO_PKG_VERSION")).map_err(write_err)
+        }
     };
-    let write_err = |e: std::io::Error| CliError::Failed(format!("cannot write the report: {e}"));
     match &options.command {
         Command::Stats(path) => {
             let snapshot = open(path, &options)?;
@@ -297,8 +323,45 @@ mod tests {
     }
 
     #[test]
+    fn a_misplaced_or_unknown_command_is_named_as_such() {
+        for (bad, says) in [
+            (
+                "frob a",
+                "unknown command \"frob\" (expected stats, compare or traceback)",
+            ),
+            (
+                "--key lineno stats f",
+                "the command (stats, compare or traceback) comes first",
+            ),
+            ("", "no command given (stats, compare or traceback)"),
+        ] {
+            let err = parse(args(bad)).map(|_| ()).unwrap_err();
+            assert!(err.to_string().contains(says), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn help_and_version_print_and_succeed() {
+        for (asked, says) in [
+            ("--help", "--key defaults to lineno"),
+            ("-h", "usage: tracemalloc stats FILE"),
+            (
+                "--version",
+                concat!("tracemalloc ", env!("CARGO_PKG_VERSION")),
+            ),
+            ("stats f --help", "usage: tracemalloc"),
+        ] {
+            let mut out = Vec::new();
+            run(args(asked), &mut out).unwrap();
+            assert!(String::from_utf8(out).unwrap().contains(says), "{asked}");
+        }
+    }
+
+    #[test]
     fn defaults_are_lineno_and_ten() {
-        let o = parse(args("stats f")).unwrap().unwrap();
+        let Request::Report(o) = parse(args("stats f")).unwrap() else {
+            panic!("not a report");
+        };
         assert_eq!((o.key, o.limit, o.cumulative), (KeyType::Lineno, 10, false));
         assert_eq!(o.command, Command::Stats(PathBuf::from("f")));
     }

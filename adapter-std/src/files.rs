@@ -43,10 +43,9 @@ impl fmt::Display for FileError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             FileError::Io { path, source } => write!(f, "{path}: {source}"),
-            FileError::Binary { path, source } => write!(f, "{path}: corrupt snapshot: {source}"),
-            FileError::Json { path, source } => {
-                write!(f, "{path}: invalid JSON snapshot: {source}")
-            }
+            // The decoders' errors say what they found (truncated, damaged, another version).
+            FileError::Binary { path, source } => write!(f, "{path}: {source}"),
+            FileError::Json { path, source } => write!(f, "{path}: {source}"),
             FileError::NotASnapshot { path } => write!(
                 f,
                 "{path}: not a snapshot file (neither the binary format nor JSON)"

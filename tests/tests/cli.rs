@@ -148,12 +148,12 @@ fn bad_files_and_flags_end_with_one_clear_error() {
         (
             vec!["stats".into(), truncated.display().to_string()],
             1,
-            "corrupt snapshot",
+            "snapshot file damaged or cut short",
         ),
         (
             vec!["stats".into(), flipped.display().to_string()],
             1,
-            "corrupt snapshot",
+            "snapshot file damaged or cut short",
         ),
         (
             vec!["stats".into(), text.display().to_string()],
@@ -163,7 +163,7 @@ fn bad_files_and_flags_end_with_one_clear_error() {
         (
             vec!["stats".into(), bad_json.display().to_string()],
             1,
-            "invalid JSON",
+            ": invalid JSON snapshot: EOF",
         ),
         (
             vec!["stats".into(), text.display().to_string(), "--bogus".into()],

@@ -7,7 +7,8 @@
 //! addresses later with the firmware's debug info (`Snapshot::resolve_addresses`).
 //! `Snapshot::dump_bytes` writes the same format with resolved frames added.
 //!
-//! Layout, version 2 (every number an unsigned LEB128 varint unless noted):
+//! Layout, version 2 (every number an unsigned LEB128 varint unless noted; version 1, still
+//! read, has no `sample_interval`):
 //!
 //! ```text
 //! magic "TMSNAP" (6 bytes), version (1 byte)
@@ -36,8 +37,13 @@ use crate::tracer::Tracer;
 
 /// The first bytes of every snapshot file.
 pub const MAGIC: &[u8; 6] = b"TMSNAP";
-/// The format version this crate writes and reads.
+/// The format version this crate writes.
 pub const VERSION: u8 = 2;
+/// The oldest format version this crate reads: version 1 files, written before sampling, load
+/// as snapshots of full tracing.
+pub const OLDEST_VERSION: u8 = 1;
+/// The first version whose header carries the sample interval.
+const SAMPLED_SINCE: u8 = 2;
 
 const FLAG_ADDRESSES: u64 = 1;
 #[cfg_attr(not(feature = "alloc"), allow(dead_code))]
@@ -329,12 +335,12 @@ impl fmt::Display for DecodeError {
             DecodeError::UnsupportedVersion(v) => {
                 write!(
                     f,
-                    "unsupported snapshot format version {v} (this build reads {VERSION})"
+                    "unsupported snapshot format version {v} (this build reads {OLDEST_VERSION} to {VERSION})"
                 )
             }
             DecodeError::Checksum { expected, found } => write!(
                 f,
-                "snapshot file damaged: checksum {found:#010x}, file says {expected:#010x}"
+                "snapshot file damaged or cut short: checksum {found:#010x}, file says {expected:#010x}"
             ),
             DecodeError::Invalid { at, what } => {
                 write!(f, "invalid snapshot file at byte {at}: {what}")
@@ -439,7 +445,7 @@ mod with_alloc {
             let Some(&version) = data.get(MAGIC.len()) else {
                 return Err(DecodeError::Truncated { at: data.len() });
             };
-            if version != VERSION {
+            if !(OLDEST_VERSION..=VERSION).contains(&version) {
                 return Err(DecodeError::UnsupportedVersion(version));
             }
             if data.len() < header + 4 {
@@ -453,7 +459,7 @@ mod with_alloc {
             if found != expected {
                 return Err(DecodeError::Checksum { expected, found });
             }
-            decode_body(&content[header..], header)
+            decode_body(&content[header..], header, version)
         }
     }
 
@@ -548,7 +554,7 @@ mod with_alloc {
         }
     }
 
-    fn decode_body(data: &[u8], base: usize) -> Result<Snapshot, DecodeError> {
+    fn decode_body(data: &[u8], base: usize, version: u8) -> Result<Snapshot, DecodeError> {
         let mut r = Reader { data, pos: 0, base };
         let traceback_limit = r.number("traceback limit above 65535")?;
         let counters = Counters {
@@ -559,7 +565,11 @@ mod with_alloc {
             untraced_bytes: r.varint()?,
         };
         let tracer_memory = r.varint()?;
-        let sample_interval = r.varint()?;
+        let sample_interval = if version >= SAMPLED_SINCE {
+            r.varint()?
+        } else {
+            0
+        };
 
         let n = r.count(1, "string count exceeds the file")?;
         let mut strings: Vec<Arc<str>> = Vec::with_capacity(n);
@@ -758,6 +768,28 @@ mod with_alloc {
         }
 
         #[test]
+        fn version_1_files_load_as_full_tracing() {
+            let mut s = sample();
+            s.sample_interval = 0; // full tracing, as every version 1 file was
+            let v2 = s.dump_bytes();
+            // Version 1 is version 2 without the sample interval, the header's eighth varint.
+            let mut at = MAGIC.len() + 1;
+            for _ in 0..7 {
+                while v2[at] & 0x80 != 0 {
+                    at += 1;
+                }
+                at += 1;
+            }
+            assert_eq!(v2[at], 0, "the sample interval");
+            let mut v1 = v2[..v2.len() - 4].to_vec();
+            v1.remove(at);
+            v1[MAGIC.len()] = 1;
+            let loaded = Snapshot::load_bytes(&with_crc(&v1)).unwrap();
+            // Written again, it is the version 2 file: every field came through.
+            assert_eq!(loaded.dump_bytes(), v2);
+        }
+
+        #[test]
         fn header_errors_are_typed() {
             let bytes = sample().dump_bytes();
             assert_eq!(
@@ -776,12 +808,14 @@ mod with_alloc {
                 Snapshot::load_bytes(b"TMSNAP").unwrap_err(),
                 DecodeError::Truncated { at: 6 }
             );
-            let mut v1 = bytes.clone();
-            v1[6] = 1;
-            assert_eq!(
-                Snapshot::load_bytes(&v1).unwrap_err(),
-                DecodeError::UnsupportedVersion(1)
-            );
+            for version in [0, VERSION + 1] {
+                let mut other = bytes.clone();
+                other[6] = version;
+                assert_eq!(
+                    Snapshot::load_bytes(&other).unwrap_err(),
+                    DecodeError::UnsupportedVersion(version)
+                );
+            }
             let mut flipped = bytes.clone();
             flipped[12] ^= 0x10;
             assert!(matches!(
