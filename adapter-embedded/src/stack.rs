@@ -39,7 +39,7 @@ impl StackBounds {
     #[inline]
     fn holds_record(&self, fp: usize) -> bool {
         fp >= self.low
-            && fp % WORD == 0
+            && fp.is_multiple_of(WORD)
             && fp.checked_add(2 * WORD).is_some_and(|end| end <= self.high)
     }
 }
@@ -255,7 +255,7 @@ mod tests {
         }
         // Records climbing to the top of RAM stop before reading past it.
         let climb = |a: usize| {
-            if (a - RAM.low) % (2 * WORD) == 0 {
+            if (a - RAM.low).is_multiple_of(2 * WORD) {
                 a + 0x400
             } else {
                 0x11

@@ -165,7 +165,10 @@ mod exit_flush {
         // destructor run at thread exit, and it is never dereferenced. glibc may allocate key
         // storage with its own malloc, never through the Rust allocator.
         unsafe {
-            libc::pthread_setspecific(key as libc::pthread_key_t, 1 as *const libc::c_void) == 0
+            libc::pthread_setspecific(
+                key as libc::pthread_key_t,
+                std::ptr::dangling::<libc::c_void>(),
+            ) == 0
         }
     }
 

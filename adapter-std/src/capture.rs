@@ -543,7 +543,7 @@ mod tests {
                 let mut out = vec![MaybeUninit::new(0usize); len];
                 let read = |addr: usize| {
                     assert!(
-                        addr >= BASE && addr % 8 == 0 && addr <= self.limit,
+                        addr >= BASE && addr.is_multiple_of(8) && addr <= self.limit,
                         "read at {addr:#x}"
                     );
                     let i = (addr - BASE) / 8;

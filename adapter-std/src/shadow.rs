@@ -204,7 +204,10 @@ fn spacing(starts: &mut [usize]) -> usize {
 /// Whether a block at `addr` of `size` bytes can have a cell.
 #[inline(always)]
 pub(crate) fn fits(addr: usize, size: usize) -> bool {
-    addr % GRAIN == 0 && size != 0 && size as u64 <= MAX_SIZE && (addr as u64) >> ADDRESS_BITS == 0
+    addr.is_multiple_of(GRAIN)
+        && size != 0
+        && size as u64 <= MAX_SIZE
+        && (addr as u64) >> ADDRESS_BITS == 0
 }
 
 /// The cells of `addr`'s region, reserving them if needed; `None` when they cannot be.
@@ -288,7 +291,7 @@ unsafe fn place(base: usize, addr: usize) -> Place {
 /// another offset, is some neighbour's.
 #[inline(always)]
 fn written_place(addr: usize) -> Option<Place> {
-    if addr % GRAIN != 0 {
+    if !addr.is_multiple_of(GRAIN) {
         return None;
     }
     let base = cells_of(addr, false)?;

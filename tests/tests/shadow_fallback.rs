@@ -91,7 +91,7 @@ fn blocks_that_fit_no_cell_are_traced_in_the_tables() {
     let grown = grown(100);
     assert!(cells
         .iter()
-        .all(|b| &**b as *const Aligned as usize % 16 == 0 && b.0[47] == 1));
+        .all(|b| (&**b as *const Aligned as usize).is_multiple_of(16) && b.0[47] == 1));
     assert!(tables.iter().all(|b| b.as_ptr() as usize % 16 == 4));
     assert!(grown.iter().all(|v| v.as_ptr() as usize % 16 == 4));
 

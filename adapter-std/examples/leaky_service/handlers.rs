@@ -20,7 +20,7 @@ impl Service {
         let body = render(request); // freed at the end of the request: not a leak
         let words: Vec<&str> = body.split(' ').collect();
         self.served += words.len() as u64;
-        if request % 10 == 0 {
+        if request.is_multiple_of(10) {
             self.cache.remember(request as u64, words[1]);
         }
     }

@@ -74,7 +74,7 @@ fn walk(depth: usize) -> u64 {
     };
     let mut hash = HASH_SEED;
     for _ in 0..depth {
-        if fp == 0 || fp % 8 != 0 || fp > top.saturating_sub(16) {
+        if fp == 0 || !fp.is_multiple_of(8) || fp > top.saturating_sub(16) {
             break;
         }
         // SAFETY: `fp` is aligned and lies between this frame and the top of the thread's

@@ -168,7 +168,7 @@ fn addr(b: &Small) -> usize {
 fn fresh_pairs() {
     FRESH_ONLY.store(true, Relaxed);
     let probe = left();
-    if addr(&probe) % 16 == 0 {
+    if addr(&probe).is_multiple_of(16) {
         drop(left()); // its odd neighbour
     }
 }
@@ -183,7 +183,7 @@ fn neighbours_in_one_thread() {
     }
     FRESH_ONLY.store(false, Relaxed);
     assert!(pairs.iter().all(|(l, r)| addr(r) == addr(l) + 8));
-    assert!(pairs.iter().all(|(l, _)| addr(l) % 16 == 0));
+    assert!(pairs.iter().all(|(l, _)| addr(l).is_multiple_of(16)));
     assert_eq!(traced_here("LEFT"), Some((1000 * 8, 1000)));
     assert_eq!(traced_here("RIGHT"), Some((1000 * 8, 1000)));
     let (with, _) = tracemalloc::traced_memory();
