@@ -68,13 +68,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("\nLeak found: {} grows fastest", top.traceback);
     }
 
-    let path = std::env::temp_dir().join("leaky_service.tmsnap");
-    tracemalloc::dump(&current, &path)?;
+    // Both ends of the hunt, for the command-line tool.
+    let first = std::env::temp_dir().join("leaky_service-start.tmsnap");
+    let last = std::env::temp_dir().join("leaky_service.tmsnap");
+    tracemalloc::dump(&start, &first)?;
+    tracemalloc::dump(&current, &last)?;
+    let (first, last) = (first.display(), last.display());
     println!(
-        "\nSnapshot written to {} ({} ms in all); try:\n  cargo run --release -p tracemalloc -- stats {} --key lineno",
-        path.display(),
+        "\nSnapshots written to {first} and {last} ({} ms in all); try:\n  \
+         cargo run --release -p tracemalloc -- compare {first} {last} --key filename\n  \
+         cargo run --release -p tracemalloc -- traceback {last} --limit 1",
         started.elapsed().as_millis(),
-        path.display()
     );
     service.shutdown();
     Ok(())
