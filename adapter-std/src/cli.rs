@@ -13,6 +13,7 @@
 //! Every failure is one line on stderr naming the problem and a non-zero exit status: 2 for a
 //! bad command line, 1 for a file that cannot be used.
 
+use std::ffi::OsString;
 use std::fmt;
 use std::io::Write;
 use std::path::PathBuf;
@@ -36,6 +37,9 @@ pub enum CliError {
     Usage(String),
     /// A file cannot be used (exit status 1).
     File(FileError),
+    /// The report cannot be written (exit status 1; [`CliError::is_closed_pipe`] tells the
+    /// reader going away, as `| head` does, which is no failure).
+    Output(std::io::Error),
     /// Anything else that stops the report (exit status 1).
     Failed(String),
 }
@@ -45,8 +49,13 @@ impl CliError {
     pub fn exit_code(&self) -> i32 {
         match self {
             CliError::Usage(_) => 2,
-            CliError::File(_) | CliError::Failed(_) => 1,
+            CliError::File(_) | CliError::Output(_) | CliError::Failed(_) => 1,
         }
+    }
+
+    /// Whether the report's reader went away before the end (`tracemalloc ... | head`).
+    pub fn is_closed_pipe(&self) -> bool {
+        matches!(self, CliError::Output(e) if e.kind() == std::io::ErrorKind::BrokenPipe)
     }
 }
 
@@ -55,6 +64,7 @@ impl fmt::Display for CliError {
         match self {
             CliError::Usage(m) => write!(f, "{m} (tracemalloc --help shows the usage)"),
             CliError::File(e) => write!(f, "{e}"),
+            CliError::Output(e) => write!(f, "cannot write the report: {e}"),
             CliError::Failed(m) => f.write_str(m),
         }
     }
@@ -82,23 +92,33 @@ fn usage(message: impl Into<String>) -> CliError {
     CliError::Usage(message.into())
 }
 
-fn parse_number<T: std::str::FromStr>(flag: &str, value: Option<String>) -> Result<T, CliError> {
-    let value = value.ok_or_else(|| usage(format!("{flag} needs a value")))?;
+/// The value after `flag`, which must be text.
+fn text_value(flag: &str, value: Option<OsString>) -> Result<String, CliError> {
+    value
+        .ok_or_else(|| usage(format!("{flag} needs a value")))?
+        .into_string()
+        .map_err(|value| usage(format!("{flag}: not UTF-8 text: {value:?}")))
+}
+
+fn parse_number<T: std::str::FromStr>(flag: &str, value: Option<OsString>) -> Result<T, CliError> {
+    let value = text_value(flag, value)?;
     value
         .parse()
-        .map_err(|_| usage(format!("{flag}: not a number: {value:?}")))
+        .map_err(|_| usage(format!("{flag}: not a number, or out of range: {value:?}")))
 }
 
 /// `GLOB[:LINE]`: a trailing `:digits` is the line.
-fn parse_pattern(inclusive: bool, value: &str) -> Filter {
+fn parse_pattern(flag: &str, value: &str) -> Result<Filter, CliError> {
+    let inclusive = flag == "--include";
     if let Some((glob, line)) = value.rsplit_once(':') {
         if !line.is_empty() && line.bytes().all(|b| b.is_ascii_digit()) {
-            if let Ok(line) = line.parse() {
-                return Filter::new(inclusive, glob).with_lineno(line);
-            }
+            let line = line
+                .parse()
+                .map_err(|_| usage(format!("{flag}: line number out of range: {line}")))?;
+            return Ok(Filter::new(inclusive, glob).with_lineno(line));
         }
     }
-    Filter::new(inclusive, value)
+    Ok(Filter::new(inclusive, value))
 }
 
 /// What the command line asks for.
@@ -110,11 +130,12 @@ enum Request {
 }
 
 /// The options, or what else was asked for.
-fn parse(args: Vec<String>) -> Result<Request, CliError> {
+fn parse(args: Vec<OsString>) -> Result<Request, CliError> {
     let mut args = args.into_iter();
     let command = args
         .next()
         .ok_or_else(|| usage(format!("no command given ({COMMANDS})")))?;
+    let command = command.to_string_lossy().into_owned();
     match command.as_str() {
         "-h" | "--help" => return Ok(Request::Help),
         "-V" | "--version" => return Ok(Request::Version),
@@ -142,9 +163,13 @@ fn parse(args: Vec<String>) -> Result<Request, CliError> {
     };
     let mut patterns = Vec::new();
     while let Some(arg) = args.next() {
-        match arg.as_str() {
+        let Some(flag) = arg.to_str().filter(|a| a.starts_with('-') && a.len() > 1) else {
+            positional.push(PathBuf::from(arg)); // a file: any bytes the system allows
+            continue;
+        };
+        match flag {
             "--key" => {
-                let value = args.next().ok_or_else(|| usage("--key needs a value"))?;
+                let value = text_value(flag, args.next())?;
                 options.key = value.parse().map_err(|_| {
                     usage(format!(
                         "--key: unknown key type {value:?} (filename, lineno or traceback)"
@@ -154,16 +179,14 @@ fn parse(args: Vec<String>) -> Result<Request, CliError> {
             "--cumulative" => options.cumulative = true,
             "--limit" => options.limit = parse_number("--limit", args.next())?,
             "--include" | "--exclude" => {
-                let value = args
-                    .next()
-                    .ok_or_else(|| usage(format!("{arg} needs a pattern")))?;
-                patterns.push(parse_pattern(arg == "--include", &value));
+                let value = text_value(flag, args.next())?;
+                patterns.push(parse_pattern(flag, &value)?);
             }
             "--all-frames" => options.all_frames = true,
             "--domain" | "--exclude-domain" => {
-                let domain = parse_number(&arg, args.next())?;
+                let domain = parse_number(flag, args.next())?;
                 options.filters.push(TraceFilter::Domain(DomainFilter::new(
-                    arg == "--domain",
+                    flag == "--domain",
                     domain,
                 )));
             }
@@ -172,10 +195,7 @@ fn parse(args: Vec<String>) -> Result<Request, CliError> {
                 options.elf = Some(PathBuf::from(value));
             }
             "-h" | "--help" => return Ok(Request::Help),
-            flag if flag.starts_with('-') && flag.len() > 1 => {
-                return Err(usage(format!("unknown option {flag:?}")));
-            }
-            _ => positional.push(PathBuf::from(arg)),
+            _ => return Err(usage(format!("unknown option {flag:?}"))),
         }
     }
     for pattern in patterns {
@@ -209,9 +229,20 @@ fn parse(args: Vec<String>) -> Result<Request, CliError> {
 fn open(path: &PathBuf, options: &Options) -> Result<Snapshot, CliError> {
     let mut snapshot = files::load(path).map_err(CliError::File)?;
     if let Some(elf) = &options.elf {
+        let named = elf.display();
+        files::open_regular(elf).map_err(|e| CliError::Failed(format!("{named}: {e}")))?;
         let mut resolver =
             ElfResolver::open(elf, 0).map_err(|e| CliError::Failed(e.to_string()))?;
-        snapshot.resolve_addresses(&mut resolver);
+        // Only a device's raw addresses: a host snapshot's frames were resolved when it was
+        // taken, at load addresses the firmware's file does not know.
+        let (looked_up, with_lines) = snapshot.resolve_raw_addresses(&mut resolver);
+        if looked_up > 0 && with_lines == 0 {
+            return Err(CliError::Failed(format!(
+                "{named} has a source line for none of the {looked_up} code addresses of {}: \
+                 is it the firmware that wrote the snapshot?",
+                path.display()
+            )));
+        }
     }
     if !options.filters.is_empty() {
         snapshot = snapshot.filter_traces(&options.filters);
@@ -225,9 +256,12 @@ fn take_limit<T>(items: Vec<T>, limit: usize) -> impl Iterator<Item = T> {
 }
 
 /// Runs the command line `args` (without the program name), writing the report to `out`.
-pub fn run(args: Vec<String>, out: &mut dyn Write) -> Result<(), CliError> {
-    let write_err = |e: std::io::Error| CliError::Failed(format!("cannot write the report: {e}"));
-    let options = match parse(args)? {
+pub fn run<S: Into<OsString>>(
+    args: impl IntoIterator<Item = S>,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let write_err = CliError::Output;
+    let options = match parse(args.into_iter().map(Into::into).collect())? {
         Request::Report(options) => options,
         Request::Help => return writeln!(out, "{USAGE}").map_err(write_err),
         Request::Version => {
@@ -280,9 +314,9 @@ pub fn run(args: Vec<String>, out: &mut dyn Write) -> Result<(), CliError> {
                     tracemalloc_core::format_size(stat.size as f64, false)
                 )
                 .map_err(write_err)?;
-                for line in sources.format(&stat.traceback, None) {
-                    writeln!(out, "{line}").map_err(write_err)?;
-                }
+                sources
+                    .write(&stat.traceback, None, out)
+                    .map_err(write_err)?;
             }
         }
     }
@@ -293,16 +327,16 @@ pub fn run(args: Vec<String>, out: &mut dyn Write) -> Result<(), CliError> {
 mod tests {
     use super::*;
 
-    fn args(s: &str) -> Vec<String> {
-        s.split_whitespace().map(str::to_owned).collect()
+    fn args(s: &str) -> Vec<OsString> {
+        s.split_whitespace().map(OsString::from).collect()
     }
 
     #[test]
     fn patterns_take_a_trailing_line_number() {
-        let f = parse_pattern(true, "src/*.rs:42");
+        let f = parse_pattern("--include", "src/*.rs:42").unwrap();
         assert_eq!(f.lineno, Some(42));
         assert_eq!(f.filename_pattern, "src/*.rs");
-        let f = parse_pattern(false, "C:\\x");
+        let f = parse_pattern("--exclude", "C:\\x").unwrap();
         assert_eq!(f.lineno, None);
     }
 

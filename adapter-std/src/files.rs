@@ -2,6 +2,7 @@
 //! JSON, told apart by their first bytes).
 
 use std::fmt;
+use std::io::{self, Read};
 use std::path::Path;
 
 use tracemalloc_core::codec::binary::{DecodeError, MAGIC};
@@ -37,6 +38,13 @@ pub enum FileError {
         /// The file.
         path: String,
     },
+    /// The file starts as a JSON snapshot but is not UTF-8.
+    NotUtf8 {
+        /// The file.
+        path: String,
+        /// Offset of the first byte that is not UTF-8.
+        at: usize,
+    },
 }
 
 impl fmt::Display for FileError {
@@ -50,6 +58,9 @@ impl fmt::Display for FileError {
                 f,
                 "{path}: not a snapshot file (neither the binary format nor JSON)"
             ),
+            FileError::NotUtf8 { path, at } => {
+                write!(f, "{path}: invalid JSON snapshot: byte {at} is not UTF-8")
+            }
         }
     }
 }
@@ -66,15 +77,56 @@ pub fn dump(snapshot: &Snapshot, path: impl AsRef<Path>) -> Result<(), FileError
 }
 
 /// Reads a snapshot written by [`dump`], by a device, or in the JSON form (Python's
-/// `Snapshot.load`).
+/// `Snapshot.load`). Only regular files are read, and one whose first bytes are neither form is
+/// not read to its end.
 pub fn load(path: impl AsRef<Path>) -> Result<Snapshot, FileError> {
     let path = path.as_ref();
     let name = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|source| FileError::Io {
+    let io_error = |source| FileError::Io {
         path: name.clone(),
         source,
-    })?;
+    };
+    let mut file = open_regular(path).map_err(io_error)?;
+    let mut bytes = Vec::new();
+    (&mut file)
+        .take(SNIFF)
+        .read_to_end(&mut bytes)
+        .map_err(io_error)?;
+    if !bytes.starts_with(MAGIC) && first_significant(&bytes).is_some_and(|b| b != b'{') {
+        return Err(FileError::NotASnapshot { path: name });
+    }
+    file.read_to_end(&mut bytes).map_err(io_error)?;
     parse_named(&bytes, name)
+}
+
+/// Bytes read before deciding whether a file can be a snapshot.
+const SNIFF: u64 = 4096;
+/// The UTF-8 byte-order mark some editors put before JSON.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// Opens `path` for reading if it is a regular file. A FIFO, a device or a directory, named by
+/// mistake (or as a source file by a forged snapshot), would block the open, never end, or
+/// fail with an obscure error; on Unix the open does not wait for a FIFO's writer.
+pub(crate) fn open_regular(path: &Path) -> io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK);
+    let file = options.open(path)?;
+    if file.metadata()?.is_file() {
+        Ok(file)
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ))
+    }
+}
+
+/// The first byte of `bytes` that is not whitespace, after a byte-order mark.
+fn first_significant(bytes: &[u8]) -> Option<u8> {
+    let text = bytes.strip_prefix(BOM).unwrap_or(bytes);
+    text.iter().copied().find(|b| !b.is_ascii_whitespace())
 }
 
 /// Parses the bytes of a snapshot file of either form.
@@ -87,10 +139,13 @@ fn parse_named(bytes: &[u8], path: String) -> Result<Snapshot, FileError> {
     if bytes.starts_with(MAGIC) {
         return Snapshot::load_bytes(bytes).map_err(|source| FileError::Binary { path, source });
     }
-    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
-    let text = match std::str::from_utf8(bytes) {
-        Ok(text) if first == Some(&b'{') => text,
-        _ => return Err(FileError::NotASnapshot { path }),
-    };
+    if first_significant(bytes) != Some(b'{') {
+        return Err(FileError::NotASnapshot { path });
+    }
+    let skipped = if bytes.starts_with(BOM) { BOM.len() } else { 0 };
+    let text = std::str::from_utf8(&bytes[skipped..]).map_err(|e| FileError::NotUtf8 {
+        path: path.clone(),
+        at: skipped + e.valid_up_to(),
+    })?;
     Snapshot::from_json(text).map_err(|source| FileError::Json { path, source })
 }

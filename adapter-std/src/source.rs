@@ -1,9 +1,13 @@
 //! Source lines under traceback frames, as Python's `linecache` provides them.
 
 use std::collections::HashMap;
+use std::io::Read;
 use std::path::Path;
 
 use tracemalloc_core::Traceback;
+
+/// Source files larger than this are not read for their lines.
+const MAX_SOURCE: u64 = 16 << 20;
 
 /// Reads source files once and hands out their lines.
 #[derive(Default)]
@@ -12,16 +16,20 @@ pub struct SourceLines {
 }
 
 impl SourceLines {
-    /// Line `lineno` (1-based) of `filename`, trimmed, if the file is readable: relative paths
-    /// are tried against the current directory.
+    /// Line `lineno` (1-based) of `filename`, trimmed, if the file is a readable regular file
+    /// of UTF-8 text of at most [`MAX_SOURCE`] bytes: relative paths are tried against the
+    /// current directory. (A snapshot names its files; one from elsewhere could name a FIFO or
+    /// a device, which would hang the report or fill memory.)
     pub fn line(&mut self, filename: &str, lineno: u32) -> Option<String> {
         let lines = self
             .files
             .entry(filename.to_owned())
             .or_insert_with(|| {
-                std::fs::read_to_string(Path::new(filename))
-                    .ok()
-                    .map(|text| text.lines().map(|l| l.trim().to_owned()).collect())
+                let file = crate::files::open_regular(Path::new(filename)).ok()?;
+                let mut text = String::new();
+                file.take(MAX_SOURCE + 1).read_to_string(&mut text).ok()?;
+                (text.len() as u64 <= MAX_SOURCE)
+                    .then(|| text.lines().map(|l| l.trim().to_owned()).collect())
             })
             .as_ref()?;
         let line = lines.get((lineno as usize).checked_sub(1)?)?;
@@ -35,9 +43,54 @@ impl SourceLines {
             cell.borrow_mut().line(file, line)
         })
     }
+
+    /// [`SourceLines::format`] written to `out` line by line.
+    pub fn write(
+        &mut self,
+        traceback: &Traceback,
+        limit: Option<i64>,
+        out: &mut dyn std::io::Write,
+    ) -> std::io::Result<()> {
+        let cell = std::cell::RefCell::new(self);
+        traceback.try_for_each_line(
+            limit,
+            false,
+            &|file, line| cell.borrow_mut().line(file, line),
+            |line| writeln!(out, "{line}"),
+        )
+    }
 }
 
 /// Python's `Traceback.format(limit)` with source lines, read from the current directory.
 pub fn format_traceback(traceback: &Traceback, limit: Option<i64>) -> Vec<String> {
     SourceLines::default().format(traceback, limit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A snapshot names the files whose lines a report shows; one from elsewhere may name a
+    /// FIFO (whose open would wait for a writer) or a device (endless): neither is read.
+    #[test]
+    #[cfg(unix)]
+    fn only_regular_files_give_lines() {
+        let dir = std::env::temp_dir().join(format!("tracemalloc-source-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let text = dir.join("a.rs");
+        std::fs::write(&text, "fn main() {\n    leak();\n}\n").unwrap();
+        let fifo = dir.join("fifo.rs");
+        let name = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: `name` is a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
+        let mut lines = SourceLines::default();
+        assert_eq!(
+            lines.line(text.to_str().unwrap(), 2).as_deref(),
+            Some("leak();")
+        );
+        assert_eq!(lines.line(fifo.to_str().unwrap(), 1), None);
+        assert_eq!(lines.line("/dev/zero", 1), None);
+        assert_eq!(lines.line(dir.to_str().unwrap(), 1), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -117,6 +117,26 @@ impl Traceback {
         most_recent_first: bool,
         source: &dyn Fn(&str, u32) -> Option<String>,
     ) -> Vec<String> {
+        let mut lines = Vec::new();
+        let done: Result<(), core::convert::Infallible> =
+            self.try_for_each_line(limit, most_recent_first, source, |line| {
+                lines.push(line);
+                Ok(())
+            });
+        let Ok(()) = done;
+        lines
+    }
+
+    /// The lines of [`Traceback::format_with_source`] handed to `emit` one by one, which stops
+    /// at its first error: a report of a traceback with many long frames (a forged file) is
+    /// written out as it goes rather than built whole in memory.
+    pub fn try_for_each_line<E>(
+        &self,
+        limit: Option<i64>,
+        most_recent_first: bool,
+        source: &dyn Fn(&str, u32) -> Option<String>,
+        mut emit: impl FnMut(String) -> Result<(), E>,
+    ) -> Result<(), E> {
         let n = self.frames.len();
         // Bounds in Python's oldest-first sequence, whose index i is frames[n - 1 - i].
         let (start, end) = match limit {
@@ -131,20 +151,19 @@ impl Traceback {
         } else {
             alloc::boxed::Box::new(oldest_first)
         };
-        let mut lines = Vec::new();
         for frame in frames {
-            lines.push(format!(
+            emit(format!(
                 "  File \"{}\", line {}",
                 frame.filename, frame.lineno
-            ));
+            ))?;
             if let Some(line) = source(&frame.filename, frame.lineno) {
                 let line = line.trim();
                 if !line.is_empty() {
-                    lines.push(format!("    {line}"));
+                    emit(format!("    {line}"))?;
                 }
             }
         }
-        lines
+        Ok(())
     }
 }
 

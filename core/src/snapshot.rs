@@ -386,9 +386,36 @@ impl Snapshot {
     /// Resolves the raw addresses again with `resolver` (a device snapshot read on the host with
     /// the firmware's debug info). Tracebacks without addresses are kept as they are.
     pub fn resolve_addresses(&mut self, resolver: &mut dyn Resolver) {
+        self.resolve_where(resolver, |_, _| true);
+    }
+
+    /// Resolves with `resolver` the tracebacks that still show their raw addresses only, each
+    /// frame [`Frame::unresolved`] (a device snapshot read on the host, with the firmware's debug
+    /// info), and keeps the others: those were resolved when the snapshot was taken, and their
+    /// addresses are a process's, at load addresses the resolver does not know. Returns how
+    /// many distinct addresses were looked up and how many of them got a source line, so that a
+    /// caller can tell a resolver that knows none of them (the wrong firmware).
+    pub fn resolve_raw_addresses(&mut self, resolver: &mut dyn Resolver) -> (usize, usize) {
+        self.resolve_where(resolver, |traceback, addresses| {
+            traceback.frames.len() == addresses.len()
+                && traceback
+                    .frames
+                    .iter()
+                    .zip(addresses)
+                    .all(|(frame, &address)| *frame == Frame::unresolved(address))
+        })
+    }
+
+    /// Resolves the tracebacks with addresses that `wanted` accepts; returns the distinct
+    /// addresses looked up and those of them with a source line.
+    fn resolve_where(
+        &mut self,
+        resolver: &mut dyn Resolver,
+        wanted: impl Fn(&Traceback, &[usize]) -> bool,
+    ) -> (usize, usize) {
         let mut cache: HashMap<usize, Vec<Frame>> = HashMap::new();
         for (traceback, addresses) in self.tracebacks.iter_mut().zip(&self.addresses) {
-            if addresses.is_empty() {
+            if addresses.is_empty() || !wanted(traceback, addresses) {
                 continue;
             }
             let mut frames = Vec::with_capacity(addresses.len());
@@ -402,6 +429,11 @@ impl Snapshot {
             }
             traceback.frames = frames;
         }
+        let named = cache
+            .values()
+            .filter(|frames| frames.iter().any(|f| f.lineno != 0))
+            .count();
+        (cache.len(), named)
     }
 }
 

@@ -37,7 +37,7 @@ fn temp(name: &str, bytes: &[u8]) -> PathBuf {
 
 fn cli(args: &[&str]) -> Result<String, CliError> {
     let mut out = Vec::new();
-    run(args.iter().map(|s| s.to_string()).collect(), &mut out)?;
+    run(args.iter().copied(), &mut out)?;
     Ok(String::from_utf8(out).unwrap())
 }
 
@@ -178,4 +178,123 @@ fn bad_files_and_flags_end_with_one_clear_error() {
         assert!(err.to_string().contains(message), "{args:?}: {err}");
         assert!(out.is_empty(), "{args:?} printed a report");
     }
+}
+
+/// JSON as editors save it (a byte-order mark first) loads; JSON that is not UTF-8 is called
+/// invalid JSON, not "not a snapshot file".
+#[test]
+fn json_files_with_a_bom_load_and_bad_utf8_is_named() {
+    let (_, later) = snapshots();
+    let mut with_bom = b"\xEF\xBB\xBF".to_vec();
+    with_bom.extend_from_slice(later.to_json().as_bytes());
+    let file = temp("bom.json", &with_bom);
+    let out = cli(&["stats", file.to_str().unwrap()]).unwrap();
+    assert!(out.starts_with("src/cache.rs:42: size=30.0 KiB"), "{out}");
+
+    let mut bad = later.to_json().into_bytes();
+    let at = bad.len() / 2;
+    bad[at] = 0xFF;
+    let file = temp("bad-utf8.json", &bad);
+    let err = cli(&["stats", file.to_str().unwrap()]).unwrap_err();
+    assert_eq!(err.exit_code(), 1);
+    assert!(
+        err.to_string()
+            .ends_with(&format!("invalid JSON snapshot: byte {at} is not UTF-8")),
+        "{err}"
+    );
+}
+
+/// Directories, devices and FIFOs named as snapshots or firmware end with one error at once:
+/// a FIFO without a writer would block the open, a device would be read until memory ran out.
+#[test]
+#[cfg(unix)]
+fn only_regular_files_are_read() {
+    let (_, later) = snapshots();
+    let good = temp("good.tmsnap", &later.dump_bytes());
+    let fifo = temp("fifo-dir-marker", b"").with_file_name("a.fifo");
+    let _ = std::fs::remove_file(&fifo);
+    let name = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: `name` is a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
+    let dir = std::env::temp_dir();
+    for args in [
+        vec!["stats", "/dev/zero"],
+        vec!["stats", fifo.to_str().unwrap()],
+        vec!["stats", dir.to_str().unwrap()],
+        vec![
+            "stats",
+            good.to_str().unwrap(),
+            "--elf",
+            fifo.to_str().unwrap(),
+        ],
+        vec!["stats", good.to_str().unwrap(), "--elf", "/dev/null"],
+    ] {
+        let err = cli(&args).unwrap_err();
+        assert_eq!(err.exit_code(), 1, "{args:?}: {err}");
+        assert!(
+            err.to_string().ends_with("not a regular file"),
+            "{args:?}: {err}"
+        );
+    }
+    std::fs::remove_file(&fifo).unwrap();
+}
+
+/// File names are whatever bytes the system allows; they are not text to be checked.
+#[test]
+#[cfg(unix)]
+fn file_names_need_not_be_utf8() {
+    use std::os::unix::ffi::OsStrExt;
+    let (_, later) = snapshots();
+    let good = temp("good-name.tmsnap", &later.dump_bytes());
+    let odd = good.with_file_name(std::ffi::OsStr::from_bytes(b"odd-\xFF.tmsnap"));
+    std::fs::copy(&good, &odd).unwrap();
+    let mut out = Vec::new();
+    run(
+        [std::ffi::OsString::from("stats"), odd.clone().into()],
+        &mut out,
+    )
+    .unwrap();
+    assert!(String::from_utf8(out)
+        .unwrap()
+        .starts_with("src/cache.rs:42"));
+    // A pattern, though, is text.
+    let bad_pattern = std::ffi::OsStr::from_bytes(b"\xFF*").to_owned();
+    let args = [
+        "stats".into(),
+        odd.clone().into_os_string(),
+        "--include".into(),
+        bad_pattern,
+    ];
+    let err = run(args, &mut Vec::new()).unwrap_err();
+    assert_eq!(err.exit_code(), 2, "{err}");
+    std::fs::remove_file(&odd).unwrap();
+}
+
+/// `--elf` names a device's raw addresses and leaves a host snapshot's resolved frames alone.
+#[test]
+fn elf_resolution_keeps_frames_resolved_when_taken() {
+    let (_, mut later) = snapshots();
+    // Host snapshots keep their addresses beside the frames they were resolved to.
+    for addresses in &mut later.addresses {
+        *addresses = vec![0x1000, 0x2000];
+    }
+    let file = temp("host.tmsnap", &later.dump_bytes());
+    let exe = std::env::current_exe().unwrap();
+    let out = cli(&[
+        "stats",
+        file.to_str().unwrap(),
+        "--elf",
+        exe.to_str().unwrap(),
+    ])
+    .unwrap();
+    assert!(out.starts_with("src/cache.rs:42: size=30.0 KiB"), "{out}");
+}
+
+#[test]
+fn a_reader_going_away_is_no_failure() {
+    let closed = CliError::Output(std::io::ErrorKind::BrokenPipe.into());
+    assert!(closed.is_closed_pipe());
+    let full = CliError::Output(std::io::Error::from_raw_os_error(28)); // ENOSPC
+    assert!(!full.is_closed_pipe());
+    assert_eq!(full.exit_code(), 1);
 }

@@ -58,8 +58,8 @@ fn leak_site() -> String {
 
 fn cli(args: &[&str]) -> String {
     let mut out = Vec::new();
-    let args = args.iter().map(|s| s.to_string()).collect();
-    tracemalloc::cli::run(args, &mut out).unwrap_or_else(|e| panic!("tracemalloc CLI: {e}"));
+    tracemalloc::cli::run(args.iter().copied(), &mut out)
+        .unwrap_or_else(|e| panic!("tracemalloc CLI: {e}"));
     String::from_utf8(out).unwrap()
 }
 

@@ -1,21 +1,20 @@
 //! The `tracemalloc` command; see [`tracemalloc::cli`].
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    use tracemalloc::cli::CliError;
+    // Arguments as the system gives them: file names need not be UTF-8.
+    let args = std::env::args_os().skip(1);
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    let result = tracemalloc::cli::run(args, &mut out);
-    let flushed = std::io::Write::flush(&mut out);
-    drop(out);
-    match (result, flushed) {
-        (Ok(()), Ok(())) => {}
-        (Err(e), _) => {
+    let result = tracemalloc::cli::run(args, &mut out)
+        .and_then(|()| std::io::Write::flush(&mut out).map_err(CliError::Output));
+    drop(out); // after a failed flush, its own retry fails quietly
+    match result {
+        Ok(()) => {}
+        Err(e) if e.is_closed_pipe() => {} // the reader had what it wanted
+        Err(e) => {
             eprintln!("tracemalloc: {e}");
             std::process::exit(e.exit_code());
-        }
-        (Ok(()), Err(e)) => {
-            eprintln!("tracemalloc: cannot write the report: {e}");
-            std::process::exit(1);
         }
     }
 }

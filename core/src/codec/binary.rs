@@ -901,6 +901,43 @@ mod with_alloc {
             );
         }
 
+        #[test]
+        fn only_raw_tracebacks_resolve_again() {
+            /// Names addresses below 0x0800_2000 (a firmware's code), nothing else.
+            struct Firmware;
+            impl Resolver for Firmware {
+                fn resolve(&mut self, address: usize, out: &mut Vec<Frame>) -> bool {
+                    if address >= 0x0800_2000 {
+                        return false;
+                    }
+                    out.push(Frame::new("src/dev.rs", address as u32 & 0xfff));
+                    true
+                }
+            }
+            // A device snapshot: addresses only. Its two addresses get a line each.
+            let mut device =
+                Snapshot::load_bytes(&device_file(&[0x0800_1234, 0x0800_1010])).unwrap();
+            assert_eq!(device.resolve_raw_addresses(&mut Firmware), (2, 2));
+            assert_eq!(
+                device.tracebacks[0].frames[0],
+                Frame::new("src/dev.rs", 0x234)
+            );
+            // Resolved now: a second pass finds nothing raw.
+            assert_eq!(device.resolve_raw_addresses(&mut Firmware), (0, 0));
+            // The wrong firmware names none of them, and says so by its count.
+            let mut device = Snapshot::load_bytes(&device_file(&[0x0900_0000])).unwrap();
+            assert_eq!(device.resolve_raw_addresses(&mut Firmware), (1, 0));
+            assert_eq!(
+                device.tracebacks[0].frames,
+                alloc::vec![Frame::unresolved(0x0900_0000)]
+            );
+            // A host snapshot, resolved when taken, keeps its frames though it has addresses.
+            let mut host = sample();
+            let before = host.tracebacks.clone();
+            assert_eq!(host.resolve_raw_addresses(&mut Firmware), (0, 0));
+            assert_eq!(host.tracebacks, before);
+        }
+
         proptest! {
             /// A body with any bytes changed, under a valid checksum, decodes or fails cleanly.
             #[test]
