@@ -17,7 +17,7 @@ pub struct SourceLines {
 
 impl SourceLines {
     /// Line `lineno` (1-based) of `filename`, trimmed, if the file is a readable regular file
-    /// of UTF-8 text of at most [`MAX_SOURCE`] bytes: relative paths are tried against the
+    /// of UTF-8 text of at most 16 MiB: relative paths are tried against the
     /// current directory. (A snapshot names its files; one from elsewhere could name a FIFO or
     /// a device, which would hang the report or fill memory.)
     pub fn line(&mut self, filename: &str, lineno: u32) -> Option<String> {
