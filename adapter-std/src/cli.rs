@@ -10,24 +10,27 @@
 //!   symbols: --elf FIRMWARE   resolve device addresses with the firmware's debug info
 //! ```
 //!
-//! Every failure is one line on stderr naming the problem and a non-zero exit status: 2 for a
-//! bad command line, 1 for a file that cannot be used.
+//! `--help` (or `-h`) prints the usage and `--version` (or `-V`) the version, wherever they
+//! stand. Every failure is one line on stderr naming the problem and a non-zero exit status: 2
+//! for a bad command line, 1 for a file that cannot be used or a report that cannot be written.
+//! A reader that goes away before the end (`tracemalloc ... | head`) is no failure: the binary
+//! exits 0 quietly ([`CliError::is_closed_pipe`]).
 
 use std::ffi::OsString;
 use std::fmt;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use tracemalloc_core::{DomainFilter, Filter, KeyType, Snapshot, TraceFilter};
 
-use crate::files::{self, FileError};
+use crate::files::{self, Accept, FileError};
 use crate::source::SourceLines;
 use crate::symbolize::ElfResolver;
 
 const USAGE: &str = "usage: tracemalloc stats FILE | compare OLD NEW | traceback FILE \
 [--key filename|lineno|traceback] [--cumulative] [--limit N] [--include GLOB[:LINE]] \
 [--exclude GLOB[:LINE]] [--all-frames] [--domain N] [--exclude-domain N] [--elf FIRMWARE]
-  --key defaults to lineno, --limit to 10 (0: all); tracemalloc --version prints the version";
+  --key defaults to lineno, --limit to 10 (0: all); --version prints the version";
 const COMMANDS: &str = "stats, compare or traceback";
 
 /// What went wrong, with the exit status it maps to.
@@ -195,6 +198,7 @@ fn parse(args: Vec<OsString>) -> Result<Request, CliError> {
                 options.elf = Some(PathBuf::from(value));
             }
             "-h" | "--help" => return Ok(Request::Help),
+            "-V" | "--version" => return Ok(Request::Version),
             _ => return Err(usage(format!("unknown option {flag:?}"))),
         }
     }
@@ -226,20 +230,44 @@ fn parse(args: Vec<OsString>) -> Result<Request, CliError> {
     Ok(Request::Report(options))
 }
 
-fn open(path: &PathBuf, options: &Options) -> Result<Snapshot, CliError> {
+/// The firmware named by `--elf`, opened once for every snapshot of the command.
+struct Firmware {
+    path: PathBuf,
+    resolver: ElfResolver,
+}
+
+impl Firmware {
+    fn open(path: &Path) -> Result<Firmware, CliError> {
+        // Told apart before the symbolizer maps it: a FIFO would block, a device never end.
+        files::open_checked(path, Accept::Regular).map_err(|source| {
+            CliError::File(FileError::Io {
+                path: path.display().to_string(),
+                source,
+            })
+        })?;
+        let resolver = ElfResolver::open(path, 0).map_err(|e| CliError::Failed(e.to_string()))?;
+        Ok(Firmware {
+            path: path.to_owned(),
+            resolver,
+        })
+    }
+}
+
+fn open(
+    path: &Path,
+    options: &Options,
+    firmware: Option<&mut Firmware>,
+) -> Result<Snapshot, CliError> {
     let mut snapshot = files::load(path).map_err(CliError::File)?;
-    if let Some(elf) = &options.elf {
-        let named = elf.display();
-        files::open_regular(elf).map_err(|e| CliError::Failed(format!("{named}: {e}")))?;
-        let mut resolver =
-            ElfResolver::open(elf, 0).map_err(|e| CliError::Failed(e.to_string()))?;
+    if let Some(firmware) = firmware {
         // Only a device's raw addresses: a host snapshot's frames were resolved when it was
         // taken, at load addresses the firmware's file does not know.
-        let (looked_up, with_lines) = snapshot.resolve_raw_addresses(&mut resolver);
+        let (looked_up, with_lines) = snapshot.resolve_raw_addresses(&mut firmware.resolver);
         if looked_up > 0 && with_lines == 0 {
             return Err(CliError::Failed(format!(
-                "{named} has a source line for none of the {looked_up} code addresses of {}: \
+                "{} has a source line for none of the {looked_up} code addresses of {}: \
                  is it the firmware that wrote the snapshot?",
+                firmware.path.display(),
                 path.display()
             )));
         }
@@ -268,9 +296,10 @@ pub fn run<S: Into<OsString>>(
             return writeln!(out, "tracemalloc {}", env!("CARGO_PKG_VERSION")).map_err(write_err)
         }
     };
+    let mut firmware = options.elf.as_deref().map(Firmware::open).transpose()?;
     match &options.command {
         Command::Stats(path) => {
-            let snapshot = open(path, &options)?;
+            let snapshot = open(path, &options, firmware.as_mut())?;
             let stats = snapshot
                 .statistics(options.key, options.cumulative)
                 .map_err(|e| usage(e.to_string()))?;
@@ -283,8 +312,8 @@ pub fn run<S: Into<OsString>>(
             }
         }
         Command::Compare(old, new) => {
-            let old_snapshot = open(old, &options)?;
-            let new_snapshot = open(new, &options)?;
+            let old_snapshot = open(old, &options, firmware.as_mut())?;
+            let new_snapshot = open(new, &options, firmware.as_mut())?;
             let diffs = new_snapshot
                 .compare_to(&old_snapshot, options.key, options.cumulative)
                 .map_err(|e| usage(e.to_string()))?;
@@ -296,7 +325,7 @@ pub fn run<S: Into<OsString>>(
             }
         }
         Command::Traceback(path) => {
-            let snapshot = open(path, &options)?;
+            let snapshot = open(path, &options, firmware.as_mut())?;
             let stats = snapshot
                 .statistics(KeyType::Traceback, false)
                 .map_err(|e| usage(e.to_string()))?;

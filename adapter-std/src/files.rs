@@ -77,8 +77,8 @@ pub fn dump(snapshot: &Snapshot, path: impl AsRef<Path>) -> Result<(), FileError
 }
 
 /// Reads a snapshot written by [`dump`], by a device, or in the JSON form (Python's
-/// `Snapshot.load`). Only regular files are read, and one whose first bytes are neither form is
-/// not read to its end.
+/// `Snapshot.load`), from a regular file or a pipe (`/dev/stdin`, a shell's `<(...)`). A file
+/// whose first bytes are neither form is not read to its end.
 pub fn load(path: impl AsRef<Path>) -> Result<Snapshot, FileError> {
     let path = path.as_ref();
     let name = path.display().to_string();
@@ -86,13 +86,13 @@ pub fn load(path: impl AsRef<Path>) -> Result<Snapshot, FileError> {
         path: name.clone(),
         source,
     };
-    let mut file = open_regular(path).map_err(io_error)?;
+    let mut file = open_checked(path, Accept::RegularOrPipe).map_err(io_error)?;
     let mut bytes = Vec::new();
     (&mut file)
         .take(SNIFF)
         .read_to_end(&mut bytes)
         .map_err(io_error)?;
-    if !bytes.starts_with(MAGIC) && first_significant(&bytes).is_some_and(|b| b != b'{') {
+    if form(&bytes) == Some(Form::Neither) {
         return Err(FileError::NotASnapshot { path: name });
     }
     file.read_to_end(&mut bytes).map_err(io_error)?;
@@ -104,29 +104,87 @@ const SNIFF: u64 = 4096;
 /// The UTF-8 byte-order mark some editors put before JSON.
 const BOM: &[u8] = b"\xEF\xBB\xBF";
 
-/// Opens `path` for reading if it is a regular file. A FIFO, a device or a directory, named by
-/// mistake (or as a source file by a forged snapshot), would block the open, never end, or
-/// fail with an obscure error; on Unix the open does not wait for a FIFO's writer.
-pub(crate) fn open_regular(path: &Path) -> io::Result<std::fs::File> {
+/// The kinds of file a reader takes.
+#[derive(Clone, Copy, PartialEq)]
+pub(crate) enum Accept {
+    /// Regular files only: source files a snapshot names, firmware to map.
+    Regular,
+    /// Regular files and pipes: a snapshot the user names.
+    RegularOrPipe,
+}
+
+/// Opens `path` for reading if it is a file of a kind `accept` takes, telling its kind before
+/// opening it: opening a device has effects of its own (a watchdog starts, a serial port
+/// resets its board, a terminal may become the controlling one), reading one may never end,
+/// and a directory fails with an obscure error. Regular files are opened without waiting and
+/// without taking a terminal (`O_NONBLOCK | O_NOCTTY` on Unix: special files that call
+/// themselves regular, such as `/proc/kmsg`, then fail rather than block); a pipe is opened as
+/// `cat` would, waiting for its writer. The kind is checked again on the open file, in case the
+/// path changed in between.
+pub(crate) fn open_checked(path: &Path, accept: Accept) -> io::Result<std::fs::File> {
+    let is_pipe = |kind: std::fs::FileType| {
+        #[cfg(unix)]
+        let fifo = std::os::unix::fs::FileTypeExt::is_fifo(&kind);
+        #[cfg(not(unix))]
+        let fifo = {
+            let _ = kind;
+            false
+        };
+        accept == Accept::RegularOrPipe && fifo
+    };
+    let refused = || {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            match accept {
+                Accept::Regular => "not a regular file",
+                Accept::RegularOrPipe => "not a regular file or a pipe",
+            },
+        )
+    };
+    let kind = std::fs::metadata(path)?.file_type();
+    if !kind.is_file() && !is_pipe(kind) {
+        return Err(refused());
+    }
     let mut options = std::fs::OpenOptions::new();
     options.read(true);
     #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK);
+    if kind.is_file() {
+        std::os::unix::fs::OpenOptionsExt::custom_flags(
+            &mut options,
+            libc::O_NONBLOCK | libc::O_NOCTTY,
+        );
+    }
     let file = options.open(path)?;
-    if file.metadata()?.is_file() {
+    let opened = file.metadata()?.file_type();
+    if opened.is_file() || is_pipe(opened) {
         Ok(file)
     } else {
-        Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "not a regular file",
-        ))
+        Err(refused())
     }
 }
 
-/// The first byte of `bytes` that is not whitespace, after a byte-order mark.
-fn first_significant(bytes: &[u8]) -> Option<u8> {
-    let text = bytes.strip_prefix(BOM).unwrap_or(bytes);
-    text.iter().copied().find(|b| !b.is_ascii_whitespace())
+/// What a file's first bytes make it.
+#[derive(PartialEq)]
+enum Form {
+    Binary,
+    Json,
+    Neither,
+}
+
+/// The form that `bytes`, a file or its first bytes, begin; `None` while they hold nothing
+/// but whitespace.
+fn form(bytes: &[u8]) -> Option<Form> {
+    if bytes.starts_with(MAGIC) {
+        return Some(Form::Binary);
+    }
+    without_bom(bytes)
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .map(|&b| if b == b'{' { Form::Json } else { Form::Neither })
+}
+
+fn without_bom(bytes: &[u8]) -> &[u8] {
+    bytes.strip_prefix(BOM).unwrap_or(bytes)
 }
 
 /// Parses the bytes of a snapshot file of either form.
@@ -136,14 +194,16 @@ pub fn parse(bytes: &[u8]) -> Result<Snapshot, FileError> {
 
 /// [`parse`], with errors naming `path`.
 fn parse_named(bytes: &[u8], path: String) -> Result<Snapshot, FileError> {
-    if bytes.starts_with(MAGIC) {
-        return Snapshot::load_bytes(bytes).map_err(|source| FileError::Binary { path, source });
+    match form(bytes) {
+        Some(Form::Binary) => {
+            return Snapshot::load_bytes(bytes).map_err(|source| FileError::Binary { path, source })
+        }
+        Some(Form::Json) => {}
+        _ => return Err(FileError::NotASnapshot { path }),
     }
-    if first_significant(bytes) != Some(b'{') {
-        return Err(FileError::NotASnapshot { path });
-    }
-    let skipped = if bytes.starts_with(BOM) { BOM.len() } else { 0 };
-    let text = std::str::from_utf8(&bytes[skipped..]).map_err(|e| FileError::NotUtf8 {
+    let text = without_bom(bytes);
+    let skipped = bytes.len() - text.len();
+    let text = std::str::from_utf8(text).map_err(|e| FileError::NotUtf8 {
         path: path.clone(),
         at: skipped + e.valid_up_to(),
     })?;

@@ -36,8 +36,8 @@
 //! | `PyTraceMalloc_Track/Untrack`       | [`track`], [`untrack`]                |
 //! | `PYTHONTRACEMALLOC=N`               | `RUST_TRACEMALLOC=N`                  |
 //!
-//! A `RUST_TRACEMALLOC` that is not a number of frames warns on stderr and traces with 1 (more
-//! than 65535: with 65535); empty or 0 leaves tracing off.
+//! A `RUST_TRACEMALLOC` that is not a number of frames traces with 1 (more than 65535: with
+//! 65535), with a warning on stderr on Unix; empty or 0 leaves tracing off.
 //! `RUST_TRACEMALLOC_SAMPLE=BYTES` beside `RUST_TRACEMALLOC` samples one block per BYTES
 //! allocated on average (see [`Config::sample_interval`]): always-on tracing of a deployed
 //! program without a code change. `RUST_TRACEMALLOC_STORAGE=table` (or `shadow`, `auto`) beside

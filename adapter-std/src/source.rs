@@ -6,6 +6,8 @@ use std::path::Path;
 
 use tracemalloc_core::Traceback;
 
+use crate::files::{open_checked, Accept};
+
 /// Source files larger than this are not read for their lines.
 const MAX_SOURCE: u64 = 16 << 20;
 
@@ -25,7 +27,7 @@ impl SourceLines {
             .files
             .entry(filename.to_owned())
             .or_insert_with(|| {
-                let file = crate::files::open_regular(Path::new(filename)).ok()?;
+                let file = open_checked(Path::new(filename), Accept::Regular).ok()?;
                 let mut text = String::new();
                 file.take(MAX_SOURCE + 1).read_to_string(&mut text).ok()?;
                 (text.len() as u64 <= MAX_SOURCE)
@@ -38,10 +40,14 @@ impl SourceLines {
 
     /// Python's `Traceback.format(limit)` with the source line under each frame.
     pub fn format(&mut self, traceback: &Traceback, limit: Option<i64>) -> Vec<String> {
-        let cell = std::cell::RefCell::new(self);
-        traceback.format_with_source(limit, false, &|file, line| {
-            cell.borrow_mut().line(file, line)
-        })
+        let mut lines = Vec::new();
+        let done: Result<(), std::convert::Infallible> =
+            self.for_each_line(traceback, limit, |line| {
+                lines.push(line);
+                Ok(())
+            });
+        let Ok(()) = done;
+        lines
     }
 
     /// [`SourceLines::format`] written to `out` line by line.
@@ -51,13 +57,18 @@ impl SourceLines {
         limit: Option<i64>,
         out: &mut dyn std::io::Write,
     ) -> std::io::Result<()> {
+        self.for_each_line(traceback, limit, |line| writeln!(out, "{line}"))
+    }
+
+    fn for_each_line<E>(
+        &mut self,
+        traceback: &Traceback,
+        limit: Option<i64>,
+        emit: impl FnMut(String) -> Result<(), E>,
+    ) -> Result<(), E> {
         let cell = std::cell::RefCell::new(self);
-        traceback.try_for_each_line(
-            limit,
-            false,
-            &|file, line| cell.borrow_mut().line(file, line),
-            |line| writeln!(out, "{line}"),
-        )
+        let source = |file: &str, line| cell.borrow_mut().line(file, line);
+        traceback.try_for_each_line(limit, false, &source, emit)
     }
 }
 
@@ -66,14 +77,13 @@ pub fn format_traceback(traceback: &Traceback, limit: Option<i64>) -> Vec<String
     SourceLines::default().format(traceback, limit)
 }
 
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
 
     /// A snapshot names the files whose lines a report shows; one from elsewhere may name a
     /// FIFO (whose open would wait for a writer) or a device (endless): neither is read.
     #[test]
-    #[cfg(unix)]
     fn only_regular_files_give_lines() {
         let dir = std::env::temp_dir().join(format!("tracemalloc-source-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

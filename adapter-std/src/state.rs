@@ -309,8 +309,8 @@ fn on_state_change(inner: &dyn GlobalAlloc) -> bool {
     }
 }
 
-/// `RUST_TRACEMALLOC=N` as `PYTHONTRACEMALLOC=N`: start with N frames (with a warning, 1 when
-/// not a number and 65535 when more).
+/// `RUST_TRACEMALLOC=N` as `PYTHONTRACEMALLOC=N`: start with N frames (with a warning on Unix,
+/// 1 when not a number and 65535 when more; 0 and empty leave tracing off).
 /// `RUST_TRACEMALLOC_SAMPLE=BYTES` beside it samples one block per BYTES on average (0: every
 /// block), for always-on tracing without a code change; `RUST_TRACEMALLOC_STORAGE=table`
 /// (or `shadow`, `auto`) picks the storage.
@@ -320,7 +320,10 @@ fn env_config() -> Option<Config> {
     if value.is_empty() || value == "0" {
         return None;
     }
+    // The warnings name the limit.
+    const _: () = assert!(tracemalloc_core::MAX_NFRAME == 65535);
     let nframe = match value.parse::<usize>() {
+        Ok(0) => return None, // "00" as "0": off
         Ok(n) if n <= tracemalloc_core::MAX_NFRAME => n,
         Ok(_) => {
             warn(b"tracemalloc: RUST_TRACEMALLOC is more than 65535 frames; using 65535\n");

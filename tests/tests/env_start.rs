@@ -10,12 +10,17 @@ static ALLOC: TracingAllocator = TracingAllocator::system();
 #[test]
 fn env_variable_starts_tracing_at_the_first_allocation() {
     if std::env::var_os("TRACEMALLOC_CHILD").is_some() {
-        // In the child: tracing must already be on, with the limit from the environment.
-        assert!(tracemalloc::is_tracing());
+        // In the child: tracing must already be on, with the limit from the environment (a
+        // limit of 0: tracing must be off).
         let nframe: usize = std::env::var("TRACEMALLOC_CHILD_NFRAME")
             .unwrap()
             .parse()
             .unwrap();
+        if nframe == 0 {
+            assert!(!tracemalloc::is_tracing());
+            return;
+        }
+        assert!(tracemalloc::is_tracing());
         assert_eq!(tracemalloc::traceback_limit(), nframe);
         let expected: u64 = std::env::var("TRACEMALLOC_CHILD").unwrap().parse().unwrap();
         let storage = match std::env::var("TRACEMALLOC_CHILD_STORAGE").as_deref() {
@@ -113,6 +118,10 @@ fn env_variable_starts_tracing_at_the_first_allocation() {
         ok(&out);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(warning), "{stderr}");
+    }
+    // 0, however written, leaves tracing off.
+    for off in ["0", "00", " "] {
+        ok(&run_with(Some(off), None, None, (0, "shadow", 0)));
     }
     // Without the variable, tracing is off in the child and its assertion fails.
     assert!(!run(None, None, 0).status.success());
