@@ -10,27 +10,45 @@ use crate::files::{open_checked, Accept};
 
 /// Source files larger than this are not read for their lines.
 const MAX_SOURCE: u64 = 16 << 20;
+/// Bytes of source files read in all, after which no further file is: a forged snapshot
+/// could name thousands of large text files.
+const MAX_SOURCES: u64 = 256 << 20;
 
 /// Reads source files once and hands out their lines.
-#[derive(Default)]
 pub struct SourceLines {
     files: HashMap<String, Option<Vec<String>>>,
+    /// Bytes that further files may still take ([`MAX_SOURCES`] at first).
+    budget: u64,
+}
+
+impl Default for SourceLines {
+    fn default() -> Self {
+        SourceLines {
+            files: HashMap::new(),
+            budget: MAX_SOURCES,
+        }
+    }
 }
 
 impl SourceLines {
     /// Line `lineno` (1-based) of `filename`, trimmed, if the file is a readable regular file
-    /// of UTF-8 text of at most 16 MiB: relative paths are tried against the
-    /// current directory. (A snapshot names its files; one from elsewhere could name a FIFO or
-    /// a device, which would hang the report or fill memory.)
+    /// of UTF-8 text of at most 16 MiB (and the files read so far come to at most 256 MiB):
+    /// relative paths are tried against the current directory. (A snapshot names its files;
+    /// one from elsewhere could name a FIFO or a device, which would hang the report or fill
+    /// memory.)
     pub fn line(&mut self, filename: &str, lineno: u32) -> Option<String> {
+        let budget = &mut self.budget;
         let lines = self
             .files
             .entry(filename.to_owned())
             .or_insert_with(|| {
                 let file = open_checked(Path::new(filename), Accept::Regular).ok()?;
+                let room = (*budget).min(MAX_SOURCE);
                 let mut text = String::new();
-                file.take(MAX_SOURCE + 1).read_to_string(&mut text).ok()?;
-                (text.len() as u64 <= MAX_SOURCE)
+                let result = file.take(room + 1).read_to_string(&mut text);
+                *budget = budget.saturating_sub(text.len() as u64);
+                result.ok()?;
+                (text.len() as u64 <= room)
                     .then(|| text.lines().map(|l| l.trim().to_owned()).collect())
             })
             .as_ref()?;
@@ -101,6 +119,25 @@ mod tests {
         assert_eq!(lines.line(fifo.to_str().unwrap(), 1), None);
         assert_eq!(lines.line("/dev/zero", 1), None);
         assert_eq!(lines.line(dir.to_str().unwrap(), 1), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn files_are_read_while_the_budget_lasts() {
+        let dir = std::env::temp_dir().join(format!("tracemalloc-budget-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let [a, b] = ["a.rs", "b.rs"].map(|name| {
+            let path = dir.join(name);
+            std::fs::write(&path, "first\nsecond\n").unwrap(); // 13 bytes
+            path.to_str().unwrap().to_owned()
+        });
+        let mut lines = SourceLines {
+            budget: 20,
+            ..SourceLines::default()
+        };
+        assert_eq!(lines.line(&a, 2).as_deref(), Some("second"));
+        assert_eq!(lines.line(&b, 1), None); // 7 bytes left: too few
+        assert_eq!(lines.line(&a, 1).as_deref(), Some("first")); // read once, kept
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

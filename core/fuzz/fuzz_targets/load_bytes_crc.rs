@@ -1,15 +1,20 @@
-//! The fuzz input is the body of a binary snapshot (after magic and version, before the CRC);
-//! the target adds a valid header and checksum so every input reaches the body decoder.
+//! The fuzz input is a version selector (its first byte's lowest bit: every version read) and
+//! the body of a binary snapshot (after magic and version, before the CRC); the target adds a
+//! valid header and checksum so every input reaches the body decoder.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tracemalloc_core::codec::binary::{Crc32, MAGIC, VERSION};
+use tracemalloc_core::codec::binary::{Crc32, MAGIC, OLDEST_VERSION, VERSION};
 use tracemalloc_core::Snapshot;
 
-fuzz_target!(|body: &[u8]| {
+fuzz_target!(|input: &[u8]| {
+    let Some((&selector, body)) = input.split_first() else {
+        return;
+    };
+    let version = if selector & 1 == 0 { VERSION } else { OLDEST_VERSION };
     let mut file = Vec::with_capacity(body.len() + 11);
     file.extend_from_slice(MAGIC);
-    file.push(VERSION);
+    file.push(version);
     file.extend_from_slice(body);
     let mut crc = Crc32::new();
     crc.update(&file);
