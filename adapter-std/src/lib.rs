@@ -49,6 +49,12 @@
 #![deny(unsafe_op_in_unsafe_fn, missing_docs, unreachable_pub)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+/// The README's Rust example, run as a doctest so that it keeps compiling and working as
+/// written (a helper that pasted it into a new crate found it panicking).
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeExample;
+
 mod accounting;
 mod allocator;
 mod capture;
