@@ -30,7 +30,8 @@ use crate::symbolize::ElfResolver;
 const USAGE: &str = "usage: tracemalloc stats FILE | compare OLD NEW | traceback FILE \
 [--key filename|lineno|traceback] [--cumulative] [--limit N] [--include GLOB[:LINE]] \
 [--exclude GLOB[:LINE]] [--all-frames] [--domain N] [--exclude-domain N] [--elf FIRMWARE]
-  --key defaults to lineno, --limit to 10 (0: all); --version prints the version";
+  --key defaults to lineno, --limit to 10 (0: all); after --, every argument is a file;
+  --version prints the version";
 const COMMANDS: &str = "stats, compare or traceback";
 
 /// What went wrong, with the exit status it maps to.
@@ -171,6 +172,10 @@ fn parse(args: Vec<OsString>) -> Result<Request, CliError> {
             continue;
         };
         match flag {
+            "--" => {
+                positional.extend(args.by_ref().map(PathBuf::from)); // files named `-…`
+                break;
+            }
             "--key" => {
                 let value = text_value(flag, args.next())?;
                 options.key = value.parse().map_err(|_| {
@@ -413,11 +418,22 @@ mod tests {
                 concat!("tracemalloc ", env!("CARGO_PKG_VERSION")),
             ),
             ("stats f --help", "usage: tracemalloc"),
+            ("stats --limit 3 --version f", "tracemalloc "),
         ] {
             let mut out = Vec::new();
             run(args(asked), &mut out).unwrap();
             assert!(String::from_utf8(out).unwrap().contains(says), "{asked}");
         }
+    }
+
+    #[test]
+    fn after_a_double_dash_every_argument_is_a_file() {
+        let Request::Report(o) = parse(args("compare --limit 3 -- --old -new")).unwrap() else {
+            panic!("not a report");
+        };
+        let files = (PathBuf::from("--old"), PathBuf::from("-new"));
+        assert_eq!(o.command, Command::Compare(files.0, files.1));
+        assert_eq!(o.limit, 3);
     }
 
     #[test]

@@ -92,8 +92,12 @@ pub fn load(path: impl AsRef<Path>) -> Result<Snapshot, FileError> {
         .take(SNIFF)
         .read_to_end(&mut bytes)
         .map_err(io_error)?;
-    if form(&bytes) == Some(Form::Neither) {
-        return Err(FileError::NotASnapshot { path: name });
+    // Neither form, or nothing but whitespace where a snapshot would have begun.
+    let full_prefix = bytes.len() as u64 == SNIFF;
+    match form(&bytes) {
+        Some(Form::Neither) => return Err(FileError::NotASnapshot { path: name }),
+        None if full_prefix => return Err(FileError::NotASnapshot { path: name }),
+        _ => {}
     }
     file.read_to_end(&mut bytes).map_err(io_error)?;
     parse_named(&bytes, name)
@@ -120,7 +124,7 @@ pub(crate) enum Accept {
 /// without taking a terminal (`O_NONBLOCK | O_NOCTTY` on Unix: special files that call
 /// themselves regular, such as `/proc/kmsg`, then fail rather than block); a pipe is opened as
 /// `cat` would, waiting for its writer. The kind is checked again on the open file, in case the
-/// path changed in between.
+/// path changed in between (which protects reads of that file, not a later open by name).
 pub(crate) fn open_checked(path: &Path, accept: Accept) -> io::Result<std::fs::File> {
     let is_pipe = |kind: std::fs::FileType| {
         #[cfg(unix)]
@@ -163,6 +167,17 @@ pub(crate) fn open_checked(path: &Path, accept: Accept) -> io::Result<std::fs::F
     }
 }
 
+/// Up to `max` bytes of the regular file at `path`, and whether it holds more.
+pub(crate) fn read_regular(path: &Path, max: u64) -> io::Result<(Vec<u8>, bool)> {
+    let mut bytes = Vec::new();
+    open_checked(path, Accept::Regular)?
+        .take(max.saturating_add(1))
+        .read_to_end(&mut bytes)?;
+    let more = bytes.len() as u64 > max;
+    bytes.truncate(max as usize);
+    Ok((bytes, more))
+}
+
 /// What a file's first bytes make it.
 #[derive(PartialEq)]
 enum Form {
@@ -177,9 +192,10 @@ fn form(bytes: &[u8]) -> Option<Form> {
     if bytes.starts_with(MAGIC) {
         return Some(Form::Binary);
     }
+    // JSON's whitespace, not ASCII's: a form feed would begin neither form.
     without_bom(bytes)
         .iter()
-        .find(|b| !b.is_ascii_whitespace())
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
         .map(|&b| if b == b'{' { Form::Json } else { Form::Neither })
 }
 

@@ -1,22 +1,53 @@
 //! Source lines under traceback frames, as Python's `linecache` provides them.
 
 use std::collections::HashMap;
-use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use tracemalloc_core::Traceback;
 
-use crate::files::{open_checked, Accept};
+use crate::files::read_regular;
 
 /// Source files larger than this are not read for their lines.
 const MAX_SOURCE: u64 = 16 << 20;
 /// Bytes of source files read in all, after which no further file is: a forged snapshot
-/// could name thousands of large text files.
+/// could name thousands of large files.
 const MAX_SOURCES: u64 = 256 << 20;
+
+/// A source file's text, kept whole, with where each line starts: about its own size in
+/// memory (a `String` per line took 30 times that for short lines).
+struct Text {
+    text: String,
+    starts: Vec<u32>,
+}
+
+impl Text {
+    fn new(text: String) -> Text {
+        let starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i as u32 + 1))
+            .collect();
+        Text { text, starts }
+    }
+
+    /// Line `lineno` (1-based), trimmed.
+    fn line(&self, lineno: u32) -> Option<&str> {
+        let index = (lineno as usize).checked_sub(1)?;
+        let start = *self.starts.get(index)? as usize;
+        let end = self
+            .starts
+            .get(index + 1)
+            .map_or(self.text.len(), |&next| next as usize);
+        // After a final newline, `starts` holds the end of the text: no line is there.
+        (start < self.text.len()).then(|| self.text[start..end].trim())
+    }
+}
 
 /// Reads source files once and hands out their lines.
 pub struct SourceLines {
-    files: HashMap<String, Option<Vec<String>>>,
+    /// Each name a snapshot used, with the file it names.
+    names: HashMap<String, Option<PathBuf>>,
+    /// Each file read, by its canonical path: names that spell one file differently (`./a.rs`,
+    /// `src/../a.rs`, a symlink) share it.
+    files: HashMap<PathBuf, Option<Text>>,
     /// Bytes that further files may still take ([`MAX_SOURCES`] at first).
     budget: u64,
 }
@@ -24,6 +55,7 @@ pub struct SourceLines {
 impl Default for SourceLines {
     fn default() -> Self {
         SourceLines {
+            names: HashMap::new(),
             files: HashMap::new(),
             budget: MAX_SOURCES,
         }
@@ -34,26 +66,29 @@ impl SourceLines {
     /// Line `lineno` (1-based) of `filename`, trimmed, if the file is a readable regular file
     /// of UTF-8 text of at most 16 MiB (and the files read so far come to at most 256 MiB):
     /// relative paths are tried against the current directory. (A snapshot names its files;
-    /// one from elsewhere could name a FIFO or a device, which would hang the report or fill
-    /// memory.)
+    /// one from elsewhere could name a FIFO or a device, which would hang the report, or many
+    /// large files, which would fill memory.)
     pub fn line(&mut self, filename: &str, lineno: u32) -> Option<String> {
-        let budget = &mut self.budget;
-        let lines = self
-            .files
+        let path = self
+            .names
             .entry(filename.to_owned())
-            .or_insert_with(|| {
-                let file = open_checked(Path::new(filename), Accept::Regular).ok()?;
-                let room = (*budget).min(MAX_SOURCE);
-                let mut text = String::new();
-                let result = file.take(room + 1).read_to_string(&mut text);
-                *budget = budget.saturating_sub(text.len() as u64);
-                result.ok()?;
-                (text.len() as u64 <= room)
-                    .then(|| text.lines().map(|l| l.trim().to_owned()).collect())
+            .or_insert_with(|| std::fs::canonicalize(Path::new(filename)).ok())
+            .clone()?;
+        let budget = &mut self.budget;
+        let text = self
+            .files
+            .entry(path)
+            .or_insert_with_key(|path| {
+                let (bytes, more) = read_regular(path, (*budget).min(MAX_SOURCE)).ok()?;
+                *budget = budget.saturating_sub(bytes.len() as u64);
+                if more {
+                    return None;
+                }
+                String::from_utf8(bytes).ok().map(Text::new)
             })
             .as_ref()?;
-        let line = lines.get((lineno as usize).checked_sub(1)?)?;
-        (!line.is_empty()).then(|| line.clone())
+        let line = text.line(lineno)?;
+        (!line.is_empty()).then(|| line.to_owned())
     }
 
     /// Python's `Traceback.format(limit)` with the source line under each frame.
@@ -119,6 +154,44 @@ mod tests {
         assert_eq!(lines.line(fifo.to_str().unwrap(), 1), None);
         assert_eq!(lines.line("/dev/zero", 1), None);
         assert_eq!(lines.line(dir.to_str().unwrap(), 1), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn lines_are_numbered_from_one_and_trimmed() {
+        let text = Text::new("fn a() {\r\n    leak();\n\n}".to_owned());
+        let lines: Vec<_> = (0..6).map(|n| text.line(n)).collect();
+        assert_eq!(
+            lines,
+            [
+                None,
+                Some("fn a() {"),
+                Some("leak();"),
+                Some(""),
+                Some("}"),
+                None
+            ]
+        );
+        assert_eq!(Text::new("a\n".to_owned()).line(2), None);
+    }
+
+    /// One file named in many ways is read once (a forged snapshot could spell one large file
+    /// thousands of ways).
+    #[test]
+    fn names_of_one_file_share_it() {
+        let dir = std::env::temp_dir().join(format!("tracemalloc-alias-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        let path = dir.join("a.rs");
+        std::fs::write(&path, "first\n").unwrap(); // 6 bytes
+        let mut lines = SourceLines {
+            budget: 10,
+            ..SourceLines::default()
+        };
+        let name = path.to_str().unwrap();
+        let other = format!("{}/sub/../a.rs", dir.display());
+        assert_eq!(lines.line(name, 1).as_deref(), Some("first"));
+        assert_eq!(lines.line(&other, 1).as_deref(), Some("first")); // no second read
+        assert_eq!(lines.budget, 4);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -258,9 +258,12 @@ fn workspace_of(path: &Path) -> Option<String> {
 fn cargo_workspace_around(dir: &Path) -> Option<String> {
     let mut package = None;
     for d in dir.ancestors() {
-        let Ok(manifest) = std::fs::read_to_string(d.join("Cargo.toml")) else {
+        // Any directory above may hold a `Cargo.toml`, even one made a FIFO or a device.
+        let Ok((manifest, false)) = crate::files::read_regular(&d.join("Cargo.toml"), 1 << 20)
+        else {
             continue;
         };
+        let manifest = String::from_utf8_lossy(&manifest);
         if manifest.lines().any(|l| l.trim() == "[workspace]") {
             return Some(d.display().to_string());
         }

@@ -69,3 +69,19 @@ fn a_reader_leaving_early_ends_the_report_quietly() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// With stderr unwritable (`2>/dev/full`), the status still says what failed: no panic.
+#[test]
+#[cfg(target_os = "linux")]
+fn an_unwritable_stderr_keeps_the_exit_status() {
+    let full = std::fs::File::options()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tracemalloc"))
+        .args(["stats", "/nonexistent/snapshot.tmsnap"])
+        .stderr(full)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}

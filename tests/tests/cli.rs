@@ -274,6 +274,35 @@ fn a_file_of_neither_form_is_not_read_to_its_end() {
     std::fs::remove_file(&huge).unwrap();
 }
 
+/// A snapshot begins within its first 4 KiB: a file (or an endless pipe) of whitespace is not
+/// read further, and a form feed, which JSON does not skip, begins neither form.
+#[test]
+fn whitespace_is_no_snapshot_beyond_the_first_bytes() {
+    let (_, later) = snapshots();
+    let json = later.to_json();
+    for (name, prefix, loads) in [
+        ("spaced.json", " ".repeat(4095), true),
+        ("too-spaced.json", " ".repeat(4096), false),
+        ("form-feed.json", "\x0c".to_owned(), false),
+    ] {
+        let file = temp(name, format!("{prefix}{json}").as_bytes());
+        let result = cli(&["stats", file.to_str().unwrap()]);
+        if loads {
+            assert!(
+                result.is_ok(),
+                "{name}: {:?}",
+                result.err().map(|e| e.to_string())
+            );
+        } else {
+            let err = result.unwrap_err().to_string();
+            assert!(
+                err.ends_with("not a snapshot file (neither the binary format nor JSON)"),
+                "{name}: {err}"
+            );
+        }
+    }
+}
+
 /// `--elf` with a file that has no line for any of a device snapshot's addresses is refused as
 /// the wrong firmware, rather than printing `<unknown>` lines.
 #[test]
