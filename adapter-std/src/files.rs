@@ -78,7 +78,7 @@ pub fn dump(snapshot: &Snapshot, path: impl AsRef<Path>) -> Result<(), FileError
 
 /// Reads a snapshot written by [`dump`], by a device, or in the JSON form (Python's
 /// `Snapshot.load`), from a regular file or a pipe (`/dev/stdin`, a shell's `<(...)`). A file
-/// whose first bytes are neither form is not read to its end.
+/// whose first 4 KiB begin neither form (or hold only whitespace) is not read to its end.
 pub fn load(path: impl AsRef<Path>) -> Result<Snapshot, FileError> {
     let path = path.as_ref();
     let name = path.display().to_string();
