@@ -8,10 +8,11 @@
 //!   filters: --include GLOB[:LINE] --exclude GLOB[:LINE] --all-frames --domain N
 //!            --exclude-domain N
 //!   symbols: --elf FIRMWARE   resolve device addresses with the firmware's debug info
+//!   --        every argument after it is a file
 //! ```
 //!
-//! `--help` (or `-h`) prints the usage and `--version` (or `-V`) the version, wherever they
-//! stand. Every failure is one line on stderr naming the problem and a non-zero exit status: 2
+//! `--help` (or `-h`) prints the usage and `--version` (or `-V`) the version, anywhere before
+//! `--` (after which every argument is a file) unless an earlier argument is wrong. Every failure is one line on stderr naming the problem and a non-zero exit status: 2
 //! for a bad command line, 1 for a file that cannot be used or a report that cannot be written.
 //! A reader that goes away before the end (`tracemalloc ... | head`) is no failure: the binary
 //! exits 0 quietly ([`CliError::is_closed_pipe`]).

@@ -167,12 +167,15 @@ pub(crate) fn open_checked(path: &Path, accept: Accept) -> io::Result<std::fs::F
     }
 }
 
-/// Up to `max` bytes of the regular file at `path`, and whether it holds more.
+/// Up to `max` bytes of the regular file at `path`, and whether it holds more (nothing is
+/// read of a file that is larger when opened).
 pub(crate) fn read_regular(path: &Path, max: u64) -> io::Result<(Vec<u8>, bool)> {
+    let file = open_checked(path, Accept::Regular)?;
+    if file.metadata()?.len() > max {
+        return Ok((Vec::new(), true));
+    }
     let mut bytes = Vec::new();
-    open_checked(path, Accept::Regular)?
-        .take(max.saturating_add(1))
-        .read_to_end(&mut bytes)?;
+    file.take(max.saturating_add(1)).read_to_end(&mut bytes)?;
     let more = bytes.len() as u64 > max;
     bytes.truncate(max as usize);
     Ok((bytes, more))

@@ -1,7 +1,7 @@
 //! Source lines under traceback frames, as Python's `linecache` provides them.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use tracemalloc_core::Traceback;
 
@@ -13,19 +13,27 @@ const MAX_SOURCE: u64 = 16 << 20;
 /// could name thousands of large files.
 const MAX_SOURCES: u64 = 256 << 20;
 
-/// A source file's text, kept whole, with where each line starts: about its own size in
-/// memory (a `String` per line took 30 times that for short lines).
+/// A source file's text, kept whole, with where each line starts: its size plus 4 bytes a
+/// line in memory (a `String` per line took 30 times the file's size for short lines).
 struct Text {
     text: String,
     starts: Vec<u32>,
 }
 
+// Line offsets are `u32`.
+const _: () = assert!(MAX_SOURCE <= u32::MAX as u64);
+
 impl Text {
     fn new(text: String) -> Text {
-        let starts = std::iter::once(0)
-            .chain(text.match_indices('\n').map(|(i, _)| i as u32 + 1))
-            .collect();
+        let mut starts = Vec::with_capacity(text.matches('\n').count() + 1);
+        starts.push(0);
+        starts.extend(text.match_indices('\n').map(|(i, _)| i as u32 + 1));
         Text { text, starts }
+    }
+
+    /// Bytes it holds.
+    fn size(&self) -> u64 {
+        (self.text.len() + self.starts.len() * size_of::<u32>()) as u64
     }
 
     /// Line `lineno` (1-based), trimmed.
@@ -72,7 +80,11 @@ impl SourceLines {
         let path = self
             .names
             .entry(filename.to_owned())
-            .or_insert_with(|| std::fs::canonicalize(Path::new(filename)).ok())
+            .or_insert_with(|| {
+                // Where a path cannot be made canonical (some virtual drives on Windows), it is
+                // read as named.
+                Some(std::fs::canonicalize(filename).unwrap_or_else(|_| PathBuf::from(filename)))
+            })
             .clone()?;
         let budget = &mut self.budget;
         let text = self
@@ -84,7 +96,9 @@ impl SourceLines {
                 if more {
                     return None;
                 }
-                String::from_utf8(bytes).ok().map(Text::new)
+                let text = Text::new(String::from_utf8(bytes).ok()?);
+                *budget = budget.saturating_sub(text.size() - text.text.len() as u64);
+                Some(text)
             })
             .as_ref()?;
         let line = text.line(lineno)?;
@@ -182,16 +196,16 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("tracemalloc-alias-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("sub")).unwrap();
         let path = dir.join("a.rs");
-        std::fs::write(&path, "first\n").unwrap(); // 6 bytes
+        std::fs::write(&path, "first\n").unwrap(); // 6 bytes, 2 line starts
         let mut lines = SourceLines {
-            budget: 10,
+            budget: 100,
             ..SourceLines::default()
         };
         let name = path.to_str().unwrap();
         let other = format!("{}/sub/../a.rs", dir.display());
         assert_eq!(lines.line(name, 1).as_deref(), Some("first"));
         assert_eq!(lines.line(&other, 1).as_deref(), Some("first")); // no second read
-        assert_eq!(lines.budget, 4);
+        assert_eq!(lines.budget, 100 - 6 - 2 * 4);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -208,8 +222,12 @@ mod tests {
             budget: 20,
             ..SourceLines::default()
         };
+        let big = dir.join("big.rs");
+        std::fs::write(&big, "x".repeat(30)).unwrap();
+        assert_eq!(lines.line(big.to_str().unwrap(), 1), None); // too big: not read
+        assert_eq!(lines.budget, 20); // nor charged
         assert_eq!(lines.line(&a, 2).as_deref(), Some("second"));
-        assert_eq!(lines.line(&b, 1), None); // 7 bytes left: too few
+        assert_eq!(lines.line(&b, 1), None); // 13 bytes and 3 starts took the rest
         assert_eq!(lines.line(&a, 1).as_deref(), Some("first")); // read once, kept
         std::fs::remove_dir_all(&dir).unwrap();
     }
