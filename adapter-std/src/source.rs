@@ -52,7 +52,7 @@ impl Text {
 /// Reads source files once and hands out their lines.
 pub struct SourceLines {
     /// Each name a snapshot used, with the file it names.
-    names: HashMap<String, Option<PathBuf>>,
+    names: HashMap<String, PathBuf>,
     /// Each file read, by its canonical path: names that spell one file differently (`./a.rs`,
     /// `src/../a.rs`, a symlink) share it.
     files: HashMap<PathBuf, Option<Text>>,
@@ -83,9 +83,9 @@ impl SourceLines {
             .or_insert_with(|| {
                 // Where a path cannot be made canonical (some virtual drives on Windows), it is
                 // read as named.
-                Some(std::fs::canonicalize(filename).unwrap_or_else(|_| PathBuf::from(filename)))
+                std::fs::canonicalize(filename).unwrap_or_else(|_| PathBuf::from(filename))
             })
-            .clone()?;
+            .clone();
         let budget = &mut self.budget;
         let text = self
             .files
