@@ -410,29 +410,35 @@ fn unwound_leaf() -> Vec<u8> {
     vec![3u8; 5432] // UNWOUND-LEAF
 }
 
-/// Stacks captured by the unwinder, whose first frames are the tracer's and the unwinder's own,
-/// keep the limit's frames of the program.
-#[test]
-fn the_unwinder_keeps_the_limit_of_program_frames() {
-    let _s = serial();
+/// The traceback of a block allocated by [`unwound_leaf`] while tracing with the unwinder and
+/// `nframe` frames.
+fn unwound_traceback(nframe: usize) -> tracemalloc::Traceback {
     tracemalloc::stop();
     let config = tracemalloc::Config {
-        nframe: 2,
+        nframe,
         capture: tracemalloc::Capture::Unwinder,
         ..tracemalloc::Config::default()
     };
     tracemalloc::start_with(config).unwrap();
     let block = std::hint::black_box(unwound_leaf()); // UNWOUND-CALL
     let snapshot = tracemalloc::take_snapshot().unwrap();
-    let shown = &snapshot.tracebacks[traceback_ids(&snapshot, 5432)[0] as usize].frames;
+    drop(block);
+    tracemalloc::stop();
+    snapshot.tracebacks[traceback_ids(&snapshot, 5432)[0] as usize].clone()
+}
+
+/// Stacks captured by the unwinder, whose first frames are the tracer's and the unwinder's own,
+/// keep the limit's frames of the program.
+#[test]
+fn the_unwinder_keeps_the_limit_of_program_frames() {
+    let _s = serial();
+    let shown = unwound_traceback(2).frames;
     let lines: Vec<u32> = shown.iter().map(|f| f.lineno).collect();
     assert_eq!(
         lines,
         [line_of("UNWOUND-LEAF"), line_of("UNWOUND-CALL")],
         "{shown:?}"
     );
-    drop(block);
-    tracemalloc::stop();
 }
 
 /// A whole stack captured by the unwinder ends at the thread's entry, not at the address 0 the
@@ -440,23 +446,12 @@ fn the_unwinder_keeps_the_limit_of_program_frames() {
 #[test]
 fn the_unwinder_ends_a_whole_stack_at_its_last_frame() {
     let _s = serial();
-    tracemalloc::stop();
-    let config = tracemalloc::Config {
-        nframe: 256,
-        capture: tracemalloc::Capture::Unwinder,
-        ..tracemalloc::Config::default()
-    };
-    tracemalloc::start_with(config).unwrap();
-    let block = std::hint::black_box(unwound_leaf());
-    let snapshot = tracemalloc::take_snapshot().unwrap();
-    let traceback = &snapshot.tracebacks[traceback_ids(&snapshot, 5432)[0] as usize];
+    let traceback = unwound_traceback(256);
     assert!(traceback.frames.len() >= 3, "{traceback:?}");
     assert!(
         traceback.frames.iter().all(|f| &*f.filename != "0x0"),
         "{traceback:?}"
     );
-    drop(block);
-    tracemalloc::stop();
 }
 
 #[test]

@@ -35,6 +35,19 @@ fn temp(name: &str, bytes: &[u8]) -> PathBuf {
     path
 }
 
+/// `stats` of `snapshot`, written to the file `name`, with this test binary as `--elf`: a file
+/// with debug info, which knows no device's addresses.
+fn stats_with_this_binary_as_elf(name: &str, snapshot: &Snapshot) -> Result<String, CliError> {
+    let file = temp(name, &snapshot.dump_bytes());
+    let exe = std::env::current_exe().unwrap();
+    cli(&[
+        "stats",
+        file.to_str().unwrap(),
+        "--elf",
+        exe.to_str().unwrap(),
+    ])
+}
+
 fn cli(args: &[&str]) -> Result<String, CliError> {
     let mut out = Vec::new();
     run(args.iter().copied(), &mut out)?;
@@ -307,19 +320,10 @@ fn whitespace_is_no_snapshot_beyond_the_first_bytes() {
 /// the wrong firmware, rather than printing `<unknown>` lines.
 #[test]
 fn firmware_that_names_none_of_the_addresses_is_refused() {
-    let raw = tb(&[]);
+    let raw = Traceback::new(vec![Frame::unresolved(0x10), Frame::unresolved(0x20)]);
     let mut device = snapshot_from_traces(8, [(0, 64, raw)]);
-    device.tracebacks[0] = Traceback::new(vec![Frame::unresolved(0x10), Frame::unresolved(0x20)]);
     device.addresses[0] = vec![0x10, 0x20];
-    let file = temp("device.tmsnap", &device.dump_bytes());
-    let exe = std::env::current_exe().unwrap();
-    let err = cli(&[
-        "stats",
-        file.to_str().unwrap(),
-        "--elf",
-        exe.to_str().unwrap(),
-    ])
-    .unwrap_err();
+    let err = stats_with_this_binary_as_elf("device.tmsnap", &device).unwrap_err();
     assert_eq!(err.exit_code(), 1);
     assert!(
         err.to_string()
@@ -368,14 +372,6 @@ fn elf_resolution_keeps_frames_resolved_when_taken() {
     for addresses in &mut later.addresses {
         *addresses = vec![0x1000, 0x2000];
     }
-    let file = temp("host.tmsnap", &later.dump_bytes());
-    let exe = std::env::current_exe().unwrap();
-    let out = cli(&[
-        "stats",
-        file.to_str().unwrap(),
-        "--elf",
-        exe.to_str().unwrap(),
-    ])
-    .unwrap();
+    let out = stats_with_this_binary_as_elf("host.tmsnap", &later).unwrap();
     assert!(out.starts_with("src/cache.rs:42: size=30.0 KiB"), "{out}");
 }
