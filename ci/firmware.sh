@@ -20,7 +20,7 @@ build_crate() {
   for target in thumbv6m-none-eabi thumbv7m-none-eabi; do
     log "tracemalloc-embedded for $target"
     (cd "$root" && cargo build -q -p tracemalloc-embedded --target "$target" \
-      --features llff,tlsf,defmt,semihosting)
+      --features llff,tlsf,defmt,semihosting,build-id)
   done
 }
 

@@ -14,10 +14,14 @@
 //!   `Report::log` prints them.
 //! - With the `semihosting` feature, `semihosting::HostFile` writes a snapshot file on the
 //!   host for `tracemalloc stats FILE --elf FIRMWARE`.
+//! - With the `build-id` feature, snapshots carry the firmware's GNU build id (module
+//!   `build_id`), and the host refuses an ELF file of another build.
 #![no_std]
 #![deny(missing_docs, unreachable_pub, unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+#[cfg(feature = "build-id")]
+pub mod build_id;
 pub mod heap;
 pub mod report;
 #[cfg(feature = "semihosting")]

@@ -265,9 +265,14 @@ impl<H, const SLOTS: usize, const TRACEBACKS: usize, const FRAMES: usize, const 
     /// Streams a snapshot in the core's binary format into `sink` (Python's `take_snapshot()`
     /// then `dump()`), without allocating. Returns false, writing nothing, before the first
     /// start. The lock is held while `sink` runs: a slow sink (semihosting, a UART) delays
-    /// interrupts for as long.
+    /// interrupts for as long. With the `build-id` feature the snapshot names the firmware's
+    /// build (module `build_id`).
     pub fn write_snapshot<S: Sink>(&self, sink: S) -> bool {
-        self.with_tracer(|tracer| encode_tracer(tracer, NFRAME as u16, sink))
+        #[cfg(feature = "build-id")]
+        let build_id = crate::build_id::build_id();
+        #[cfg(not(feature = "build-id"))]
+        let build_id = &[];
+        self.with_tracer(|tracer| encode_tracer(tracer, NFRAME as u16, build_id, sink))
             .is_some()
     }
 

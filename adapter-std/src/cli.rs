@@ -22,11 +22,12 @@ use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use tracemalloc_core::build_id::Hex;
 use tracemalloc_core::{DomainFilter, Filter, KeyType, Snapshot, TraceFilter};
 
 use crate::files::{self, Accept, FileError};
 use crate::source::SourceLines;
-use crate::symbolize::ElfResolver;
+use crate::symbolize::{self, ElfResolver};
 
 const USAGE: &str = "usage: tracemalloc stats FILE | compare OLD NEW | traceback FILE \
 [--key filename|lineno|traceback] [--cumulative] [--limit N] [--include GLOB[:LINE]] \
@@ -239,13 +240,15 @@ fn parse(args: Vec<OsString>) -> Result<Request, CliError> {
 /// The firmware named by `--elf`, opened once for every snapshot of the command.
 struct Firmware {
     path: PathBuf,
+    /// Its GNU build id, if it has one.
+    build_id: Option<Vec<u8>>,
     resolver: ElfResolver,
 }
 
 impl Firmware {
     fn open(path: &Path) -> Result<Firmware, CliError> {
         // Told apart before the symbolizer maps it: a FIFO would block, a device never end.
-        files::open_checked(path, Accept::Regular).map_err(|source| {
+        let file = files::open_checked(path, Accept::Regular).map_err(|source| {
             CliError::File(FileError::Io {
                 path: path.display().to_string(),
                 source,
@@ -254,8 +257,28 @@ impl Firmware {
         let resolver = ElfResolver::open(path, 0).map_err(|e| CliError::Failed(e.to_string()))?;
         Ok(Firmware {
             path: path.to_owned(),
+            build_id: symbolize::build_id_of(&file),
             resolver,
         })
+    }
+
+    /// Refuses to name the addresses of `snapshot` (read from `path`) when it says which build
+    /// wrote it and this file is another: its lines would look right and be wrong.
+    fn check_build(&self, snapshot: &Snapshot, path: &Path) -> Result<(), CliError> {
+        if snapshot.build_id.is_empty() || self.build_id.as_deref() == Some(&snapshot.build_id) {
+            return Ok(());
+        }
+        let this = match &self.build_id {
+            Some(id) => format!("build {}", Hex(id)),
+            None => "a file without a build id".to_owned(),
+        };
+        Err(CliError::Failed(format!(
+            "{} was written by firmware build {}, but {} is {this}: \
+             give --elf the firmware that wrote the snapshot",
+            path.display(),
+            Hex(&snapshot.build_id),
+            self.path.display(),
+        )))
     }
 }
 
@@ -266,6 +289,7 @@ fn open(
 ) -> Result<Snapshot, CliError> {
     let mut snapshot = files::load(path).map_err(CliError::File)?;
     if let Some(firmware) = firmware {
+        firmware.check_build(&snapshot, path)?;
         // Only a device's raw addresses: a host snapshot's frames were resolved when it was
         // taken, at load addresses the firmware's file does not know.
         let (looked_up, with_lines) = snapshot.resolve_raw_addresses(&mut firmware.resolver);

@@ -465,7 +465,8 @@ fn loaded_modules() -> Vec<Module> {
                         note.p_memsz as usize,
                     )
                 };
-                gnu_build_id(notes, note.p_align as usize).map(<[u8]>::to_vec)
+                tracemalloc_core::build_id::from_notes(notes, note.p_align as usize)
+                    .map(<[u8]>::to_vec)
             });
         let path = if info.dlpi_name.is_null() {
             PathBuf::new()
@@ -607,39 +608,16 @@ fn identity(metadata: &std::fs::Metadata) -> (u64, u64) {
 /// The GNU build id of the ELF file at `path`.
 #[cfg(target_os = "linux")]
 fn file_build_id(path: &Path) -> Option<Vec<u8>> {
-    use object::Object;
-    let file = MappedFile::open(path)?;
-    let elf = object::File::parse(file.bytes()).ok()?;
-    elf.build_id().ok().flatten().map(<[u8]>::to_vec)
+    build_id_of(&std::fs::File::open(path).ok()?)
 }
 
-/// The descriptor of the `NT_GNU_BUILD_ID` note among `notes` (an ELF note segment, its
-/// entries aligned to `align`: 4, or 8 for some).
-#[cfg(target_os = "linux")]
-fn gnu_build_id(notes: &[u8], align: usize) -> Option<&[u8]> {
-    const NT_GNU_BUILD_ID: u32 = 3;
-    let align = if align == 8 { 8 } else { 4 };
-    let word = |at: usize| -> Option<u32> {
-        let bytes = notes.get(at..at.checked_add(4)?)?;
-        Some(u32::from_ne_bytes(bytes.try_into().ok()?))
-    };
-    let mut at = 0usize;
-    while at < notes.len() {
-        let name_size = word(at)? as usize;
-        let desc_size = word(at.checked_add(4)?)? as usize;
-        let kind = word(at.checked_add(8)?)?;
-        let name_start = at.checked_add(12)?;
-        let name_end = name_start.checked_add(name_size)?;
-        let desc_start = name_end.checked_next_multiple_of(align)?;
-        let desc_end = desc_start.checked_add(desc_size)?;
-        let name = notes.get(name_start..name_end)?;
-        let desc = notes.get(desc_start..desc_end)?;
-        if kind == NT_GNU_BUILD_ID && name == b"GNU\0" {
-            return Some(desc);
-        }
-        at = desc_end.checked_next_multiple_of(align)?;
-    }
-    None
+/// The GNU build id of the open object file `file` (an ELF file's `NT_GNU_BUILD_ID` note); `None`
+/// when it has none or is not an object file. Reads the headers and the note only.
+pub(crate) fn build_id_of(file: &std::fs::File) -> Option<Vec<u8>> {
+    use object::Object;
+    let cache = object::ReadCache::new(file);
+    let elf = object::File::parse(&cache).ok()?;
+    elf.build_id().ok().flatten().map(<[u8]>::to_vec)
 }
 
 /// `path` without the ` (deleted)` the kernel appends to `/proc/self/exe`'s target once the
@@ -868,34 +846,6 @@ mod tests {
         let exe = &loaded_modules()[0];
         assert_eq!(exe.build_id, file_build_id(Path::new(RUNNING_EXE)));
         assert!(exe.build_id.as_ref().is_none_or(|id| id.len() >= 8));
-    }
-
-    #[test]
-    #[cfg(target_os = "linux")]
-    fn the_build_id_is_found_among_other_notes() {
-        let note = |kind: u32, name: &[u8], desc: &[u8], align: usize| {
-            let mut out = Vec::new();
-            out.extend((name.len() as u32).to_ne_bytes());
-            out.extend((desc.len() as u32).to_ne_bytes());
-            out.extend(kind.to_ne_bytes());
-            out.extend(name);
-            out.resize(out.len().next_multiple_of(align), 0);
-            out.extend(desc);
-            out.resize(out.len().next_multiple_of(align), 0);
-            out
-        };
-        for align in [4, 8] {
-            let mut notes = note(5, b"GNU\0", &[1; 12], align); // a property note
-            notes.extend(note(3, b"Go\0\0", &[2; 4], align)); // another vendor's
-            notes.extend(note(3, b"GNU\0", &[0xab; 20], align));
-            assert_eq!(gnu_build_id(&notes, align), Some(&[0xab; 20][..]));
-            assert_eq!(
-                gnu_build_id(&notes[..notes.len() - 5], align),
-                None,
-                "cut short"
-            );
-        }
-        assert_eq!(gnu_build_id(&[], 4), None);
     }
 
     #[test]

@@ -372,6 +372,7 @@ impl Snapshot {
             counters: self.counters,
             tracer_memory: self.tracer_memory,
             sample_interval: self.sample_interval,
+            build_id: self.build_id.clone(),
             ..Snapshot::default()
         };
         let mut remap = alloc::vec![u32::MAX; n];

@@ -20,6 +20,7 @@ pub mod table;
 pub mod traceback;
 pub mod tracer;
 
+pub mod build_id;
 pub mod codec;
 #[cfg(feature = "alloc")]
 pub mod filter;

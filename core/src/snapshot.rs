@@ -188,6 +188,10 @@ pub struct Snapshot {
     /// Mean bytes allocated between two sampled blocks; 0 when every block was traced. With
     /// sampling, statistics are estimates (see [`crate::sampling`]).
     pub sample_interval: u64,
+    /// The GNU build id of the program whose code `addresses` point into (see
+    /// [`crate::build_id`]), written by devices that know theirs; empty when not known. Only
+    /// that build's debug info names the addresses rightly.
+    pub build_id: Vec<u8>,
 }
 
 /// The verbatim copy of one tracer's arrays.

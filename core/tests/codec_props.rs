@@ -158,9 +158,12 @@ impl Resolver for FakeSymbols {
     }
 }
 
+/// The build id the devices of these tests report.
+const BUILD_ID: &[u8] = &[0xde, 0xad, 0xbe, 0xef];
+
 fn device_bytes(tracer: &Tracer<'_>) -> Vec<u8> {
     let mut bytes = Vec::new();
-    encode_tracer(tracer, 8, &mut bytes);
+    encode_tracer(tracer, 8, BUILD_ID, &mut bytes);
     bytes
 }
 
@@ -199,6 +202,7 @@ proptest! {
         prop_assert_eq!(decoded.traces.len(), tracer.table().len());
         prop_assert_eq!(decoded.counters, *tracer.counters());
         prop_assert_eq!(decoded.traceback_limit, 8);
+        prop_assert_eq!(&decoded.build_id[..], BUILD_ID);
         let total: u64 = decoded.traces.iter().map(|t| t.size).sum();
         prop_assert_eq!(total, tracer.counters().current);
 
@@ -212,11 +216,11 @@ proptest! {
         // The fixed-buffer sink writes the same bytes, or says how many it needs.
         let mut buf = vec![0u8; bytes.len()];
         let mut sink = SliceSink::new(&mut buf);
-        encode_tracer(&tracer, 8, &mut sink);
+        encode_tracer(&tracer, 8, BUILD_ID, &mut sink);
         prop_assert_eq!(sink.written(), Some(&bytes[..]));
         let mut small = vec![0u8; bytes.len() - 1];
         let mut sink = SliceSink::new(&mut small);
-        encode_tracer(&tracer, 8, &mut sink);
+        encode_tracer(&tracer, 8, BUILD_ID, &mut sink);
         prop_assert_eq!((sink.written(), sink.needed()), (None, bytes.len()));
     }
 

@@ -16,6 +16,28 @@ pub fn marked_line(source: &str, marker: &str) -> u32 {
         + 1
 }
 
+/// The GNU build id of the ELF file `elf` and the offset of its first byte in the file.
+pub fn build_id_in(elf: &[u8]) -> Option<(Vec<u8>, usize)> {
+    use object::Object;
+    let file = object::File::parse(elf).ok()?;
+    let id = file.build_id().ok()??;
+    Some((id.to_vec(), id.as_ptr() as usize - elf.as_ptr() as usize))
+}
+
+/// The file at `path`, copied to `to` as another build: the same code and debug info under
+/// another build id (`Some(byte)`, its first byte replaced) or none (`None`, its note no
+/// longer a build id note).
+pub fn copy_as_another_build(path: &std::path::Path, to: &std::path::Path, first: Option<u8>) {
+    let mut elf = std::fs::read(path).unwrap();
+    let (_, at) = build_id_in(&elf).expect("the file has a build id");
+    match first {
+        Some(byte) => elf[at] = byte,
+        // The note's type word lies before its name, "GNU\0": type 0 is no build id.
+        None => elf[at - 8..at - 4].fill(0),
+    }
+    std::fs::write(to, elf).unwrap();
+}
+
 /// `n` blocks made by `make`, kept in a Vec allocated before the first of them.
 pub fn blocks<T>(n: usize, make: impl Fn() -> T) -> Vec<T> {
     let mut out = Vec::with_capacity(n);

@@ -332,6 +332,54 @@ fn firmware_that_names_none_of_the_addresses_is_refused() {
     );
 }
 
+/// A device snapshot names the build that wrote it: `--elf` with another build, or with a file
+/// without a build id, is refused before any address is named; the same build goes on.
+#[test]
+#[cfg(target_os = "linux")]
+fn elf_of_another_build_is_refused() {
+    let exe = std::env::current_exe().unwrap();
+    let (this_build, _) = tracemalloc_tests::build_id_in(&std::fs::read(&exe).unwrap())
+        .expect("Linux test binaries carry a GNU build id");
+    let raw = Traceback::new(vec![Frame::unresolved(0x10)]);
+    let mut device = snapshot_from_traces(8, [(0, 64, raw)]);
+    device.addresses[0] = vec![0x10];
+    device.build_id = vec![0xde, 0xad, 0xbe, 0xef];
+    let err = stats_with_this_binary_as_elf("other-build.tmsnap", &device).unwrap_err();
+    assert_eq!(err.exit_code(), 1);
+    let hex: String = this_build.iter().map(|b| format!("{b:02x}")).collect();
+    let expected = format!(
+        "other-build.tmsnap was written by firmware build deadbeef, but {} is build {hex}: \
+         give --elf the firmware that wrote the snapshot",
+        exe.display()
+    );
+    assert!(err.to_string().ends_with(&expected), "{err}");
+
+    // The same build passes, and meets the next check: none of these addresses has a line.
+    device.build_id = this_build;
+    let snapshot = temp("same-build.tmsnap", &device.dump_bytes());
+    let err = stats_with_this_binary_as_elf("same-build.tmsnap", &device).unwrap_err();
+    assert!(
+        err.to_string().contains("has a source line for none"),
+        "{err}"
+    );
+
+    // A file without a build id cannot be the build the snapshot names.
+    let stripped = snapshot.with_file_name("no-build-id.elf");
+    tracemalloc_tests::copy_as_another_build(&exe, &stripped, None);
+    let err = cli(&[
+        "stats",
+        snapshot.to_str().unwrap(),
+        "--elf",
+        stripped.to_str().unwrap(),
+    ])
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("no-build-id.elf is a file without a build id: give --elf"),
+        "{err}"
+    );
+}
+
 /// File names are whatever bytes the system allows; they are not text to be checked. (Linux:
 /// macOS file systems refuse names that are not UTF-8.)
 #[test]

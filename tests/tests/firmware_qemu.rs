@@ -161,4 +161,28 @@ fn firmware_in_qemu_reports_the_leaking_line_as_top_growth_site() {
         site.ends_with(&leak) && rest.starts_with("size=2880 B (+2560 B), count=45 (+40)"),
         "top growth site is the leak:\n{compare}"
     );
+
+    // 3. The snapshots name the firmware's build, read from its own flash: the debug info of
+    // another build (the same file under another build id) is refused.
+    let (elf_build, _) =
+        tracemalloc_tests::build_id_in(&std::fs::read(elf).unwrap()).expect("linked with one");
+    let written = tracemalloc::load(&snapshot).unwrap();
+    assert_eq!(written.build_id, elf_build);
+    let other = out.join("firmware-other-build.elf");
+    tracemalloc_tests::copy_as_another_build(elf.as_ref(), &other, Some(!elf_build[0]));
+    let mut sink = Vec::new();
+    let err = tracemalloc::cli::run(
+        [
+            "stats",
+            snapshot.to_str().unwrap(),
+            "--elf",
+            other.to_str().unwrap(),
+        ],
+        &mut sink,
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("was written by firmware build"),
+        "{err}"
+    );
 }

@@ -3,6 +3,7 @@
 use std::fs;
 use std::sync::Arc;
 
+use tracemalloc_core::codec::binary::{OLDEST_VERSION, VERSION};
 use tracemalloc_core::snapshot::snapshot_from_traces;
 use tracemalloc_core::{encode_tracer, Frame, Snapshot, Traceback, Tracer, TracerArrays};
 
@@ -29,6 +30,7 @@ fn sample() -> Snapshot {
     s.counters.untraced_bytes = 300;
     s.tracer_memory = 4096;
     s.sample_interval = 65536;
+    s.build_id = vec![0x0f, 0x99, 0x7a, 0xaf];
     s
 }
 
@@ -39,7 +41,7 @@ fn device_stream() -> Vec<u8> {
     tracer.record_alloc(0, 0x2000_0200, 16, &[0x0800_1234, 0x0800_0400], 2);
     tracer.record_alloc(2, 0x2000_0300, 100, &[0x0800_2000], 5);
     let mut out = Vec::new();
-    encode_tracer(&tracer, 16, &mut out);
+    encode_tracer(&tracer, 16, &[0x0f, 0x99, 0x7a, 0xaf], &mut out);
     out
 }
 
@@ -56,12 +58,11 @@ fn main() {
     for (name, bytes) in &binaries {
         Snapshot::load_bytes(bytes).expect("seed decodes");
         fs::write(format!("{dir}/load_bytes/{name}.bin"), bytes).unwrap();
-        // The body alone: what load_bytes_crc frames again.
-        fs::write(
-            format!("{dir}/load_bytes_crc/{name}.bin"),
-            &bytes[7..bytes.len() - 4],
-        )
-        .unwrap();
+        // The body alone, after the byte that selects this version: what load_bytes_crc
+        // frames again.
+        let mut framed = vec![VERSION - OLDEST_VERSION];
+        framed.extend_from_slice(&bytes[7..bytes.len() - 4]);
+        fs::write(format!("{dir}/load_bytes_crc/{name}.bin"), framed).unwrap();
     }
     let jsons = [
         ("sample", sample().to_json()),

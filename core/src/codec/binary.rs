@@ -7,8 +7,8 @@
 //! addresses later with the firmware's debug info (`Snapshot::resolve_addresses`).
 //! `Snapshot::dump_bytes` writes the same format with resolved frames added.
 //!
-//! Layout, version 2 (every number an unsigned LEB128 varint unless noted; version 1, still
-//! read, has no `sample_interval`):
+//! Layout, version 3 (every number an unsigned LEB128 varint unless noted; versions 1 and 2,
+//! still read, have no `build_id`, and version 1 no `sample_interval`):
 //!
 //! ```text
 //! magic "TMSNAP" (6 bytes), version (1 byte)
@@ -16,6 +16,7 @@
 //! counters: current, peak, traces, untraced_blocks, untraced_bytes
 //! tracer_memory
 //! sample_interval (0: every block traced)
+//! build_id:   byte length (0: not known), then the bytes (see `crate::build_id`)
 //! strings:    count, then per string: byte length, UTF-8 bytes
 //! tracebacks: count, then per traceback:
 //!     flags (1 = addresses, 2 = frames, 4 = the "traceback store full" entry)
@@ -38,12 +39,16 @@ use crate::tracer::Tracer;
 /// The first bytes of every snapshot file.
 pub const MAGIC: &[u8; 6] = b"TMSNAP";
 /// The format version this crate writes.
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 /// The oldest format version this crate reads: version 1 files, written before sampling, load
 /// as snapshots of full tracing.
 pub const OLDEST_VERSION: u8 = 1;
 /// The first version whose header carries the sample interval.
+#[cfg_attr(not(feature = "alloc"), allow(dead_code))]
 const SAMPLED_SINCE: u8 = 2;
+/// The first version whose header carries the build id.
+#[cfg_attr(not(feature = "alloc"), allow(dead_code))]
+const BUILD_ID_SINCE: u8 = 3;
 
 const FLAG_ADDRESSES: u64 = 1;
 #[cfg_attr(not(feature = "alloc"), allow(dead_code))]
@@ -203,6 +208,7 @@ impl<S: Sink> Writer<S> {
         c: &crate::tracer::Counters,
         memory: u64,
         sample_interval: u64,
+        build_id: &[u8],
     ) {
         self.varint(u64::from(traceback_limit));
         for v in [
@@ -216,6 +222,8 @@ impl<S: Sink> Writer<S> {
         ] {
             self.varint(v);
         }
+        self.varint(build_id.len() as u64);
+        self.bytes(build_id);
     }
 
     fn addresses(&mut self, addresses: &[usize]) {
@@ -236,8 +244,9 @@ impl<S: Sink> Writer<S> {
 
 /// Streams a snapshot of `tracer` into `sink` without allocating: Python's `take_snapshot()`
 /// followed by `dump()`, for a device. `traceback_limit` is the limit the adapter captures
-/// stacks with. Tracebacks carry raw addresses only; decode with `Snapshot::load_bytes` and
-/// resolve them on the host.
+/// stacks with; `build_id` is the running program's GNU build id (empty when it has none, see
+/// [`crate::build_id`]). Tracebacks carry raw addresses only; decode with
+/// `Snapshot::load_bytes` and resolve them on the host with that build's debug info.
 ///
 /// The caller holds the tracer's lock for the whole call, so the sink should be fast or the
 /// snapshot taken into a [`SliceSink`] first.
@@ -256,11 +265,11 @@ impl<S: Sink> Writer<S> {
 ///
 /// let mut buf = [0u8; 256];
 /// let mut sink = SliceSink::new(&mut buf);
-/// encode_tracer(&tracer, 16, &mut sink);
+/// encode_tracer(&tracer, 16, &[0x0f, 0x99, 0x7a], &mut sink);
 /// let bytes = sink.written().expect("buffer large enough");
 /// assert_eq!(&bytes[..6], b"TMSNAP");
 /// ```
-pub fn encode_tracer<S: Sink>(tracer: &Tracer<'_>, traceback_limit: u16, sink: S) {
+pub fn encode_tracer<S: Sink>(tracer: &Tracer<'_>, traceback_limit: u16, build_id: &[u8], sink: S) {
     let mut w = Writer::new(sink);
     // A device traces every block: sample interval 0.
     w.header(
@@ -268,6 +277,7 @@ pub fn encode_tracer<S: Sink>(tracer: &Tracer<'_>, traceback_limit: u16, sink: S
         tracer.counters(),
         tracer.memory_bytes() as u64,
         0,
+        build_id,
     );
     w.varint(0); // no strings: frames are resolved on the host
     let store = tracer.tracebacks();
@@ -377,6 +387,7 @@ mod with_alloc {
                 &self.counters,
                 self.tracer_memory,
                 self.sample_interval,
+                &self.build_id,
             );
 
             let mut table = StringTable::default();
@@ -570,6 +581,12 @@ mod with_alloc {
         } else {
             0
         };
+        let build_id = if version >= BUILD_ID_SINCE {
+            let len = r.count(1, "build id length exceeds the file")?;
+            r.bytes(len)?.to_vec()
+        } else {
+            Vec::new()
+        };
 
         let n = r.count(1, "string count exceeds the file")?;
         let mut strings: Vec<Arc<str>> = Vec::with_capacity(n);
@@ -683,6 +700,7 @@ mod with_alloc {
             counters,
             tracer_memory,
             sample_interval,
+            build_id,
         })
     }
 
@@ -719,6 +737,7 @@ mod with_alloc {
             s.counters.untraced_bytes = 300;
             s.tracer_memory = 4096;
             s.sample_interval = 65536;
+            s.build_id = alloc::vec![0x0f, 0x99, 0x7a, 0xaf];
             s
         }
 
@@ -742,7 +761,7 @@ mod with_alloc {
         fn round_trip_keeps_every_field() {
             let s = sample();
             let bytes = s.dump_bytes();
-            assert_eq!(&bytes[..7], b"TMSNAP\x02");
+            assert_eq!(&bytes[..7], b"TMSNAP\x03");
             let back = Snapshot::load_bytes(&bytes).unwrap();
             assert_eq!(back.traces, s.traces);
             assert_eq!(back.tracebacks, s.tracebacks);
@@ -751,6 +770,7 @@ mod with_alloc {
             assert_eq!(back.counters, s.counters);
             assert_eq!(back.tracer_memory, 4096);
             assert_eq!(back.sample_interval, s.sample_interval);
+            assert_eq!(back.build_id, s.build_id);
             let f = &back.tracebacks[0].frames[0];
             assert_eq!(f.function.as_deref(), Some("app::b"));
             assert_eq!(back.tracebacks[0].frames[1].function, None);
@@ -768,25 +788,37 @@ mod with_alloc {
         }
 
         #[test]
-        fn version_1_files_load_as_full_tracing() {
+        fn older_versions_load_without_the_fields_they_lack() {
             let mut s = sample();
             s.sample_interval = 0; // full tracing, as every version 1 file was
-            let v2 = s.dump_bytes();
-            // Version 1 is version 2 without the sample interval, the header's eighth varint.
-            let mut at = MAGIC.len() + 1;
-            for _ in 0..7 {
-                while v2[at] & 0x80 != 0 {
+            s.build_id.clear(); // not known, as in every file before version 3
+            let v3 = s.dump_bytes();
+            // Where the header's `n`-th varint starts.
+            let field = |n: usize| {
+                let mut at = MAGIC.len() + 1;
+                for _ in 0..n {
+                    while v3[at] & 0x80 != 0 {
+                        at += 1;
+                    }
                     at += 1;
                 }
-                at += 1;
-            }
-            assert_eq!(v2[at], 0, "the sample interval");
-            let mut v1 = v2[..v2.len() - 4].to_vec();
-            v1.remove(at);
+                at
+            };
+            // Version 2 is version 3 without the build id, the header's ninth varint (its
+            // length, 0, and no bytes); version 1 also lacks the sample interval, the eighth.
+            let (sample_interval, build_id) = (field(7), field(8));
+            assert_eq!((v3[sample_interval], v3[build_id]), (0, 0));
+            let mut v2 = v3[..v3.len() - 4].to_vec();
+            v2.remove(build_id);
+            v2[MAGIC.len()] = 2;
+            let mut v1 = v2.clone();
+            v1.remove(sample_interval);
             v1[MAGIC.len()] = 1;
-            let loaded = Snapshot::load_bytes(&with_crc(&v1)).unwrap();
-            // Written again, it is the version 2 file: every field came through.
-            assert_eq!(loaded.dump_bytes(), v2);
+            for old in [v1, v2] {
+                let loaded = Snapshot::load_bytes(&with_crc(&old)).unwrap();
+                // Written again, it is the version 3 file: every field came through.
+                assert_eq!(loaded.dump_bytes(), v3);
+            }
         }
 
         #[test]
@@ -853,12 +885,38 @@ mod with_alloc {
             );
         }
 
+        #[test]
+        fn a_forged_build_id_length_is_refused_before_reading() {
+            let mut body = b"TMSNAP\x03".to_vec();
+            body.extend_from_slice(&[16, 0, 0, 0, 0, 0, 0, 0]);
+            body.extend_from_slice(&[0x80, 0x80, 0x80, 0x80, 0x80, 0x20]);
+            assert_eq!(
+                Snapshot::load_bytes(&with_crc(&body)).unwrap_err(),
+                DecodeError::Invalid {
+                    at: 15,
+                    what: "build id length exceeds the file"
+                }
+            );
+        }
+
+        #[test]
+        fn a_device_file_carries_its_build_id() {
+            let back = Snapshot::load_bytes(&device_file(&[0x0800_1234])).unwrap();
+            assert_eq!(back.build_id, sample().build_id);
+        }
+
         /// What a device sends: one traceback of `addresses` and no frames, one 64-byte trace.
         fn device_file(addresses: &[usize]) -> Vec<u8> {
             let s = sample();
             let mut bytes = Vec::new();
             let mut w = Writer::new(&mut bytes);
-            w.header(s.traceback_limit, &s.counters, s.tracer_memory, 0);
+            w.header(
+                s.traceback_limit,
+                &s.counters,
+                s.tracer_memory,
+                0,
+                &s.build_id,
+            );
             w.varint(0);
             w.varint(1);
             w.varint(FLAG_ADDRESSES);

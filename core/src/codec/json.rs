@@ -11,10 +11,10 @@
 //! ```
 //!
 //! `function` is optional, and readers ignore fields they do not know. We also write the
-//! optional `counters`, `tracer_memory` and `sample_interval`. Raw addresses are not part of this form: resolve a
-//! snapshot before converting it.
+//! optional `counters`, `tracer_memory`, `sample_interval` and `build_id` (hex, as `readelf`
+//! shows it). Raw addresses are not part of this form: resolve a snapshot before converting it.
 
-use alloc::string::String;
+use alloc::string::{String, ToString};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
@@ -22,6 +22,7 @@ use core::fmt;
 use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
 
+use crate::build_id::{parse_hex, Hex};
 use crate::sampling::scaled_total;
 use crate::snapshot::{snapshot_from_traces, Frame, Snapshot, Traceback};
 use crate::tracer::Counters;
@@ -44,6 +45,9 @@ struct FileDoc {
     /// Mean bytes between sampled blocks; absent or 0: every block was traced.
     #[serde(default, skip_serializing_if = "is_zero")]
     sample_interval: u64,
+    /// The program's GNU build id in hex; absent: not known.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    build_id: String,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -84,6 +88,8 @@ pub enum JsonError {
     WrongFormat(String),
     /// A version of the JSON form this crate does not read.
     UnsupportedVersion(u64),
+    /// The `build_id` field is not an even number of hex digits.
+    InvalidBuildId(String),
 }
 
 impl fmt::Display for JsonError {
@@ -101,6 +107,9 @@ impl fmt::Display for JsonError {
                     f,
                     "unsupported JSON snapshot version {v} (this build reads {VERSION})"
                 )
+            }
+            JsonError::InvalidBuildId(id) => {
+                write!(f, "invalid JSON snapshot: build_id {id:?} is not hex bytes")
             }
         }
     }
@@ -145,6 +154,7 @@ impl Snapshot {
             }),
             tracer_memory: Some(self.tracer_memory),
             sample_interval: self.sample_interval,
+            build_id: Hex(&self.build_id).to_string(),
         };
         // Serializing plain structs of strings and numbers into memory cannot fail.
         serde_json::to_string(&doc).unwrap_or_default()
@@ -160,6 +170,7 @@ impl Snapshot {
         if doc.version != VERSION {
             return Err(JsonError::UnsupportedVersion(doc.version));
         }
+        let build_id = parse_hex(&doc.build_id).ok_or(JsonError::InvalidBuildId(doc.build_id))?;
         let mut strings: HashMap<String, Arc<str>> = HashMap::new();
         let mut intern = |s: String| -> Arc<str> {
             strings
@@ -209,6 +220,7 @@ impl Snapshot {
         }
         snapshot.tracer_memory = doc.tracer_memory.unwrap_or(0);
         snapshot.sample_interval = doc.sample_interval;
+        snapshot.build_id = build_id;
         Ok(snapshot)
     }
 }
@@ -263,6 +275,23 @@ mod tests {
         s.sample_interval = 524_288;
         let back = Snapshot::from_json(&s.to_json()).unwrap();
         assert_eq!(back.sample_interval, 524_288);
+    }
+
+    #[test]
+    fn the_build_id_round_trips_as_hex_and_defaults_to_unknown() {
+        let mut s = Snapshot::from_json(ISSUE_EXAMPLE).unwrap();
+        assert!(s.build_id.is_empty());
+        assert!(!s.to_json().contains("build_id"));
+        s.build_id = alloc::vec![0x0f, 0x99, 0x7a, 0xaf];
+        let json = s.to_json();
+        assert!(json.contains(r#""build_id":"0f997aaf""#), "{json}");
+        assert_eq!(Snapshot::from_json(&json).unwrap().build_id, s.build_id);
+        let odd = json.replace("0f997aaf", "0f997aa");
+        let err = Snapshot::from_json(&odd).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#"invalid JSON snapshot: build_id "0f997aa" is not hex bytes"#
+        );
     }
 
     #[test]
