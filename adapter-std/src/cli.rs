@@ -15,7 +15,8 @@
 //! `--` (after which every argument is a file) unless an earlier argument is wrong. Every failure is one line on stderr naming the problem and a non-zero exit status: 2
 //! for a bad command line, 1 for a file that cannot be used or a report that cannot be written.
 //! A reader that goes away before the end (`tracemalloc ... | head`) is no failure: the binary
-//! exits 0 quietly ([`CliError::is_closed_pipe`]).
+//! exits 0 quietly ([`CliError::is_closed_pipe`]). Control characters from the files, in names
+//! and source lines, are printed escaped (`\u{1b}`): a snapshot cannot drive the terminal.
 
 use std::ffi::OsString;
 use std::fmt;
@@ -26,6 +27,7 @@ use tracemalloc_core::build_id::Hex;
 use tracemalloc_core::{DomainFilter, Filter, KeyType, Snapshot, TraceFilter};
 
 use crate::files::{self, Accept, FileError};
+use crate::printable::{self, Printable};
 use crate::source::SourceLines;
 use crate::symbolize::{self, ElfResolver};
 
@@ -305,6 +307,8 @@ fn open(
     if !options.filters.is_empty() {
         snapshot = snapshot.filter_traces(&options.filters);
     }
+    // After the filters, which match the names as they are.
+    printable::escape_names(&mut snapshot);
     Ok(snapshot)
 }
 
@@ -327,6 +331,7 @@ pub fn run<S: Into<OsString>>(
         }
     };
     let mut firmware = options.elf.as_deref().map(Firmware::open).transpose()?;
+    let out = &mut Printable::new(out);
     match &options.command {
         Command::Stats(path) => {
             let snapshot = open(path, &options, firmware.as_mut())?;

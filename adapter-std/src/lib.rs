@@ -64,6 +64,7 @@ mod files;
 mod guard;
 mod interner;
 mod plumbing;
+mod printable;
 mod sampler;
 mod shadow;
 mod source;

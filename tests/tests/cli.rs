@@ -138,6 +138,48 @@ fn traceback_prints_frames_oldest_first() {
     );
 }
 
+/// A snapshot from elsewhere cannot drive the terminal: control characters in its file names
+/// and in the source lines shown under them are printed escaped, and a newline in a name cannot
+/// print a report line of its own.
+#[test]
+fn control_characters_from_files_are_printed_escaped() {
+    let source = temp(
+        "evil.rs",
+        b"fn main() {\n    leak(); // \x1b]0;pwned\x07\x1b[2J\n}\n",
+    );
+    let evil = Traceback::new(vec![Frame::new(source.to_str().unwrap(), 2)]);
+    let named = Traceback::new(vec![Frame::new("src/\x1b[31mred\n\u{9b}.rs", 7)]);
+    let snapshot = snapshot_from_traces(16, [(0, 100, evil), (0, 10, named)]);
+    let file = temp("evil.tmsnap", &snapshot.dump_bytes());
+    let printed = |args: &[&str]| {
+        let out = cli(args).unwrap();
+        assert!(!out.chars().any(|c| c.is_control() && c != '\n'), "{out:?}");
+        out
+    };
+
+    let stats = printed(&["stats", file.to_str().unwrap(), "--key", "traceback"]);
+    assert_eq!(stats.lines().count(), 2, "{stats}");
+    let out = printed(&["stats", file.to_str().unwrap()]);
+    assert!(
+        out.contains("src/\\u{1b}[31mred\\u{a}\\u{9b}.rs:7: size=10 B"),
+        "{out}"
+    );
+    // Filters match the names as they are.
+    let only = printed(&[
+        "stats",
+        file.to_str().unwrap(),
+        "--include",
+        "*red\n\u{9b}.rs",
+    ]);
+    assert_eq!(only.lines().count(), 1, "{only}");
+
+    let traceback = printed(&["traceback", file.to_str().unwrap(), "--limit", "1"]);
+    assert!(
+        traceback.ends_with("    leak(); // \\u{1b}]0;pwned\\u{7}\\u{1b}[2J\n"),
+        "{traceback}"
+    );
+}
+
 #[test]
 fn bad_files_and_flags_end_with_one_clear_error() {
     let (_, later) = snapshots();

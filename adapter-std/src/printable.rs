@@ -1,0 +1,122 @@
+//! Text from files made safe to print on a terminal.
+//!
+//! A snapshot is data from elsewhere (a server, a colleague, a device), and its file and
+//! function names, like the source lines the CLI shows under them, reach the user's terminal.
+//! Control characters there are commands: an escape sequence can recolour, retitle or clear the
+//! screen, and a newline inside a name can print a line of its own that looks like the report's.
+//! The CLI therefore shows every control character as `\u{..}`, as Rust's `escape_debug` does.
+
+use std::borrow::Cow;
+use std::io;
+
+use tracemalloc_core::Snapshot;
+
+/// Whether `c` is shown escaped: C0 controls (line ends and tabs too, unless `keep_layout`),
+/// DEL and the C1 controls (`U+0080`–`U+009F`; some terminals obey `U+009B` as CSI).
+fn is_escaped(c: char, keep_layout: bool) -> bool {
+    c.is_control() && !(keep_layout && matches!(c, '\n' | '\t'))
+}
+
+/// `text` with every control character written as `\u{..}` (see [`is_escaped`]); borrowed when
+/// there is none, as in nearly every name.
+pub(crate) fn escape_controls(text: &str, keep_layout: bool) -> Cow<'_, str> {
+    if !text.chars().any(|c| is_escaped(c, keep_layout)) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if is_escaped(c, keep_layout) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Escapes the control characters in every file and function name of `snapshot`, newlines
+/// included (each report line is one entry). A name with one no longer names a readable file,
+/// so its source lines are not shown.
+pub(crate) fn escape_names(snapshot: &mut Snapshot) {
+    for traceback in &mut snapshot.tracebacks {
+        for frame in &mut traceback.frames {
+            if let Cow::Owned(name) = escape_controls(&frame.filename, false) {
+                frame.filename = name.into();
+            }
+            if let Some(function) = &mut frame.function {
+                if let Cow::Owned(name) = escape_controls(function, false) {
+                    *function = name.into();
+                }
+            }
+        }
+    }
+}
+
+/// Passes text through to `inner` with its control characters escaped, line ends and tabs
+/// kept: the report's own layout stays, a source line's escape sequences do not reach the
+/// terminal. Bytes that are not UTF-8 pass with only their ASCII controls escaped.
+pub(crate) struct Printable<'a> {
+    inner: &'a mut dyn io::Write,
+}
+
+impl<'a> Printable<'a> {
+    pub(crate) fn new(inner: &'a mut dyn io::Write) -> Printable<'a> {
+        Printable { inner }
+    }
+}
+
+impl io::Write for Printable<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        // `write!` hands over whole `str` pieces, so a character is never split between calls.
+        match std::str::from_utf8(buf) {
+            Ok(text) => self
+                .inner
+                .write_all(escape_controls(text, true).as_bytes())?,
+            Err(_) => {
+                for &b in buf {
+                    if is_escaped(char::from(b), true) && b.is_ascii() {
+                        write!(self.inner, "{}", char::from(b).escape_unicode())?;
+                    } else {
+                        self.inner.write_all(&[b])?;
+                    }
+                }
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn controls_are_escaped_and_plain_text_is_borrowed() {
+        assert!(matches!(
+            escape_controls("src/cache.rs", false),
+            Cow::Borrowed("src/cache.rs")
+        ));
+        assert_eq!(
+            escape_controls("a\x1b[2Jb\nc\td\u{9b}e\u{7f}ü", false),
+            "a\\u{1b}[2Jb\\u{a}c\\u{9}d\\u{9b}e\\u{7f}ü"
+        );
+        assert_eq!(escape_controls("a\nb\tc\rd", true), "a\nb\tc\\u{d}d");
+    }
+
+    #[test]
+    fn the_writer_keeps_the_layout_and_escapes_the_rest() {
+        let mut out = Vec::new();
+        {
+            let mut printable = Printable::new(&mut out);
+            let title = "\x1b]0;owned\x07";
+            writeln!(printable, "#1: {title}\tx").unwrap();
+            printable.write_all(b"\xff\x1b\n").unwrap();
+        }
+        assert_eq!(out, b"#1: \\u{1b}]0;owned\\u{7}\tx\n\xff\\u{1b}\n");
+    }
+}
