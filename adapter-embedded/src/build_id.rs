@@ -17,25 +17,34 @@
 //! ```
 //!
 //! Without the script the firmware does not link (the symbols are missing); without
-//! `--build-id` the section is empty and snapshots say the build is not known.
-
-use tracemalloc_core::build_id::from_notes;
-
-unsafe extern "C" {
-    // Defined by `tracemalloc-build-id.x`: the bounds of the `.note.gnu.build-id` section.
-    static __tracemalloc_build_id_start: u8;
-    static __tracemalloc_build_id_end: u8;
-}
+//! `--build-id` the section is empty and snapshots say the build is not known. Built for a host
+//! (the crate's own tests), there is no such script and the build is not known.
 
 /// The running firmware's GNU build id: the note's descriptor, 20 bytes with
 /// `--build-id=sha1`; empty when the firmware was linked without `--build-id`.
+#[cfg(target_os = "none")]
 pub fn build_id() -> &'static [u8] {
-    let start = &raw const __tracemalloc_build_id_start;
-    let end = &raw const __tracemalloc_build_id_end;
+    unsafe extern "C" {
+        // Defined by `tracemalloc-build-id.x`: the bounds of the `.note.gnu.build-id` section.
+        // Zero-sized: they mark addresses, and the bytes between belong to neither.
+        static __tracemalloc_build_id_start: [u8; 0];
+        static __tracemalloc_build_id_end: [u8; 0];
+    }
+    let start = (&raw const __tracemalloc_build_id_start).cast::<u8>();
+    let end = (&raw const __tracemalloc_build_id_end).cast::<u8>();
     let len = (end as usize).saturating_sub(start as usize);
+    let start = core::ptr::with_exposed_provenance::<u8>(start.expose_provenance());
     // SAFETY: the linker script puts both symbols around the note section, in flash: the `len`
-    // bytes from `start` are part of the image, initialised and never written while it runs.
+    // bytes from `start` are part of the image, initialised and never written while it runs,
+    // and the pointer carries the provenance of the whole image (exposed, as for any address a
+    // linker script defines).
     let notes = unsafe { core::slice::from_raw_parts(start, len) };
     // The section is 4-aligned, as notes of 32-bit objects are.
-    from_notes(notes, 4).unwrap_or(&[])
+    tracemalloc_core::build_id::from_notes(notes, 4).unwrap_or(&[])
+}
+
+/// The running program's GNU build id: not known on a host, which has no such linker script.
+#[cfg(not(target_os = "none"))]
+pub fn build_id() -> &'static [u8] {
+    &[]
 }

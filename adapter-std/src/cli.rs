@@ -7,7 +7,8 @@
 //! tracemalloc traceback FILE [--limit N]
 //!   filters: --include GLOB[:LINE] --exclude GLOB[:LINE] --all-frames --domain N
 //!            --exclude-domain N
-//!   symbols: --elf FIRMWARE   resolve device addresses with the firmware's debug info
+//!   symbols: --elf FIRMWARE   resolve device addresses with the firmware's debug info (once
+//!                             per build: each snapshot takes the one of the build it names)
 //!   --        every argument after it is a file
 //! ```
 //!
@@ -33,9 +34,9 @@ use crate::symbolize::{self, ElfResolver};
 
 const USAGE: &str = "usage: tracemalloc stats FILE | compare OLD NEW | traceback FILE \
 [--key filename|lineno|traceback] [--cumulative] [--limit N] [--include GLOB[:LINE]] \
-[--exclude GLOB[:LINE]] [--all-frames] [--domain N] [--exclude-domain N] [--elf FIRMWARE]
-  --key defaults to lineno, --limit to 10 (0: all); after --, every argument is a file;
-  --version prints the version";
+[--exclude GLOB[:LINE]] [--all-frames] [--domain N] [--exclude-domain N] [--elf FIRMWARE]...
+  --key defaults to lineno, --limit to 10 (0: all); --elf once per firmware build;
+  after --, every argument is a file; --version prints the version";
 const COMMANDS: &str = "stats, compare or traceback";
 
 /// What went wrong, with the exit status it maps to.
@@ -93,7 +94,8 @@ struct Options {
     limit: usize,
     filters: Vec<TraceFilter>,
     all_frames: bool,
-    elf: Option<PathBuf>,
+    /// One firmware file per build the snapshots come from.
+    elf: Vec<PathBuf>,
 }
 
 fn usage(message: impl Into<String>) -> CliError {
@@ -167,7 +169,7 @@ fn parse(args: Vec<OsString>) -> Result<Request, CliError> {
         limit: 10,
         filters: Vec::new(),
         all_frames: false,
-        elf: None,
+        elf: Vec::new(),
     };
     let mut patterns = Vec::new();
     while let Some(arg) = args.next() {
@@ -204,7 +206,7 @@ fn parse(args: Vec<OsString>) -> Result<Request, CliError> {
             }
             "--elf" => {
                 let value = args.next().ok_or_else(|| usage("--elf needs a file"))?;
-                options.elf = Some(PathBuf::from(value));
+                options.elf.push(PathBuf::from(value));
             }
             "-h" | "--help" => return Ok(Request::Help),
             "-V" | "--version" => return Ok(Request::Version),
@@ -239,11 +241,11 @@ fn parse(args: Vec<OsString>) -> Result<Request, CliError> {
     Ok(Request::Report(options))
 }
 
-/// The firmware named by `--elf`, opened once for every snapshot of the command.
+/// A firmware file named by `--elf`, opened once for every snapshot of the command.
 struct Firmware {
     path: PathBuf,
-    /// Its GNU build id, if it has one.
-    build_id: Option<Vec<u8>>,
+    /// Its GNU build id, if it has one and it can be read.
+    build_id: Result<Option<Vec<u8>>, String>,
     resolver: ElfResolver,
 }
 
@@ -264,41 +266,71 @@ impl Firmware {
         })
     }
 
-    /// Refuses to name the addresses of `snapshot` (read from `path`) when it says which build
-    /// wrote it and this file is another: its lines would look right and be wrong.
-    fn check_build(&self, snapshot: &Snapshot, path: &Path) -> Result<(), CliError> {
-        if snapshot.build_id.is_empty() || self.build_id.as_deref() == Some(&snapshot.build_id) {
-            return Ok(());
+    fn is_build(&self, build_id: &[u8]) -> bool {
+        matches!(&self.build_id, Ok(Some(id)) if id == build_id)
+    }
+
+    /// Which build this file is, for messages.
+    fn describe(&self) -> String {
+        match &self.build_id {
+            Ok(Some(id)) => format!("{} is build {}", self.path.display(), Hex(id)),
+            Ok(None) => format!("{} is a file without a build id", self.path.display()),
+            Err(e) => format!(
+                "{} is a file whose build id cannot be read ({e})",
+                self.path.display()
+            ),
         }
-        let this = match &self.build_id {
-            Some(id) => format!("build {}", Hex(id)),
-            None => "a file without a build id".to_owned(),
-        };
-        Err(CliError::Failed(format!(
-            "{} was written by firmware build {}, but {} is {this}: \
-             give --elf the firmware that wrote the snapshot",
-            path.display(),
-            Hex(&snapshot.build_id),
-            self.path.display(),
-        )))
     }
 }
 
-fn open(
+/// The `--elf` file that names the raw addresses of `snapshot` (read from `path`): the one of
+/// the build the snapshot says wrote it, else the only one given. Another build's file is
+/// refused: its lines would look right and be wrong.
+fn firmware_for<'f>(
+    firmwares: &'f mut [Firmware],
+    snapshot: &Snapshot,
     path: &Path,
-    options: &Options,
-    firmware: Option<&mut Firmware>,
-) -> Result<Snapshot, CliError> {
+) -> Result<&'f mut Firmware, CliError> {
+    if snapshot.build_id.is_empty() {
+        return match firmwares {
+            [only] => Ok(only),
+            _ => Err(CliError::Failed(format!(
+                "{} does not say which firmware build wrote it: give only its --elf",
+                path.display()
+            ))),
+        };
+    }
+    if let Some(at) = firmwares
+        .iter()
+        .position(|f| f.is_build(&snapshot.build_id))
+    {
+        return Ok(&mut firmwares[at]);
+    }
+    let given: Vec<String> = firmwares.iter().map(Firmware::describe).collect();
+    Err(CliError::Failed(format!(
+        "{} was written by firmware build {}, but {}: \
+         give --elf the firmware that wrote the snapshot",
+        path.display(),
+        Hex(&snapshot.build_id),
+        given.join(", ")
+    )))
+}
+
+fn open(path: &Path, options: &Options, firmwares: &mut [Firmware]) -> Result<Snapshot, CliError> {
     let mut snapshot = files::load(path).map_err(CliError::File)?;
-    if let Some(firmware) = firmware {
-        firmware.check_build(&snapshot, path)?;
-        // Only a device's raw addresses: a host snapshot's frames were resolved when it was
-        // taken, at load addresses the firmware's file does not know.
+    // Only a device's raw addresses: a host snapshot's frames were resolved when it was taken,
+    // at load addresses the firmware's file does not know.
+    if !firmwares.is_empty() && snapshot.has_raw_addresses() {
+        let firmware = firmware_for(firmwares, &snapshot, path)?;
         let (looked_up, with_lines) = snapshot.resolve_raw_addresses(&mut firmware.resolver);
         if looked_up > 0 && with_lines == 0 {
+            let why = if snapshot.build_id.is_empty() {
+                "is it the firmware that wrote the snapshot?"
+            } else {
+                "it is the build that wrote the snapshot: was its debug info stripped?"
+            };
             return Err(CliError::Failed(format!(
-                "{} has a source line for none of the {looked_up} code addresses of {}: \
-                 is it the firmware that wrote the snapshot?",
+                "{} has a source line for none of the {looked_up} code addresses of {}: {why}",
                 firmware.path.display(),
                 path.display()
             )));
@@ -330,11 +362,15 @@ pub fn run<S: Into<OsString>>(
             return writeln!(out, "tracemalloc {}", env!("CARGO_PKG_VERSION")).map_err(write_err)
         }
     };
-    let mut firmware = options.elf.as_deref().map(Firmware::open).transpose()?;
+    let mut firmwares = options
+        .elf
+        .iter()
+        .map(|path| Firmware::open(path))
+        .collect::<Result<Vec<_>, _>>()?;
     let out = &mut Printable::new(out);
     match &options.command {
         Command::Stats(path) => {
-            let snapshot = open(path, &options, firmware.as_mut())?;
+            let snapshot = open(path, &options, &mut firmwares)?;
             let stats = snapshot
                 .statistics(options.key, options.cumulative)
                 .map_err(|e| usage(e.to_string()))?;
@@ -347,8 +383,8 @@ pub fn run<S: Into<OsString>>(
             }
         }
         Command::Compare(old, new) => {
-            let old_snapshot = open(old, &options, firmware.as_mut())?;
-            let new_snapshot = open(new, &options, firmware.as_mut())?;
+            let old_snapshot = open(old, &options, &mut firmwares)?;
+            let new_snapshot = open(new, &options, &mut firmwares)?;
             let diffs = new_snapshot
                 .compare_to(&old_snapshot, options.key, options.cumulative)
                 .map_err(|e| usage(e.to_string()))?;
@@ -360,7 +396,7 @@ pub fn run<S: Into<OsString>>(
             }
         }
         Command::Traceback(path) => {
-            let snapshot = open(path, &options, firmware.as_mut())?;
+            let snapshot = open(path, &options, &mut firmwares)?;
             let stats = snapshot
                 .statistics(KeyType::Traceback, false)
                 .map_err(|e| usage(e.to_string()))?;

@@ -608,16 +608,18 @@ fn identity(metadata: &std::fs::Metadata) -> (u64, u64) {
 /// The GNU build id of the ELF file at `path`.
 #[cfg(target_os = "linux")]
 fn file_build_id(path: &Path) -> Option<Vec<u8>> {
-    build_id_of(&std::fs::File::open(path).ok()?)
+    build_id_of(&std::fs::File::open(path).ok()?).ok().flatten()
 }
 
-/// The GNU build id of the open object file `file` (an ELF file's `NT_GNU_BUILD_ID` note); `None`
-/// when it has none or is not an object file. Reads the headers and the note only.
-pub(crate) fn build_id_of(file: &std::fs::File) -> Option<Vec<u8>> {
+/// The GNU build id of the open object file `file` (an ELF file's `NT_GNU_BUILD_ID` note);
+/// `None` when it has none, an error when it is no object file this reader knows or its notes
+/// are malformed. Reads the headers and the notes only.
+pub(crate) fn build_id_of(file: &std::fs::File) -> Result<Option<Vec<u8>>, String> {
     use object::Object;
     let cache = object::ReadCache::new(file);
-    let elf = object::File::parse(&cache).ok()?;
-    elf.build_id().ok().flatten().map(<[u8]>::to_vec)
+    let elf = object::File::parse(&cache).map_err(|e| e.to_string())?;
+    let id = elf.build_id().map_err(|e| e.to_string())?;
+    Ok(id.map(<[u8]>::to_vec))
 }
 
 /// `path` without the ` (deleted)` the kernel appends to `/proc/self/exe`'s target once the

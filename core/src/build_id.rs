@@ -8,6 +8,10 @@
 
 use core::fmt;
 
+/// The longest build id a snapshot keeps, in bytes. Linkers write 8 to 20 (`--build-id=sha1`:
+/// 20); a file claiming more is forged, and a longer id is written as not known.
+pub const MAX_LEN: usize = 255;
+
 /// The descriptor of the `NT_GNU_BUILD_ID` note among `notes`: the contents of an ELF note
 /// section or segment, in this machine's byte order, its entries aligned to `align` (4, or 8
 /// for some 64-bit objects; anything else reads as 4). `None` when there is no such note or

@@ -400,14 +400,18 @@ impl Snapshot {
     /// many distinct addresses were looked up and how many of them got a source line, so that a
     /// caller can tell a resolver that knows none of them (the wrong firmware).
     pub fn resolve_raw_addresses(&mut self, resolver: &mut dyn Resolver) -> (usize, usize) {
-        self.resolve_where(resolver, |traceback, addresses| {
-            traceback.frames.len() == addresses.len()
-                && traceback
-                    .frames
-                    .iter()
-                    .zip(addresses)
-                    .all(|(frame, &address)| *frame == Frame::unresolved(address))
-        })
+        self.resolve_where(resolver, shows_raw_addresses)
+    }
+
+    /// Whether some traceback still shows its raw addresses only (what
+    /// [`Snapshot::resolve_raw_addresses`] would resolve).
+    pub fn has_raw_addresses(&self) -> bool {
+        self.tracebacks
+            .iter()
+            .zip(&self.addresses)
+            .any(|(traceback, addresses)| {
+                !addresses.is_empty() && shows_raw_addresses(traceback, addresses)
+            })
     }
 
     /// Resolves the tracebacks with addresses that `wanted` accepts; returns the distinct
@@ -439,6 +443,16 @@ impl Snapshot {
             .count();
         (cache.len(), named)
     }
+}
+
+/// Whether `traceback` shows nothing but its raw `addresses`, each as [`Frame::unresolved`].
+fn shows_raw_addresses(traceback: &Traceback, addresses: &[usize]) -> bool {
+    traceback.frames.len() == addresses.len()
+        && traceback
+            .frames
+            .iter()
+            .zip(addresses)
+            .all(|(frame, &address)| *frame == Frame::unresolved(address))
 }
 
 /// Builds a snapshot from plain data, for tests and decoders.

@@ -375,7 +375,8 @@ fn firmware_that_names_none_of_the_addresses_is_refused() {
 }
 
 /// A device snapshot names the build that wrote it: `--elf` with another build, or with a file
-/// without a build id, is refused before any address is named; the same build goes on.
+/// without a build id, is refused before any address is named; the same build goes on. With
+/// several `--elf` files, each snapshot takes the one of its build.
 #[test]
 #[cfg(target_os = "linux")]
 fn elf_of_another_build_is_refused() {
@@ -396,28 +397,59 @@ fn elf_of_another_build_is_refused() {
     );
     assert!(err.to_string().ends_with(&expected), "{err}");
 
+    // A snapshot with nothing left to name is not the file's business, whatever its build.
+    let (_, mut resolved) = snapshots();
+    resolved.build_id = device.build_id.clone();
+    let out = stats_with_this_binary_as_elf("resolved.tmsnap", &resolved).unwrap();
+    assert!(out.starts_with("src/cache.rs:42"), "{out}");
+
     // The same build passes, and meets the next check: none of these addresses has a line.
-    device.build_id = this_build;
+    device.build_id = this_build.clone();
     let snapshot = temp("same-build.tmsnap", &device.dump_bytes());
     let err = stats_with_this_binary_as_elf("same-build.tmsnap", &device).unwrap_err();
+    let err = err.to_string();
     assert!(
-        err.to_string().contains("has a source line for none"),
+        err.contains("has a source line for none of the 1 code addresses of ")
+            && err.ends_with(
+                "same-build.tmsnap: it is the build that wrote the snapshot: \
+                 was its debug info stripped?"
+            ),
         "{err}"
     );
 
-    // A file without a build id cannot be the build the snapshot names.
+    // A file without a build id cannot be the build the snapshot names, nor can another
+    // build's, however many are given.
     let stripped = snapshot.with_file_name("no-build-id.elf");
     tracemalloc_tests::copy_as_another_build(&exe, &stripped, None);
-    let err = cli(&[
-        "stats",
-        snapshot.to_str().unwrap(),
-        "--elf",
-        stripped.to_str().unwrap(),
-    ])
-    .unwrap_err();
+    let other = snapshot.with_file_name("other-build.elf");
+    tracemalloc_tests::copy_as_another_build(&exe, &other, Some(!this_build[0]));
+    let args = |elfs: &[&std::path::Path]| {
+        let mut args = vec!["stats".to_owned(), snapshot.to_str().unwrap().to_owned()];
+        for elf in elfs {
+            args.extend(["--elf".to_owned(), elf.to_str().unwrap().to_owned()]);
+        }
+        args
+    };
+    let run_with = |elfs: &[&std::path::Path]| {
+        let mut out = Vec::new();
+        run(args(elfs), &mut out).map(|()| String::from_utf8(out).unwrap())
+    };
+    let err = run_with(&[&stripped, &other]).unwrap_err().to_string();
     assert!(
-        err.to_string()
-            .contains("no-build-id.elf is a file without a build id: give --elf"),
+        err.contains("no-build-id.elf is a file without a build id, ")
+            && err.contains("other-build.elf is build ")
+            && err.ends_with(": give --elf the firmware that wrote the snapshot"),
+        "{err}"
+    );
+    // Given its build among others, the snapshot takes it (and meets the next check).
+    let err = run_with(&[&other, &exe]).unwrap_err().to_string();
+    assert!(err.contains("was its debug info stripped?"), "{err}");
+    // A snapshot that names no build needs the one file, not a choice.
+    device.build_id.clear();
+    std::fs::write(&snapshot, device.dump_bytes()).unwrap();
+    let err = run_with(&[&other, &exe]).unwrap_err().to_string();
+    assert!(
+        err.ends_with("does not say which firmware build wrote it: give only its --elf"),
         "{err}"
     );
 }

@@ -163,26 +163,46 @@ fn firmware_in_qemu_reports_the_leaking_line_as_top_growth_site() {
     );
 
     // 3. The snapshots name the firmware's build, read from its own flash: the debug info of
-    // another build (the same file under another build id) is refused.
+    // another build (the same file under another build id) is refused, and a comparison across
+    // two builds takes each snapshot's own.
     let (elf_build, _) =
         tracemalloc_tests::build_id_in(&std::fs::read(elf).unwrap()).expect("linked with one");
-    let written = tracemalloc::load(&snapshot).unwrap();
+    let mut written = tracemalloc::load(&snapshot).unwrap();
     assert_eq!(written.build_id, elf_build);
     let other = out.join("firmware-other-build.elf");
     tracemalloc_tests::copy_as_another_build(elf.as_ref(), &other, Some(!elf_build[0]));
+    let other = other.to_str().unwrap();
     let mut sink = Vec::new();
     let err = tracemalloc::cli::run(
-        [
-            "stats",
-            snapshot.to_str().unwrap(),
-            "--elf",
-            other.to_str().unwrap(),
-        ],
+        ["stats", snapshot.to_str().unwrap(), "--elf", other],
         &mut sink,
     )
     .unwrap_err();
     assert!(
         err.to_string().contains("was written by firmware build"),
         "{err}"
+    );
+    written.build_id = tracemalloc_tests::build_id_in(&std::fs::read(other).unwrap())
+        .unwrap()
+        .0;
+    let later_build = out.join("snapshot-other-build.tmsnap");
+    tracemalloc::dump(&written, &later_build).unwrap();
+    let later_build = later_build.to_str().unwrap();
+    let baseline = baseline.to_str().unwrap();
+    let across = cli(&[
+        "compare",
+        baseline,
+        later_build,
+        "--elf",
+        other,
+        "--elf",
+        elf,
+        "--key",
+        "lineno",
+    ]);
+    let top = across.lines().next().unwrap_or_default();
+    assert!(
+        top.contains(&leak) && top.contains("(+2560 B)"),
+        "each snapshot named by its own build:\n{across}"
     );
 }

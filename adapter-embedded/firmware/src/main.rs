@@ -178,6 +178,11 @@ impl Config {
 /// SysTick runs, and allocates.
 static IRQ_ALLOCATIONS: AtomicU32 = AtomicU32::new(0);
 
+/// A static with an initial value, so in `.data`, copied from flash at reset: it holds the value
+/// only while the linker scripts (cortex-m-rt's, and tracemalloc-embedded's build id script,
+/// which adds a section to flash before `.data`'s copy) agree on where that copy is.
+static DATA_COPIED: AtomicU32 = AtomicU32::new(0x5eed_1234);
+
 #[exception]
 fn SysTick() {
     // Interrupt handlers may allocate: the traced heap locks with critical sections.
@@ -192,6 +197,11 @@ fn SysTick() {
 
 #[entry]
 fn main() -> ! {
+    // Swapped, not loaded: a static never written could be folded into a constant.
+    if DATA_COPIED.swap(0, Ordering::Relaxed) != 0x5eed_1234 {
+        defmt::error!("check: FAILED: .data was not copied from flash (a linker script moved it)");
+        debug::exit(EXIT_FAILURE);
+    }
     // SAFETY: called once, before the first allocation; the memory is used by the heap only.
     unsafe { llff().init(core::ptr::addr_of_mut!(HEAP_MEMORY) as usize, HEAP_SIZE) };
 

@@ -16,7 +16,7 @@
 //! counters: current, peak, traces, untraced_blocks, untraced_bytes
 //! tracer_memory
 //! sample_interval (0: every block traced)
-//! build_id:   byte length (0: not known), then the bytes (see `crate::build_id`)
+//! build_id:   byte length (0: not known; at most 255), then the bytes (see `crate::build_id`)
 //! strings:    count, then per string: byte length, UTF-8 bytes
 //! tracebacks: count, then per traceback:
 //!     flags (1 = addresses, 2 = frames, 4 = the "traceback store full" entry)
@@ -222,6 +222,11 @@ impl<S: Sink> Writer<S> {
         ] {
             self.varint(v);
         }
+        let build_id = if build_id.len() <= crate::build_id::MAX_LEN {
+            build_id
+        } else {
+            &[]
+        };
         self.varint(build_id.len() as u64);
         self.bytes(build_id);
     }
@@ -582,7 +587,14 @@ mod with_alloc {
             0
         };
         let build_id = if version >= BUILD_ID_SINCE {
+            let at = r.at();
             let len = r.count(1, "build id length exceeds the file")?;
+            if len > crate::build_id::MAX_LEN {
+                return Err(DecodeError::Invalid {
+                    at,
+                    what: "build id longer than 255 bytes",
+                });
+            }
             r.bytes(len)?.to_vec()
         } else {
             Vec::new()
@@ -900,6 +912,33 @@ mod with_alloc {
         }
 
         #[test]
+        fn a_build_id_longer_than_any_linker_writes_is_refused() {
+            let mut s = sample();
+            s.build_id = alloc::vec![7; crate::build_id::MAX_LEN];
+            assert_eq!(
+                Snapshot::load_bytes(&s.dump_bytes()).unwrap().build_id,
+                s.build_id
+            );
+            // One byte more is written as not known, and read as forged.
+            s.build_id.push(7);
+            assert!(Snapshot::load_bytes(&s.dump_bytes())
+                .unwrap()
+                .build_id
+                .is_empty());
+            let mut body = b"TMSNAP\x03".to_vec();
+            body.extend_from_slice(&[16, 0, 0, 0, 0, 0, 0, 0, 0x80, 0x02]);
+            body.extend_from_slice(&[7; 256]);
+            body.extend_from_slice(&[0, 0, 0]);
+            assert_eq!(
+                Snapshot::load_bytes(&with_crc(&body)).unwrap_err(),
+                DecodeError::Invalid {
+                    at: 15,
+                    what: "build id longer than 255 bytes"
+                }
+            );
+        }
+
+        #[test]
         fn a_device_file_carries_its_build_id() {
             let back = Snapshot::load_bytes(&device_file(&[0x0800_1234])).unwrap();
             assert_eq!(back.build_id, sample().build_id);
@@ -975,7 +1014,9 @@ mod with_alloc {
             // A device snapshot: addresses only. Its two addresses get a line each.
             let mut device =
                 Snapshot::load_bytes(&device_file(&[0x0800_1234, 0x0800_1010])).unwrap();
+            assert!(device.has_raw_addresses());
             assert_eq!(device.resolve_raw_addresses(&mut Firmware), (2, 2));
+            assert!(!device.has_raw_addresses());
             assert_eq!(
                 device.tracebacks[0].frames[0],
                 Frame::new("src/dev.rs", 0x234)
@@ -991,6 +1032,7 @@ mod with_alloc {
             );
             // A host snapshot, resolved when taken, keeps its frames though it has addresses.
             let mut host = sample();
+            assert!(!host.has_raw_addresses());
             let before = host.tracebacks.clone();
             assert_eq!(host.resolve_raw_addresses(&mut Firmware), (0, 0));
             assert_eq!(host.tracebacks, before);

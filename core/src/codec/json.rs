@@ -22,7 +22,7 @@ use core::fmt;
 use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
 
-use crate::build_id::{parse_hex, Hex};
+use crate::build_id::{parse_hex, Hex, MAX_LEN};
 use crate::sampling::scaled_total;
 use crate::snapshot::{snapshot_from_traces, Frame, Snapshot, Traceback};
 use crate::tracer::Counters;
@@ -45,9 +45,9 @@ struct FileDoc {
     /// Mean bytes between sampled blocks; absent or 0: every block was traced.
     #[serde(default, skip_serializing_if = "is_zero")]
     sample_interval: u64,
-    /// The program's GNU build id in hex; absent: not known.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    build_id: String,
+    /// The program's GNU build id in hex; absent or null: not known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    build_id: Option<String>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -88,7 +88,8 @@ pub enum JsonError {
     WrongFormat(String),
     /// A version of the JSON form this crate does not read.
     UnsupportedVersion(u64),
-    /// The `build_id` field is not an even number of hex digits.
+    /// The `build_id` field is not an even number of hex digits, or longer than
+    /// [`MAX_LEN`] bytes.
     InvalidBuildId(String),
 }
 
@@ -108,6 +109,10 @@ impl fmt::Display for JsonError {
                     "unsupported JSON snapshot version {v} (this build reads {VERSION})"
                 )
             }
+            JsonError::InvalidBuildId(id) if id.len() > 2 * MAX_LEN => write!(
+                f,
+                "invalid JSON snapshot: build_id is longer than {MAX_LEN} bytes"
+            ),
             JsonError::InvalidBuildId(id) => {
                 write!(f, "invalid JSON snapshot: build_id {id:?} is not hex bytes")
             }
@@ -154,7 +159,7 @@ impl Snapshot {
             }),
             tracer_memory: Some(self.tracer_memory),
             sample_interval: self.sample_interval,
-            build_id: Hex(&self.build_id).to_string(),
+            build_id: (!self.build_id.is_empty()).then(|| Hex(&self.build_id).to_string()),
         };
         // Serializing plain structs of strings and numbers into memory cannot fail.
         serde_json::to_string(&doc).unwrap_or_default()
@@ -170,7 +175,13 @@ impl Snapshot {
         if doc.version != VERSION {
             return Err(JsonError::UnsupportedVersion(doc.version));
         }
-        let build_id = parse_hex(&doc.build_id).ok_or(JsonError::InvalidBuildId(doc.build_id))?;
+        let build_id = match doc.build_id {
+            None => Vec::new(),
+            Some(hex) => match parse_hex(&hex) {
+                Some(id) if id.len() <= MAX_LEN => id,
+                _ => return Err(JsonError::InvalidBuildId(hex)),
+            },
+        };
         let mut strings: HashMap<String, Arc<str>> = HashMap::new();
         let mut intern = |s: String| -> Arc<str> {
             strings
@@ -286,6 +297,14 @@ mod tests {
         let json = s.to_json();
         assert!(json.contains(r#""build_id":"0f997aaf""#), "{json}");
         assert_eq!(Snapshot::from_json(&json).unwrap().build_id, s.build_id);
+        let null = json.replace(r#""0f997aaf""#, "null");
+        assert!(Snapshot::from_json(&null).unwrap().build_id.is_empty());
+        let long = json.replace("0f997aaf", &"ab".repeat(MAX_LEN + 1));
+        let err = Snapshot::from_json(&long).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "invalid JSON snapshot: build_id is longer than 255 bytes"
+        );
         let odd = json.replace("0f997aaf", "0f997aa");
         let err = Snapshot::from_json(&odd).unwrap_err();
         assert_eq!(
