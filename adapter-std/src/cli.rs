@@ -284,18 +284,34 @@ impl Firmware {
 }
 
 /// The `--elf` file that names the raw addresses of `snapshot` (read from `path`): the one of
-/// the build the snapshot says wrote it, else the only one given. Another build's file is
-/// refused: its lines would look right and be wrong.
+/// the build the snapshot says wrote it. A snapshot that does not say takes the one file that
+/// is not the build another snapshot of the command names (`claimed`): in a comparison across
+/// the first build with ids, the older snapshot has none. Another build's file is refused: its
+/// lines would look right and be wrong.
 fn firmware_for<'f>(
     firmwares: &'f mut [Firmware],
     snapshot: &Snapshot,
     path: &Path,
+    claimed: &[Vec<u8>],
 ) -> Result<&'f mut Firmware, CliError> {
     if snapshot.build_id.is_empty() {
-        return match firmwares {
-            [only] => Ok(only),
-            _ => Err(CliError::Failed(format!(
+        let mut free = firmwares
+            .iter_mut()
+            .filter(|f| !claimed.iter().any(|id| f.is_build(id)));
+        return match (free.next(), free.next()) {
+            (Some(only), None) => Ok(only),
+            (None, _) => Err(CliError::Failed(format!(
+                "{} does not say which firmware build wrote it, and each --elf file is the build \
+                 another snapshot names: give its own --elf too",
+                path.display()
+            ))),
+            (Some(_), Some(_)) if claimed.is_empty() => Err(CliError::Failed(format!(
                 "{} does not say which firmware build wrote it: give only its --elf",
+                path.display()
+            ))),
+            (Some(_), Some(_)) => Err(CliError::Failed(format!(
+                "{} does not say which firmware build wrote it: give one --elf file for it, \
+                 beside those of the builds the other snapshot names",
                 path.display()
             ))),
         };
@@ -316,32 +332,49 @@ fn firmware_for<'f>(
     )))
 }
 
-fn open(path: &Path, options: &Options, firmwares: &mut [Firmware]) -> Result<Snapshot, CliError> {
-    let mut snapshot = files::load(path).map_err(CliError::File)?;
-    // Only a device's raw addresses: a host snapshot's frames were resolved when it was taken,
-    // at load addresses the firmware's file does not know.
-    if !firmwares.is_empty() && snapshot.has_raw_addresses() {
-        let firmware = firmware_for(firmwares, &snapshot, path)?;
-        let (looked_up, with_lines) = snapshot.resolve_raw_addresses(&mut firmware.resolver);
-        if looked_up > 0 && with_lines == 0 {
-            let why = if snapshot.build_id.is_empty() {
-                "is it the firmware that wrote the snapshot?"
-            } else {
-                "it is the build that wrote the snapshot: was its debug info stripped?"
-            };
-            return Err(CliError::Failed(format!(
-                "{} has a source line for none of the {looked_up} code addresses of {}: {why}",
-                firmware.path.display(),
-                path.display()
-            )));
+fn load(path: &Path) -> Result<Snapshot, CliError> {
+    files::load(path).map_err(CliError::File)
+}
+
+/// Prepares the command's `snapshots` (read from `paths`) for printing: names their raw
+/// addresses with the `--elf` files, applies the filters and escapes the names.
+fn prepare(
+    snapshots: &mut [Snapshot],
+    paths: &[&PathBuf],
+    options: &Options,
+    firmwares: &mut [Firmware],
+) -> Result<(), CliError> {
+    let claimed: Vec<Vec<u8>> = snapshots
+        .iter()
+        .map(|s| s.build_id.clone())
+        .filter(|id| !id.is_empty())
+        .collect();
+    for (snapshot, path) in snapshots.iter_mut().zip(paths) {
+        // Only a device's raw addresses: a host snapshot's frames were resolved when it was
+        // taken, at load addresses the firmware's file does not know.
+        if !firmwares.is_empty() && snapshot.has_raw_addresses() {
+            let firmware = firmware_for(firmwares, snapshot, path, &claimed)?;
+            let (looked_up, with_lines) = snapshot.resolve_raw_addresses(&mut firmware.resolver);
+            if looked_up > 0 && with_lines == 0 {
+                let why = if snapshot.build_id.is_empty() {
+                    "is it the firmware that wrote the snapshot?"
+                } else {
+                    "it is the build that wrote the snapshot: was its debug info stripped?"
+                };
+                return Err(CliError::Failed(format!(
+                    "{} has a source line for none of the {looked_up} code addresses of {}: {why}",
+                    firmware.path.display(),
+                    path.display()
+                )));
+            }
         }
+        if !options.filters.is_empty() {
+            *snapshot = snapshot.filter_traces(&options.filters);
+        }
+        // After the filters, which match the names as they are.
+        printable::escape_names(snapshot);
     }
-    if !options.filters.is_empty() {
-        snapshot = snapshot.filter_traces(&options.filters);
-    }
-    // After the filters, which match the names as they are.
-    printable::escape_names(&mut snapshot);
-    Ok(snapshot)
+    Ok(())
 }
 
 fn take_limit<T>(items: Vec<T>, limit: usize) -> impl Iterator<Item = T> {
@@ -370,7 +403,9 @@ pub fn run<S: Into<OsString>>(
     let out = &mut Printable::new(out);
     match &options.command {
         Command::Stats(path) => {
-            let snapshot = open(path, &options, &mut firmwares)?;
+            let mut snapshots = [load(path)?];
+            prepare(&mut snapshots, &[path], &options, &mut firmwares)?;
+            let [snapshot] = snapshots;
             let stats = snapshot
                 .statistics(options.key, options.cumulative)
                 .map_err(|e| usage(e.to_string()))?;
@@ -383,8 +418,9 @@ pub fn run<S: Into<OsString>>(
             }
         }
         Command::Compare(old, new) => {
-            let old_snapshot = open(old, &options, &mut firmwares)?;
-            let new_snapshot = open(new, &options, &mut firmwares)?;
+            let mut snapshots = [load(old)?, load(new)?];
+            prepare(&mut snapshots, &[old, new], &options, &mut firmwares)?;
+            let [old_snapshot, new_snapshot] = snapshots;
             let diffs = new_snapshot
                 .compare_to(&old_snapshot, options.key, options.cumulative)
                 .map_err(|e| usage(e.to_string()))?;
@@ -396,7 +432,9 @@ pub fn run<S: Into<OsString>>(
             }
         }
         Command::Traceback(path) => {
-            let snapshot = open(path, &options, &mut firmwares)?;
+            let mut snapshots = [load(path)?];
+            prepare(&mut snapshots, &[path], &options, &mut firmwares)?;
+            let [snapshot] = snapshots;
             let stats = snapshot
                 .statistics(KeyType::Traceback, false)
                 .map_err(|e| usage(e.to_string()))?;

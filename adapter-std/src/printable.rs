@@ -3,8 +3,9 @@
 //! A snapshot is data from elsewhere (a server, a colleague, a device), and its file and
 //! function names, like the source lines the CLI shows under them, reach the user's terminal.
 //! Control characters there are commands: an escape sequence can recolour, retitle or clear the
-//! screen, and a newline inside a name can print a line of its own that looks like the report's.
-//! The CLI therefore shows every control character as `\u{..}`, as Rust's `escape_debug` does.
+//! screen, and a newline inside a name can print a line of its own that looks like the report's;
+//! bidirectional overrides make a name display as another. The CLI therefore shows each of these
+//! characters as `\u{..}`, as Rust's `escape_debug` does.
 
 use std::borrow::Cow;
 use std::io;
@@ -12,9 +13,20 @@ use std::io;
 use tracemalloc_core::Snapshot;
 
 /// Whether `c` is shown escaped: C0 controls (line ends and tabs too, unless `keep_layout`),
-/// DEL and the C1 controls (`U+0080`–`U+009F`; some terminals obey `U+009B` as CSI).
+/// DEL and the C1 controls (`U+0080`–`U+009F`; some terminals obey `U+009B` as CSI), and the
+/// format characters that reorder or break what is shown: bidirectional marks, embeddings,
+/// overrides and isolates (a name could display as another), and the line and paragraph
+/// separators.
 fn is_escaped(c: char, keep_layout: bool) -> bool {
-    c.is_control() && !(keep_layout && matches!(c, '\n' | '\t'))
+    match c {
+        '\n' | '\t' => !keep_layout,
+        '\u{061c}'
+        | '\u{200e}'
+        | '\u{200f}'
+        | '\u{2028}'..='\u{202e}'
+        | '\u{2066}'..='\u{2069}' => true,
+        _ => c.is_control(),
+    }
 }
 
 /// `text` with every control character written as `\u{..}` (see [`is_escaped`]); borrowed when
@@ -106,6 +118,12 @@ mod tests {
             "a\\u{1b}[2Jb\\u{a}c\\u{9}d\\u{9b}e\\u{7f}ü"
         );
         assert_eq!(escape_controls("a\nb\tc\rd", true), "a\nb\tc\\u{d}d");
+        // A right-to-left override makes `evil.rs` display as another name; a line separator
+        // breaks the line on some terminals. Other format characters and text stay.
+        assert_eq!(
+            escape_controls("src/\u{202e}sr.live\u{2028}x\u{200d}y", true),
+            "src/\\u{202e}sr.live\\u{2028}x\u{200d}y"
+        );
     }
 
     #[test]

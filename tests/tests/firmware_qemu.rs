@@ -205,4 +205,39 @@ fn firmware_in_qemu_reports_the_leaking_line_as_top_growth_site() {
         top.contains(&leak) && top.contains("(+2560 B)"),
         "each snapshot named by its own build:\n{across}"
     );
+    // Across the first build with ids: the older snapshot names none (as a version 2 file),
+    // and takes the one file no other snapshot claims; given only the newer build's, it is
+    // refused rather than named with that build's lines.
+    let mut unnamed = tracemalloc::load(baseline).unwrap();
+    unnamed.build_id.clear();
+    let unnamed_path = out.join("baseline-no-build-id.tmsnap");
+    tracemalloc::dump(&unnamed, &unnamed_path).unwrap();
+    let unnamed_path = unnamed_path.to_str().unwrap();
+    let across = cli(&[
+        "compare",
+        unnamed_path,
+        later_build,
+        "--elf",
+        other,
+        "--elf",
+        elf,
+        "--key",
+        "lineno",
+    ]);
+    let top = across.lines().next().unwrap_or_default();
+    assert!(
+        top.contains(&leak) && top.contains("(+2560 B)"),
+        "the snapshot without a build id takes the file no other claims:\n{across}"
+    );
+    let mut sink = Vec::new();
+    let err = tracemalloc::cli::run(
+        ["compare", unnamed_path, later_build, "--elf", other],
+        &mut sink,
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("each --elf file is the build another snapshot names"),
+        "{err}"
+    );
 }
