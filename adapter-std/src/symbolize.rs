@@ -12,12 +12,14 @@
 //! built in print relative to it.
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tracemalloc_core::{Frame, Resolver};
 
+use crate::files::{self, Accept};
 use crate::Error;
 
 /// Resolves addresses with the debug info of one ELF file.
@@ -41,6 +43,15 @@ impl ElfResolver {
     /// `path` has been replaced, see [`Module::file`]): `path` finds the workspace and names
     /// the file in errors.
     fn open_as(file: &Path, path: &Path, bias: usize) -> Result<ElfResolver, Error> {
+        // `addr2line` also maps a DWARF package beside the file when one exists, opened by
+        // name: a FIFO there would block, a device never end.
+        let package = dwarf_package_of(file);
+        if package.exists() {
+            files::open_checked(&package, Accept::Regular).map_err(|e| Error::Symbols {
+                path: package.display().to_string(),
+                reason: format!("a DWARF package beside {}: {e}", path.display()),
+            })?;
+        }
         let loader = addr2line::Loader::new(file).map_err(|e| Error::Symbols {
             path: path.display().to_string(),
             reason: e.to_string(),
@@ -192,6 +203,20 @@ impl Resolver for ElfResolver {
             None => false,
         }
     }
+}
+
+/// Where `addr2line`'s loader looks for the DWARF package of `file` (split debug info): the
+/// same name with `.dwp` added to its extension (`fw.elf.dwp`), or as its extension (`app.dwp`).
+fn dwarf_package_of(file: &Path) -> PathBuf {
+    let mut extension = file
+        .extension()
+        .map(OsStr::to_os_string)
+        .unwrap_or_default();
+    if !extension.is_empty() {
+        extension.push(".");
+    }
+    extension.push("dwp");
+    file.with_extension(extension)
 }
 
 /// `name::h0123456789abcdef` without the hash.
@@ -900,6 +925,18 @@ mod tests {
         assert_eq!(unknown(Some(inode(&exe))).file(), exe);
         assert_eq!(unknown(Some(inode(&other))).file(), PathBuf::new());
         assert_eq!(unknown(None).file(), exe, "no way to tell");
+    }
+
+    #[test]
+    fn the_dwarf_package_is_looked_for_where_addr2line_looks() {
+        assert_eq!(
+            dwarf_package_of(Path::new("target/fw.elf")),
+            Path::new("target/fw.elf.dwp")
+        );
+        assert_eq!(
+            dwarf_package_of(Path::new("bin/app")),
+            Path::new("bin/app.dwp")
+        );
     }
 
     #[test]

@@ -280,6 +280,14 @@ fn snapshots_come_from_regular_files_or_pipes_and_firmware_from_regular_files() 
     assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
     let dir = std::env::temp_dir();
     let (fifo_name, good_name) = (fifo.to_str().unwrap(), good.to_str().unwrap());
+    // A firmware file whose DWARF package, which the symbolizer would map by name, is the FIFO.
+    let firmware = good.with_file_name("fw.elf");
+    let package = good.with_file_name("fw.elf.dwp");
+    for link in [&firmware, &package] {
+        let _ = std::fs::remove_file(link);
+    }
+    std::os::unix::fs::symlink(std::env::current_exe().unwrap(), &firmware).unwrap();
+    std::os::unix::fs::symlink(&fifo, &package).unwrap();
     for (args, says) in [
         (vec!["stats", "/dev/zero"], "not a regular file or a pipe"),
         (
@@ -294,10 +302,19 @@ fn snapshots_come_from_regular_files_or_pipes_and_firmware_from_regular_files() 
             vec!["stats", good_name, "--elf", "/dev/null"],
             "not a regular file",
         ),
+        (
+            vec!["stats", good_name, "--elf", firmware.to_str().unwrap()],
+            "fw.elf.dwp: a DWARF package beside \
+             /tmp/tracemalloc-cli-PID/fw.elf: not a regular file",
+        ),
     ] {
+        let says = says.replace(
+            "/tmp/tracemalloc-cli-PID",
+            good.parent().unwrap().to_str().unwrap(),
+        );
         let err = cli(&args).unwrap_err();
         assert_eq!(err.exit_code(), 1, "{args:?}: {err}");
-        assert!(err.to_string().ends_with(says), "{args:?}: {err}");
+        assert!(err.to_string().ends_with(&says), "{args:?}: {err}");
     }
     let writer = std::thread::spawn({
         let fifo = fifo.clone();
