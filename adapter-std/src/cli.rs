@@ -258,6 +258,12 @@ impl Firmware {
                 source,
             })
         })?;
+        if !symbolize::is_elf(&file) {
+            return Err(CliError::Failed(format!(
+                "{}: not an ELF file (--elf takes the firmware's ELF file, with its debug info)",
+                path.display()
+            )));
+        }
         let resolver = ElfResolver::open(path, 0).map_err(|e| CliError::Failed(e.to_string()))?;
         Ok(Firmware {
             path: path.to_owned(),
@@ -306,7 +312,7 @@ fn firmware_for<'f>(
                 path.display()
             ))),
             (Some(_), Some(_)) if claimed.is_empty() => Err(CliError::Failed(format!(
-                "{} does not say which firmware build wrote it: give only its --elf",
+                "{} does not say which firmware build wrote it, so it takes a single --elf file",
                 path.display()
             ))),
             (Some(_), Some(_)) => Err(CliError::Failed(format!(

@@ -124,6 +124,12 @@ mod tests {
             escape_controls("src/\u{202e}sr.live\u{2028}x\u{200d}y", true),
             "src/\\u{202e}sr.live\\u{2028}x\u{200d}y"
         );
+        for mark in [
+            '\u{61c}', '\u{200e}', '\u{200f}', '\u{202a}', '\u{2029}', '\u{2066}', '\u{2069}',
+        ] {
+            let shown = escape_controls(&format!("a{mark}b"), true).into_owned();
+            assert_eq!(shown, format!("a{}b", mark.escape_unicode()));
+        }
     }
 
     #[test]

@@ -12,14 +12,13 @@
 //! built in print relative to it.
 
 use std::collections::HashMap;
-use std::ffi::OsStr;
+use std::ffi::OsString;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tracemalloc_core::{Frame, Resolver};
 
-use crate::files::{self, Accept};
 use crate::Error;
 
 /// Resolves addresses with the debug info of one ELF file.
@@ -44,13 +43,19 @@ impl ElfResolver {
     /// the file in errors.
     fn open_as(file: &Path, path: &Path, bias: usize) -> Result<ElfResolver, Error> {
         // `addr2line` also maps a DWARF package beside the file when one exists, opened by
-        // name: a FIFO there would block, a device never end.
+        // name: a FIFO there would block, a device never end. What it merely fails to read (a
+        // directory, an unreadable file) it skips, and so does this check.
         let package = dwarf_package_of(file);
-        if package.exists() {
-            files::open_checked(&package, Accept::Regular).map_err(|e| Error::Symbols {
-                path: package.display().to_string(),
-                reason: format!("a DWARF package beside {}: {e}", path.display()),
-            })?;
+        if let Ok(kind) = std::fs::metadata(&package).map(|m| m.file_type()) {
+            if !kind.is_file() && !kind.is_dir() {
+                return Err(Error::Symbols {
+                    path: package.display().to_string(),
+                    reason: format!(
+                        "the DWARF package beside {} is not a regular file",
+                        path.display()
+                    ),
+                });
+            }
         }
         let loader = addr2line::Loader::new(file).map_err(|e| Error::Symbols {
             path: path.display().to_string(),
@@ -208,15 +213,27 @@ impl Resolver for ElfResolver {
 /// Where `addr2line`'s loader looks for the DWARF package of `file` (split debug info): the
 /// same name with `.dwp` added to its extension (`fw.elf.dwp`), or as its extension (`app.dwp`).
 fn dwarf_package_of(file: &Path) -> PathBuf {
-    let mut extension = file
-        .extension()
-        .map(OsStr::to_os_string)
-        .unwrap_or_default();
-    if !extension.is_empty() {
-        extension.push(".");
-    }
-    extension.push("dwp");
+    let extension = match file.extension() {
+        Some(extension) => {
+            // Even an empty one, as `fw.` has: `fw..dwp`.
+            let mut extension = extension.to_os_string();
+            extension.push(".dwp");
+            extension
+        }
+        None => OsString::from("dwp"),
+    };
     file.with_extension(extension)
+}
+
+/// Whether `file` is an ELF file, the only kind `--elf` takes: `addr2line` would also read a
+/// Mach-O file, and search the `.dSYM` folders beside it for its debug info, opening every file
+/// there by name.
+pub(crate) fn is_elf(file: &std::fs::File) -> bool {
+    let cache = object::ReadCache::new(file);
+    matches!(
+        object::FileKind::parse(&cache),
+        Ok(object::FileKind::Elf32 | object::FileKind::Elf64)
+    )
 }
 
 /// `name::h0123456789abcdef` without the hash.
@@ -937,6 +954,7 @@ mod tests {
             dwarf_package_of(Path::new("bin/app")),
             Path::new("bin/app.dwp")
         );
+        assert_eq!(dwarf_package_of(Path::new("fw.")), Path::new("fw..dwp"));
     }
 
     #[test]

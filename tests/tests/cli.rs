@@ -270,6 +270,7 @@ fn json_files_with_a_bom_load_and_bad_utf8_is_named() {
 #[test]
 #[cfg(unix)]
 fn snapshots_come_from_regular_files_or_pipes_and_firmware_from_regular_files() {
+    use std::os::unix::fs::OpenOptionsExt;
     let (_, later) = snapshots();
     let bytes = later.dump_bytes();
     let good = temp("good.tmsnap", &bytes);
@@ -304,17 +305,39 @@ fn snapshots_come_from_regular_files_or_pipes_and_firmware_from_regular_files() 
         ),
         (
             vec!["stats", good_name, "--elf", firmware.to_str().unwrap()],
-            "fw.elf.dwp: a DWARF package beside \
-             /tmp/tracemalloc-cli-PID/fw.elf: not a regular file",
+            "fw.elf.dwp: the DWARF package beside \
+             /tmp/tracemalloc-cli-PID/fw.elf is not a regular file",
+        ),
+        // A regular file, but not an ELF file (a Mach-O file would send the symbolizer
+        // through the `.dSYM` folders beside it, opening whatever is there).
+        (
+            vec!["stats", good_name, "--elf", good_name],
+            "good.tmsnap: not an ELF file (--elf takes the firmware's ELF file, \
+             with its debug info)",
         ),
     ] {
         let says = says.replace(
             "/tmp/tracemalloc-cli-PID",
             good.parent().unwrap().to_str().unwrap(),
         );
-        let err = cli(&args).unwrap_err();
-        assert_eq!(err.exit_code(), 1, "{args:?}: {err}");
-        assert!(err.to_string().ends_with(&says), "{args:?}: {err}");
+        // In a thread: a file that blocks must fail this test, not hang it.
+        let (done, result) = std::sync::mpsc::channel();
+        let owned: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        std::thread::spawn(move || {
+            let args: Vec<&str> = owned.iter().map(String::as_str).collect();
+            let _ = done.send(cli(&args).map_err(|e| (e.exit_code(), e.to_string())));
+        });
+        let Ok(outcome) = result.recv_timeout(std::time::Duration::from_secs(60)) else {
+            // Let the blocked reader go, then fail.
+            let _ = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&fifo);
+            panic!("{args:?} blocked");
+        };
+        let (code, err) = outcome.unwrap_err();
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(err.ends_with(&says), "{args:?}: {err}");
     }
     let writer = std::thread::spawn({
         let fifo = fifo.clone();
@@ -466,7 +489,38 @@ fn elf_of_another_build_is_refused() {
     std::fs::write(&snapshot, device.dump_bytes()).unwrap();
     let err = run_with(&[&other, &exe]).unwrap_err().to_string();
     assert!(
-        err.ends_with("does not say which firmware build wrote it: give only its --elf"),
+        err.ends_with(
+            "does not say which firmware build wrote it, so it takes a single --elf file"
+        ),
+        "{err}"
+    );
+    // Beside a snapshot of this build, it may take the one other file, not one of two.
+    let mut named = device.clone();
+    named.build_id = this_build.clone();
+    let named = temp("named-build.tmsnap", &named.dump_bytes());
+    let compare = |elfs: &[&std::path::Path]| {
+        let mut args = vec![
+            "compare".to_owned(),
+            snapshot.to_str().unwrap().to_owned(),
+            named.to_str().unwrap().to_owned(),
+        ];
+        for elf in elfs {
+            args.extend(["--elf".to_owned(), elf.to_str().unwrap().to_owned()]);
+        }
+        let mut out = Vec::new();
+        run(args, &mut out).map(|()| String::from_utf8(out).unwrap())
+    };
+    let err = compare(&[&exe, &other, &stripped]).unwrap_err().to_string();
+    assert!(
+        err.ends_with(
+            "give one --elf file for it, beside those of the builds the other snapshot names"
+        ),
+        "{err}"
+    );
+    // With one: taken (this test binary names no device address, as the message says).
+    let err = compare(&[&exe, &other]).unwrap_err().to_string();
+    assert!(
+        err.starts_with(&format!("{} has a source line for none", other.display())),
         "{err}"
     );
 }
