@@ -201,6 +201,9 @@ fn main() -> ! {
     if DATA_COPIED.swap(0, Ordering::Relaxed) != 0x5eed_1234 {
         defmt::error!("check: FAILED: .data was not copied from flash (a linker script moved it)");
         debug::exit(EXIT_FAILURE);
+        // Never past here with a broken image (without a debugger, `exit` does not return).
+        #[allow(clippy::empty_loop)]
+        loop {}
     }
     // SAFETY: called once, before the first allocation; the memory is used by the heap only.
     unsafe { llff().init(core::ptr::addr_of_mut!(HEAP_MEMORY) as usize, HEAP_SIZE) };
