@@ -5,6 +5,7 @@
 //! tracemalloc stats FILE [--key filename|lineno|traceback] [--cumulative] [--limit N]
 //! tracemalloc compare OLD NEW [same options]
 //! tracemalloc traceback FILE [--limit N]
+//! tracemalloc info FILE        what the file holds: counters, limits, sampling, build id
 //!   filters: --include GLOB[:LINE] --exclude GLOB[:LINE] --all-frames --domain N
 //!            --exclude-domain N
 //!   symbols: --elf FIRMWARE   resolve device addresses with the firmware's debug info (once
@@ -32,12 +33,12 @@ use crate::printable::{self, Printable};
 use crate::source::SourceLines;
 use crate::symbolize::{self, ElfResolver};
 
-const USAGE: &str = "usage: tracemalloc stats FILE | compare OLD NEW | traceback FILE \
+const USAGE: &str = "usage: tracemalloc stats FILE | compare OLD NEW | traceback FILE | info FILE \
 [--key filename|lineno|traceback] [--cumulative] [--limit N] [--include GLOB[:LINE]] \
 [--exclude GLOB[:LINE]] [--all-frames] [--domain N] [--exclude-domain N] [--elf FIRMWARE]...
   --key defaults to lineno, --limit to 10 (0: all); --elf once per firmware build;
   after --, every argument is a file; --version prints the version";
-const COMMANDS: &str = "stats, compare or traceback";
+const COMMANDS: &str = "stats, compare, traceback or info";
 
 /// What went wrong, with the exit status it maps to.
 #[derive(Debug)]
@@ -84,6 +85,7 @@ enum Command {
     Stats(PathBuf),
     Compare(PathBuf, PathBuf),
     Traceback(PathBuf),
+    Info(PathBuf),
 }
 
 #[derive(Debug)]
@@ -149,7 +151,7 @@ fn parse(args: Vec<OsString>) -> Result<Request, CliError> {
     match command.as_str() {
         "-h" | "--help" => return Ok(Request::Help),
         "-V" | "--version" => return Ok(Request::Version),
-        "stats" | "compare" | "traceback" => {}
+        "stats" | "compare" | "traceback" | "info" => {}
         option if option.starts_with('-') => {
             return Err(usage(format!(
                 "the command ({COMMANDS}) comes first, before {option:?}"
@@ -231,6 +233,7 @@ fn parse(args: Vec<OsString>) -> Result<Request, CliError> {
     options.command = match command.as_str() {
         "stats" => Command::Stats(next()),
         "compare" => Command::Compare(next(), next()),
+        "info" => Command::Info(next()),
         _ => Command::Traceback(next()),
     };
     if options.cumulative && options.key == KeyType::Traceback {
@@ -383,6 +386,56 @@ fn prepare(
     Ok(())
 }
 
+/// What `snapshot` (read from `path`) holds, one fact a line: which firmware build wrote it
+/// (for `--elf`), how it was traced, and its totals.
+fn write_info(snapshot: &Snapshot, path: &Path, out: &mut dyn Write) -> std::io::Result<()> {
+    let size = |bytes: u64| tracemalloc_core::format_size(bytes as f64, false);
+    let blocks = |n: u64| format!("{n} block{}", if n == 1 { "" } else { "s" });
+    let c = &snapshot.counters;
+    let traced: u64 = snapshot.traces.iter().map(|t| t.size).sum();
+    writeln!(out, "file:            {}", path.display())?;
+    writeln!(
+        out,
+        "traces:          {}, {}",
+        blocks(snapshot.traces.len() as u64),
+        size(traced)
+    )?;
+    writeln!(
+        out,
+        "traced memory:   {} when taken, peak {}",
+        size(c.current),
+        size(c.peak)
+    )?;
+    writeln!(
+        out,
+        "untraced:        {}, {}",
+        blocks(c.untraced_blocks),
+        size(c.untraced_bytes)
+    )?;
+    writeln!(
+        out,
+        "tracebacks:      {}, of up to {} frames",
+        snapshot.tracebacks.len(),
+        snapshot.traceback_limit
+    )?;
+    if snapshot.has_raw_addresses() {
+        writeln!(out, "code addresses:  raw: --elf names them")?;
+    }
+    match snapshot.sample_interval {
+        0 => writeln!(out, "sampling:        none, every block traced")?,
+        interval => writeln!(
+            out,
+            "sampling:        one block per {} on average: sizes are estimates",
+            size(interval)
+        )?,
+    }
+    writeln!(out, "tracer memory:   {}", size(snapshot.tracer_memory))?;
+    match &snapshot.build_id[..] {
+        [] => writeln!(out, "build id:        not recorded"),
+        id => writeln!(out, "build id:        {}", Hex(id)),
+    }
+}
+
 fn take_limit<T>(items: Vec<T>, limit: usize) -> impl Iterator<Item = T> {
     let n = if limit == 0 { items.len() } else { limit };
     items.into_iter().take(n)
@@ -436,6 +489,11 @@ pub fn run<S: Into<OsString>>(
             for diff in take_limit(diffs, options.limit) {
                 writeln!(out, "{diff}").map_err(write_err)?;
             }
+        }
+        Command::Info(path) => {
+            let mut snapshots = [load(path)?];
+            prepare(&mut snapshots, &[path], &options, &mut firmwares)?;
+            write_info(&snapshots[0], path, out).map_err(write_err)?;
         }
         Command::Traceback(path) => {
             let mut snapshots = [load(path)?];
@@ -505,13 +563,13 @@ mod tests {
         for (bad, says) in [
             (
                 "frob a",
-                "unknown command \"frob\" (expected stats, compare or traceback)",
+                "unknown command \"frob\" (expected stats, compare, traceback or info)",
             ),
             (
                 "--key lineno stats f",
-                "the command (stats, compare or traceback) comes first",
+                "the command (stats, compare, traceback or info) comes first",
             ),
-            ("", "no command given (stats, compare or traceback)"),
+            ("", "no command given (stats, compare, traceback or info)"),
         ] {
             let err = parse(args(bad)).map(|_| ()).unwrap_err();
             assert!(err.to_string().contains(says), "{bad}: {err}");

@@ -127,6 +127,47 @@ fn compare_names_the_growing_line_first() {
     assert!(!out.contains("request.rs"), "{out}");
 }
 
+/// `info` says what a file holds, one fact a line; for a device's snapshot, which build wrote
+/// it (the `--elf` file it needs).
+#[test]
+fn info_says_what_a_file_holds() {
+    let (_, mut later) = snapshots();
+    later.counters.untraced_blocks = 2;
+    later.counters.untraced_bytes = 100;
+    later.tracer_memory = 4096;
+    let file = temp("info.tmsnap", &later.dump_bytes());
+    let out = cli(&["info", file.to_str().unwrap()]).unwrap();
+    assert_eq!(
+        out,
+        format!(
+            "file:            {}\n\
+             traces:          4 blocks, 31.0 KiB\n\
+             traced memory:   31.0 KiB when taken, peak 31.0 KiB\n\
+             untraced:        2 blocks, 100 B\n\
+             tracebacks:      2, of up to 16 frames\n\
+             sampling:        none, every block traced\n\
+             tracer memory:   4096 B\n\
+             build id:        not recorded\n",
+            file.display()
+        )
+    );
+    let raw = Traceback::new(vec![Frame::unresolved(0x10)]);
+    let mut device = snapshot_from_traces(8, [(0, 64, raw)]);
+    device.addresses[0] = vec![0x10];
+    device.build_id = vec![0xde, 0xad, 0xbe, 0xef];
+    device.sample_interval = 512 * 1024;
+    let file = temp("info-device.tmsnap", &device.dump_bytes());
+    let out = cli(&["info", file.to_str().unwrap()]).unwrap();
+    for line in [
+        "code addresses:  raw: --elf names them\n",
+        "traces:          1 block, 64 B\n",
+        "sampling:        one block per 512 KiB on average: sizes are estimates\n",
+        "build id:        deadbeef\n",
+    ] {
+        assert!(out.contains(line), "{line}: {out}");
+    }
+}
+
 #[test]
 fn traceback_prints_frames_oldest_first() {
     let (_, later) = snapshots();

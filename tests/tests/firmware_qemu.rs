@@ -169,6 +169,12 @@ fn firmware_in_qemu_reports_the_leaking_line_as_top_growth_site() {
         tracemalloc_tests::build_id_in(&std::fs::read(elf).unwrap()).expect("linked with one");
     let mut written = tracemalloc::load(&snapshot).unwrap();
     assert_eq!(written.build_id, elf_build);
+    let hex: String = elf_build.iter().map(|b| format!("{b:02x}")).collect();
+    let info = cli(&["info", snapshot.to_str().unwrap()]);
+    assert!(
+        info.contains(&format!("build id:        {hex}\n")),
+        "{info}"
+    );
     let other = out.join("firmware-other-build.elf");
     tracemalloc_tests::copy_as_another_build(elf.as_ref(), &other, Some(!elf_build[0]));
     let other = other.to_str().unwrap();
