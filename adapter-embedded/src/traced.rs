@@ -13,7 +13,7 @@ use core::cell::{RefCell, UnsafeCell};
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use critical_section::{CriticalSection, Mutex};
-use tracemalloc_core::codec::{encode_tracer, Sink};
+use tracemalloc_core::codec::{encode_tracer, DeviceInfo, Sink};
 use tracemalloc_core::{Counters, Tracer, TracerArrays, DEFAULT_DOMAIN};
 
 use crate::heap::Heap;
@@ -268,11 +268,15 @@ impl<H, const SLOTS: usize, const TRACEBACKS: usize, const FRAMES: usize, const 
     /// interrupts for as long. With the `build-id` feature the snapshot names the firmware's
     /// build (module `build_id`).
     pub fn write_snapshot<S: Sink>(&self, sink: S) -> bool {
-        #[cfg(feature = "build-id")]
-        let build_id = crate::build_id::build_id();
-        #[cfg(not(feature = "build-id"))]
-        let build_id = &[];
-        self.with_tracer(|tracer| encode_tracer(tracer, NFRAME as u16, build_id, sink))
+        let device = DeviceInfo {
+            traceback_limit: NFRAME as u16,
+            #[cfg(feature = "build-id")]
+            build_id: crate::build_id::build_id(),
+            #[cfg(not(feature = "build-id"))]
+            build_id: &[],
+            tracer_memory: self.tracemalloc_memory(),
+        };
+        self.with_tracer(|tracer| encode_tracer(tracer, &device, sink))
             .is_some()
     }
 

@@ -33,7 +33,7 @@ pub mod snapshot;
 #[cfg(feature = "alloc")]
 pub mod stats;
 
-pub use codec::{encode_tracer, DecodeError, Sink, SliceSink};
+pub use codec::{encode_tracer, DecodeError, DeviceInfo, Sink, SliceSink};
 pub use table::{Slot, TraceTable};
 pub use traceback::{StoreFull, TracebackEntry, TracebackId, TracebackStorage, TracebackStore};
 pub use tracer::{

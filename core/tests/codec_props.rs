@@ -5,7 +5,7 @@
 
 use proptest::prelude::*;
 use tracemalloc_core::codec::binary::{OLDEST_VERSION, VERSION};
-use tracemalloc_core::codec::{encode_tracer, DecodeError, SliceSink};
+use tracemalloc_core::codec::{encode_tracer, DecodeError, DeviceInfo, SliceSink};
 use tracemalloc_core::snapshot::{snapshot_from_traces, AddressesOnly};
 use tracemalloc_core::{
     Frame, KeyType, RawSnapshot, Resolver, Slot, Snapshot, Traceback, TracebackEntry,
@@ -162,9 +162,19 @@ impl Resolver for FakeSymbols {
 /// The build id the devices of these tests report.
 const BUILD_ID: &[u8] = &[0xde, 0xad, 0xbe, 0xef];
 
+/// How the devices of these tests describe themselves: 8 frames, a build id, and 100 bytes of
+/// their own beside the tracer's storage.
+fn device(tracer: &Tracer<'_>) -> DeviceInfo<'static> {
+    DeviceInfo {
+        traceback_limit: 8,
+        build_id: BUILD_ID,
+        tracer_memory: tracer.memory_bytes() + 100,
+    }
+}
+
 fn device_bytes(tracer: &Tracer<'_>) -> Vec<u8> {
     let mut bytes = Vec::new();
-    encode_tracer(tracer, 8, BUILD_ID, &mut bytes);
+    encode_tracer(tracer, &device(tracer), &mut bytes);
     bytes
 }
 
@@ -204,6 +214,7 @@ proptest! {
         prop_assert_eq!(decoded.counters, *tracer.counters());
         prop_assert_eq!(decoded.traceback_limit, 8);
         prop_assert_eq!(&decoded.build_id[..], BUILD_ID);
+        prop_assert_eq!(decoded.tracer_memory, tracer.memory_bytes() as u64 + 100);
         let total: u64 = decoded.traces.iter().map(|t| t.size).sum();
         prop_assert_eq!(total, tracer.counters().current);
 
@@ -217,11 +228,11 @@ proptest! {
         // The fixed-buffer sink writes the same bytes, or says how many it needs.
         let mut buf = vec![0u8; bytes.len()];
         let mut sink = SliceSink::new(&mut buf);
-        encode_tracer(&tracer, 8, BUILD_ID, &mut sink);
+        encode_tracer(&tracer, &device(&tracer), &mut sink);
         prop_assert_eq!(sink.written(), Some(&bytes[..]));
         let mut small = vec![0u8; bytes.len() - 1];
         let mut sink = SliceSink::new(&mut small);
-        encode_tracer(&tracer, 8, BUILD_ID, &mut sink);
+        encode_tracer(&tracer, &device(&tracer), &mut sink);
         prop_assert_eq!((sink.written(), sink.needed()), (None, bytes.len()));
     }
 

@@ -169,6 +169,9 @@ fn firmware_in_qemu_reports_the_leaking_line_as_top_growth_site() {
         tracemalloc_tests::build_id_in(&std::fs::read(elf).unwrap()).expect("linked with one");
     let mut written = tracemalloc::load(&snapshot).unwrap();
     assert_eq!(written.build_id, elf_build);
+    // The tracer's memory as the device counts it, per-site totals included.
+    let counted = log.lines().find(|l| l.contains("tracer memory=")).unwrap();
+    assert_eq!(written.tracer_memory, field(counted, "tracer memory"));
     let hex: String = elf_build.iter().map(|b| format!("{b:02x}")).collect();
     let info = cli(&["info", snapshot.to_str().unwrap()]);
     assert!(

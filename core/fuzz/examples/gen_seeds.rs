@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use tracemalloc_core::codec::binary::{OLDEST_VERSION, VERSION};
 use tracemalloc_core::snapshot::snapshot_from_traces;
-use tracemalloc_core::{encode_tracer, Frame, Snapshot, Traceback, Tracer, TracerArrays};
+use tracemalloc_core::{
+    encode_tracer, DeviceInfo, Frame, Snapshot, Traceback, Tracer, TracerArrays,
+};
 
 fn sample() -> Snapshot {
     let mut tb = Traceback::new(vec![
@@ -41,7 +43,12 @@ fn device_stream() -> Vec<u8> {
     tracer.record_alloc(0, 0x2000_0200, 16, &[0x0800_1234, 0x0800_0400], 2);
     tracer.record_alloc(2, 0x2000_0300, 100, &[0x0800_2000], 5);
     let mut out = Vec::new();
-    encode_tracer(&tracer, 16, &[0x0f, 0x99, 0x7a, 0xaf], &mut out);
+    let device = DeviceInfo {
+        traceback_limit: 16,
+        build_id: &[0x0f, 0x99, 0x7a, 0xaf],
+        tracer_memory: tracer.memory_bytes(),
+    };
+    encode_tracer(&tracer, &device, &mut out);
     out
 }
 

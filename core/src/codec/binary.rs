@@ -247,16 +247,29 @@ impl<S: Sink> Writer<S> {
     }
 }
 
+/// What a device says about itself in the header of its snapshots ([`encode_tracer`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeviceInfo<'a> {
+    /// The traceback limit the adapter captures stacks with.
+    pub traceback_limit: u16,
+    /// The running program's GNU build id; empty when it has none (see [`crate::build_id`]).
+    pub build_id: &'a [u8],
+    /// Bytes of RAM the tracer uses, as the adapter counts them (Python's
+    /// `get_tracemalloc_memory()`): the tracer's storage ([`Tracer::memory_bytes`]) and
+    /// whatever the adapter keeps beside it, such as per-site totals.
+    pub tracer_memory: usize,
+}
+
 /// Streams a snapshot of `tracer` into `sink` without allocating: Python's `take_snapshot()`
-/// followed by `dump()`, for a device. `traceback_limit` is the limit the adapter captures
-/// stacks with; `build_id` is the running program's GNU build id (empty when it has none, see
-/// [`crate::build_id`]). Tracebacks carry raw addresses only; decode with
-/// `Snapshot::load_bytes` and resolve them on the host with that build's debug info.
+/// followed by `dump()`, for a device described by `device`. Tracebacks carry raw addresses
+/// only; decode with `Snapshot::load_bytes` and resolve them on the host with the debug info of
+/// the build `device.build_id` names.
 ///
 /// The caller holds the tracer's lock for the whole call, so the sink should be fast or the
 /// snapshot taken into a [`SliceSink`] first.
 ///
 /// ```
+/// use tracemalloc_core::codec::DeviceInfo;
 /// use tracemalloc_core::{encode_tracer, Slot, SliceSink, TracebackEntry, TracebackStorage};
 /// use tracemalloc_core::{Tracer, TracerStorage};
 ///
@@ -268,21 +281,26 @@ impl<S: Sink> Writer<S> {
 /// });
 /// tracer.record_alloc(0, 0x2000_0100, 64, &[0x0800_1234, 0x0800_0400], 2);
 ///
+/// let device = DeviceInfo {
+///     traceback_limit: 16,
+///     build_id: &[0x0f, 0x99, 0x7a],
+///     tracer_memory: tracer.memory_bytes(),
+/// };
 /// let mut buf = [0u8; 256];
 /// let mut sink = SliceSink::new(&mut buf);
-/// encode_tracer(&tracer, 16, &[0x0f, 0x99, 0x7a], &mut sink);
+/// encode_tracer(&tracer, &device, &mut sink);
 /// let bytes = sink.written().expect("buffer large enough");
 /// assert_eq!(&bytes[..6], b"TMSNAP");
 /// ```
-pub fn encode_tracer<S: Sink>(tracer: &Tracer<'_>, traceback_limit: u16, build_id: &[u8], sink: S) {
+pub fn encode_tracer<S: Sink>(tracer: &Tracer<'_>, device: &DeviceInfo<'_>, sink: S) {
     let mut w = Writer::new(sink);
     // A device traces every block: sample interval 0.
     w.header(
-        traceback_limit,
+        device.traceback_limit,
         tracer.counters(),
-        tracer.memory_bytes() as u64,
+        device.tracer_memory as u64,
         0,
-        build_id,
+        device.build_id,
     );
     w.varint(0); // no strings: frames are resolved on the host
     let store = tracer.tracebacks();

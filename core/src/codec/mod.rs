@@ -8,6 +8,6 @@ pub mod binary;
 #[cfg(feature = "json")]
 pub mod json;
 
-pub use binary::{encode_tracer, DecodeError, Sink, SliceSink};
+pub use binary::{encode_tracer, DecodeError, DeviceInfo, Sink, SliceSink};
 #[cfg(feature = "json")]
 pub use json::JsonError;
