@@ -392,7 +392,11 @@ fn write_info(snapshot: &Snapshot, path: &Path, out: &mut dyn Write) -> std::io:
     let size = |bytes: u64| tracemalloc_core::format_size(bytes as f64, false);
     let blocks = |n: u64| format!("{n} block{}", if n == 1 { "" } else { "s" });
     let c = &snapshot.counters;
-    let traced: u64 = snapshot.traces.iter().map(|t| t.size).sum();
+    // Saturating, as the core's totals are: a forged file's sizes may add up past `u64`.
+    let traced = snapshot
+        .traces
+        .iter()
+        .fold(0u64, |sum, t| sum.saturating_add(t.size));
     writeln!(out, "file:            {}", path.display())?;
     writeln!(
         out,

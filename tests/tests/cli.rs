@@ -156,6 +156,16 @@ fn info_says_what_a_file_holds() {
     device.addresses[0] = vec![0x10];
     device.build_id = vec![0xde, 0xad, 0xbe, 0xef];
     device.sample_interval = 512 * 1024;
+    // Sizes that add up past u64, as only a forged file's do, saturate.
+    let mut forged = device.clone();
+    forged.traces.extend([forged.traces[0], forged.traces[0]]);
+    forged.traces[1].size = u64::MAX;
+    let file = temp("info-forged.tmsnap", &forged.dump_bytes());
+    let out = cli(&["info", file.to_str().unwrap()]).unwrap();
+    assert!(
+        out.contains("traces:          3 blocks, 16777216 TiB"),
+        "{out}"
+    );
     let file = temp("info-device.tmsnap", &device.dump_bytes());
     let out = cli(&["info", file.to_str().unwrap()]).unwrap();
     for line in [
