@@ -471,6 +471,9 @@ fn firmware_that_names_none_of_the_addresses_is_refused() {
 #[test]
 #[cfg(target_os = "linux")]
 fn elf_of_another_build_is_refused() {
+    use std::path::Path;
+    use tracemalloc_core::build_id::Hex;
+
     let exe = std::env::current_exe().unwrap();
     let (this_build, _) = tracemalloc_tests::build_id_in(&std::fs::read(&exe).unwrap())
         .expect("Linux test binaries carry a GNU build id");
@@ -480,11 +483,11 @@ fn elf_of_another_build_is_refused() {
     device.build_id = vec![0xde, 0xad, 0xbe, 0xef];
     let err = stats_with_this_binary_as_elf("other-build.tmsnap", &device).unwrap_err();
     assert_eq!(err.exit_code(), 1);
-    let hex: String = this_build.iter().map(|b| format!("{b:02x}")).collect();
     let expected = format!(
-        "other-build.tmsnap was written by firmware build deadbeef, but {} is build {hex}: \
+        "other-build.tmsnap was written by firmware build deadbeef, but {} is build {}: \
          give --elf the firmware that wrote the snapshot",
-        exe.display()
+        exe.display(),
+        Hex(&this_build)
     );
     assert!(err.to_string().ends_with(&expected), "{err}");
 
@@ -514,18 +517,18 @@ fn elf_of_another_build_is_refused() {
     tracemalloc_tests::copy_as_another_build(&exe, &stripped, None);
     let other = snapshot.with_file_name("other-build.elf");
     tracemalloc_tests::copy_as_another_build(&exe, &other, Some(!this_build[0]));
-    let args = |elfs: &[&std::path::Path]| {
-        let mut args = vec!["stats".to_owned(), snapshot.to_str().unwrap().to_owned()];
+    // `command` on `files`, with each of `elfs` as an `--elf`.
+    let run_with = |command: &str, files: &[&Path], elfs: &[&Path]| {
+        let mut args = vec![command.to_owned()];
+        args.extend(files.iter().map(|f| f.to_str().unwrap().to_owned()));
         for elf in elfs {
             args.extend(["--elf".to_owned(), elf.to_str().unwrap().to_owned()]);
         }
-        args
-    };
-    let run_with = |elfs: &[&std::path::Path]| {
         let mut out = Vec::new();
-        run(args(elfs), &mut out).map(|()| String::from_utf8(out).unwrap())
+        run(args, &mut out).map(|()| String::from_utf8(out).unwrap())
     };
-    let err = run_with(&[&stripped, &other]).unwrap_err().to_string();
+    let stats = |elfs: &[&Path]| run_with("stats", &[&snapshot], elfs);
+    let err = stats(&[&stripped, &other]).unwrap_err().to_string();
     assert!(
         err.contains("no-build-id.elf is a file without a build id, ")
             && err.contains("other-build.elf is build ")
@@ -533,12 +536,12 @@ fn elf_of_another_build_is_refused() {
         "{err}"
     );
     // Given its build among others, the snapshot takes it (and meets the next check).
-    let err = run_with(&[&other, &exe]).unwrap_err().to_string();
+    let err = stats(&[&other, &exe]).unwrap_err().to_string();
     assert!(err.contains("was its debug info stripped?"), "{err}");
     // A snapshot that names no build needs the one file, not a choice.
     device.build_id.clear();
     std::fs::write(&snapshot, device.dump_bytes()).unwrap();
-    let err = run_with(&[&other, &exe]).unwrap_err().to_string();
+    let err = stats(&[&other, &exe]).unwrap_err().to_string();
     assert!(
         err.ends_with(
             "does not say which firmware build wrote it, so it takes a single --elf file"
@@ -549,18 +552,7 @@ fn elf_of_another_build_is_refused() {
     let mut named = device.clone();
     named.build_id = this_build.clone();
     let named = temp("named-build.tmsnap", &named.dump_bytes());
-    let compare = |elfs: &[&std::path::Path]| {
-        let mut args = vec![
-            "compare".to_owned(),
-            snapshot.to_str().unwrap().to_owned(),
-            named.to_str().unwrap().to_owned(),
-        ];
-        for elf in elfs {
-            args.extend(["--elf".to_owned(), elf.to_str().unwrap().to_owned()]);
-        }
-        let mut out = Vec::new();
-        run(args, &mut out).map(|()| String::from_utf8(out).unwrap())
-    };
+    let compare = |elfs: &[&Path]| run_with("compare", &[&snapshot, &named], elfs);
     let err = compare(&[&exe, &other, &stripped]).unwrap_err().to_string();
     assert!(
         err.ends_with(

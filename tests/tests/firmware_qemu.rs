@@ -10,6 +10,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use tracemalloc_core::build_id::Hex;
+
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -61,6 +63,26 @@ fn cli(args: &[&str]) -> String {
     tracemalloc::cli::run(args.iter().copied(), &mut out)
         .unwrap_or_else(|e| panic!("tracemalloc CLI: {e}"));
     String::from_utf8(out).unwrap()
+}
+
+/// The error the CLI ends `args` with.
+fn cli_error(args: &[&str]) -> String {
+    let mut out = Vec::new();
+    match tracemalloc::cli::run(args.iter().copied(), &mut out) {
+        Ok(()) => panic!("{args:?} succeeded:\n{}", String::from_utf8_lossy(&out)),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// The first line of `compare OLD NEW --key lineno` with `elfs` as `--elf` files: the top
+/// growth site.
+fn top_growth(old: &str, new: &str, elfs: &[&str]) -> String {
+    let mut args = vec!["compare", old, new, "--key", "lineno"];
+    for elf in elfs {
+        args.extend(["--elf", elf]);
+    }
+    let out = cli(&args);
+    out.lines().next().unwrap_or_default().to_owned()
 }
 
 #[test]
@@ -146,20 +168,15 @@ fn firmware_in_qemu_reports_the_leaking_line_as_top_growth_site() {
         site.ends_with(&leak) && rest.starts_with("size=2880 B, count=45"),
         "top site is the leak:\n{stats}"
     );
-    let compare = cli(&[
-        "compare",
+    let top = top_growth(
         baseline.to_str().unwrap(),
         snapshot.to_str().unwrap(),
-        "--elf",
-        elf,
-        "--key",
-        "lineno",
-    ]);
-    let top = compare.lines().next().unwrap_or_default();
+        &[elf],
+    );
     let (site, rest) = top.split_once(": ").unwrap_or_default();
     assert!(
         site.ends_with(&leak) && rest.starts_with("size=2880 B (+2560 B), count=45 (+40)"),
-        "top growth site is the leak:\n{compare}"
+        "top growth site is the leak: {top}"
     );
 
     // 3. The snapshots name the firmware's build, read from its own flash: the debug info of
@@ -172,25 +189,16 @@ fn firmware_in_qemu_reports_the_leaking_line_as_top_growth_site() {
     // The tracer's memory as the device counts it, per-site totals included.
     let counted = log.lines().find(|l| l.contains("tracer memory=")).unwrap();
     assert_eq!(written.tracer_memory, field(counted, "tracer memory"));
-    let hex: String = elf_build.iter().map(|b| format!("{b:02x}")).collect();
     let info = cli(&["info", snapshot.to_str().unwrap()]);
     assert!(
-        info.contains(&format!("build id:        {hex}\n")),
+        info.contains(&format!("build id:        {}\n", Hex(&elf_build))),
         "{info}"
     );
     let other = out.join("firmware-other-build.elf");
     tracemalloc_tests::copy_as_another_build(elf.as_ref(), &other, Some(!elf_build[0]));
     let other = other.to_str().unwrap();
-    let mut sink = Vec::new();
-    let err = tracemalloc::cli::run(
-        ["stats", snapshot.to_str().unwrap(), "--elf", other],
-        &mut sink,
-    )
-    .unwrap_err();
-    assert!(
-        err.to_string().contains("was written by firmware build"),
-        "{err}"
-    );
+    let err = cli_error(&["stats", snapshot.to_str().unwrap(), "--elf", other]);
+    assert!(err.contains("was written by firmware build"), "{err}");
     written.build_id = tracemalloc_tests::build_id_in(&std::fs::read(other).unwrap())
         .unwrap()
         .0;
@@ -198,21 +206,10 @@ fn firmware_in_qemu_reports_the_leaking_line_as_top_growth_site() {
     tracemalloc::dump(&written, &later_build).unwrap();
     let later_build = later_build.to_str().unwrap();
     let baseline = baseline.to_str().unwrap();
-    let across = cli(&[
-        "compare",
-        baseline,
-        later_build,
-        "--elf",
-        other,
-        "--elf",
-        elf,
-        "--key",
-        "lineno",
-    ]);
-    let top = across.lines().next().unwrap_or_default();
+    let top = top_growth(baseline, later_build, &[other, elf]);
     assert!(
         top.contains(&leak) && top.contains("(+2560 B)"),
-        "each snapshot named by its own build:\n{across}"
+        "each snapshot named by its own build: {top}"
     );
     // Across the first build with ids: the older snapshot names none (as a version 2 file),
     // and takes the one file no other snapshot claims; given only the newer build's, it is
@@ -222,31 +219,14 @@ fn firmware_in_qemu_reports_the_leaking_line_as_top_growth_site() {
     let unnamed_path = out.join("baseline-no-build-id.tmsnap");
     tracemalloc::dump(&unnamed, &unnamed_path).unwrap();
     let unnamed_path = unnamed_path.to_str().unwrap();
-    let across = cli(&[
-        "compare",
-        unnamed_path,
-        later_build,
-        "--elf",
-        other,
-        "--elf",
-        elf,
-        "--key",
-        "lineno",
-    ]);
-    let top = across.lines().next().unwrap_or_default();
+    let top = top_growth(unnamed_path, later_build, &[other, elf]);
     assert!(
         top.contains(&leak) && top.contains("(+2560 B)"),
-        "the snapshot without a build id takes the file no other claims:\n{across}"
+        "the snapshot without a build id takes the file no other claims: {top}"
     );
-    let mut sink = Vec::new();
-    let err = tracemalloc::cli::run(
-        ["compare", unnamed_path, later_build, "--elf", other],
-        &mut sink,
-    )
-    .unwrap_err();
+    let err = cli_error(&["compare", unnamed_path, later_build, "--elf", other]);
     assert!(
-        err.to_string()
-            .contains("each --elf file is the build another snapshot names"),
+        err.contains("each --elf file is the build another snapshot names"),
         "{err}"
     );
 }
