@@ -26,6 +26,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use tracemalloc_core::build_id::Hex;
+use tracemalloc_core::sampling::scaled_total;
 use tracemalloc_core::{DomainFilter, Filter, KeyType, Snapshot, TraceFilter};
 
 use crate::files::{self, Accept, FileError};
@@ -345,6 +346,18 @@ fn load(path: &Path) -> Result<Snapshot, CliError> {
     files::load(path).map_err(CliError::File)
 }
 
+/// The one snapshot of a command, loaded and prepared.
+fn open(
+    path: &PathBuf,
+    options: &Options,
+    firmwares: &mut [Firmware],
+) -> Result<Snapshot, CliError> {
+    let mut snapshots = [load(path)?];
+    prepare(&mut snapshots, &[path], options, firmwares)?;
+    let [snapshot] = snapshots;
+    Ok(snapshot)
+}
+
 /// Prepares the command's `snapshots` (read from `paths`) for printing: names their raw
 /// addresses with the `--elf` files, applies the filters and escapes the names.
 fn prepare(
@@ -392,11 +405,8 @@ fn write_info(snapshot: &Snapshot, path: &Path, out: &mut dyn Write) -> std::io:
     let size = |bytes: u64| tracemalloc_core::format_size(bytes as f64, false);
     let blocks = |n: u64| format!("{n} block{}", if n == 1 { "" } else { "s" });
     let c = &snapshot.counters;
-    // Saturating, as the core's totals are: a forged file's sizes may add up past `u64`.
-    let traced = snapshot
-        .traces
-        .iter()
-        .fold(0u64, |sum, t| sum.saturating_add(t.size));
+    // Saturating (interval 0: the sizes as they are): a forged file's may add up past `u64`.
+    let traced = scaled_total(snapshot.traces.iter().map(|t| t.size), 0);
     writeln!(out, "file:            {}", path.display())?;
     writeln!(
         out,
@@ -466,9 +476,7 @@ pub fn run<S: Into<OsString>>(
     let out = &mut Printable::new(out);
     match &options.command {
         Command::Stats(path) => {
-            let mut snapshots = [load(path)?];
-            prepare(&mut snapshots, &[path], &options, &mut firmwares)?;
-            let [snapshot] = snapshots;
+            let snapshot = open(path, &options, &mut firmwares)?;
             let stats = snapshot
                 .statistics(options.key, options.cumulative)
                 .map_err(|e| usage(e.to_string()))?;
@@ -495,14 +503,11 @@ pub fn run<S: Into<OsString>>(
             }
         }
         Command::Info(path) => {
-            let mut snapshots = [load(path)?];
-            prepare(&mut snapshots, &[path], &options, &mut firmwares)?;
-            write_info(&snapshots[0], path, out).map_err(write_err)?;
+            let snapshot = open(path, &options, &mut firmwares)?;
+            write_info(&snapshot, path, out).map_err(write_err)?;
         }
         Command::Traceback(path) => {
-            let mut snapshots = [load(path)?];
-            prepare(&mut snapshots, &[path], &options, &mut firmwares)?;
-            let [snapshot] = snapshots;
+            let snapshot = open(path, &options, &mut firmwares)?;
             let stats = snapshot
                 .statistics(KeyType::Traceback, false)
                 .map_err(|e| usage(e.to_string()))?;

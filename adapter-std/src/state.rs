@@ -317,13 +317,13 @@ fn on_state_change(inner: &dyn GlobalAlloc) -> bool {
 fn env_config() -> Option<Config> {
     let value = read_env("RUST_TRACEMALLOC")?;
     let value = value.trim();
-    if value.is_empty() || value == "0" {
+    if value.is_empty() {
         return None;
     }
     // The warnings name the limit.
     const _: () = assert!(tracemalloc_core::MAX_NFRAME == 65535);
     let nframe = match value.parse::<usize>() {
-        Ok(0) => return None, // "00" as "0": off
+        Ok(0) => return None, // "0", "00": off
         Ok(n) if n <= tracemalloc_core::MAX_NFRAME => n,
         Ok(_) => {
             warn(b"tracemalloc: RUST_TRACEMALLOC is more than 65535 frames; using 65535\n");
