@@ -9,6 +9,8 @@ use tracemalloc_core::codec::binary::{DecodeError, MAGIC};
 use tracemalloc_core::codec::json::JsonError;
 use tracemalloc_core::Snapshot;
 
+use crate::headroom;
+
 /// Why a snapshot file could not be read or written.
 #[derive(Debug)]
 pub enum FileError {
@@ -51,6 +53,16 @@ impl fmt::Display for FileError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             FileError::Io { path, source } => write!(f, "{path}: {source}"),
+            FileError::Binary {
+                path,
+                source: DecodeError::TooLarge { limit },
+            } => write!(
+                f,
+                "{path}: loading this snapshot would take more than {} MiB of memory, half of \
+                 what this process can still get (a damaged or forged file, or too little \
+                 memory here)",
+                limit.div_ceil(1 << 20)
+            ),
             // The decoders' errors say what they found (truncated, damaged, another version).
             FileError::Binary { path, source } => write!(f, "{path}: {source}"),
             FileError::Json { path, source } => write!(f, "{path}: {source}"),
@@ -78,7 +90,10 @@ pub fn dump(snapshot: &Snapshot, path: impl AsRef<Path>) -> Result<(), FileError
 
 /// Reads a snapshot written by [`dump`], by a device, or in the JSON form (Python's
 /// `Snapshot.load`), from a regular file or a pipe (`/dev/stdin`, a shell's `<(...)`). A file
-/// whose first 4 KiB begin neither form (or hold only whitespace) is not read to its end.
+/// whose first 4 KiB begin neither form (or hold only whitespace) is not read to its end. A
+/// binary file whose snapshot would take more than half the memory this process can still get
+/// is refused ([`DecodeError::TooLarge`]) before it takes it: the other half is for the
+/// reports made from it.
 pub fn load(path: impl AsRef<Path>) -> Result<Snapshot, FileError> {
     let path = path.as_ref();
     let name = path.display().to_string();
@@ -206,7 +221,7 @@ fn without_bom(bytes: &[u8]) -> &[u8] {
     bytes.strip_prefix(BOM).unwrap_or(bytes)
 }
 
-/// Parses the bytes of a snapshot file of either form.
+/// Parses the bytes of a snapshot file of either form, within the memory [`load`] allows.
 pub fn parse(bytes: &[u8]) -> Result<Snapshot, FileError> {
     parse_named(bytes, String::new())
 }
@@ -215,7 +230,11 @@ pub fn parse(bytes: &[u8]) -> Result<Snapshot, FileError> {
 fn parse_named(bytes: &[u8], path: String) -> Result<Snapshot, FileError> {
     match form(bytes) {
         Some(Form::Binary) => {
-            return Snapshot::load_bytes(bytes).map_err(|source| FileError::Binary { path, source })
+            let limit = headroom::available().map_or(usize::MAX, |bytes| {
+                usize::try_from(bytes / 2).unwrap_or(usize::MAX)
+            });
+            return Snapshot::load_bytes_within(bytes, limit)
+                .map_err(|source| FileError::Binary { path, source });
         }
         Some(Form::Json) => {}
         _ => return Err(FileError::NotASnapshot { path }),

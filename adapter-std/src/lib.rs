@@ -62,6 +62,7 @@ pub mod cli;
 mod deferred;
 mod files;
 mod guard;
+mod headroom;
 mod interner;
 mod plumbing;
 mod printable;

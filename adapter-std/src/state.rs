@@ -28,6 +28,7 @@ use crate::accounting;
 use crate::capture::{capture, Capture, Stack};
 use crate::deferred;
 use crate::guard::Guard;
+use crate::headroom::{self, Resource};
 use crate::interner;
 use crate::sampler;
 use crate::shadow;
@@ -592,20 +593,8 @@ fn shadow_chosen(config: &Config) -> bool {
     }
 }
 
-#[cfg(unix)]
 fn address_space_limited() -> bool {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `getrlimit` writes the limit into `limit`, a valid out-parameter.
-    let read = unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut limit) } == 0;
-    !read || limit.rlim_cur != libc::RLIM_INFINITY
-}
-
-#[cfg(not(unix))]
-fn address_space_limited() -> bool {
-    false
+    headroom::soft_limit(Resource::AddressSpace) != Ok(None)
 }
 
 fn capture_depth(config: &Config) -> usize {

@@ -12,6 +12,72 @@ use tracemalloc_core::{
     TracebackStorage, Tracer, TracerStorage,
 };
 
+/// Counts this thread's heap: the property tests run on several threads at once, and each
+/// measures only its own decoding.
+mod heap {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    pub struct Counting;
+
+    thread_local! {
+        // (live bytes, peak live bytes), signed: a thread may free blocks another allocated.
+        // Const-initialised, no destructor: reading them inside the allocator neither
+        // allocates nor recurses.
+        static BYTES: Cell<(isize, isize)> = const { Cell::new((0, 0)) };
+    }
+
+    fn add(bytes: usize) {
+        let _ = BYTES.try_with(|b| {
+            let (live, peak) = b.get();
+            let live = live + bytes as isize;
+            b.set((live, peak.max(live)));
+        });
+    }
+
+    fn sub(bytes: usize) {
+        let _ = BYTES.try_with(|b| {
+            let (live, peak) = b.get();
+            b.set((live - bytes as isize, peak));
+        });
+    }
+
+    // SAFETY: every call is forwarded to `System` unchanged; the counting touches only
+    // thread-local cells.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            add(layout.size());
+            // SAFETY: the caller's contract, forwarded.
+            unsafe { System.alloc(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            sub(layout.size());
+            // SAFETY: the caller's contract, forwarded.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            add(new_size);
+            sub(layout.size());
+            // SAFETY: the caller's contract, forwarded.
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+    }
+
+    /// The most this thread's heap grew above its level at the start while `f` ran.
+    pub fn peak_growth<R>(f: impl FnOnce() -> R) -> (R, usize) {
+        let start = BYTES.with(|b| {
+            let (live, _) = b.get();
+            b.set((live, live));
+            live
+        });
+        let r = f();
+        (r, (BYTES.with(|b| b.get().1) - start) as usize)
+    }
+}
+
+#[global_allocator]
+static HEAP: heap::Counting = heap::Counting;
+
 const FILES: [&str; 4] = ["src/main.rs", "src/cache.rs", "src/ünï.rs", "<unknown>"];
 const FUNCTIONS: [&str; 3] = [
     "app::main",
@@ -266,6 +332,24 @@ proptest! {
         }
     }
 
+    /// A decode given a memory limit allocates no more than it, and refuses the file when it
+    /// would need more: checked on each file at the smallest limit that loads it.
+    #[test]
+    fn decoding_stays_within_its_memory_limit(s in snapshot(), allocs in allocs()) {
+        let mut arrays = Arrays::new();
+        let tracer = arrays.tracer(&allocs);
+        for bytes in [s.dump_bytes(), device_bytes(&tracer)] {
+            let (least, peak) = least_memory_limit(&bytes);
+            prop_assert!(peak <= least, "took {} B within a limit of {} B", peak, least);
+            // The charges are estimates, not wild ones: a limit of a quarter of them would do.
+            prop_assert!(least <= 4 * peak + 256, "limit {} B for {} B taken", least, peak);
+            if least > 0 {
+                let err = Snapshot::load_bytes_within(&bytes, least - 1).unwrap_err();
+                prop_assert_eq!(err, DecodeError::TooLarge { limit: least as u64 - 1 });
+            }
+        }
+    }
+
     /// Several changed bytes anywhere never make the decoder panic.
     #[test]
     fn damaged_files_never_panic(
@@ -278,6 +362,99 @@ proptest! {
             bytes[i] = value;
         }
         let _ = Snapshot::load_bytes(&bytes);
+    }
+}
+
+/// The smallest limit under which `bytes` loads, and the heap the load took under it.
+fn least_memory_limit(bytes: &[u8]) -> (usize, usize) {
+    let (mut low, mut high) = (0usize, 1usize << 30);
+    assert!(Snapshot::load_bytes_within(bytes, high).is_ok());
+    while low < high {
+        let mid = low + (high - low) / 2;
+        match Snapshot::load_bytes_within(bytes, mid) {
+            Ok(_) => high = mid,
+            Err(DecodeError::TooLarge { .. }) => low = mid + 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let (loaded, peak) = heap::peak_growth(|| Snapshot::load_bytes_within(bytes, low));
+    assert!(loaded.is_ok());
+    (low, peak)
+}
+
+/// Files that describe far more than they hold: each byte of one of them is worth tens of
+/// bytes decoded. Within a limit they are refused, and the decode stops before taking it.
+#[test]
+fn forged_files_are_refused_within_a_memory_limit() {
+    const N: usize = 200_000;
+    let header = |body: &mut Vec<u8>| {
+        body.extend_from_slice(b"TMSNAP\x03");
+        // Limit, five counters, tracer memory, sample interval, no build id, no strings.
+        body.extend_from_slice(&[16, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    };
+    let finish = |mut body: Vec<u8>| {
+        body.push(0); // no traces
+        let crc = {
+            let mut c = tracemalloc_core::codec::binary::Crc32::new();
+            c.update(&body);
+            c.finish()
+        };
+        body.extend_from_slice(&crc.to_le_bytes());
+        body
+    };
+    let varint = |body: &mut Vec<u8>, mut v: usize| {
+        while v >= 0x80 {
+            body.push(v as u8 | 0x80);
+            v >>= 7;
+        }
+        body.push(v as u8);
+    };
+    // One traceback of N addresses, all the same (one byte each).
+    let mut addresses = Vec::new();
+    header(&mut addresses);
+    addresses.extend_from_slice(&[1, 1, 0]); // one traceback: addresses, total_nframe 0
+    varint(&mut addresses, N);
+    addresses.extend(std::iter::repeat_n(0u8, N));
+    let addresses = finish(addresses);
+    // N empty tracebacks (two bytes each).
+    let mut empty = Vec::new();
+    header(&mut empty);
+    varint(&mut empty, N);
+    for _ in 0..N {
+        empty.extend_from_slice(&[0, 0]);
+    }
+    let empty = finish(empty);
+
+    for bytes in [addresses, empty] {
+        let (least, peak) = least_memory_limit(&bytes);
+        assert!(peak <= least, "took {peak} B within a limit of {least} B");
+        assert!(
+            least > 20 * bytes.len(),
+            "{least} B for a file of {}",
+            bytes.len()
+        );
+        let limit = bytes.len() * 10;
+        let (refused, taken) = heap::peak_growth(|| Snapshot::load_bytes_within(&bytes, limit));
+        assert_eq!(
+            refused.unwrap_err(),
+            DecodeError::TooLarge {
+                limit: limit as u64
+            }
+        );
+        assert!(
+            taken <= limit,
+            "took {taken} B before refusing at {limit} B"
+        );
+        assert_eq!(
+            DecodeError::TooLarge {
+                limit: limit as u64
+            }
+            .to_string(),
+            format!(
+                "loading this snapshot would take more than {} MiB of memory, the limit",
+                limit.div_ceil(1 << 20)
+            )
+        );
     }
 }
 

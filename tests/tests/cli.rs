@@ -611,3 +611,72 @@ fn elf_resolution_keeps_frames_resolved_when_taken() {
     let out = stats_with_this_binary_as_elf("host.tmsnap", &later).unwrap();
     assert!(out.starts_with("src/cache.rs:42: size=30.0 KiB"), "{out}");
 }
+
+/// A file that describes far more than it holds (forged: one traceback of millions of one-byte
+/// addresses, each 48 bytes once loaded) is refused in one line, within the memory the process
+/// may take, instead of ending it with an allocation failure.
+#[test]
+#[cfg(target_os = "linux")]
+fn a_file_describing_more_than_memory_allows_is_refused() {
+    use std::os::unix::process::CommandExt;
+    use tracemalloc_core::codec::binary::Crc32;
+
+    const NAME: &str = "a_file_describing_more_than_memory_allows_is_refused";
+    const ADDRESSES: usize = 8_000_000; // 8 MB of file, 384 MB loaded
+    const ADDRESS_SPACE: u64 = 256 << 20;
+    if let Some(file) = std::env::var_os("TRACEMALLOC_TEST_FORGED") {
+        // The child, under the limit: reports as the command does.
+        if let Err(e) = cli(&["stats", file.to_str().unwrap()]) {
+            eprintln!("tracemalloc: {e}");
+            std::process::exit(e.exit_code());
+        }
+        std::process::exit(0);
+    }
+
+    // Header: version 3, limit 16, five counters, tracer memory, sample interval, no build id,
+    // no strings; one traceback with addresses, total_nframe 0; the addresses; no traces.
+    let mut body = b"TMSNAP\x03".to_vec();
+    body.extend_from_slice(&[16, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0]);
+    let mut n = ADDRESSES;
+    while n >= 0x80 {
+        body.push(n as u8 | 0x80);
+        n >>= 7;
+    }
+    body.push(n as u8);
+    body.resize(body.len() + ADDRESSES + 1, 0);
+    let mut crc = Crc32::new();
+    crc.update(&body);
+    body.extend_from_slice(&crc.finish().to_le_bytes());
+    let file = temp("forged.tmsnap", &body);
+
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap());
+    child
+        .args(["--exact", NAME, "--test-threads=1", "--nocapture"])
+        .env("TRACEMALLOC_TEST_FORGED", &file);
+    // SAFETY: `setrlimit` is async-signal-safe and touches no memory of the parent's.
+    unsafe {
+        child.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: ADDRESS_SPACE,
+                rlim_max: ADDRESS_SPACE,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &limit) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let out = child.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let said = format!(
+        "tracemalloc: {}: loading this snapshot would take more than ",
+        file.display()
+    );
+    assert!(stderr.contains(&said), "{stderr}");
+    assert!(
+        stderr.contains("MiB of memory, half of what this process can still get"),
+        "{stderr}"
+    );
+}

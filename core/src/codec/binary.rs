@@ -358,6 +358,12 @@ pub enum DecodeError {
         /// What is wrong with it.
         what: &'static str,
     },
+    /// Decoding would take more memory than the caller allows
+    /// ([`Snapshot::load_bytes_within`]); refused before taking it.
+    TooLarge {
+        /// The limit, in bytes.
+        limit: u64,
+    },
 }
 
 impl fmt::Display for DecodeError {
@@ -378,6 +384,11 @@ impl fmt::Display for DecodeError {
             DecodeError::Invalid { at, what } => {
                 write!(f, "invalid snapshot file at byte {at}: {what}")
             }
+            DecodeError::TooLarge { limit } => write!(
+                f,
+                "loading this snapshot would take more than {} MiB of memory, the limit",
+                limit.div_ceil(1 << 20)
+            ),
         }
     }
 }
@@ -464,7 +475,20 @@ mod with_alloc {
         /// `Snapshot.load()` without the file. Tracebacks that came without frames (a device
         /// snapshot) show each address as [`Frame::unresolved`] until
         /// [`Snapshot::resolve_addresses`] names them.
+        ///
+        /// A file of `n` bytes may describe up to about `100 * n` bytes of snapshot (a frame
+        /// takes one or two bytes in the file and 40 in memory): for files from elsewhere,
+        /// [`Snapshot::load_bytes_within`] bounds that.
         pub fn load_bytes(data: &[u8]) -> Result<Snapshot, DecodeError> {
+            Snapshot::load_bytes_within(data, usize::MAX)
+        }
+
+        /// [`Snapshot::load_bytes`], refusing with [`DecodeError::TooLarge`] a file whose
+        /// snapshot would take more than `max_memory` bytes of heap, allocator overhead
+        /// included. The refusal comes before the memory is taken: each array is charged
+        /// against the limit before it is allocated, so a forged file cannot exhaust memory
+        /// (and end the program, or wake the kernel's OOM killer) on its way to an error.
+        pub fn load_bytes_within(data: &[u8], max_memory: usize) -> Result<Snapshot, DecodeError> {
             let header = MAGIC.len() + 1;
             if data.len() < MAGIC.len() {
                 return Err(if MAGIC.starts_with(data) {
@@ -493,7 +517,7 @@ mod with_alloc {
             if found != expected {
                 return Err(DecodeError::Checksum { expected, found });
             }
-            decode_body(&content[header..], header, version)
+            decode_body(&content[header..], header, version, max_memory)
         }
     }
 
@@ -519,7 +543,14 @@ mod with_alloc {
         pos: usize,
         /// Offset of `data` in the file, for error positions.
         base: usize,
+        /// Heap bytes the snapshot may still take (`load_bytes_within`).
+        budget: usize,
+        limit: usize,
     }
+
+    /// Bytes a heap allocator takes beside each allocation (glibc's header, rounded): charged
+    /// with every allocation, since a forged file's many small ones cost mostly this.
+    const ALLOCATION_OVERHEAD: usize = 16;
 
     impl<'a> Reader<'a> {
         fn at(&self) -> usize {
@@ -579,6 +610,35 @@ mod with_alloc {
             }
         }
 
+        /// Takes `bytes` of heap from the budget, or refuses the file.
+        fn charge(&mut self, bytes: usize) -> Result<(), DecodeError> {
+            match self.budget.checked_sub(bytes) {
+                Some(left) => {
+                    self.budget = left;
+                    Ok(())
+                }
+                None => Err(DecodeError::TooLarge {
+                    limit: self.limit as u64,
+                }),
+            }
+        }
+
+        /// [`Reader::charge`]s an allocation of `n` elements of `T` (none when `n` is 0).
+        fn charge_array<T>(&mut self, n: usize) -> Result<(), DecodeError> {
+            if n == 0 {
+                return Ok(());
+            }
+            let bytes = n
+                .checked_mul(core::mem::size_of::<T>())
+                .and_then(|b| b.checked_add(ALLOCATION_OVERHEAD));
+            self.charge(bytes.unwrap_or(usize::MAX))
+        }
+
+        /// [`Reader::charge`]s a string shared through an `Arc<str>` of `len` bytes.
+        fn charge_shared_str(&mut self, len: usize) -> Result<(), DecodeError> {
+            self.charge_array::<u8>(len.saturating_add(2 * core::mem::size_of::<usize>()))
+        }
+
         fn bytes(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
             let Some(bytes) = self.data.get(self.pos..self.pos.saturating_add(n)) else {
                 return Err(DecodeError::Truncated { at: self.at() });
@@ -588,8 +648,19 @@ mod with_alloc {
         }
     }
 
-    fn decode_body(data: &[u8], base: usize, version: u8) -> Result<Snapshot, DecodeError> {
-        let mut r = Reader { data, pos: 0, base };
+    fn decode_body(
+        data: &[u8],
+        base: usize,
+        version: u8,
+        max_memory: usize,
+    ) -> Result<Snapshot, DecodeError> {
+        let mut r = Reader {
+            data,
+            pos: 0,
+            base,
+            budget: max_memory,
+            limit: max_memory,
+        };
         let traceback_limit = r.number("traceback limit above 65535")?;
         let counters = Counters {
             current: r.varint()?,
@@ -613,12 +684,14 @@ mod with_alloc {
                     what: "build id longer than 255 bytes",
                 });
             }
+            r.charge_array::<u8>(len)?;
             r.bytes(len)?.to_vec()
         } else {
             Vec::new()
         };
 
         let n = r.count(1, "string count exceeds the file")?;
+        r.charge_array::<Arc<str>>(n)?;
         let mut strings: Vec<Arc<str>> = Vec::with_capacity(n);
         for _ in 0..n {
             let len = r.count(1, "string length exceeds the file")?;
@@ -628,6 +701,7 @@ mod with_alloc {
                 at,
                 what: "string is not UTF-8",
             })?;
+            r.charge_shared_str(len)?;
             strings.push(Arc::from(s));
         }
         let string = |r: &Reader<'_>, i: u64| -> Result<Arc<str>, DecodeError> {
@@ -639,11 +713,15 @@ mod with_alloc {
         };
 
         let n = r.count(2, "traceback count exceeds the file")?;
+        r.charge_array::<Traceback>(n)?;
+        r.charge_array::<Vec<usize>>(n)?;
         let mut tracebacks = Vec::with_capacity(n);
         let mut all_addresses = Vec::with_capacity(n);
         // One `0x…` name per distinct address: tracebacks share their outer frames, and a
-        // forged file repeating one address would otherwise cost a string per byte.
+        // forged file repeating one address would otherwise cost a string per byte. The
+        // frames standing for no location are shared as well.
         let mut unresolved: HashMap<usize, Frame> = HashMap::new();
+        let mut placeholders: [Option<Frame>; 2] = [None, None];
         for _ in 0..n {
             let flags = r.varint()?;
             if flags & !(FLAG_ADDRESSES | FLAG_FRAMES | FLAG_STORE_FULL) != 0 {
@@ -653,6 +731,7 @@ mod with_alloc {
             let mut addresses = Vec::new();
             if flags & FLAG_ADDRESSES != 0 {
                 let n = r.count(1, "address count exceeds the file")?;
+                r.charge_array::<usize>(n)?;
                 addresses.reserve_exact(n);
                 let mut prev = 0u64;
                 for _ in 0..n {
@@ -666,6 +745,7 @@ mod with_alloc {
             }
             let frames = if flags & FLAG_FRAMES != 0 {
                 let n = r.count(3, "frame count exceeds the file")?;
+                r.charge_array::<Frame>(n)?;
                 let mut frames = Vec::with_capacity(n);
                 for _ in 0..n {
                     let file = r.varint()?;
@@ -682,16 +762,31 @@ mod with_alloc {
                     });
                 }
                 frames
-            } else if flags & FLAG_STORE_FULL != 0 {
-                alloc::vec![Frame::store_full()]
-            } else if !addresses.is_empty() {
-                let mut named = |a: usize| {
+            } else if !addresses.is_empty() && flags & FLAG_STORE_FULL == 0 {
+                r.charge_array::<Frame>(addresses.len())?;
+                let mut frames = Vec::with_capacity(addresses.len());
+                for &a in &addresses {
+                    if !unresolved.contains_key(&a) {
+                        // The map's slot, counted for its growth (the old table and a new one
+                        // twice its size), and the name.
+                        r.charge(4 * core::mem::size_of::<(usize, Frame, u8)>())?;
+                        r.charge_shared_str(2 + 2 * core::mem::size_of::<usize>())?;
+                    }
                     let frame = unresolved.entry(a).or_insert_with(|| Frame::unresolved(a));
-                    frame.clone()
-                };
-                addresses.iter().map(|&a| named(a)).collect()
+                    frames.push(frame.clone());
+                }
+                frames
             } else {
-                alloc::vec![Frame::unknown()]
+                r.charge_array::<Frame>(1)?;
+                let full = flags & FLAG_STORE_FULL != 0;
+                let shared = placeholders[usize::from(full)].get_or_insert_with(|| {
+                    if full {
+                        Frame::store_full()
+                    } else {
+                        Frame::unknown()
+                    }
+                });
+                alloc::vec![shared.clone()]
             };
             tracebacks.push(Traceback {
                 frames,
@@ -701,6 +796,7 @@ mod with_alloc {
         }
 
         let n = r.count(3, "trace count exceeds the file")?;
+        r.charge_array::<Trace>(n)?;
         let mut traces = Vec::with_capacity(n);
         for _ in 0..n {
             let domain = r.number("domain above u32")?;
