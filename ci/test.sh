@@ -25,12 +25,22 @@ need_disk() {
 
 install() { job install; bash ci/install.sh; }
 
-format() { job "cargo fmt --check"; cargo fmt --all -- --check; }
+# The example firmware is a workspace of its own (it links for Cortex-M only).
+firmware=adapter-embedded/firmware
+
+format() {
+  job "cargo fmt --check"
+  cargo fmt --all -- --check
+  (cd "$firmware" && cargo fmt -- --check)
+}
 
 lint() {
   job "cargo clippy -D warnings"
   cargo clippy --workspace --all-targets -- -D warnings
   cargo clippy -p tracemalloc-core --all-targets --all-features -- -D warnings
+  for features in --all-features --no-default-features; do
+    (cd "$firmware" && cargo clippy -q --release "$features" -- -D warnings)
+  done
 }
 
 no_std() {

@@ -200,10 +200,7 @@ fn main() -> ! {
     // Swapped, not loaded: a static never written could be folded into a constant.
     if DATA_COPIED.swap(0, Ordering::Relaxed) != 0x5eed_1234 {
         defmt::error!("check: FAILED: .data was not copied from flash (a linker script moved it)");
-        debug::exit(EXIT_FAILURE);
-        // Never past here with a broken image (without a debugger, `exit` does not return).
-        #[allow(clippy::empty_loop)]
-        loop {}
+        exit(EXIT_FAILURE);
     }
     // SAFETY: called once, before the first allocation; the memory is used by the heap only.
     unsafe { llff().init(core::ptr::addr_of_mut!(HEAP_MEMORY) as usize, HEAP_SIZE) };
@@ -258,8 +255,16 @@ fn main() -> ! {
         true
     };
     core::hint::black_box(&config);
-    debug::exit(if ok { EXIT_SUCCESS } else { EXIT_FAILURE });
-    loop {}
+    exit(if ok { EXIT_SUCCESS } else { EXIT_FAILURE })
+}
+
+/// Ends the run with `status` (QEMU exits through semihosting); on a board without a debugger,
+/// where `exit` returns, the core sleeps instead.
+fn exit(status: debug::ExitStatus) -> ! {
+    debug::exit(status);
+    loop {
+        cortex_m::asm::wfi();
+    }
 }
 
 /// Prints the reports, dumps the snapshot and checks the counters; true when all is well.
@@ -367,14 +372,12 @@ mod bench {
         pairs();
         bench_mark(6);
         defmt::info!("bench: {=u32} pairs between each mark", PAIRS);
-        cortex_m_semihosting::debug::exit(cortex_m_semihosting::debug::EXIT_SUCCESS);
-        loop {}
+        super::exit(cortex_m_semihosting::debug::EXIT_SUCCESS)
     }
 }
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
     defmt::error!("panic: {}", defmt::Display2Format(info));
-    debug::exit(EXIT_FAILURE);
-    loop {}
+    exit(EXIT_FAILURE)
 }
