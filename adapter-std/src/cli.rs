@@ -293,44 +293,50 @@ impl Firmware {
     }
 }
 
-/// The `--elf` file that names the raw addresses of `snapshot` (read from `path`): the one of
-/// the build the snapshot says wrote it. A snapshot that does not say takes the one file that
-/// is not the build another snapshot of the command names (`claimed`): in a comparison across
-/// the first build with ids, the older snapshot has none. Another build's file is refused: its
-/// lines would look right and be wrong.
-fn firmware_for<'f>(
-    firmwares: &'f mut [Firmware],
+/// The `--elf` files that may name the raw addresses of `snapshot` (read from `path`), as
+/// indices into `firmwares`, in argument order: those of the build the snapshot says wrote it
+/// (a stripped copy and the file with debug info may both be given). A snapshot that does not
+/// say takes the one build that is not the build another snapshot of the command names
+/// (`claimed`): in a comparison across the first build with ids, the older snapshot has none.
+/// Another build's file is refused: its lines would look right and be wrong.
+fn firmwares_for(
+    firmwares: &[Firmware],
     snapshot: &Snapshot,
     path: &Path,
     claimed: &[Vec<u8>],
-) -> Result<&'f mut Firmware, CliError> {
+) -> Result<Vec<usize>, CliError> {
     if snapshot.build_id.is_empty() {
-        let mut free = firmwares
-            .iter_mut()
-            .filter(|f| !claimed.iter().any(|id| f.is_build(id)));
-        return match (free.next(), free.next()) {
-            (Some(only), None) => Ok(only),
-            (None, _) => Err(CliError::Failed(format!(
+        let free: Vec<usize> = (0..firmwares.len())
+            .filter(|&i| !claimed.iter().any(|id| firmwares[i].is_build(id)))
+            .collect();
+        // Several files of one known build are that build's copies.
+        let one_build = match free.first().map(|&i| &firmwares[i].build_id) {
+            Some(Ok(Some(id))) => free.iter().all(|&i| firmwares[i].is_build(id)),
+            _ => free.len() == 1,
+        };
+        return match free.len() {
+            0 => Err(CliError::Failed(format!(
                 "{} does not say which firmware build wrote it, and each --elf file is the build \
                  another snapshot names: give its own --elf too",
                 path.display()
             ))),
-            (Some(_), Some(_)) if claimed.is_empty() => Err(CliError::Failed(format!(
-                "{} does not say which firmware build wrote it, so it takes a single --elf file",
+            _ if one_build => Ok(free),
+            _ if claimed.is_empty() => Err(CliError::Failed(format!(
+                "{} does not say which firmware build wrote it, so it takes --elf files of one build only",
                 path.display()
             ))),
-            (Some(_), Some(_)) => Err(CliError::Failed(format!(
-                "{} does not say which firmware build wrote it: give one --elf file for it, \
-                 beside those of the builds the other snapshot names",
+            _ => Err(CliError::Failed(format!(
+                "{} does not say which firmware build wrote it: give --elf files of one build for \
+                 it, beside those of the builds the other snapshot names",
                 path.display()
             ))),
         };
     }
-    if let Some(at) = firmwares
-        .iter()
-        .position(|f| f.is_build(&snapshot.build_id))
-    {
-        return Ok(&mut firmwares[at]);
+    let of_build: Vec<usize> = (0..firmwares.len())
+        .filter(|&i| firmwares[i].is_build(&snapshot.build_id))
+        .collect();
+    if !of_build.is_empty() {
+        return Ok(of_build);
     }
     let given: Vec<String> = firmwares.iter().map(Firmware::describe).collect();
     Err(CliError::Failed(format!(
@@ -339,6 +345,49 @@ fn firmware_for<'f>(
         path.display(),
         Hex(&snapshot.build_id),
         given.join(", ")
+    )))
+}
+
+/// Names the raw addresses of `snapshot` (read from `path`) with the first of `candidates`
+/// that has a source line for any of them; refused when none has.
+fn resolve_with(
+    snapshot: &mut Snapshot,
+    path: &Path,
+    firmwares: &mut [Firmware],
+    candidates: &[usize],
+) -> Result<(), CliError> {
+    let mut looked_up = 0;
+    for (n, &at) in candidates.iter().enumerate() {
+        let last = n + 1 == candidates.len();
+        // The snapshot is resolved in place by the last file only: a file without lines
+        // leaves names that a second try would not look up again.
+        let mut trial = (!last).then(|| snapshot.clone());
+        let target = trial.as_mut().unwrap_or(snapshot);
+        let (looked, with_lines) = target.resolve_raw_addresses(&mut firmwares[at].resolver);
+        if looked == 0 || with_lines > 0 {
+            if let Some(resolved) = trial {
+                *snapshot = resolved;
+            }
+            return Ok(());
+        }
+        looked_up = looked;
+    }
+    let why = if snapshot.build_id.is_empty() {
+        "is it the firmware that wrote the snapshot?"
+    } else if candidates.len() == 1 {
+        "it is the build that wrote the snapshot: was its debug info stripped?"
+    } else {
+        "they are the build that wrote the snapshot: was their debug info stripped?"
+    };
+    let files: Vec<String> = candidates
+        .iter()
+        .map(|&at| firmwares[at].path.display().to_string())
+        .collect();
+    Err(CliError::Failed(format!(
+        "{} {} a source line for none of the {looked_up} code addresses of {}: {why}",
+        files.join(" and "),
+        if candidates.len() == 1 { "has" } else { "have" },
+        path.display()
     )))
 }
 
@@ -375,20 +424,8 @@ fn prepare(
         // Only a device's raw addresses: a host snapshot's frames were resolved when it was
         // taken, at load addresses the firmware's file does not know.
         if !firmwares.is_empty() && snapshot.has_raw_addresses() {
-            let firmware = firmware_for(firmwares, snapshot, path, &claimed)?;
-            let (looked_up, with_lines) = snapshot.resolve_raw_addresses(&mut firmware.resolver);
-            if looked_up > 0 && with_lines == 0 {
-                let why = if snapshot.build_id.is_empty() {
-                    "is it the firmware that wrote the snapshot?"
-                } else {
-                    "it is the build that wrote the snapshot: was its debug info stripped?"
-                };
-                return Err(CliError::Failed(format!(
-                    "{} has a source line for none of the {looked_up} code addresses of {}: {why}",
-                    firmware.path.display(),
-                    path.display()
-                )));
-            }
+            let candidates = firmwares_for(firmwares, snapshot, path, &claimed)?;
+            resolve_with(snapshot, path, firmwares, &candidates)?;
         }
         if !options.filters.is_empty() {
             *snapshot = snapshot.filter_traces(&options.filters);

@@ -544,7 +544,7 @@ fn elf_of_another_build_is_refused() {
     let err = stats(&[&other, &exe]).unwrap_err().to_string();
     assert!(
         err.ends_with(
-            "does not say which firmware build wrote it, so it takes a single --elf file"
+            "does not say which firmware build wrote it, so it takes --elf files of one build only"
         ),
         "{err}"
     );
@@ -556,7 +556,8 @@ fn elf_of_another_build_is_refused() {
     let err = compare(&[&exe, &other, &stripped]).unwrap_err().to_string();
     assert!(
         err.ends_with(
-            "give one --elf file for it, beside those of the builds the other snapshot names"
+            "give --elf files of one build for it, beside those of the builds the other snapshot \
+             names"
         ),
         "{err}"
     );

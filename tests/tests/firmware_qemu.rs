@@ -229,4 +229,44 @@ fn firmware_in_qemu_reports_the_leaking_line_as_top_growth_site() {
         err.contains("each --elf file is the build another snapshot names"),
         "{err}"
     );
+
+    // 4. A build's stripped copy (what is flashed) beside its file with debug info, in either
+    // order: the one with lines names the addresses, and the stripped one alone is told so.
+    let stripped = out.join("firmware-stripped.elf");
+    let status = Command::new("arm-none-eabi-objcopy")
+        .args(["--strip-debug", elf, stripped.to_str().unwrap()])
+        .status()
+        .expect("arm-none-eabi-objcopy runs (ci/install.sh installs it)");
+    assert!(status.success());
+    let stripped = stripped.to_str().unwrap();
+    for elfs in [[stripped, elf], [elf, stripped]] {
+        let top = top_growth(baseline, snapshot.to_str().unwrap(), &elfs);
+        assert!(
+            top.contains(&leak) && top.contains("(+2560 B)"),
+            "{elfs:?}: {top}"
+        );
+        // The snapshot without an id takes the copies of the one build no other claims.
+        let top = top_growth(unnamed_path, later_build, &[other, elfs[0], elfs[1]]);
+        assert!(
+            top.contains(&leak) && top.contains("(+2560 B)"),
+            "{elfs:?}: {top}"
+        );
+    }
+    let err = cli_error(&["stats", snapshot.to_str().unwrap(), "--elf", stripped]);
+    assert!(err.contains("was its debug info stripped?"), "{err}");
+    let err = cli_error(&[
+        "stats",
+        snapshot.to_str().unwrap(),
+        "--elf",
+        stripped,
+        "--elf",
+        stripped,
+    ]);
+    assert!(
+        err.contains(" have a source line for none of the ")
+            && err.ends_with(
+                "they are the build that wrote the snapshot: was their debug info stripped?"
+            ),
+        "{err}"
+    );
 }
