@@ -9,6 +9,7 @@ pub(crate) enum Resource {
     /// `RLIMIT_AS`: the address space, which reservations count against too.
     AddressSpace,
     /// `RLIMIT_DATA`: the heap and private mappings.
+    #[cfg(target_os = "linux")] // read where `available` knows the use it limits
     Data,
 }
 
@@ -21,6 +22,7 @@ pub(crate) fn soft_limit(resource: Resource) -> Result<Option<u64>, ()> {
     };
     let which = match resource {
         Resource::AddressSpace => libc::RLIMIT_AS,
+        #[cfg(target_os = "linux")]
         Resource::Data => libc::RLIMIT_DATA,
     };
     // SAFETY: `getrlimit` writes the limit into `limit`, a valid out-parameter.
