@@ -359,7 +359,7 @@ pub enum DecodeError {
         what: &'static str,
     },
     /// Decoding would take more memory than the caller allows
-    /// ([`Snapshot::load_bytes_within`]); refused before taking it.
+    /// (`Snapshot::load_bytes_within`); refused before taking it.
     TooLarge {
         /// The limit, in bytes.
         limit: u64,
