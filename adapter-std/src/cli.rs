@@ -30,6 +30,7 @@ use tracemalloc_core::sampling::scaled_total;
 use tracemalloc_core::{DomainFilter, Filter, KeyType, Snapshot, TraceFilter};
 
 use crate::files::{self, Accept, FileError};
+use crate::headroom;
 use crate::printable::{self, Printable};
 use crate::source::SourceLines;
 use crate::symbolize::{self, ElfResolver};
@@ -363,7 +364,17 @@ fn resolve_with(
         // leaves names that a second try would not look up again.
         let mut trial = (!last).then(|| snapshot.clone());
         let target = trial.as_mut().unwrap_or(snapshot);
-        let (looked, with_lines) = target.resolve_raw_addresses(&mut firmwares[at].resolver);
+        let firmware = &mut firmwares[at];
+        let (looked, with_lines) = target
+            .resolve_raw_addresses_within(&mut firmware.resolver, headroom::for_one_step())
+            .map_err(|over| {
+                let doing = format!("naming its addresses with {}", firmware.path.display());
+                CliError::Failed(format!(
+                    "{}: {}",
+                    path.display(),
+                    headroom::refusal(&doing, over.limit)
+                ))
+            })?;
         if looked == 0 || with_lines > 0 {
             if let Some(resolved) = trial {
                 *snapshot = resolved;

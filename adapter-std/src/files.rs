@@ -58,10 +58,8 @@ impl fmt::Display for FileError {
                 source: DecodeError::TooLarge { limit },
             } => write!(
                 f,
-                "{path}: loading this snapshot would take more than {} MiB of memory, half of \
-                 what this process can still get (a damaged or forged file, or too little \
-                 memory here)",
-                limit.div_ceil(1 << 20)
+                "{path}: {}",
+                headroom::refusal("loading this snapshot", *limit)
             ),
             // The decoders' errors say what they found (truncated, damaged, another version).
             FileError::Binary { path, source } => write!(f, "{path}: {source}"),
@@ -230,10 +228,7 @@ pub fn parse(bytes: &[u8]) -> Result<Snapshot, FileError> {
 fn parse_named(bytes: &[u8], path: String) -> Result<Snapshot, FileError> {
     match form(bytes) {
         Some(Form::Binary) => {
-            let limit = headroom::available().map_or(usize::MAX, |bytes| {
-                usize::try_from(bytes / 2).unwrap_or(usize::MAX)
-            });
-            return Snapshot::load_bytes_within(bytes, limit)
+            return Snapshot::load_bytes_within(bytes, headroom::for_one_step())
                 .map_err(|source| FileError::Binary { path, source });
         }
         Some(Form::Json) => {}

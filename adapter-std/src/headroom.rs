@@ -38,6 +38,25 @@ pub(crate) fn soft_limit(_resource: Resource) -> Result<Option<u64>, ()> {
     Ok(None)
 }
 
+/// Bytes one step of a command on a snapshot file may take, loading it or naming its
+/// addresses: half of what the process can still get ([`available`]), the other half being for
+/// what is made from it (statistics, a comparison). Unbounded where nothing can be read.
+pub(crate) fn for_one_step() -> usize {
+    available().map_or(usize::MAX, |bytes| {
+        usize::try_from(bytes / 2).unwrap_or(usize::MAX)
+    })
+}
+
+/// The message refusing a step that would pass [`for_one_step`]'s `limit`: `doing` is what it
+/// would have done ("loading this snapshot").
+pub(crate) fn refusal(doing: &str, limit: u64) -> String {
+    format!(
+        "{doing} would take more than {} MiB of memory, half of what this process can still \
+         get (a damaged or forged file, or too little memory here)",
+        limit.div_ceil(1 << 20)
+    )
+}
+
 /// Bytes this process can still allocate and use: the least of the memory the system has
 /// available (`MemAvailable`, which counts reclaimable caches and no swap), what the process's
 /// cgroup and each cgroup above it allow beyond their use, and what its address-space and data

@@ -45,7 +45,7 @@ pub use filter::{fnmatch, DomainFilter, Filter, TraceFilter};
 #[cfg(feature = "alloc")]
 pub use format::format_size;
 #[cfg(feature = "alloc")]
-pub use snapshot::{Frame, RawSnapshot, Resolver, Snapshot, Trace, Traceback};
+pub use snapshot::{Frame, OverMemoryLimit, RawSnapshot, Resolver, Snapshot, Trace, Traceback};
 #[cfg(feature = "alloc")]
 pub use stats::{KeyType, Statistic, StatisticDiff, StatsError};
 

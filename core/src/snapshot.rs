@@ -47,6 +47,15 @@ impl Frame {
         Frame::new(&alloc::format!("{address:#x}"), 0)
     }
 
+    /// Heap bytes its names take, counted as if it held the only reference to each.
+    fn name_bytes(&self) -> usize {
+        let function = self
+            .function
+            .as_deref()
+            .map_or(0, |f| shared_str_bytes(f.len()));
+        shared_str_bytes(self.filename.len()).saturating_add(function)
+    }
+
     /// The frame CPython reports when a traceback is unknown: `<unknown>:0`.
     pub fn unknown() -> Frame {
         Frame::new("<unknown>", 0)
@@ -390,7 +399,8 @@ impl Snapshot {
     /// Resolves the raw addresses again with `resolver` (a device snapshot read on the host with
     /// the firmware's debug info). Tracebacks without addresses are kept as they are.
     pub fn resolve_addresses(&mut self, resolver: &mut dyn Resolver) {
-        self.resolve_where(resolver, |_, _| true);
+        // Unlimited: cannot fail.
+        let _ = self.resolve_where(resolver, |_, _| true, usize::MAX);
     }
 
     /// Resolves with `resolver` the tracebacks that still show their raw addresses only, each
@@ -400,7 +410,20 @@ impl Snapshot {
     /// many distinct addresses were looked up and how many of them got a source line, so that a
     /// caller can tell a resolver that knows none of them (the wrong firmware).
     pub fn resolve_raw_addresses(&mut self, resolver: &mut dyn Resolver) -> (usize, usize) {
-        self.resolve_where(resolver, shows_raw_addresses)
+        self.resolve_where(resolver, shows_raw_addresses, usize::MAX)
+            .unwrap_or_default()
+    }
+
+    /// [`Snapshot::resolve_raw_addresses`], refused with [`OverMemoryLimit`] once the frames
+    /// would grow the snapshot by more than `max_memory` bytes: an address can stand for
+    /// several inlined frames, and a forged file can repeat one address millions of times. The
+    /// refusal comes before the memory is taken, and leaves the snapshot partly resolved.
+    pub fn resolve_raw_addresses_within(
+        &mut self,
+        resolver: &mut dyn Resolver,
+        max_memory: usize,
+    ) -> Result<(usize, usize), OverMemoryLimit> {
+        self.resolve_where(resolver, shows_raw_addresses, max_memory)
     }
 
     /// Whether some traceback still shows its raw addresses only (what
@@ -414,34 +437,91 @@ impl Snapshot {
             })
     }
 
-    /// Resolves the tracebacks with addresses that `wanted` accepts; returns the distinct
-    /// addresses looked up and those of them with a source line.
+    /// Resolves the tracebacks with addresses that `wanted` accepts, growing the snapshot by
+    /// at most `max_memory` bytes; returns the distinct addresses looked up and those of them
+    /// with a source line.
     fn resolve_where(
         &mut self,
         resolver: &mut dyn Resolver,
         wanted: impl Fn(&Traceback, &[usize]) -> bool,
-    ) -> (usize, usize) {
+        max_memory: usize,
+    ) -> Result<(usize, usize), OverMemoryLimit> {
+        let over = OverMemoryLimit {
+            limit: max_memory as u64,
+        };
+        let mut budget = max_memory;
+        let frame = core::mem::size_of::<Frame>();
         let mut cache: HashMap<usize, Vec<Frame>> = HashMap::new();
         for (traceback, addresses) in self.tracebacks.iter_mut().zip(&self.addresses) {
             if addresses.is_empty() || !wanted(traceback, addresses) {
                 continue;
             }
-            let mut frames = Vec::with_capacity(addresses.len());
+            let mut count = 0usize;
             for &address in addresses {
-                let resolved = cache.entry(address).or_insert_with(|| {
-                    let mut found = Vec::new();
-                    resolver.frames_at(address, &mut found);
-                    found
-                });
-                frames.extend(resolved.iter().cloned());
+                let resolved = match cache.entry(address) {
+                    hashbrown::hash_map::Entry::Occupied(known) => known.into_mut(),
+                    hashbrown::hash_map::Entry::Vacant(new) => {
+                        // One address's frames are few (its inlining depth): charged once made,
+                        // with their names (which the resolver may share: then charged more
+                        // than once).
+                        let mut found = Vec::new();
+                        resolver.frames_at(address, &mut found);
+                        let names: usize = found.iter().map(Frame::name_bytes).sum();
+                        let bytes = hash_map_entry_bytes::<usize, Vec<Frame>>()
+                            .saturating_add(found.capacity().saturating_mul(frame))
+                            .saturating_add(names);
+                        budget = budget.checked_sub(bytes).ok_or(over)?;
+                        new.insert(found)
+                    }
+                };
+                count = count.saturating_add(resolved.len());
             }
-            traceback.frames = frames;
+            // The new frames replace the old ones, which are given back once replaced.
+            budget = budget
+                .checked_sub(count.saturating_mul(frame))
+                .ok_or(over)?;
+            let mut frames = Vec::with_capacity(count);
+            for address in addresses {
+                frames.extend(cache[address].iter().cloned());
+            }
+            let old = core::mem::replace(&mut traceback.frames, frames);
+            budget = budget.saturating_add(old.capacity() * frame);
         }
         let named = cache
             .values()
             .filter(|frames| frames.iter().any(|f| f.lineno != 0))
             .count();
-        (cache.len(), named)
+        Ok((cache.len(), named))
+    }
+}
+
+/// Bytes a hash map of `K` to `V` takes per entry at worst, for a caller bounding its memory:
+/// a slot and its control byte, in a table at most 7/8 full whose size is a power of two (up to
+/// twice the entries), while it grows into a table twice as big: four slots in all.
+pub(crate) const fn hash_map_entry_bytes<K, V>() -> usize {
+    4 * core::mem::size_of::<(K, V, u8)>()
+}
+
+/// Bytes an `Arc<str>` of `len` bytes takes on the heap: the text and the two counts.
+pub(crate) const fn shared_str_bytes(len: usize) -> usize {
+    len.saturating_add(2 * core::mem::size_of::<usize>())
+}
+
+/// A snapshot's frames would grow by more than the memory the caller allows
+/// ([`Snapshot::resolve_raw_addresses_within`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OverMemoryLimit {
+    /// The limit, in bytes.
+    pub limit: u64,
+}
+
+impl core::fmt::Display for OverMemoryLimit {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "naming the addresses would take more than {} MiB of memory, the limit",
+            self.limit.div_ceil(1 << 20)
+        )
     }
 }
 

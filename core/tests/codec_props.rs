@@ -8,8 +8,8 @@ use tracemalloc_core::codec::binary::{OLDEST_VERSION, VERSION};
 use tracemalloc_core::codec::{encode_tracer, DecodeError, DeviceInfo, SliceSink};
 use tracemalloc_core::snapshot::{snapshot_from_traces, AddressesOnly};
 use tracemalloc_core::{
-    Frame, KeyType, RawSnapshot, Resolver, Slot, Snapshot, Traceback, TracebackEntry,
-    TracebackStorage, Tracer, TracerStorage,
+    Frame, KeyType, OverMemoryLimit, RawSnapshot, Resolver, Slot, Snapshot, Traceback,
+    TracebackEntry, TracebackStorage, Tracer, TracerStorage,
 };
 
 /// Counts this thread's heap: the property tests run on several threads at once, and each
@@ -205,6 +205,7 @@ impl Arrays {
 }
 
 /// Names addresses deterministically; some are inlined (two frames), small ones hidden.
+#[derive(Clone, Copy)]
 struct FakeSymbols;
 
 impl Resolver for FakeSymbols {
@@ -350,6 +351,25 @@ proptest! {
         }
     }
 
+    /// Naming a device snapshot's addresses, given a memory limit, grows the heap by no more
+    /// than it, and is refused when it would need more.
+    #[test]
+    fn resolving_stays_within_its_memory_limit(allocs in allocs()) {
+        let mut arrays = Arrays::new();
+        let tracer = arrays.tracer(&allocs);
+        let decoded = Snapshot::load_bytes(&device_bytes(&tracer)).unwrap();
+        let (least, peak) = least_resolving_limit(&decoded, FakeSymbols);
+        prop_assert!(peak <= least, "took {} B within a limit of {} B", peak, least);
+        prop_assert!(least <= 4 * peak + 256, "limit {} B for {} B taken", least, peak);
+        if least > 0 {
+            let err = decoded
+                .clone()
+                .resolve_raw_addresses_within(&mut FakeSymbols, least - 1)
+                .unwrap_err();
+            prop_assert_eq!(err, OverMemoryLimit { limit: least as u64 - 1 });
+        }
+    }
+
     /// Several changed bytes anywhere never make the decoder panic.
     #[test]
     fn damaged_files_never_panic(
@@ -367,19 +387,45 @@ proptest! {
 
 /// The smallest limit under which `bytes` loads, and the heap the load took under it.
 fn least_memory_limit(bytes: &[u8]) -> (usize, usize) {
+    least_limit(
+        || (),
+        |(), limit| match Snapshot::load_bytes_within(bytes, limit) {
+            Ok(_) => true,
+            Err(DecodeError::TooLarge { .. }) => false,
+            Err(e) => panic!("{e}"),
+        },
+    )
+}
+
+/// The smallest limit under which `run` (given what `prepare` made, outside the measure)
+/// fits, and the heap it took under that limit.
+fn least_limit<S>(prepare: impl Fn() -> S, run: impl Fn(S, usize) -> bool) -> (usize, usize) {
     let (mut low, mut high) = (0usize, 1usize << 30);
-    assert!(Snapshot::load_bytes_within(bytes, high).is_ok());
+    assert!(run(prepare(), high));
     while low < high {
         let mid = low + (high - low) / 2;
-        match Snapshot::load_bytes_within(bytes, mid) {
-            Ok(_) => high = mid,
-            Err(DecodeError::TooLarge { .. }) => low = mid + 1,
-            Err(e) => panic!("{e}"),
+        if run(prepare(), mid) {
+            high = mid;
+        } else {
+            low = mid + 1;
         }
     }
-    let (loaded, peak) = heap::peak_growth(|| Snapshot::load_bytes_within(bytes, low));
-    assert!(loaded.is_ok());
+    let prepared = prepare();
+    let (fits, peak) = heap::peak_growth(|| run(prepared, low));
+    assert!(fits);
     (low, peak)
+}
+
+/// The smallest limit under which `snapshot`'s raw addresses resolve with `resolver`, and the
+/// heap that took.
+fn least_resolving_limit(snapshot: &Snapshot, resolver: impl Resolver + Copy) -> (usize, usize) {
+    least_limit(
+        || snapshot.clone(),
+        |mut s, limit| {
+            let mut resolver = resolver;
+            s.resolve_raw_addresses_within(&mut resolver, limit).is_ok()
+        },
+    )
 }
 
 /// Files that describe far more than they hold: each byte of one of them is worth tens of
@@ -424,6 +470,29 @@ fn forged_files_are_refused_within_a_memory_limit() {
         empty.extend_from_slice(&[0, 0]);
     }
     let empty = finish(empty);
+
+    // Named by debug info that inlines two frames at the address: the frames would double.
+    let decoded = Snapshot::load_bytes(&addresses).unwrap();
+    let (least, peak) = least_resolving_limit(&decoded, FakeSymbols);
+    assert!(peak <= least, "took {peak} B within a limit of {least} B");
+    assert!(
+        least > N * 80,
+        "{least} B for {N} addresses of two frames each"
+    );
+    let limit = 1 << 20;
+    let mut resolving = decoded.clone();
+    let (refused, taken) =
+        heap::peak_growth(|| resolving.resolve_raw_addresses_within(&mut FakeSymbols, limit));
+    assert_eq!(
+        refused.unwrap_err(),
+        OverMemoryLimit {
+            limit: limit as u64
+        }
+    );
+    assert!(
+        taken <= limit,
+        "took {taken} B before refusing at {limit} B"
+    );
 
     for bytes in [addresses, empty] {
         let (least, peak) = least_memory_limit(&bytes);

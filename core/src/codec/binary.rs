@@ -401,7 +401,9 @@ mod with_alloc {
     use hashbrown::HashMap;
 
     use super::*;
-    use crate::snapshot::{Frame, Snapshot, Trace, Traceback};
+    use crate::snapshot::{
+        hash_map_entry_bytes, shared_str_bytes, Frame, Snapshot, Trace, Traceback,
+    };
     use crate::tracer::Counters;
 
     impl Snapshot {
@@ -636,7 +638,7 @@ mod with_alloc {
 
         /// [`Reader::charge`]s a string shared through an `Arc<str>` of `len` bytes.
         fn charge_shared_str(&mut self, len: usize) -> Result<(), DecodeError> {
-            self.charge_array::<u8>(len.saturating_add(2 * core::mem::size_of::<usize>()))
+            self.charge_array::<u8>(shared_str_bytes(len))
         }
 
         fn bytes(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
@@ -767,9 +769,7 @@ mod with_alloc {
                 let mut frames = Vec::with_capacity(addresses.len());
                 for &a in &addresses {
                     if !unresolved.contains_key(&a) {
-                        // The map's slot, counted for its growth (the old table and a new one
-                        // twice its size), and the name.
-                        r.charge(4 * core::mem::size_of::<(usize, Frame, u8)>())?;
+                        r.charge(hash_map_entry_bytes::<usize, Frame>())?;
                         r.charge_shared_str(2 + 2 * core::mem::size_of::<usize>())?;
                     }
                     let frame = unresolved.entry(a).or_insert_with(|| Frame::unresolved(a));
