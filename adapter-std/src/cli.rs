@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 
 use tracemalloc_core::build_id::Hex;
 use tracemalloc_core::sampling::scaled_total;
-use tracemalloc_core::{DomainFilter, Filter, KeyType, Snapshot, TraceFilter};
+use tracemalloc_core::{DomainFilter, Filter, KeyType, Resolver, Snapshot, TraceFilter};
 
 use crate::files::{self, Accept, FileError};
 use crate::headroom;
@@ -323,12 +323,14 @@ fn firmwares_for(
             ))),
             _ if one_build => Ok(free),
             _ if claimed.is_empty() => Err(CliError::Failed(format!(
-                "{} does not say which firmware build wrote it, so it takes --elf files of one build only",
+                "{} does not say which firmware build wrote it, so it takes one --elf file, or \
+                 copies of one build that carry its build id",
                 path.display()
             ))),
             _ => Err(CliError::Failed(format!(
-                "{} does not say which firmware build wrote it: give --elf files of one build for \
-                 it, beside those of the builds the other snapshot names",
+                "{} does not say which firmware build wrote it: give one --elf file for it (or \
+                 copies of one build that carry its build id), beside those of the builds the \
+                 other snapshot names",
                 path.display()
             ))),
         };
@@ -357,47 +359,60 @@ fn resolve_with(
     firmwares: &mut [Firmware],
     candidates: &[usize],
 ) -> Result<(), CliError> {
-    let mut looked_up = 0;
-    for (n, &at) in candidates.iter().enumerate() {
-        let last = n + 1 == candidates.len();
-        // The snapshot is resolved in place by the last file only: a file without lines
-        // leaves names that a second try would not look up again.
-        let mut trial = (!last).then(|| snapshot.clone());
-        let target = trial.as_mut().unwrap_or(snapshot);
-        let firmware = &mut firmwares[at];
-        let (looked, with_lines) = target
-            .resolve_raw_addresses_within(&mut firmware.resolver, headroom::for_one_step())
-            .map_err(|over| {
-                let doing = format!("naming its addresses with {}", firmware.path.display());
-                CliError::Failed(format!(
-                    "{}: {}",
-                    path.display(),
-                    headroom::refusal(&doing, over.limit)
-                ))
-            })?;
-        if looked == 0 || with_lines > 0 {
-            if let Some(resolved) = trial {
-                *snapshot = resolved;
-            }
-            return Ok(());
-        }
-        looked_up = looked;
-    }
-    let why = if snapshot.build_id.is_empty() {
-        "is it the firmware that wrote the snapshot?"
-    } else if candidates.len() == 1 {
-        "it is the build that wrote the snapshot: was its debug info stripped?"
+    // Each file but the last is asked first, address by address until one has a line: a
+    // stripped copy names its functions, and its names would stay if it resolved in place.
+    let raw = if candidates.len() > 1 {
+        snapshot.raw_addresses()
     } else {
-        "they are the build that wrote the snapshot: was their debug info stripped?"
+        Vec::new()
     };
-    let files: Vec<String> = candidates
+    let (&last, others) = candidates.split_last().expect("at least one candidate");
+    let at = others
+        .iter()
+        .copied()
+        .find(|&at| {
+            let mut frames = Vec::new();
+            raw.iter().any(|&address| {
+                frames.clear();
+                firmwares[at].resolver.frames_at(address, &mut frames);
+                frames.iter().any(|f| f.lineno != 0)
+            })
+        })
+        .unwrap_or(last);
+    let firmware = &mut firmwares[at];
+    let (looked_up, with_lines) = snapshot
+        .resolve_raw_addresses_within(&mut firmware.resolver, headroom::for_one_step())
+        .map_err(|over| {
+            let doing = format!("naming its addresses with {}", firmware.path.display());
+            CliError::Failed(format!(
+                "{}: {}",
+                path.display(),
+                headroom::refusal(&doing, over.limit)
+            ))
+        })?;
+    if looked_up == 0 || with_lines > 0 {
+        return Ok(());
+    }
+    let one = candidates.len() == 1;
+    let why = match (snapshot.build_id.is_empty(), one) {
+        (true, true) => "is it the firmware that wrote the snapshot?",
+        (true, false) => "are they the firmware that wrote the snapshot?",
+        (false, true) => "it is the build that wrote the snapshot: was its debug info stripped?",
+        (false, false) => {
+            "they are the build that wrote the snapshot: was their debug info stripped?"
+        }
+    };
+    let mut files: Vec<String> = candidates
         .iter()
         .map(|&at| firmwares[at].path.display().to_string())
         .collect();
+    let files = match files.pop() {
+        Some(last) if !files.is_empty() => format!("{} and {last}", files.join(", ")),
+        last => last.unwrap_or_default(),
+    };
     Err(CliError::Failed(format!(
-        "{} {} a source line for none of the {looked_up} code addresses of {}: {why}",
-        files.join(" and "),
-        if candidates.len() == 1 { "has" } else { "have" },
+        "{files} {} a source line for none of the {looked_up} code addresses of {}: {why}",
+        if one { "has" } else { "have" },
         path.display()
     )))
 }

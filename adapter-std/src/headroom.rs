@@ -42,8 +42,10 @@ pub(crate) fn soft_limit(_resource: Resource) -> Result<Option<u64>, ()> {
 /// addresses: half of what the process can still get ([`available`]), the other half being for
 /// what is made from it (statistics, a comparison). Unbounded where nothing can be read.
 pub(crate) fn for_one_step() -> usize {
+    // At most `isize::MAX`: no allocation can be larger (a 32-bit host's budget would
+    // otherwise read as unbounded).
     available().map_or(usize::MAX, |bytes| {
-        usize::try_from(bytes / 2).unwrap_or(usize::MAX)
+        usize::try_from((bytes / 2).min(isize::MAX as u64)).unwrap_or(usize::MAX)
     })
 }
 
@@ -51,9 +53,9 @@ pub(crate) fn for_one_step() -> usize {
 /// would have done ("loading this snapshot").
 pub(crate) fn refusal(doing: &str, limit: u64) -> String {
     format!(
-        "{doing} would take more than {} MiB of memory, half of what this process can still \
-         get (a damaged or forged file, or too little memory here)",
-        limit.div_ceil(1 << 20)
+        "{doing} would take more than {} of memory, half of what this process can still get \
+         (a damaged or forged file, or too little memory here)",
+        tracemalloc_core::format_size(limit as f64, false)
     )
 }
 
@@ -92,28 +94,67 @@ fn kib_field(text: &str, name: &str) -> Option<u64> {
     kib.checked_mul(1024)
 }
 
-/// What the process's cgroup (v2) and every cgroup above it allow beyond their use: the least
-/// of `memory.max - memory.current` along the path. `None` without cgroup v2 or any limit.
+/// What the process's memory cgroups allow beyond their use: the least, along the path from its
+/// cgroup up to the root, of the limit less the memory in use that the kernel cannot reclaim
+/// (file pages not recently used, `inactive_file`, are reclaimed before the limit is enforced;
+/// counted as used, a container that has read many files would seem full). Cgroup v2 (`0::`
+/// line) and v1 (the `memory` controller's line); `None` without either.
 #[cfg(target_os = "linux")]
 fn cgroup_headroom() -> Option<u64> {
     let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-    let path = cgroups.lines().find_map(|l| l.strip_prefix("0::"))?;
-    let mut dir = std::path::Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/'));
-    let read = |dir: &std::path::Path, file| {
+    cgroup_headroom_in(std::path::Path::new("/sys/fs/cgroup"), &cgroups)
+}
+
+/// [`cgroup_headroom`], with the cgroup file systems under `root` and `cgroups` as
+/// `/proc/self/cgroup` reads.
+#[cfg(target_os = "linux")]
+fn cgroup_headroom_in(root: &std::path::Path, cgroups: &str) -> Option<u64> {
+    // (hierarchy's mount, limit, usage, the inactive file pages' key in memory.stat)
+    const V2: [&str; 3] = ["memory.max", "memory.current", "inactive_file"];
+    const V1: [&str; 3] = [
+        "memory.limit_in_bytes",
+        "memory.usage_in_bytes",
+        "total_inactive_file",
+    ];
+    let number = |dir: &std::path::Path, file: &str| {
         let text = std::fs::read_to_string(dir.join(file)).ok()?;
         text.trim().parse::<u64>().ok() // "max" reads as no limit
     };
+    let stat = |dir: &std::path::Path, key: &str| {
+        let text = std::fs::read_to_string(dir.join("memory.stat")).ok()?;
+        let line = text
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(' '))?;
+        line.trim().parse::<u64>().ok()
+    };
     let mut least: Option<u64> = None;
-    loop {
-        if let (Some(max), Some(current)) = (read(&dir, "memory.max"), read(&dir, "memory.current"))
-        {
-            let left = max.saturating_sub(current);
-            least = Some(least.map_or(left, |l| l.min(left)));
-        }
-        if !dir.pop() || !dir.starts_with("/sys/fs/cgroup") {
-            return least;
+    for line in cgroups.lines() {
+        let mut fields = line.splitn(3, ':');
+        let (Some(id), Some(controllers), Some(path)) =
+            (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        let (mount, [limit, usage, inactive]) = if id == "0" && controllers.is_empty() {
+            (root.to_path_buf(), V2)
+        } else if controllers.split(',').any(|c| c == "memory") {
+            (root.join("memory"), V1)
+        } else {
+            continue;
+        };
+        let mut dir = mount.join(path.trim_start_matches('/'));
+        loop {
+            if let (Some(limit), Some(usage)) = (number(&dir, limit), number(&dir, usage)) {
+                let used = usage.saturating_sub(stat(&dir, inactive).unwrap_or(0));
+                let left = limit.saturating_sub(used);
+                least = Some(least.map_or(left, |l| l.min(left)));
+            }
+            if dir == mount || !dir.pop() || !dir.starts_with(&mount) {
+                break;
+            }
         }
     }
+    least
 }
 
 #[cfg(all(test, target_os = "linux"))]
@@ -127,6 +168,62 @@ mod tests {
         assert_eq!(kib_field(text, "VmSize:"), Some(12 * 1024));
         assert_eq!(kib_field(text, "MemFree:"), None);
         assert_eq!(kib_field("MemAvailable: lots kB", "MemAvailable:"), None);
+    }
+
+    #[test]
+    fn cgroups_leave_their_limit_less_what_cannot_be_reclaimed() {
+        let root = std::env::temp_dir().join(format!("tracemalloc-cgroup-{}", std::process::id()));
+        let write = |dir: &str, files: &[(&str, &str)]| {
+            let dir = root.join(dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            for (name, text) in files {
+                std::fs::write(dir.join(name), text).unwrap();
+            }
+        };
+        // v2: the service's cgroup is limited, with 500 000 of its 900 000 bytes reclaimable;
+        // its parent has no limit, the root no files.
+        write(
+            "system.slice",
+            &[("memory.max", "max\n"), ("memory.current", "5\n")],
+        );
+        write(
+            "system.slice/app.service",
+            &[
+                ("memory.max", "1000000\n"),
+                ("memory.current", "900000\n"),
+                (
+                    "memory.stat",
+                    "anon 400000\nfile 500000\ninactive_file 500000\n",
+                ),
+            ],
+        );
+        let v2 = "0::/system.slice/app.service\n";
+        assert_eq!(cgroup_headroom_in(&root, v2), Some(600_000));
+        // v1: the memory controller's line, with the hierarchy's total; a tighter parent wins.
+        write(
+            "memory/docker",
+            &[
+                ("memory.limit_in_bytes", "700000\n"),
+                ("memory.usage_in_bytes", "650000\n"),
+            ],
+        );
+        write(
+            "memory/docker/abc",
+            &[
+                ("memory.limit_in_bytes", "9223372036854771712\n"),
+                ("memory.usage_in_bytes", "600000\n"),
+                (
+                    "memory.stat",
+                    "inactive_file 1\ntotal_inactive_file 100000\n",
+                ),
+            ],
+        );
+        let v1 = "12:cpu,cpuacct:/docker/abc\n4:memory:/docker/abc\n0::/\n";
+        assert_eq!(cgroup_headroom_in(&root, v1), Some(50_000));
+        // Without the files, or the lines, nothing is known.
+        assert_eq!(cgroup_headroom_in(&root, "0::/elsewhere\n"), None);
+        assert_eq!(cgroup_headroom_in(&root, "garbage\n"), None);
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

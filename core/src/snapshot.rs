@@ -426,6 +426,19 @@ impl Snapshot {
         self.resolve_where(resolver, shows_raw_addresses, max_memory)
     }
 
+    /// The distinct addresses that [`Snapshot::resolve_raw_addresses`] would look up, in the
+    /// order they first appear.
+    pub fn raw_addresses(&self) -> Vec<usize> {
+        let mut seen = HashSet::new();
+        self.tracebacks
+            .iter()
+            .zip(&self.addresses)
+            .filter(|(traceback, addresses)| shows_raw_addresses(traceback, addresses))
+            .flat_map(|(_, addresses)| addresses.iter().copied())
+            .filter(|&address| seen.insert(address))
+            .collect()
+    }
+
     /// Whether some traceback still shows its raw addresses only (what
     /// [`Snapshot::resolve_raw_addresses`] would resolve).
     pub fn has_raw_addresses(&self) -> bool {

@@ -432,7 +432,7 @@ fn least_resolving_limit(snapshot: &Snapshot, resolver: impl Resolver + Copy) ->
 /// bytes decoded. Within a limit they are refused, and the decode stops before taking it.
 #[test]
 fn forged_files_are_refused_within_a_memory_limit() {
-    const N: usize = 200_000;
+    const N: usize = 100_000;
     let header = |body: &mut Vec<u8>| {
         body.extend_from_slice(b"TMSNAP\x03");
         // Limit, five counters, tracer memory, sample interval, no build id, no strings.
@@ -462,6 +462,14 @@ fn forged_files_are_refused_within_a_memory_limit() {
     varint(&mut addresses, N);
     addresses.extend(std::iter::repeat_n(0u8, N));
     let addresses = finish(addresses);
+    // One traceback of N distinct addresses, each the last plus one (a zigzag delta of 2): each
+    // a name and an entry in the decoder's map of names.
+    let mut distinct = Vec::new();
+    header(&mut distinct);
+    distinct.extend_from_slice(&[1, 1, 0]);
+    varint(&mut distinct, N);
+    distinct.extend(std::iter::repeat_n(2u8, N));
+    let distinct = finish(distinct);
     // N empty tracebacks (two bytes each).
     let mut empty = Vec::new();
     header(&mut empty);
@@ -494,7 +502,7 @@ fn forged_files_are_refused_within_a_memory_limit() {
         "took {taken} B before refusing at {limit} B"
     );
 
-    for bytes in [addresses, empty] {
+    for bytes in [addresses, distinct, empty] {
         let (least, peak) = least_memory_limit(&bytes);
         assert!(peak <= least, "took {peak} B within a limit of {least} B");
         assert!(

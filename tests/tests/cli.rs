@@ -544,7 +544,8 @@ fn elf_of_another_build_is_refused() {
     let err = stats(&[&other, &exe]).unwrap_err().to_string();
     assert!(
         err.ends_with(
-            "does not say which firmware build wrote it, so it takes --elf files of one build only"
+            "does not say which firmware build wrote it, so it takes one --elf file, or copies of \
+             one build that carry its build id"
         ),
         "{err}"
     );
@@ -556,8 +557,8 @@ fn elf_of_another_build_is_refused() {
     let err = compare(&[&exe, &other, &stripped]).unwrap_err().to_string();
     assert!(
         err.ends_with(
-            "give --elf files of one build for it, beside those of the builds the other snapshot \
-             names"
+            "give one --elf file for it (or copies of one build that carry its build id), beside \
+             those of the builds the other snapshot names"
         ),
         "{err}"
     );
@@ -627,9 +628,12 @@ fn a_file_describing_more_than_memory_allows_is_refused() {
     const ADDRESS_SPACE: u64 = 256 << 20;
     if let Some(file) = std::env::var_os("TRACEMALLOC_TEST_FORGED") {
         // The child, under the limit: reports as the command does.
-        if let Err(e) = cli(&["stats", file.to_str().unwrap()]) {
-            eprintln!("tracemalloc: {e}");
-            std::process::exit(e.exit_code());
+        match cli(&["stats", file.to_str().unwrap()]) {
+            Ok(report) => print!("{report}"),
+            Err(e) => {
+                eprintln!("tracemalloc: {e}");
+                std::process::exit(e.exit_code());
+            }
         }
         std::process::exit(0);
     }
@@ -649,35 +653,57 @@ fn a_file_describing_more_than_memory_allows_is_refused() {
     crc.update(&body);
     body.extend_from_slice(&crc.finish().to_le_bytes());
     let file = temp("forged.tmsnap", &body);
+    let (_, later) = snapshots();
+    let good = temp("under-a-limit.tmsnap", &later.dump_bytes());
 
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap());
-    child
-        .args(["--exact", NAME, "--test-threads=1", "--nocapture"])
-        .env("TRACEMALLOC_TEST_FORGED", &file);
-    // SAFETY: `setrlimit` is async-signal-safe and touches no memory of the parent's.
-    unsafe {
-        child.pre_exec(|| {
-            let limit = libc::rlimit {
-                rlim_cur: ADDRESS_SPACE,
-                rlim_max: ADDRESS_SPACE,
-            };
-            if libc::setrlimit(libc::RLIMIT_AS, &limit) == 0 {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            }
-        });
-    }
-    let out = child.output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    // `stats FILE` in a child process whose address space is limited.
+    let stats_limited = |file: &PathBuf| {
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap());
+        child
+            .args(["--exact", NAME, "--test-threads=1", "--nocapture"])
+            .env("TRACEMALLOC_TEST_FORGED", file);
+        // SAFETY: `setrlimit` is async-signal-safe and touches no memory of the parent's.
+        unsafe {
+            child.pre_exec(|| {
+                let limit = libc::rlimit {
+                    rlim_cur: ADDRESS_SPACE,
+                    rlim_max: ADDRESS_SPACE,
+                };
+                if libc::setrlimit(libc::RLIMIT_AS, &limit) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        let out = child.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr,
+        )
+    };
+    let (code, _, stderr) = stats_limited(&file);
+    assert_eq!(code, Some(1), "{stderr}");
     let said = format!(
         "tracemalloc: {}: loading this snapshot would take more than ",
         file.display()
     );
-    assert!(stderr.contains(&said), "{stderr}");
+    let (_, rest) = stderr.split_once(&said).expect(&stderr);
     assert!(
-        stderr.contains("MiB of memory, half of what this process can still get"),
+        rest.contains(" MiB of memory, half of what this process can still get"),
         "{stderr}"
+    );
+    // Half of what the limit leaves beside the process's own mappings (the test binary, its
+    // file's bytes): well above nothing, below half the limit.
+    let mib: f64 = rest.split(' ').next().unwrap().parse().unwrap();
+    assert!((32.0..128.0).contains(&mib), "{stderr}");
+    // An ordinary file loads under the same limit.
+    let (code, stdout, stderr) = stats_limited(&good);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.contains("src/cache.rs:42: size=30.0 KiB"),
+        "{stdout}"
     );
 }

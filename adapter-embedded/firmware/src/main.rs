@@ -258,8 +258,8 @@ fn main() -> ! {
     exit(if ok { EXIT_SUCCESS } else { EXIT_FAILURE })
 }
 
-/// Ends the run with `status` (QEMU exits through semihosting); on a board without a debugger,
-/// where `exit` returns, the core sleeps instead.
+/// Ends the run with `status` through semihosting: QEMU exits. A debugger that serves the call
+/// may resume past it, and the core then sleeps (with none attached, the call itself faults).
 fn exit(status: debug::ExitStatus) -> ! {
     debug::exit(status);
     loop {

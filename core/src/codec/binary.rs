@@ -486,8 +486,8 @@ mod with_alloc {
         }
 
         /// [`Snapshot::load_bytes`], refusing with [`DecodeError::TooLarge`] a file whose
-        /// snapshot would take more than `max_memory` bytes of heap, allocator overhead
-        /// included. The refusal comes before the memory is taken: each array is charged
+        /// snapshot would take more than `max_memory` bytes of heap, counted in glibc's blocks
+        /// (each allocation's header and rounding included). The refusal comes before the memory is taken: each array is charged
         /// against the limit before it is allocated, so a forged file cannot exhaust memory
         /// (and end the program, or wake the kernel's OOM killer) on its way to an error.
         pub fn load_bytes_within(data: &[u8], max_memory: usize) -> Result<Snapshot, DecodeError> {
@@ -550,9 +550,12 @@ mod with_alloc {
         limit: usize,
     }
 
-    /// Bytes a heap allocator takes beside each allocation (glibc's header, rounded): charged
-    /// with every allocation, since a forged file's many small ones cost mostly this.
-    const ALLOCATION_OVERHEAD: usize = 16;
+    /// Bytes a heap allocator takes for an allocation of `size` bytes: glibc's block, a header
+    /// word and the size rounded up to 16 bytes, at least 32. Charged for every allocation,
+    /// since a forged file's many small ones cost mostly this.
+    fn heap_block(size: usize) -> usize {
+        size.saturating_add(core::mem::size_of::<usize>() + 15) / 16 * 16
+    }
 
     impl<'a> Reader<'a> {
         fn at(&self) -> usize {
@@ -630,10 +633,8 @@ mod with_alloc {
             if n == 0 {
                 return Ok(());
             }
-            let bytes = n
-                .checked_mul(core::mem::size_of::<T>())
-                .and_then(|b| b.checked_add(ALLOCATION_OVERHEAD));
-            self.charge(bytes.unwrap_or(usize::MAX))
+            let bytes = n.checked_mul(core::mem::size_of::<T>());
+            self.charge(bytes.map_or(usize::MAX, |b| heap_block(b).max(32)))
         }
 
         /// [`Reader::charge`]s a string shared through an `Arc<str>` of `len` bytes.
