@@ -366,7 +366,9 @@ fn resolve_with(
     } else {
         Vec::new()
     };
-    let (&last, others) = candidates.split_last().expect("at least one candidate");
+    let Some((&last, others)) = candidates.split_last() else {
+        return Ok(()); // `firmwares_for` gives at least one
+    };
     let at = others
         .iter()
         .copied()

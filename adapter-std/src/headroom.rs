@@ -109,7 +109,7 @@ fn cgroup_headroom() -> Option<u64> {
 /// `/proc/self/cgroup` reads.
 #[cfg(target_os = "linux")]
 fn cgroup_headroom_in(root: &std::path::Path, cgroups: &str) -> Option<u64> {
-    // (hierarchy's mount, limit, usage, the inactive file pages' key in memory.stat)
+    // Each version's limit, usage, and key of the inactive file pages in `memory.stat`.
     const V2: [&str; 3] = ["memory.max", "memory.current", "inactive_file"];
     const V1: [&str; 3] = [
         "memory.limit_in_bytes",
