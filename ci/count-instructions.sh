@@ -12,6 +12,9 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 out="${OUT:-$root/target/firmware-bench}"
 fw="$root/adapter-embedded/firmware"
+# The firmware, a workspace of its own, builds in its own target directory whatever the
+# caller's CARGO_TARGET_DIR says: its ELF is then where this script looks for it.
+fw_cargo() { (cd "$fw" && CARGO_TARGET_DIR="$fw/target" cargo "$@"); }
 elf_built="$fw/target/thumbv7m-none-eabi/release/tracemalloc-firmware-qemu"
 pairs=100
 mkdir -p "$out"
@@ -31,9 +34,9 @@ count() { # ELF -> "empty traced stopped" instruction counts between marks
   rm -f "$out/exec.log"
 }
 
-(cd "$fw" && cargo build -q --release --features bench)
+fw_cargo build -q --release --features bench
 cp "$elf_built" "$out/bench-traced.elf"
-(cd "$fw" && cargo build -q --release --no-default-features --features bench)
+fw_cargo build -q --release --no-default-features --features bench
 cp "$elf_built" "$out/bench-untraced.elf"
 
 read -r empty traced stopped <<< "$(count "$out/bench-traced.elf")"

@@ -374,11 +374,16 @@ fn resolve_with(
         .copied()
         .find(|&at| {
             let mut frames = Vec::new();
-            raw.iter().any(|&address| {
+            let resolver = &mut firmwares[at].resolver;
+            let named = raw.iter().any(|&address| {
                 frames.clear();
-                firmwares[at].resolver.frames_at(address, &mut frames);
+                resolver.frames_at(address, &mut frames);
                 frames.iter().any(|f| f.lineno != 0)
-            })
+            });
+            if !named {
+                resolver.forget_lookups(); // every address, remembered for nothing
+            }
+            named
         })
         .unwrap_or(last);
     let firmware = &mut firmwares[at];

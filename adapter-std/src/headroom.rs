@@ -40,12 +40,21 @@ pub(crate) fn soft_limit(_resource: Resource) -> Result<Option<u64>, ()> {
 
 /// Bytes one step of a command on a snapshot file may take, loading it or naming its
 /// addresses: half of what the process can still get ([`available`]), the other half being for
-/// what is made from it (statistics, a comparison). Unbounded where nothing can be read.
+/// what is made from it (statistics, a comparison), and at least 64 MiB. Unbounded where
+/// nothing can be read.
 pub(crate) fn for_one_step() -> usize {
-    // At most `isize::MAX`: no allocation can be larger (a 32-bit host's budget would
-    // otherwise read as unbounded).
-    available().map_or(usize::MAX, |bytes| {
-        usize::try_from((bytes / 2).min(isize::MAX as u64)).unwrap_or(usize::MAX)
+    // At least `FLOOR`: a cgroup over its limit (lowered below its use) would leave nothing,
+    // and refuse every file, however small. At most `isize::MAX`: no allocation can be larger
+    // (a 32-bit host's budget would otherwise read as unbounded).
+    step_of(available())
+}
+
+/// [`for_one_step`] of `available` bytes.
+fn step_of(available: Option<u64>) -> usize {
+    const FLOOR: u64 = 64 << 20;
+    available.map_or(usize::MAX, |bytes| {
+        let step = (bytes / 2).clamp(FLOOR, isize::MAX as u64);
+        usize::try_from(step).unwrap_or(usize::MAX)
     })
 }
 
@@ -96,9 +105,10 @@ fn kib_field(text: &str, name: &str) -> Option<u64> {
 
 /// What the process's memory cgroups allow beyond their use: the least, along the path from its
 /// cgroup up to the root, of the limit less the memory in use that the kernel cannot reclaim
-/// (file pages not recently used, `inactive_file`, are reclaimed before the limit is enforced;
-/// counted as used, a container that has read many files would seem full). Cgroup v2 (`0::`
-/// line) and v1 (the `memory` controller's line); `None` without either.
+/// (its file pages, `active_file` and `inactive_file`, are reclaimed before the limit is
+/// enforced, as `MemAvailable` counts them; counted as used, a container that has read many
+/// files would seem full). Cgroup v2 (`0::` line) and v1 (the `memory` controller's line);
+/// `None` without either.
 #[cfg(target_os = "linux")]
 fn cgroup_headroom() -> Option<u64> {
     let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
@@ -109,11 +119,18 @@ fn cgroup_headroom() -> Option<u64> {
 /// `/proc/self/cgroup` reads.
 #[cfg(target_os = "linux")]
 fn cgroup_headroom_in(root: &std::path::Path, cgroups: &str) -> Option<u64> {
-    // Each version's limit, usage, and key of the inactive file pages in `memory.stat`.
-    const V2: [&str; 3] = ["memory.max", "memory.current", "inactive_file"];
-    const V1: [&str; 3] = [
+    // Each version's limit, usage, and keys of the file pages in `memory.stat` (of the whole
+    // subtree: v1's `total_`).
+    const V2: [&str; 4] = [
+        "memory.max",
+        "memory.current",
+        "active_file",
+        "inactive_file",
+    ];
+    const V1: [&str; 4] = [
         "memory.limit_in_bytes",
         "memory.usage_in_bytes",
+        "total_active_file",
         "total_inactive_file",
     ];
     let number = |dir: &std::path::Path, file: &str| {
@@ -135,7 +152,7 @@ fn cgroup_headroom_in(root: &std::path::Path, cgroups: &str) -> Option<u64> {
         else {
             continue;
         };
-        let (mount, [limit, usage, inactive]) = if id == "0" && controllers.is_empty() {
+        let (mount, [limit, usage, active, inactive]) = if id == "0" && controllers.is_empty() {
             (root.to_path_buf(), V2)
         } else if controllers.split(',').any(|c| c == "memory") {
             (root.join("memory"), V1)
@@ -145,7 +162,8 @@ fn cgroup_headroom_in(root: &std::path::Path, cgroups: &str) -> Option<u64> {
         let mut dir = mount.join(path.trim_start_matches('/'));
         loop {
             if let (Some(limit), Some(usage)) = (number(&dir, limit), number(&dir, usage)) {
-                let used = usage.saturating_sub(stat(&dir, inactive).unwrap_or(0));
+                let cache = [active, inactive].map(|key| stat(&dir, key).unwrap_or(0));
+                let used = usage.saturating_sub(cache[0].saturating_add(cache[1]));
                 let left = limit.saturating_sub(used);
                 least = Some(least.map_or(left, |l| l.min(left)));
             }
@@ -180,7 +198,7 @@ mod tests {
                 std::fs::write(dir.join(name), text).unwrap();
             }
         };
-        // v2: the service's cgroup is limited, with 500 000 of its 900 000 bytes reclaimable;
+        // v2: the service's cgroup is limited, with 500 000 of its 900 000 bytes file pages;
         // its parent has no limit, the root no files.
         write(
             "system.slice",
@@ -220,10 +238,24 @@ mod tests {
         );
         let v1 = "12:cpu,cpuacct:/docker/abc\n4:memory:/docker/abc\n0::/\n";
         assert_eq!(cgroup_headroom_in(&root, v1), Some(50_000));
+        // A limit lowered below the use leaves nothing.
+        write(
+            "over",
+            &[("memory.max", "1000\n"), ("memory.current", "5000\n")],
+        );
+        assert_eq!(cgroup_headroom_in(&root, "0::/over\n"), Some(0));
         // Without the files, or the lines, nothing is known.
         assert_eq!(cgroup_headroom_in(&root, "0::/elsewhere\n"), None);
         assert_eq!(cgroup_headroom_in(&root, "garbage\n"), None);
         std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_step_takes_half_of_what_is_left_and_at_least_64_mib() {
+        assert_eq!(step_of(Some(1 << 30)), 512 << 20);
+        assert_eq!(step_of(Some(0)), 64 << 20);
+        assert_eq!(step_of(None), usize::MAX);
+        assert_eq!(step_of(Some(u64::MAX)), isize::MAX as usize);
     }
 
     #[test]

@@ -106,6 +106,11 @@ impl ElfResolver {
         self.show_plumbing = show;
     }
 
+    /// Gives back the frames remembered for the addresses looked up so far.
+    pub(crate) fn forget_lookups(&mut self) {
+        self.cache = HashMap::new();
+    }
+
     fn intern(&mut self, s: &str) -> Arc<str> {
         if let Some(name) = self.names.get(s) {
             return name.clone();
