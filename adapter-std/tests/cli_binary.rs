@@ -85,3 +85,92 @@ fn an_unwritable_stderr_keeps_the_exit_status() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
 }
+
+/// A file that describes far more than it holds (forged: one traceback of millions of one-byte
+/// addresses, each 48 bytes once loaded) is refused in one line, within the memory the process
+/// may take, instead of ending it with an allocation failure; an ordinary file still loads
+/// under the same limit.
+#[test]
+#[cfg(target_os = "linux")]
+fn a_file_describing_more_than_memory_allows_is_refused() {
+    use std::os::unix::process::CommandExt;
+    use tracemalloc::core::codec::binary::Crc32;
+    use tracemalloc::core::snapshot::snapshot_from_traces;
+    use tracemalloc::{Frame, Traceback};
+
+    const ADDRESSES: usize = 8_000_000; // 8 MB of file, 384 MB loaded
+    const ADDRESS_SPACE: u64 = 256 << 20;
+    let dir = std::env::temp_dir().join(format!("tracemalloc-limit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+
+    // Header: version 3, limit 16, five counters, tracer memory, sample interval, no build id,
+    // no strings; one traceback with addresses, total_nframe 0; the addresses; no traces.
+    let mut body = b"TMSNAP\x03".to_vec();
+    body.extend_from_slice(&[16, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0]);
+    let mut n = ADDRESSES;
+    while n >= 0x80 {
+        body.push(n as u8 | 0x80);
+        n >>= 7;
+    }
+    body.push(n as u8);
+    body.resize(body.len() + ADDRESSES + 1, 0);
+    let mut crc = Crc32::new();
+    crc.update(&body);
+    body.extend_from_slice(&crc.finish().to_le_bytes());
+    let forged = dir.join("forged.tmsnap");
+    std::fs::write(&forged, body).unwrap();
+    let cache = Traceback::new(vec![Frame::new("src/cache.rs", 42)]);
+    let good = dir.join("under-a-limit.tmsnap");
+    let traces = (0..3).map(|_| (0, 10_240, cache.clone()));
+    std::fs::write(&good, snapshot_from_traces(16, traces).dump_bytes()).unwrap();
+
+    // `stats FILE` with the address space limited.
+    let stats_limited = |file: &std::path::Path| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tracemalloc"));
+        child.args(["stats", file.to_str().unwrap()]);
+        // SAFETY: `setrlimit` is async-signal-safe and touches no memory of the parent's.
+        unsafe {
+            child.pre_exec(|| {
+                let limit = libc::rlimit {
+                    rlim_cur: ADDRESS_SPACE,
+                    rlim_max: ADDRESS_SPACE,
+                };
+                if libc::setrlimit(libc::RLIMIT_AS, &limit) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        let out = child.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, _, stderr) = stats_limited(&forged);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let said = format!(
+        "tracemalloc: {}: loading this snapshot would take more than ",
+        forged.display()
+    );
+    let (_, rest) = stderr.split_once(&said).expect(&stderr);
+    assert!(
+        rest.contains(" MiB of memory, half of what this process can still get"),
+        "{stderr}"
+    );
+    // Half of what the limit leaves beside the process's own mappings (the binary, the file's
+    // bytes): well above nothing, below half the limit.
+    let mib: f64 = rest.split(' ').next().unwrap().parse().unwrap();
+    assert!((32.0..128.0).contains(&mib), "{stderr}");
+    // An ordinary file loads under the same limit.
+    let (code, stdout, stderr) = stats_limited(&good);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.contains("src/cache.rs:42: size=30.0 KiB"),
+        "{stdout}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
