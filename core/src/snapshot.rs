@@ -11,6 +11,7 @@ use alloc::vec::Vec;
 use core::cmp::Ordering;
 use core::hash::{Hash, Hasher};
 
+use hashbrown::hash_map::Entry;
 use hashbrown::{HashMap, HashSet};
 
 use crate::sampling::scaled_total;
@@ -459,10 +460,7 @@ impl Snapshot {
         wanted: impl Fn(&Traceback, &[usize]) -> bool,
         max_memory: usize,
     ) -> Result<(usize, usize), OverMemoryLimit> {
-        let over = OverMemoryLimit {
-            limit: max_memory as u64,
-        };
-        let mut budget = max_memory;
+        let mut budget = MemoryBudget::new(max_memory);
         let frame = core::mem::size_of::<Frame>();
         let mut cache: HashMap<usize, Vec<Frame>> = HashMap::new();
         for (traceback, addresses) in self.tracebacks.iter_mut().zip(&self.addresses) {
@@ -472,8 +470,8 @@ impl Snapshot {
             let mut count = 0usize;
             for &address in addresses {
                 let resolved = match cache.entry(address) {
-                    hashbrown::hash_map::Entry::Occupied(known) => known.into_mut(),
-                    hashbrown::hash_map::Entry::Vacant(new) => {
+                    Entry::Occupied(known) => known.into_mut(),
+                    Entry::Vacant(new) => {
                         // One address's frames are few (its inlining depth): charged once made,
                         // with their names (which the resolver may share: then charged more
                         // than once).
@@ -483,28 +481,53 @@ impl Snapshot {
                         let bytes = hash_map_entry_bytes::<usize, Vec<Frame>>()
                             .saturating_add(found.capacity().saturating_mul(frame))
                             .saturating_add(names);
-                        budget = budget.checked_sub(bytes).ok_or(over)?;
+                        budget.take(bytes)?;
                         new.insert(found)
                     }
                 };
                 count = count.saturating_add(resolved.len());
             }
             // The new frames replace the old ones, which are given back once replaced.
-            budget = budget
-                .checked_sub(count.saturating_mul(frame))
-                .ok_or(over)?;
+            budget.take(count.saturating_mul(frame))?;
             let mut frames = Vec::with_capacity(count);
             for address in addresses {
                 frames.extend(cache[address].iter().cloned());
             }
             let old = core::mem::replace(&mut traceback.frames, frames);
-            budget = budget.saturating_add(old.capacity() * frame);
+            budget.give_back(old.capacity() * frame);
         }
         let named = cache
             .values()
             .filter(|frames| frames.iter().any(|f| f.lineno != 0))
             .count();
         Ok((cache.len(), named))
+    }
+}
+
+/// Heap a step may still take, counted down by code that bounds what data from elsewhere (a
+/// snapshot file) makes it allocate: each allocation is taken before it is made.
+pub(crate) struct MemoryBudget {
+    left: usize,
+    limit: usize,
+}
+
+impl MemoryBudget {
+    pub(crate) fn new(limit: usize) -> MemoryBudget {
+        MemoryBudget { left: limit, limit }
+    }
+
+    /// Takes `bytes`, or says they would pass the limit.
+    pub(crate) fn take(&mut self, bytes: usize) -> Result<(), OverMemoryLimit> {
+        self.left = self.left.checked_sub(bytes).ok_or(OverMemoryLimit {
+            limit: self.limit as u64,
+        })?;
+        Ok(())
+    }
+
+    /// Gives back `bytes`, once freed (memory that was there before the step began too: a
+    /// step bounds its growth).
+    pub(crate) fn give_back(&mut self, bytes: usize) {
+        self.left = self.left.saturating_add(bytes);
     }
 }
 

@@ -398,11 +398,12 @@ mod with_alloc {
     use alloc::sync::Arc;
     use alloc::vec::Vec;
 
+    use hashbrown::hash_map::Entry;
     use hashbrown::HashMap;
 
     use super::*;
     use crate::snapshot::{
-        hash_map_entry_bytes, shared_str_bytes, Frame, Snapshot, Trace, Traceback,
+        hash_map_entry_bytes, shared_str_bytes, Frame, MemoryBudget, Snapshot, Trace, Traceback,
     };
     use crate::tracer::Counters;
 
@@ -487,9 +488,10 @@ mod with_alloc {
 
         /// [`Snapshot::load_bytes`], refusing with [`DecodeError::TooLarge`] a file whose
         /// snapshot would take more than `max_memory` bytes of heap, counted in glibc's blocks
-        /// (each allocation's header and rounding included). The refusal comes before the memory is taken: each array is charged
-        /// against the limit before it is allocated, so a forged file cannot exhaust memory
-        /// (and end the program, or wake the kernel's OOM killer) on its way to an error.
+        /// (each allocation's header and rounding included). The refusal comes before the
+        /// memory is taken: each array is charged against the limit before it is allocated, so
+        /// a forged file cannot exhaust memory (and end the program, or wake the kernel's OOM
+        /// killer) on its way to an error.
         pub fn load_bytes_within(data: &[u8], max_memory: usize) -> Result<Snapshot, DecodeError> {
             let header = MAGIC.len() + 1;
             if data.len() < MAGIC.len() {
@@ -545,9 +547,8 @@ mod with_alloc {
         pos: usize,
         /// Offset of `data` in the file, for error positions.
         base: usize,
-        /// Heap bytes the snapshot may still take (`load_bytes_within`).
-        budget: usize,
-        limit: usize,
+        /// Heap the snapshot may still take (`load_bytes_within`).
+        budget: MemoryBudget,
     }
 
     /// Bytes a heap allocator takes for an allocation of `size` bytes: glibc's block, a header
@@ -617,15 +618,9 @@ mod with_alloc {
 
         /// Takes `bytes` of heap from the budget, or refuses the file.
         fn charge(&mut self, bytes: usize) -> Result<(), DecodeError> {
-            match self.budget.checked_sub(bytes) {
-                Some(left) => {
-                    self.budget = left;
-                    Ok(())
-                }
-                None => Err(DecodeError::TooLarge {
-                    limit: self.limit as u64,
-                }),
-            }
+            self.budget
+                .take(bytes)
+                .map_err(|over| DecodeError::TooLarge { limit: over.limit })
         }
 
         /// [`Reader::charge`]s an allocation of `n` elements of `T` (none when `n` is 0).
@@ -661,8 +656,7 @@ mod with_alloc {
             data,
             pos: 0,
             base,
-            budget: max_memory,
-            limit: max_memory,
+            budget: MemoryBudget::new(max_memory),
         };
         let traceback_limit = r.number("traceback limit above 65535")?;
         let counters = Counters {
@@ -769,11 +763,15 @@ mod with_alloc {
                 r.charge_array::<Frame>(addresses.len())?;
                 let mut frames = Vec::with_capacity(addresses.len());
                 for &a in &addresses {
-                    if !unresolved.contains_key(&a) {
-                        r.charge(hash_map_entry_bytes::<usize, Frame>())?;
-                        r.charge_shared_str(2 + 2 * core::mem::size_of::<usize>())?;
-                    }
-                    let frame = unresolved.entry(a).or_insert_with(|| Frame::unresolved(a));
+                    let frame = match unresolved.entry(a) {
+                        Entry::Occupied(known) => known.into_mut(),
+                        Entry::Vacant(new) => {
+                            // The map's entry, and the name: `0x` and the address's hex digits.
+                            r.charge(hash_map_entry_bytes::<usize, Frame>())?;
+                            r.charge_shared_str(2 + 2 * core::mem::size_of::<usize>())?;
+                            new.insert(Frame::unresolved(a))
+                        }
+                    };
                     frames.push(frame.clone());
                 }
                 frames
