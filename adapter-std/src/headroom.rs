@@ -211,7 +211,7 @@ mod tests {
                 ("memory.current", "900000\n"),
                 (
                     "memory.stat",
-                    "anon 400000\nfile 500000\ninactive_file 500000\n",
+                    "anon 400000\nfile 500000\nactive_file 200000\ninactive_file 300000\n",
                 ),
             ],
         );
@@ -232,7 +232,7 @@ mod tests {
                 ("memory.usage_in_bytes", "600000\n"),
                 (
                     "memory.stat",
-                    "inactive_file 1\ntotal_inactive_file 100000\n",
+                    "inactive_file 1\ntotal_active_file 40000\ntotal_inactive_file 60000\n",
                 ),
             ],
         );
