@@ -4,8 +4,8 @@
 //! function names, like the source lines the CLI shows under them, reach the user's terminal.
 //! Control characters there are commands: an escape sequence can recolour, retitle or clear the
 //! screen, and a newline inside a name can print a line of its own that looks like the report's;
-//! bidirectional overrides make a name display as another. The CLI therefore shows each of these
-//! characters as `\u{..}`, as Rust's `escape_debug` does.
+//! bidirectional overrides and invisible format characters make a name display as another. The
+//! CLI therefore shows each of these characters as `\u{..}`, as Rust's `escape_debug` does.
 
 use std::borrow::Cow;
 use std::io;
@@ -16,7 +16,10 @@ use tracemalloc_core::Snapshot;
 /// DEL and the C1 controls (`U+0080`–`U+009F`; some terminals obey `U+009B` as CSI), and the
 /// format characters that reorder or break what is shown: bidirectional marks, embeddings,
 /// overrides and isolates (a name could display as another), and the line and paragraph
-/// separators.
+/// separators. In names (not `keep_layout`) every other format character too: they show as
+/// nothing (a zero-width space, a soft hyphen, tag characters), so `cache\u{200b}.rs` would
+/// print as `cache.rs`, a second line that looks like the first. Source lines keep them, as
+/// emoji sequences and hyphenation hints there are the user's own text.
 fn is_escaped(c: char, keep_layout: bool) -> bool {
     match c {
         '\n' | '\t' => !keep_layout,
@@ -25,8 +28,36 @@ fn is_escaped(c: char, keep_layout: bool) -> bool {
         | '\u{200f}'
         | '\u{2028}'..='\u{202e}'
         | '\u{2066}'..='\u{2069}' => true,
-        _ => c.is_control(),
+        _ => c.is_control() || (!keep_layout && is_invisible_format(c)),
     }
+}
+
+/// Unicode's format characters (general category `Cf`, Unicode 15), which have no glyph.
+fn is_invisible_format(c: char) -> bool {
+    matches!(
+        c,
+        '\u{ad}'
+            | '\u{600}'..='\u{605}'
+            | '\u{61c}'
+            | '\u{6dd}'
+            | '\u{70f}'
+            | '\u{890}'..='\u{891}'
+            | '\u{8e2}'
+            | '\u{180e}'
+            | '\u{200b}'..='\u{200f}'
+            | '\u{202a}'..='\u{202e}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{206f}'
+            | '\u{feff}'
+            | '\u{fff9}'..='\u{fffb}'
+            | '\u{110bd}'
+            | '\u{110cd}'
+            | '\u{13430}'..='\u{1343f}'
+            | '\u{1bca0}'..='\u{1bca3}'
+            | '\u{1d173}'..='\u{1d17a}'
+            | '\u{e0001}'
+            | '\u{e0020}'..='\u{e007f}'
+    )
 }
 
 /// `text` with every control character written as `\u{..}` (see [`is_escaped`]); borrowed when
@@ -122,11 +153,21 @@ mod tests {
         );
         assert_eq!(escape_controls("a\nb\tc\rd", true), "a\nb\tc\\u{d}d");
         // A right-to-left override makes `evil.rs` display as another name; a line separator
-        // breaks the line on some terminals. Other format characters and text stay.
+        // breaks the line on some terminals. In source lines other format characters (a
+        // joiner in an emoji sequence) stay; in names, where they only hide, they are shown.
         assert_eq!(
             escape_controls("src/\u{202e}sr.live\u{2028}x\u{200d}y", true),
             "src/\\u{202e}sr.live\\u{2028}x\u{200d}y"
         );
+        assert_eq!(
+            escape_controls("cache\u{200b}.rs x\u{200d}y \u{ad}\u{feff}\u{e0041}", false),
+            "cache\\u{200b}.rs x\\u{200d}y \\u{ad}\\u{feff}\\u{e0041}"
+        );
+        // Letters beside them, and other invisible-looking but non-format text, stay.
+        assert!(matches!(
+            escape_controls("naïve\u{a0}名前\u{301}", false),
+            Cow::Borrowed(_)
+        ));
         for mark in [
             '\u{61c}', '\u{200e}', '\u{200f}', '\u{202a}', '\u{2029}', '\u{2066}', '\u{2069}',
         ] {
