@@ -86,6 +86,79 @@ fn an_unwritable_stderr_keeps_the_exit_status() {
     assert_eq!(out.status.code(), Some(1));
 }
 
+/// The address space a limited run may take: a few times what the binary needs for itself.
+#[cfg(target_os = "linux")]
+const ADDRESS_SPACE: u64 = 256 << 20;
+
+/// A device snapshot (binary form, no build id): one traceback of `count` copies of `address`
+/// and no traces. Header: version 3, limit 16, five counters, tracer memory, sample interval, no
+/// build id, no strings; one traceback with addresses, total_nframe 0; the addresses, each the
+/// zigzag of its difference from the one before; no traces; the CRC.
+#[cfg(target_os = "linux")]
+fn device_file(address: u64, count: u64) -> Vec<u8> {
+    use tracemalloc::core::codec::binary::Crc32;
+    fn varint(body: &mut Vec<u8>, mut n: u64) {
+        while n >= 0x80 {
+            body.push(n as u8 | 0x80);
+            n >>= 7;
+        }
+        body.push(n as u8);
+    }
+    let mut body = b"TMSNAP\x03".to_vec();
+    body.extend_from_slice(&[16, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0]);
+    varint(&mut body, count);
+    varint(&mut body, address << 1);
+    body.resize(body.len() + count as usize, 0); // the other copies, then no traces
+    let mut crc = Crc32::new();
+    crc.update(&body);
+    body.extend_from_slice(&crc.finish().to_le_bytes());
+    body
+}
+
+/// Runs the binary with `args` and its address space limited to [`ADDRESS_SPACE`]: exit
+/// status, stdout and stderr.
+#[cfg(target_os = "linux")]
+fn run_limited(args: &[&str]) -> (Option<i32>, String, String) {
+    use std::os::unix::process::CommandExt;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tracemalloc"));
+    child.args(args);
+    // SAFETY: `setrlimit` is async-signal-safe and touches no memory of the parent's.
+    unsafe {
+        child.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: ADDRESS_SPACE,
+                rlim_max: ADDRESS_SPACE,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &limit) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let out = child.output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Checks a one-line refusal that names, after `said`, a size that is half of what the limit
+/// leaves beside the process's own mappings (the binary, the file's bytes): well above
+/// nothing, below half the limit.
+#[cfg(target_os = "linux")]
+fn assert_refused_within_limit(stderr: &str, said: &str) {
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let (_, rest) = stderr.split_once(said).expect(stderr);
+    assert!(
+        rest.contains(" MiB of memory, half of what this process can still get"),
+        "{stderr}"
+    );
+    let mib: f64 = rest.split(' ').next().unwrap().parse().unwrap();
+    assert!((32.0..128.0).contains(&mib), "{stderr}");
+}
+
 /// A file that describes far more than it holds (forged: one traceback of millions of one-byte
 /// addresses, each 48 bytes once loaded) is refused in one line, within the memory the process
 /// may take, instead of ending it with an allocation failure; an ordinary file still loads
@@ -93,84 +166,93 @@ fn an_unwritable_stderr_keeps_the_exit_status() {
 #[test]
 #[cfg(target_os = "linux")]
 fn a_file_describing_more_than_memory_allows_is_refused() {
-    use std::os::unix::process::CommandExt;
-    use tracemalloc::core::codec::binary::Crc32;
     use tracemalloc::core::snapshot::snapshot_from_traces;
     use tracemalloc::{Frame, Traceback};
 
-    const ADDRESSES: usize = 8_000_000; // 8 MB of file, 384 MB loaded
-    const ADDRESS_SPACE: u64 = 256 << 20;
     let dir = std::env::temp_dir().join(format!("tracemalloc-limit-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-
-    // Header: version 3, limit 16, five counters, tracer memory, sample interval, no build id,
-    // no strings; one traceback with addresses, total_nframe 0; the addresses; no traces.
-    let mut body = b"TMSNAP\x03".to_vec();
-    body.extend_from_slice(&[16, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0]);
-    let mut n = ADDRESSES;
-    while n >= 0x80 {
-        body.push(n as u8 | 0x80);
-        n >>= 7;
-    }
-    body.push(n as u8);
-    body.resize(body.len() + ADDRESSES + 1, 0);
-    let mut crc = Crc32::new();
-    crc.update(&body);
-    body.extend_from_slice(&crc.finish().to_le_bytes());
     let forged = dir.join("forged.tmsnap");
-    std::fs::write(&forged, body).unwrap();
+    std::fs::write(&forged, device_file(0, 8_000_000)).unwrap(); // 8 MB, 384 MB loaded
     let cache = Traceback::new(vec![Frame::new("src/cache.rs", 42)]);
     let good = dir.join("under-a-limit.tmsnap");
     let traces = (0..3).map(|_| (0, 10_240, cache.clone()));
     std::fs::write(&good, snapshot_from_traces(16, traces).dump_bytes()).unwrap();
 
-    // `stats FILE` with the address space limited.
-    let stats_limited = |file: &std::path::Path| {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tracemalloc"));
-        child.args(["stats", file.to_str().unwrap()]);
-        // SAFETY: `setrlimit` is async-signal-safe and touches no memory of the parent's.
-        unsafe {
-            child.pre_exec(|| {
-                let limit = libc::rlimit {
-                    rlim_cur: ADDRESS_SPACE,
-                    rlim_max: ADDRESS_SPACE,
-                };
-                if libc::setrlimit(libc::RLIMIT_AS, &limit) == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
-            });
-        }
-        let out = child.output().unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
-    let (code, _, stderr) = stats_limited(&forged);
+    let (code, _, stderr) = run_limited(&["stats", forged.to_str().unwrap()]);
     assert_eq!(code, Some(1), "{stderr}");
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
     let said = format!(
         "tracemalloc: {}: loading this snapshot would take more than ",
         forged.display()
     );
-    let (_, rest) = stderr.split_once(&said).expect(&stderr);
-    assert!(
-        rest.contains(" MiB of memory, half of what this process can still get"),
-        "{stderr}"
-    );
-    // Half of what the limit leaves beside the process's own mappings (the binary, the file's
-    // bytes): well above nothing, below half the limit.
-    let mib: f64 = rest.split(' ').next().unwrap().parse().unwrap();
-    assert!((32.0..128.0).contains(&mib), "{stderr}");
+    assert_refused_within_limit(&stderr, &said);
     // An ordinary file loads under the same limit.
-    let (code, stdout, stderr) = stats_limited(&good);
+    let (code, stdout, stderr) = run_limited(&["stats", good.to_str().unwrap()]);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(
         stdout.contains("src/cache.rs:42: size=30.0 KiB"),
         "{stdout}"
     );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A device snapshot that loads within the limit but whose addresses, named with `--elf`,
+/// would take more memory than is left is refused at that step, in one line, and a few copies
+/// of the same address are named under the same limit. The `--elf` file is this binary itself
+/// (it carries a build id and line tables), the address one of its own with a source line.
+#[test]
+#[cfg(target_os = "linux")]
+fn naming_more_frames_than_memory_allows_is_refused() {
+    use object::{Object, ObjectSymbol};
+    use tracemalloc::core::snapshot::Resolver;
+
+    let elf = env!("CARGO_BIN_EXE_tracemalloc");
+    let data = std::fs::read(elf).unwrap();
+    let file = object::File::parse(&*data).unwrap();
+    let mut resolver = tracemalloc::symbolize::ElfResolver::open(elf.as_ref(), 0).unwrap();
+    // A function of the core crate: never hidden as allocation plumbing.
+    let address = file
+        .symbols()
+        .filter(|s| s.kind() == object::SymbolKind::Text && s.address() != 0)
+        .filter(|s| s.name().is_ok_and(|n| n.contains("tracemalloc_core")))
+        .map(|s| s.address())
+        .find(|&a| {
+            let mut frames = Vec::new();
+            resolver.resolve(a as usize, &mut frames) && frames.iter().any(|f| f.lineno != 0)
+        })
+        .expect("a function of tracemalloc_core with a source line");
+
+    let dir = std::env::temp_dir().join(format!("tracemalloc-naming-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let forged = dir.join("device.tmsnap");
+    let path = forged.to_str().unwrap();
+    let said =
+        format!("tracemalloc: {path}: naming its addresses with {elf} would take more than ");
+    // Named, each copy takes more memory (its frames) than loaded (one shared name), how much
+    // more depending on the frames inlined at the address: one of these counts loads and
+    // cannot be named. Every run either succeeds or ends with a one-line refusal, never with
+    // an allocation failure.
+    let mut refused_naming = false;
+    for count in [
+        1_000_000, 1_400_000, 1_700_000, 2_000_000, 2_400_000, 2_800_000,
+    ] {
+        std::fs::write(&forged, device_file(address, count)).unwrap();
+        let (code, _, stderr) = run_limited(&["info", path, "--elf", elf]);
+        match code {
+            Some(0) => assert!(stderr.is_empty(), "{count} copies: {stderr}"),
+            Some(1) if stderr.contains("naming its addresses") => {
+                assert_refused_within_limit(&stderr, &said);
+                refused_naming = true;
+            }
+            Some(1) => assert!(
+                stderr.contains("loading this snapshot"),
+                "{count} copies: {stderr}"
+            ),
+            _ => panic!("{count} copies: {code:?} {stderr}"),
+        }
+    }
+    assert!(refused_naming, "no count was refused while naming");
+    std::fs::write(&forged, device_file(address, 1_000)).unwrap();
+    let (code, stdout, stderr) = run_limited(&["info", path, "--elf", elf]);
+    assert_eq!((code, stderr.as_str()), (Some(0), ""), "{stdout}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
