@@ -171,8 +171,8 @@ pub(crate) fn choose_span(inner: &dyn GlobalAlloc) {
 
 /// The least distance between the starts of small blocks of `inner` allocated one after the
 /// other (16 each of 8, 16 and 24 bytes, 8-aligned), all freed again; `usize::MAX` if it has
-/// none to give.
-fn least_spacing(inner: &dyn GlobalAlloc) -> usize {
+/// none to give. It sets the cells' span, and the trace tables' placement.
+pub(crate) fn least_spacing(inner: &dyn GlobalAlloc) -> usize {
     const EACH: usize = 16;
     let mut blocks = [(0usize, Layout::new::<u8>()); 3 * EACH];
     for (i, block) in blocks.iter_mut().enumerate() {

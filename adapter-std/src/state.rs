@@ -20,7 +20,7 @@ use core::alloc::{GlobalAlloc, Layout};
 use core::mem::MaybeUninit;
 use core::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering::*};
 
-use tracemalloc_core::table::Slot;
+use tracemalloc_core::table::{Placement, Slot};
 use tracemalloc_core::traceback::TracebackStorage;
 use tracemalloc_core::{RawSnapshot, Recorded, TracebackId, Tracer, TracerStorage, DEFAULT_DOMAIN};
 
@@ -135,12 +135,15 @@ const FOREIGN_TRACEBACKS: usize = 1024;
 struct TableHint {
     base: AtomicUsize,
     log2_slots: AtomicU8,
+    /// The table's [`Placement`] is `Spaced`.
+    spaced: AtomicBool,
 }
 
 #[allow(clippy::declare_interior_mutable_const)]
 const NO_HINT: TableHint = TableHint {
     base: AtomicUsize::new(0),
     log2_slots: AtomicU8::new(0),
+    spaced: AtomicBool::new(false),
 };
 static HINTS: [TableHint; SHARDS] = [NO_HINT; SHARDS];
 
@@ -150,6 +153,8 @@ fn publish_hint(shard: usize, tracer: &Tracer<'_>) {
         .store(tracer.table().slots_ptr() as usize, Relaxed);
     hint.log2_slots
         .store(tracer.table().slot_count().trailing_zeros() as u8, Relaxed);
+    hint.spaced
+        .store(tracer.table().placement() == Placement::Spaced, Relaxed);
 }
 
 /// Asks the CPU to fetch the table slot of `addr` (in `shard`) into the cache.
@@ -160,7 +165,13 @@ fn prefetch_slot(addr: usize, shard: usize) {
     if base == 0 {
         return;
     }
-    let home = tracemalloc_core::table::home_index(addr, u32::from(hint.log2_slots.load(Relaxed)));
+    let placement = if hint.spaced.load(Relaxed) {
+        Placement::Spaced
+    } else {
+        Placement::Packed
+    };
+    let log2_slots = u32::from(hint.log2_slots.load(Relaxed));
+    let home = tracemalloc_core::table::home_index(addr, log2_slots, placement);
     prefetch(base.wrapping_add(home.wrapping_mul(core::mem::size_of::<Slot>())));
 }
 
@@ -606,6 +617,9 @@ fn capture_depth(config: &Config) -> usize {
 
 /// Creates (first start) or clears (later starts) the shard tracers.
 fn allocate_shards(inner: &dyn GlobalAlloc, config: &Config) -> bool {
+    // Placed for how closely `inner` packs small blocks, the shards' tables keep that
+    // placement for their lifetime (through growth and later starts).
+    let mut placement = None;
     for (i, shard) in SHARD_TABLE.iter().enumerate() {
         let mut shard = shard.lock();
         shard.grow = config.grow;
@@ -620,14 +634,17 @@ fn allocate_shards(inner: &dyn GlobalAlloc, config: &Config) -> bool {
         };
         shard.pages = pages;
         // The shards' own traceback stores stay empty: they record ids of the shared store.
-        let tracer = Tracer::new(TracerStorage {
+        let placement =
+            *placement.get_or_insert_with(|| Placement::for_spacing(shadow::least_spacing(inner)));
+        let storage = TracerStorage {
             slots,
             tracebacks: TracebackStorage {
                 entries: &mut [],
                 index: &mut [],
                 frames: &mut [],
             },
-        });
+        };
+        let tracer = Tracer::with_placement(storage, placement);
         publish_hint(i, &tracer);
         shard.tracer = Some(tracer);
     }
@@ -1325,17 +1342,22 @@ mod tests {
             (48, 0x7f12_3400_0000),
             (4096, 0x1000_0000),
         ] {
-            let mut storage = vec![Slot::EMPTY; 1 << 16];
-            let mut table = TraceTable::new(&mut storage);
-            let mut addr = start;
-            while table.len() < table.limit() {
-                if shard_index(addr) == 3 {
-                    let _ = table.insert(addr, 32, TracebackId::from_index(1), |_| true);
+            for placement in [Placement::Packed, Placement::Spaced] {
+                let mut storage = vec![Slot::EMPTY; 1 << 16];
+                let mut table = TraceTable::with_placement(&mut storage, placement);
+                let mut addr = start;
+                while table.len() < table.limit() {
+                    if shard_index(addr) == 3 {
+                        let _ = table.insert(addr, 32, TracebackId::from_index(1), |_| true);
+                    }
+                    addr += stride;
                 }
-                addr += stride;
+                let mean = table.mean_probe_length();
+                assert!(
+                    mean < 4.0,
+                    "{placement:?}, stride {stride}: mean probe length {mean}"
+                );
             }
-            let mean = table.mean_probe_length();
-            assert!(mean < 4.0, "stride {stride}: mean probe length {mean}");
         }
     }
 }

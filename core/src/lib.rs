@@ -34,7 +34,7 @@ pub mod snapshot;
 pub mod stats;
 
 pub use codec::{encode_tracer, DecodeError, DeviceInfo, Sink, SliceSink};
-pub use table::{Slot, TraceTable};
+pub use table::{Placement, Slot, TraceTable};
 pub use traceback::{StoreFull, TracebackEntry, TracebackId, TracebackStorage, TracebackStore};
 pub use tracer::{
     Counters, Recorded, Tracer, TracerArrays, TracerStorage, DEFAULT_DOMAIN, MAX_NFRAME,

@@ -6,7 +6,7 @@
 //! cannot be recorded (table full, size beyond 1 TiB) is counted in [`Counters::untraced_blocks`]
 //! and [`Counters::untraced_bytes`] so its loss is visible in every snapshot.
 
-use crate::table::{InsertError, Inserted, Slot, TraceTable};
+use crate::table::{InsertError, Inserted, Placement, Slot, TraceTable};
 use crate::traceback::{
     TracebackEntry, TracebackId, TracebackRef, TracebackStorage, TracebackStore,
 };
@@ -116,10 +116,15 @@ pub struct Tracer<'a> {
 }
 
 impl<'a> Tracer<'a> {
-    /// A tracer over `storage`, which it clears.
+    /// A tracer over `storage`, which it clears, its table [`Placement::Packed`].
     pub fn new(storage: TracerStorage<'a>) -> Tracer<'a> {
+        Tracer::with_placement(storage, Placement::Packed)
+    }
+
+    /// A tracer over `storage`, as [`Tracer::new`], its table placed by `placement`.
+    pub fn with_placement(storage: TracerStorage<'a>, placement: Placement) -> Tracer<'a> {
         Tracer {
-            table: TraceTable::new(storage.slots),
+            table: TraceTable::with_placement(storage.slots, placement),
             tracebacks: TracebackStore::new(storage.tracebacks),
             counters: Counters::default(),
         }
