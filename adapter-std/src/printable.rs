@@ -16,9 +16,9 @@ use tracemalloc_core::Snapshot;
 /// DEL and the C1 controls (`U+0080`–`U+009F`; some terminals obey `U+009B` as CSI), and the
 /// format characters that reorder or break what is shown: bidirectional marks, embeddings,
 /// overrides and isolates (a name could display as another), and the line and paragraph
-/// separators. In names (not `keep_layout`) every other format character too: they show as
-/// nothing (a zero-width space, a soft hyphen, tag characters), so `cache\u{200b}.rs` would
-/// print as `cache.rs`, a second line that looks like the first. Source lines keep them, as
+/// separators. In names (not `keep_layout`) every other character that shows as nothing too
+/// (a zero-width space, a soft hyphen, a variation selector, tag characters), so that
+/// `cache\u{200b}.rs` does not print as `cache.rs`, a second line that looks like the first. Source lines keep them, as
 /// emoji sequences and hyphenation hints there are the user's own text.
 fn is_escaped(c: char, keep_layout: bool) -> bool {
     match c {
@@ -32,31 +32,38 @@ fn is_escaped(c: char, keep_layout: bool) -> bool {
     }
 }
 
-/// Unicode's format characters (general category `Cf`, Unicode 15), which have no glyph.
+/// Characters a name can hold without showing them: Unicode's format characters (general
+/// category `Cf`, Unicode 15; a few of them, the Arabic number signs, do show, and are escaped
+/// all the same) and the other default-ignorable code points (variation selectors, the
+/// combining grapheme joiner, Hangul fillers, Mongolian free variation selectors).
 fn is_invisible_format(c: char) -> bool {
     matches!(
         c,
         '\u{ad}'
+            | '\u{34f}'
             | '\u{600}'..='\u{605}'
             | '\u{61c}'
             | '\u{6dd}'
             | '\u{70f}'
             | '\u{890}'..='\u{891}'
             | '\u{8e2}'
-            | '\u{180e}'
+            | '\u{115f}'..='\u{1160}'
+            | '\u{17b4}'..='\u{17b5}'
+            | '\u{180b}'..='\u{180f}'
             | '\u{200b}'..='\u{200f}'
             | '\u{202a}'..='\u{202e}'
-            | '\u{2060}'..='\u{2064}'
-            | '\u{2066}'..='\u{206f}'
+            | '\u{2060}'..='\u{206f}'
+            | '\u{3164}'
+            | '\u{fe00}'..='\u{fe0f}'
             | '\u{feff}'
-            | '\u{fff9}'..='\u{fffb}'
+            | '\u{ffa0}'
+            | '\u{fff0}'..='\u{fffb}'
             | '\u{110bd}'
             | '\u{110cd}'
             | '\u{13430}'..='\u{1343f}'
             | '\u{1bca0}'..='\u{1bca3}'
             | '\u{1d173}'..='\u{1d17a}'
-            | '\u{e0001}'
-            | '\u{e0020}'..='\u{e007f}'
+            | '\u{e0000}'..='\u{e0fff}'
     )
 }
 
@@ -160,8 +167,11 @@ mod tests {
             "src/\\u{202e}sr.live\\u{2028}x\u{200d}y"
         );
         assert_eq!(
-            escape_controls("cache\u{200b}.rs x\u{200d}y \u{ad}\u{feff}\u{e0041}", false),
-            "cache\\u{200b}.rs x\\u{200d}y \\u{ad}\\u{feff}\\u{e0041}"
+            escape_controls(
+                "cache\u{200b}.rs x\u{200d}y \u{ad}\u{feff}\u{e0041}\u{fe0f}",
+                false
+            ),
+            "cache\\u{200b}.rs x\\u{200d}y \\u{ad}\\u{feff}\\u{e0041}\\u{fe0f}"
         );
         // Letters beside them, and other invisible-looking but non-format text, stay.
         assert!(matches!(

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
-use tracemalloc_core::table::{InsertError, Inserted, MAX_TRACED_SIZE};
+use tracemalloc_core::table::{InsertError, Inserted, Placement, MAX_TRACED_SIZE};
 use tracemalloc_core::{
     Counters, Recorded, Slot, TraceTable, TracebackEntry, TracebackId, TracebackStorage, Tracer,
     TracerStorage,
@@ -113,9 +113,9 @@ fn check_table(table: &TraceTable<'_>, model: &Model) {
     );
 }
 
-fn run_table(slot_count: usize, ops: &[TableOp]) {
+fn run_table(slot_count: usize, placement: Placement, ops: &[TableOp]) {
     let mut storage = vec![Slot::EMPTY; slot_count];
-    let mut table = TraceTable::new(&mut storage);
+    let mut table = TraceTable::with_placement(&mut storage, placement);
     let limit = table.limit();
     let mut model = Model::new();
     for op in ops {
@@ -164,13 +164,17 @@ proptest! {
     /// 8 slots: at most 6 traces, so the full table is hit constantly.
     #[test]
     fn small_table_matches_a_btreemap(ops in proptest::collection::vec(table_op(), 1..200)) {
-        run_table(8, &ops);
+        for placement in [Placement::Packed, Placement::Spaced] {
+            run_table(8, placement, &ops);
+        }
     }
 
     /// 64 slots: long probe runs and backward-shift deletion across wrap-around.
     #[test]
     fn larger_table_matches_a_btreemap(ops in proptest::collection::vec(table_op(), 1..400)) {
-        run_table(64, &ops);
+        for placement in [Placement::Packed, Placement::Spaced] {
+            run_table(64, placement, &ops);
+        }
     }
 
     /// Migrating mid-sequence keeps every trace and the table keeps matching the model.
@@ -178,10 +182,12 @@ proptest! {
     fn migrated_table_matches_a_btreemap(
         before in proptest::collection::vec(table_op(), 1..100),
         after in proptest::collection::vec(table_op(), 1..100),
+        spaced in any::<bool>(),
     ) {
         let mut small = vec![Slot::EMPTY; 8];
         let mut big = vec![Slot::EMPTY; 32];
-        let mut table = TraceTable::new(&mut small);
+        let placement = if spaced { Placement::Spaced } else { Placement::Packed };
+        let mut table = TraceTable::with_placement(&mut small, placement);
         let mut model = Model::new();
         for op in &before {
             if let TableOp::Insert { addr, size, tb } = *op {
@@ -191,6 +197,7 @@ proptest! {
             }
         }
         prop_assert!(table.migrate(&mut big).is_ok());
+        prop_assert_eq!(table.placement(), placement);
         check_table(&table, &model);
         let limit = table.limit();
         for op in &after {

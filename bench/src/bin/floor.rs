@@ -15,7 +15,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering::Relaxed};
 
-use tracemalloc::core::table::{Slot, TraceTable};
+use tracemalloc::core::table::{Placement, Slot, TraceTable};
 use tracemalloc::core::traceback::{fold_frame, HASH_SEED};
 use tracemalloc::core::TracebackId;
 
@@ -254,7 +254,8 @@ fn main() {
         }
     };
     let slots = huge_pages::<Slot>(SLOTS);
-    *TRACES.lock() = Some(TraceTable::new(slots));
+    // Placed as the tracer places its tables under glibc, whose blocks lie 32 bytes apart.
+    *TRACES.lock() = Some(TraceTable::with_placement(slots, Placement::Spaced));
     DEPTH.store(args.nframe, Relaxed);
     PARTS.store(parts, Relaxed);
     let (elapsed, checksum) = tracemalloc_bench::time_workload(args.workload, args.threads);
