@@ -464,13 +464,16 @@ fn arm(inner: &dyn GlobalAlloc) -> bool {
     // reads the new generation (acquire) then sees the storage of its session. Cells left by
     // writers racing with the last stop are given back; their generation is an old one.
     let shadowed = shadow_chosen(&config);
+    // How closely `inner` packs small blocks, measured once for both uses: the cells' span
+    // and the tables' placement.
+    let spacing = shadow::least_spacing(inner);
     if shadowed {
-        shadow::choose_span(inner);
+        shadow::choose_span(spacing);
     }
     SHADOWED.store(shadowed, Relaxed);
     SPILLED.store(0, Relaxed);
     shadow::clear();
-    let ready = allocate_shards(inner, &config)
+    let ready = allocate_shards(inner, &config, Placement::for_spacing(spacing))
         && allocate_foreign(inner, capture_depth(&config))
         // The new generation and the zeroed figures together, under the generation lock: a
         // change published under the old generation lands before both, or is dropped.
@@ -616,10 +619,9 @@ fn capture_depth(config: &Config) -> usize {
 }
 
 /// Creates (first start) or clears (later starts) the shard tracers.
-fn allocate_shards(inner: &dyn GlobalAlloc, config: &Config) -> bool {
-    // Placed for how closely `inner` packs small blocks, the shards' tables keep that
-    // placement for their lifetime (through growth and later starts).
-    let mut placement = None;
+/// New tables are placed by `placement`, which they keep for their lifetime (through growth
+/// and later starts).
+fn allocate_shards(inner: &dyn GlobalAlloc, config: &Config, placement: Placement) -> bool {
     for (i, shard) in SHARD_TABLE.iter().enumerate() {
         let mut shard = shard.lock();
         shard.grow = config.grow;
@@ -634,8 +636,6 @@ fn allocate_shards(inner: &dyn GlobalAlloc, config: &Config) -> bool {
         };
         shard.pages = pages;
         // The shards' own traceback stores stay empty: they record ids of the shared store.
-        let placement =
-            *placement.get_or_insert_with(|| Placement::for_spacing(shadow::least_spacing(inner)));
         let storage = TracerStorage {
             slots,
             tracebacks: TracebackStorage {

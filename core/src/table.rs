@@ -122,6 +122,7 @@ pub struct TraceTable<'a> {
 /// hundreds of slots that every insert and removal walks. How full a window gets depends on how
 /// closely the allocator packs small blocks, hence two placements.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Placement {
     /// For allocators that hand out small blocks side by side, down to 8 bytes apart (mimalloc,
     /// jemalloc, embedded heaps), and for any allocator: a window of 16 slots, one per 8 bytes,
