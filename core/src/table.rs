@@ -125,9 +125,10 @@ pub struct TraceTable<'a> {
 #[non_exhaustive]
 pub enum Placement {
     /// For allocators that hand out small blocks side by side, down to 8 bytes apart (mimalloc,
-    /// jemalloc, embedded heaps), and for any allocator: a window of 16 slots, one per 8 bytes,
-    /// for each 128-byte region. With 1 KiB regions (below), blocks 8 bytes apart filled their
-    /// windows, and an insert or removal under mimalloc visited 50 to 90 slots.
+    /// jemalloc, embedded heaps), and where the spacing is unknown: a window of 16 slots, one
+    /// per 8 bytes, for each 128-byte region, which keeps probe runs bounded however blocks are
+    /// spaced (the tests' patterns). With 1 KiB regions (below), blocks 8 bytes apart filled
+    /// their windows, and an insert or removal under mimalloc visited 50 to 90 slots.
     #[default]
     Packed,
     /// For allocators whose small blocks lie at least 32 bytes apart (glibc): a window of 64
