@@ -148,16 +148,6 @@ impl Placement {
             Placement::Packed
         }
     }
-
-    /// `(region, grain)` as shifts: blocks in one `2^region`-byte region share a window of a
-    /// slot per `2^grain` bytes.
-    #[inline(always)]
-    const fn shifts(self) -> (u32, u32) {
-        match self {
-            Placement::Packed => (7, 3),
-            Placement::Spaced => (10, 4),
-        }
-    }
 }
 
 /// The home slot of `addr` in a table of `2^log2_slots` slots placed by `placement`: where a
@@ -171,21 +161,37 @@ pub fn home_index(addr: usize, log2_slots: u32, placement: Placement) -> usize {
 /// The home slot of `addr` in a table of `mask + 1` slots, `shift = 64 - log2(mask + 1)`.
 #[inline]
 fn home_slot(addr: usize, shift: u32, mask: usize, placement: Placement) -> usize {
-    let (region_shift, grain_shift) = placement.shifts();
-    let region = (addr >> region_shift) as u64;
+    // One path per placement, each with constant shifts: a removal computes the home of every
+    // trace it shifts back, and variable shifts cost the embedded tracer 42 instructions a
+    // traced alloc+free pair.
+    match placement {
+        Placement::Packed => home_in::<7, 3, true>(addr, shift, mask),
+        Placement::Spaced => home_in::<10, 4, false>(addr, shift, mask),
+    }
+}
+
+/// [`home_slot`] for `2^REGION`-byte regions with a slot per `2^GRAIN` bytes; `MOVED`: blocks
+/// are moved within their window by their page's number.
+#[inline(always)]
+fn home_in<const REGION: u32, const GRAIN: u32, const MOVED: bool>(
+    addr: usize,
+    shift: u32,
+    mask: usize,
+) -> usize {
+    let region = (addr >> REGION) as u64;
     let base = region
         .wrapping_mul(0x9E37_79B9_7F4A_7C15)
         .checked_shr(shift)
         .unwrap_or(0);
-    let mut place = addr >> grain_shift;
-    if placement == Placement::Packed {
+    let mut place = addr >> GRAIN;
+    if MOVED {
         // Blocks a page apart (the large size classes of packing allocators) would all sit at
         // the start of their windows, whose bases, regions 32 apart, spread unevenly: the
         // page's and the 64 KiB block's numbers move them within the window. Within a region
         // this only permutes the window's slots, so dense blocks fill it as before.
         place ^= (addr >> 12) ^ (addr >> 16);
     }
-    let offset = place & ((1 << (region_shift - grain_shift)) - 1);
+    let offset = place & ((1 << (REGION - GRAIN)) - 1);
     (base as usize).wrapping_add(offset) & mask
 }
 
