@@ -154,9 +154,9 @@ fn span_shift() -> u32 {
 
 /// Chooses the cells' span for the allocator whose blocks are about to be traced, which starts
 /// small blocks `spacing` bytes apart or more ([`least_spacing`]): 32 bytes when that is at
-/// least 32, 16 otherwise. Only before the
-/// first region is reserved: cells are read with the span they were written with, so a later
-/// start under another allocator keeps the span (which costs it memory or speed, never traces).
+/// least 32, 16 otherwise. Only before the first region is reserved: cells are read with the
+/// span they were written with, so a later start under another allocator keeps the span (which
+/// costs it memory or speed, never traces).
 pub(crate) fn choose_span(spacing: usize) {
     let _reserving = RESERVING.lock();
     if RESERVED_LEN.load(Relaxed) == 0 {
