@@ -135,15 +135,15 @@ const FOREIGN_TRACEBACKS: usize = 1024;
 struct TableHint {
     base: AtomicUsize,
     log2_slots: AtomicU8,
-    /// The table's [`Placement`] is `Spaced`.
-    spaced: AtomicBool,
+    /// The table's [`Placement`], as [`Placement::to_byte`] gives it.
+    placement: AtomicU8,
 }
 
 #[allow(clippy::declare_interior_mutable_const)]
 const NO_HINT: TableHint = TableHint {
     base: AtomicUsize::new(0),
     log2_slots: AtomicU8::new(0),
-    spaced: AtomicBool::new(false),
+    placement: AtomicU8::new(0),
 };
 static HINTS: [TableHint; SHARDS] = [NO_HINT; SHARDS];
 
@@ -153,8 +153,8 @@ fn publish_hint(shard: usize, tracer: &Tracer<'_>) {
         .store(tracer.table().slots_ptr() as usize, Relaxed);
     hint.log2_slots
         .store(tracer.table().slot_count().trailing_zeros() as u8, Relaxed);
-    hint.spaced
-        .store(tracer.table().placement() == Placement::Spaced, Relaxed);
+    hint.placement
+        .store(tracer.table().placement().to_byte(), Relaxed);
 }
 
 /// Asks the CPU to fetch the table slot of `addr` (in `shard`) into the cache.
@@ -165,11 +165,7 @@ fn prefetch_slot(addr: usize, shard: usize) {
     if base == 0 {
         return;
     }
-    let placement = if hint.spaced.load(Relaxed) {
-        Placement::Spaced
-    } else {
-        Placement::Packed
-    };
+    let placement = Placement::from_byte(hint.placement.load(Relaxed));
     let log2_slots = u32::from(hint.log2_slots.load(Relaxed));
     let home = tracemalloc_core::table::home_index(addr, log2_slots, placement);
     prefetch(base.wrapping_add(home.wrapping_mul(core::mem::size_of::<Slot>())));
