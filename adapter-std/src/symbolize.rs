@@ -25,6 +25,8 @@ use crate::Error;
 pub struct ElfResolver {
     loader: addr2line::Loader,
     bias: usize,
+    /// The file's executable sections ([`code_ranges`]); empty when they could not be read.
+    code: Vec<Range<u64>>,
     roots: Vec<String>,
     show_plumbing: bool,
     cache: HashMap<usize, Option<Vec<Frame>>>,
@@ -76,6 +78,7 @@ impl ElfResolver {
         Ok(ElfResolver {
             loader,
             bias,
+            code: code_ranges(file),
             roots,
             show_plumbing: false,
             cache: HashMap::new(),
@@ -142,6 +145,9 @@ impl ElfResolver {
 
     fn lookup(&mut self, address: usize) -> Option<Vec<Frame>> {
         let probe = address.checked_sub(self.bias)? as u64;
+        if !self.code.is_empty() && !self.code.iter().any(|code| code.contains(&probe)) {
+            return None; // no code there, whatever the debug info says
+        }
         let mut found = Vec::new();
         let mut frames = self.loader.find_frames(probe).ok()?;
         while let Ok(Some(frame)) = frames.next() {
@@ -213,6 +219,27 @@ impl Resolver for ElfResolver {
             None => false,
         }
     }
+}
+
+/// The address ranges of `file`'s executable sections: the only places a return address can
+/// point to. Debug info may claim others: a function the linker discarded keeps its DWARF, its
+/// start address set to 0, and would name addresses that hold no code (an incremental debug
+/// build named 0x10 after a generic function this way). Empty when the sections cannot be
+/// read; nothing is filtered then.
+fn code_ranges(file: &Path) -> Vec<Range<u64>> {
+    use object::{Object, ObjectSection};
+    let Ok(file) = std::fs::File::open(file) else {
+        return Vec::new();
+    };
+    let cache = object::ReadCache::new(&file);
+    let Ok(object) = object::File::parse(&cache) else {
+        return Vec::new();
+    };
+    object
+        .sections()
+        .filter(|section| section.kind() == object::SectionKind::Text && section.size() != 0)
+        .map(|section| section.address()..section.address().saturating_add(section.size()))
+        .collect()
 }
 
 /// Where `addr2line`'s loader looks for the DWARF package of `file` (split debug info): the
@@ -1006,5 +1033,17 @@ mod tests {
             out.iter().any(|f| f.filename.ends_with("symbolize.rs")),
             "{out:?}"
         );
+        // The start of the file (its ELF header) is no code, whatever the debug info says.
+        assert!(
+            resolver
+                .code
+                .iter()
+                .any(|code| code.contains(&((address - resolver.bias) as u64))),
+            "{:x?}",
+            resolver.code
+        );
+        assert!(!resolver.code.iter().any(|code| code.contains(&0x10)));
+        let header = resolver.bias + 0x10;
+        assert!(!resolver.resolve(header, &mut out), "{out:?}");
     }
 }
