@@ -16,16 +16,19 @@
 //! (json's shadow cost fell from +0.045 s to +0.018 s in the floor benchmark); 16 bytes for
 //! allocators that hand out small blocks side by side (jemalloc, mimalloc, musl: under mimalloc
 //! a 32-byte span sent so many neighbours to the tables that json ran 0.46 s against 0.38 s).
-//! Several blocks may still start in one span (8-byte blocks in a 16-byte span; up to four in a
-//! 32-byte one, under an allocator that packs blocks closer than the probe saw): the first one
-//! recorded takes the cell with a compare-and-swap (the others may belong to other threads),
-//! the others go to the tables. A cell holding a block's trace is written by no one else
-//! until that block is freed; its free empties it with a compare-and-swap, which a record
-//! racing with a `clear_traces()` cannot slip past.
+//! With a 16-byte span the cells lie in two planes: a block that starts 8 bytes into its span
+//! has its cell in the second plane, so 8-byte blocks side by side each have one (under
+//! mimalloc a third of json's blocks went to the tables before), and the second plane's pages
+//! are written only where such blocks are. In a 32-byte span up to four blocks may start
+//! (under an allocator that packs blocks closer than the probe saw): the first one recorded
+//! takes the cell with a compare-and-swap (the others may belong to other threads), the others
+//! go to the tables. A cell holding a block's trace is written by no one else until that block
+//! is freed; its free empties it with a compare-and-swap, which a record racing with a
+//! `clear_traces()` cannot slip past.
 //!
 //! The address space is cut into 1 GiB regions. The first block in a region reserves the
-//! region's 512 MiB of cells (`MAP_NORESERVE`: only the pages written take memory; a 32-byte
-//! span uses the first half) and a bitmap
+//! region's 1 GiB of cells (`MAP_NORESERVE`: only the pages written take memory; a 32-byte
+//! span uses the first quarter) and a bitmap
 //! of the cell pages written, which snapshots, [`clear`] and [`memory_bytes`] walk instead of
 //! the reservation. Reservations are never unmapped, as a thread may be writing a cell while
 //! tracing stops; [`clear`] gives the written pages back instead.
@@ -56,8 +59,13 @@ const WIDE_SPAN_SHIFT: u32 = 5;
 /// Addresses above this are not shadowed (the user half of a 48-bit address space).
 const ADDRESS_BITS: u32 = 48;
 const REGION_BITS: u32 = 30;
-/// Cells a region may need: one per 16 bytes (a 32-byte span uses the first half).
-const REGION_CELLS: usize = 1 << (REGION_BITS - NARROW_SPAN_SHIFT);
+/// Cells of a plane: one per 16 bytes of a region (a 32-byte span uses the first half of the
+/// first plane).
+const PLANE_CELLS: usize = 1 << (REGION_BITS - NARROW_SPAN_SHIFT);
+/// With a 16-byte span, a block's plane is where in the span it starts, in [`GRAIN`]s.
+const PLANES: usize = 1 << (NARROW_SPAN_SHIFT - GRAIN.trailing_zeros());
+/// Cells a region may need.
+const REGION_CELLS: usize = PLANES * PLANE_CELLS;
 const CELLS_BYTES: usize = REGION_CELLS * size_of::<u64>();
 const PAGE: usize = 4096;
 const CELLS_PER_PAGE: usize = PAGE / size_of::<u64>();
@@ -272,16 +280,24 @@ impl Place {
 #[inline(always)]
 unsafe fn place(base: usize, addr: usize) -> Place {
     let shift = span_shift();
-    let index = (addr & ((1 << REGION_BITS) - 1)) >> shift;
+    let in_region = addr & ((1 << REGION_BITS) - 1);
+    let offset = (in_region & ((1 << shift) - 1)) / GRAIN;
+    let plane = if shift == NARROW_SPAN_SHIFT {
+        offset
+    } else {
+        0
+    };
+    let index = plane * PLANE_CELLS + (in_region >> shift);
     let page = index / CELLS_PER_PAGE;
     Place {
-        // SAFETY: `index < REGION_CELLS` (an offset in a region, shifted by at least 4);
-        // `base` is the caller's.
+        // SAFETY: `index < REGION_CELLS`: an offset in a region shifted by at least 4 is below
+        // `PLANE_CELLS`, and `plane < PLANES` (with a 16-byte span, an offset in it divided by
+        // the grain; 0 otherwise). `base` is the caller's.
         cell: unsafe { cell(base, index) },
         // SAFETY: `page < PAGES`, so its word is in the bitmap; `base` is the caller's.
         word: unsafe { bitmap_word(base, page / 64) },
         bit: 1 << (page % 64),
-        offset: ((addr & ((1 << shift) - 1)) / GRAIN) as u64,
+        offset: offset as u64,
     }
 }
 
@@ -538,7 +554,9 @@ pub(crate) fn scan(mut f: impl FnMut(usize, Packed)) {
                     // `PAGES`, so below `REGION_CELLS`.
                     let held = Packed(unsafe { cell(base, i) }.load(Relaxed));
                     if held != Packed::EMPTY {
-                        f(region << REGION_BITS | i << shift | held.offset(), held);
+                        // A cell of the second plane holds its offset in the span too.
+                        let span = i % PLANE_CELLS;
+                        f(region << REGION_BITS | span << shift | held.offset(), held);
                     }
                 }
             }
@@ -626,8 +644,8 @@ mod tests {
     fn cells_record_take_scan_and_clear_with_the_span() {
         let id = TracebackId::from_index(0xAB_CDEF);
         // Addresses no allocator of this test process hands out: the top of the user half.
-        // b and c lie 16 and 24 bytes into a cell's span (or 0 and 8 with a 16-byte span),
-        // in pages of their own.
+        // b and c lie 16 and 24 bytes into a cell's span (or 0 and 8 with a 16-byte span,
+        // where c's cell is in the second plane), in pages of their own.
         let a = (1 << ADDRESS_BITS) - (1 << REGION_BITS);
         let b = a + 4096 * 40 + 16;
         let c = a + 4096 * 80 + 24;
@@ -648,12 +666,18 @@ mod tests {
             Some((24, id)),
             "11 bits of generation"
         );
-        // Three pages of cells written, and the bitmap's page that marks them.
-        assert_eq!(memory_bytes() - memory_before, 4 * PAGE);
+        // Three pages of cells written, and the bitmap's page that marks them (each plane's
+        // pages are marked in a page of the bitmap of their own).
+        let planes = if span_shift() == NARROW_SPAN_SHIFT {
+            2
+        } else {
+            1
+        };
+        assert_eq!(memory_bytes() - memory_before, (3 + planes) * PAGE);
         #[cfg(target_os = "linux")]
         assert_eq!(
             resident(a),
-            4 * PAGE,
+            (3 + planes) * PAGE,
             "what the kernel says the region holds"
         );
         assert_eq!(record(c, 8, 7, id), Ok(Packed::EMPTY));
@@ -684,9 +708,74 @@ mod tests {
         assert_eq!(take(a + 4), Packed::EMPTY);
         assert_eq!(get(a), held);
 
-        // A block 8 bytes further, in a's cell: a's trace stays, the neighbour has no cell.
         let n = a + GRAIN;
         assert!(fits(n, 16));
+        if planes == 2 {
+            neighbour_in_the_second_plane(a, n, held, id, memory_before);
+        } else {
+            neighbour_in_a_taken_cell(a, n, held, id, [b, c]);
+        }
+
+        clear();
+        assert_eq!(get(a), Packed::EMPTY);
+        assert_eq!(get(b), Packed::EMPTY);
+        assert_eq!(get(c), Packed::EMPTY);
+        assert_eq!(get(n), Packed::EMPTY);
+        assert_eq!(memory_bytes(), memory_before);
+        #[cfg(target_os = "linux")]
+        assert_eq!(
+            resident(a),
+            planes * PAGE,
+            "the cells were given back, the bitmap's pages stay"
+        );
+        let mut any = false;
+        scan(|addr, _| any |= addr >> REGION_BITS == a >> REGION_BITS);
+        assert!(!any, "nothing left to scan after clear");
+        // A region never reserved holds nothing, and taking from it reserves nothing.
+        assert_eq!(take(a - (1 << REGION_BITS)), Packed::EMPTY);
+        assert!(cells_of(a - (1 << REGION_BITS), false).is_none());
+        release();
+        #[cfg(target_os = "linux")]
+        assert_eq!(resident(a), 0);
+    }
+
+    /// With a 16-byte span, the block 8 bytes after `a` (whose trace is `held`) has a cell of
+    /// its own, in the second plane: both are recorded, found, scanned and taken apart.
+    fn neighbour_in_the_second_plane(
+        a: usize,
+        n: usize,
+        held: Packed,
+        id: TracebackId,
+        memory_before: usize,
+    ) {
+        assert_eq!(record(n, 8, 7, id), Ok(Packed::EMPTY));
+        assert_eq!(get(n).of_generation(7), Some((8, id)));
+        assert_eq!(get(a), held);
+        // A fourth page of cells, in the second plane, whose bitmap page c's cell marked.
+        assert_eq!(memory_bytes() - memory_before, 6 * PAGE);
+        let mut found = Vec::new();
+        scan(|addr, held| {
+            if addr == a || addr == n {
+                found.push((addr, held.of_generation(7)));
+            }
+        });
+        assert_eq!(found, [(a, Some((32, id))), (n, Some((8, id)))]);
+        assert_eq!(take(a), held);
+        assert_eq!(get(n).of_generation(7), Some((8, id)), "n keeps its trace");
+        assert!(put_back(a, held));
+        assert_eq!(take(n).of_generation(7), Some((8, id)));
+        assert_eq!(get(a), held, "a keeps its trace");
+    }
+
+    /// With a 32-byte span, the block 8 bytes after `a` (whose trace is `held`) shares a's
+    /// cell: it goes to the tables while a lives, and takes the cell once a is freed.
+    fn neighbour_in_a_taken_cell(
+        a: usize,
+        n: usize,
+        held: Packed,
+        id: TracebackId,
+        [b, c]: [usize; 2],
+    ) {
         assert_eq!(take(n), Packed::EMPTY, "the cell holds a's trace, not n's");
         assert_eq!(get(n), Packed::EMPTY);
         assert_eq!(get(a), held);
@@ -711,27 +800,6 @@ mod tests {
         assert_eq!(take(n).of_generation(7), Some((16, id)));
         assert_eq!(record(a, 8, 8, id), Ok(Packed::EMPTY));
         assert_eq!(get(a).of_generation(8), Some((8, id)));
-
-        clear();
-        assert_eq!(get(a), Packed::EMPTY);
-        assert_eq!(get(b), Packed::EMPTY);
-        assert_eq!(get(c), Packed::EMPTY);
-        assert_eq!(memory_bytes(), memory_before);
-        #[cfg(target_os = "linux")]
-        assert_eq!(
-            resident(a),
-            PAGE,
-            "the cells were given back, the bitmap's page stays"
-        );
-        let mut any = false;
-        scan(|addr, _| any |= addr >> REGION_BITS == a >> REGION_BITS);
-        assert!(!any, "nothing left to scan after clear");
-        // A region never reserved holds nothing, and taking from it reserves nothing.
-        assert_eq!(take(a - (1 << REGION_BITS)), Packed::EMPTY);
-        assert!(cells_of(a - (1 << REGION_BITS), false).is_none());
-        release();
-        #[cfg(target_os = "linux")]
-        assert_eq!(resident(a), 0);
     }
 
     #[test]

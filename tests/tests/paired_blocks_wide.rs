@@ -4,6 +4,6 @@
 mod paired;
 
 #[test]
-fn neighbours_in_one_cell_are_both_traced_with_32_byte_cells() {
-    paired::neighbours_in_one_cell_are_both_traced(false);
+fn neighbours_in_one_span_are_both_traced_with_32_byte_cells() {
+    paired::neighbours_in_one_span_are_both_traced(false);
 }

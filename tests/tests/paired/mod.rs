@@ -2,11 +2,12 @@
 //! cells (`adapter-std/src/shadow.rs`; 16 or 32 bytes, chosen for the inner allocator when
 //! tracing starts): glibc never starts two blocks in one cell's span, but allocators with 8- or
 //! 16-byte blocks (jemalloc, mimalloc, musl) do. Under an inner allocator that hands out 8-byte
-//! blocks side by side, two neighbours share a cell in either span: the first takes the cell
+//! blocks side by side, two neighbours start in one span. With a 16-byte span each has a cell,
+//! in the two planes of cells; with a 32-byte span they share one: the first takes the cell
 //! and the other goes to the tables. Both must be traced, found, forgotten and counted exactly,
 //! also when threads allocate and free neighbours at the same time, while another thread clears
-//! the traces, and when a neighbour takes the cell while a failed `realloc` has the other
-//! block's trace out of it.
+//! the traces, and when a neighbour takes the freed slot while a failed `realloc` has the other
+//! block's trace out of its cell.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering::*};
@@ -194,11 +195,11 @@ fn neighbours_in_one_thread() {
     assert_eq!(
         line(r),
         Some(line_of("RIGHT")),
-        "its neighbour, in the tables"
+        "its neighbour (in the tables with a 32-byte span)"
     );
 
-    // Free the cells' blocks first: their neighbours stay traced, in the tables. New blocks
-    // then land in the freed slots (last freed first) and take their cells.
+    // Free the left blocks first: their neighbours stay traced (in the tables, with a 32-byte
+    // span). New blocks then land in the freed slots (last freed first) and take the cells.
     let rights: Vec<_> = pairs.into_iter().map(|(_, r)| r).collect();
     let lefts: Vec<_> = (0..1000).map(|_| left()).collect();
     let mut paired: Vec<_> = lefts.iter().map(|l| addr(l) + 8).collect();
@@ -277,8 +278,9 @@ fn neighbours_across_threads() {
     assert_eq!(traced_here("CHURN"), None);
 }
 
-/// A `realloc` that fails while a neighbour took the cell its block's trace had left: the
-/// trace goes to the tables, and both blocks stay traced.
+/// A `realloc` that fails while a neighbour took the slot beside it (and, with a 32-byte span,
+/// the cell its block's trace had left: the trace then goes to the tables): both blocks stay
+/// traced.
 fn neighbour_takes_the_cell_during_a_failed_realloc() {
     let layout = Layout::new::<Small>();
     let (before, _) = tracemalloc::traced_memory();
@@ -461,7 +463,7 @@ fn neighbours_under_clears() {
 
 /// The test: under shadow memory whose span was chosen for the arena's blocks (`narrow`, 16
 /// bytes) or for glibc's (32).
-pub fn neighbours_in_one_cell_are_both_traced(narrow: bool) {
+pub fn neighbours_in_one_span_are_both_traced(narrow: bool) {
     ARENA_ON.store(narrow, Relaxed);
     tracemalloc::start_with(Config {
         nframe: 4,
