@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Issue 5's benchmark: builds every variant of tracemalloc-bench (untraced, traced with tracing
-# off / nframe 1 / nframe 16, mod-alloc, dhat-rs), runs them interleaved (7 rounds by default;
+# off / nframe 1 / nframe 16, mod-alloc, dhat-rs, and untraced and traced at nframe 16 around
+# mimalloc), runs them interleaved (7 rounds by default;
 # heaptrack too when /usr/bin/heaptrack exists), then the nframe sweep (writing
 # BENCHMARKS-overhead.svg) and the memory / snapshot-at-scale measurements. Prints Markdown and
 # keeps a copy in target/bench/report.md. Arguments go to the driver, e.g.

@@ -117,6 +117,47 @@ pub fn time_workload(workload: Workload, threads: usize) -> (Duration, u64) {
     (start.elapsed(), checksum)
 }
 
+/// The body of an untraced variant's `main` (`untraced`, `untraced_mimalloc`): runs the
+/// workload the command line names on whatever allocator the binary installed.
+pub fn run_untraced(variant: &str) {
+    let args = Args::from_env();
+    let (elapsed, checksum) = time_workload(args.workload, args.threads);
+    print_result(variant, &args, elapsed, checksum, "");
+}
+
+/// The body of a traced variant's `main` (`traced`, `traced_mimalloc`), whose global allocator
+/// is a `TracingAllocator`: traces with `--nframe N` frames (sampling one block per
+/// `--sample BYTES` when given), or with `--off` leaves tracing off.
+pub fn run_traced(variant: &str) {
+    let args = Args::from_env();
+    if !args.off {
+        let config = tracemalloc::Config {
+            nframe: args.nframe,
+            sample_interval: args.sample,
+            ..tracemalloc::Config::default()
+        };
+        if let Err(e) = tracemalloc::start_with(config) {
+            eprintln!("{variant}: cannot start tracing: {e}");
+            std::process::exit(1);
+        }
+    }
+    let (elapsed, checksum) = time_workload(args.workload, args.threads);
+    // Read after the timer stopped; shows that the run was traced (peak > 0) or not.
+    let (_, peak) = tracemalloc::traced_memory();
+    let extra = if args.off {
+        format!("mode=off peak={peak}")
+    } else {
+        format!(
+            "mode=on nframe={} sample={} peak={peak} tracer_memory={}",
+            args.nframe,
+            args.sample,
+            tracemalloc::tracemalloc_memory()
+        )
+    };
+    tracemalloc::stop();
+    print_result(variant, &args, elapsed, checksum, &extra);
+}
+
 /// Prints the machine-readable result line the `compare` driver parses:
 /// `RESULT variant=traced workload=hashmap threads=1 nframe=16 seconds=0.123456 checksum=…`,
 /// followed by `extra` (`key=value` pairs).

@@ -142,9 +142,11 @@ const DHAT: &str = "dhat-rs";
 const HEAPTRACK_LABEL: &str = "heaptrack";
 const FLOOR_TABLE: &str = "floor table";
 const FLOOR_SHADOW: &str = "floor shadow";
+const MIMALLOC: &str = "mimalloc";
+const MIMALLOC16: &str = "mimalloc nframe 16";
 
 /// Column order of the main tables.
-const COLUMNS: [&str; 12] = [
+const COLUMNS: [&str; 14] = [
     UNTRACED,
     OFF,
     NFRAME1,
@@ -157,6 +159,8 @@ const COLUMNS: [&str; 12] = [
     HEAPTRACK_LABEL,
     FLOOR_TABLE,
     FLOOR_SHADOW,
+    MIMALLOC,
+    MIMALLOC16,
 ];
 
 fn variants(w: Workload, o: &Options) -> Vec<Variant> {
@@ -180,6 +184,15 @@ fn variants(w: Workload, o: &Options) -> Vec<Variant> {
             .with_env("FLOOR", "full"),
         Variant::new(FLOOR_SHADOW, "floor", &[name, "--nframe", "16"], UNTRACED)
             .with_env("FLOOR", "shadow"),
+        // mimalloc, untraced (against glibc) and traced (against itself): an allocator that
+        // hands out small blocks side by side, as jemalloc does.
+        Variant::new(MIMALLOC, "untraced_mimalloc", &[name], UNTRACED),
+        Variant::new(
+            MIMALLOC16,
+            "traced_mimalloc",
+            &[name, "--nframe", "16"],
+            MIMALLOC,
+        ),
     ];
     if !w.is_multithreaded() {
         // Two copies of the workload at once: contention on the tracer's locks and counters.
@@ -393,7 +406,8 @@ fn main_tables(dir: &Path, o: &Options) {
     println!(
         "`2T` columns run two copies of the workload at once and are divided by `untraced 2T`;"
     );
-    println!("`channel` has two threads of its own, so its `nframe 16` is the 2-thread figure.\n");
+    println!("`channel` has two threads of its own, so its `nframe 16` is the 2-thread figure.");
+    println!("`mimalloc` is mimalloc untraced; `mimalloc nframe 16` is divided by it.\n");
     println!("{}", markdown_table(&header, &ratio_rows));
     println!("### Ratio of best rounds (fastest run of each variant over the fastest baseline)\n");
     println!(

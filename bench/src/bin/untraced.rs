@@ -6,7 +6,5 @@ use std::alloc::System;
 static ALLOC: System = System;
 
 fn main() {
-    let args = tracemalloc_bench::Args::from_env();
-    let (elapsed, checksum) = tracemalloc_bench::time_workload(args.workload, args.threads);
-    tracemalloc_bench::print_result("untraced", &args, elapsed, checksum, "");
+    tracemalloc_bench::run_untraced("untraced");
 }
