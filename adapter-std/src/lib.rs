@@ -200,17 +200,18 @@ pub enum Storage {
     #[default]
     Auto,
     /// Shadow memory: 8 bytes for every 32 bytes of address space in which traced blocks
-    /// start (every 16 bytes under allocators that hand out small blocks side by side, such as
-    /// jemalloc and mimalloc; glibc's lie 32 bytes apart at least), at a place computed from
-    /// the block's address, reserved in 1 GiB regions and taken page by page as blocks land
-    /// there. Recording a block needs no lock and touches memory next to its heap neighbours'
-    /// traces: see BENCHMARKS.md for what it saves. The memory follows the heap's address span
-    /// rather than the number of live blocks: about a quarter of the size of a densely used
-    /// glibc heap of small blocks (half with 16-byte cells), but up to a 4 KiB page per block
-    /// where blocks lie 16 KiB (8 KiB) or more apart, and pages written stay taken until
-    /// `clear_traces()` or `stop()`. Blocks
-    /// that do not fit (not aligned to 8 bytes, 128 MiB or larger, or starting in the span of
-    /// a block whose trace holds the cell) and platforms without `mmap` use the tables, and so
+    /// start (under allocators that hand out small blocks side by side, such as jemalloc and
+    /// mimalloc, 8 bytes for every 8 bytes, in four planes whose pages take memory only where
+    /// blocks start at their offset; glibc's blocks lie 32 bytes apart at least), at a place
+    /// computed from the block's address, reserved in 1 GiB regions and taken page by page as
+    /// blocks land there. Recording a block needs no lock and touches memory next to its heap
+    /// neighbours' traces: see BENCHMARKS.md for what it saves. The memory follows the heap's
+    /// address span rather than the number of live blocks: about a quarter of the size of a
+    /// densely used heap of small blocks (all of it where 8-byte blocks lie side by side), but
+    /// up to a 4 KiB page per block where blocks lie 16 KiB or more apart, and pages written
+    /// stay taken until `clear_traces()` or `stop()`. Blocks that do not fit (not aligned to 8
+    /// bytes, 128 MiB or larger, or, with one cell per 32 bytes, starting in the span of a
+    /// block whose trace holds the cell) and platforms without `mmap` use the tables, and so
     /// does sampling, whatever this says.
     Shadow,
     /// Hash tables keyed by address, in 16 shards that double when full: memory in proportion

@@ -1,34 +1,35 @@
 //! Shadow memory: the default domain's traces, each at a place computed from its block's
 //! address.
 //!
-//! Every 16 or 32 bytes of address space (the cell's span) have an 8-byte cell, which holds
-//! the trace of a block that starts there: its size, the traceback store's generation, where in
-//! the span the block starts (in 8-byte steps) and the traceback's id. A block's cell lies
-//! beside its heap neighbours' cells, so recording and forgetting follow the heap's own cache
-//! locality, where a hash table keyed by address scatters them (BENCHMARKS.md, section 3: on
-//! serde_json the table alone cost 1.55x, shadow memory 1.18x). Nor does it need a lock.
-//! Snapshots read cells while they change, each one atomically.
+//! Every 32 bytes of address space (the cell's span) have 8-byte cells, which hold the trace
+//! of a block that starts there: its size, the traceback store's generation, where in the span
+//! the block starts (in 8-byte steps) and the traceback's id. A block's cell lies beside its
+//! heap neighbours' cells, so recording and forgetting follow the heap's own cache locality,
+//! where a hash table keyed by address scatters them (BENCHMARKS.md, section 3: on serde_json
+//! the table alone cost 1.55x, shadow memory 1.18x). Nor does it need a lock. Snapshots read
+//! cells while they change, each one atomically.
 //!
-//! The span is chosen when tracing starts with shadow memory, until the first region is
-//! reserved, and is fixed from then on ([`choose_span`]): 32
-//! bytes when the inner allocator starts its smallest blocks at least 32 bytes apart, as glibc
-//! does (its smallest chunk, header included), which halves the cells' memory and page faults
-//! (json's shadow cost fell from +0.045 s to +0.018 s in the floor benchmark); 16 bytes for
-//! allocators that hand out small blocks side by side (jemalloc, mimalloc, musl: under mimalloc
-//! a 32-byte span sent so many neighbours to the tables that json ran 0.46 s against 0.38 s).
-//! With a 16-byte span the cells lie in two planes: a block that starts 8 bytes into its span
-//! has its cell in the second plane, so 8-byte blocks side by side each have one (under
-//! mimalloc a third of json's blocks went to the tables before), and the second plane's pages
-//! are written only where such blocks are. In a 32-byte span up to four blocks may start
-//! (under an allocator that packs blocks closer than the probe saw): the first one recorded
-//! takes the cell with a compare-and-swap (the others may belong to other threads), the others
-//! go to the tables. A cell holding a block's trace is written by no one else until that block
-//! is freed; its free empties it with a compare-and-swap, which a record racing with a
-//! `clear_traces()` cannot slip past.
+//! How many cells a span has is chosen when tracing starts with shadow memory, until the first
+//! region is reserved, and is fixed from then on ([`choose_planes`]). One, when the inner
+//! allocator starts its smallest blocks at least 32 bytes apart, as glibc does (its smallest
+//! chunk, header included): a cell per 32 bytes took half the memory and page faults of one per
+//! 16 (json's shadow cost fell from +0.045 s to +0.018 s in the floor benchmark). Four, in four
+//! planes, for allocators that hand out small blocks side by side (jemalloc, mimalloc, musl): a
+//! block that starts 8, 16 or 24 bytes into its span has its cell in the second, third or
+//! fourth plane, so 8-byte blocks side by side each have one, and a plane's pages are written
+//! only where blocks start at its offset: blocks of 32, 64 or more bytes, which mimalloc lines
+//! up on 32 bytes, leave three planes alone (under mimalloc, json's tracer memory was 61 MB
+//! with a cell per 16 bytes and its 8-byte blocks in the tables, 47 MB with two planes of 16-byte
+//! spans, 30 MB with four planes). With one plane up to four blocks may start in a span (under
+//! an allocator that packs blocks closer than the probe saw): the first one recorded takes the
+//! cell with a compare-and-swap (the others may belong to other threads), the others go to the
+//! tables. A cell holding a block's trace is written by no one else until that block is freed;
+//! its free empties it with a compare-and-swap, which a record racing with a `clear_traces()`
+//! cannot slip past.
 //!
 //! The address space is cut into 1 GiB regions. The first block in a region reserves the
-//! region's 1 GiB of cells (`MAP_NORESERVE`: only the pages written take memory; a 32-byte
-//! span uses the first quarter) and a bitmap
+//! region's 1 GiB of cells (`MAP_NORESERVE`: only the pages written take memory; with one
+//! plane only the first quarter is used) and a bitmap
 //! of the cell pages written, which snapshots, [`clear`] and [`memory_bytes`] walk instead of
 //! the reservation. Reservations are never unmapped, as a thread may be writing a cell while
 //! tracing stops; [`clear`] gives the written pages back instead.
@@ -45,25 +46,25 @@
 //! current again.
 
 use core::alloc::{GlobalAlloc, Layout};
-use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
 
 use tracemalloc_core::TracebackId;
 
 /// The alignment a block needs to have a cell: a cell tells where in its span the block
 /// starts, in steps of this.
 const GRAIN: usize = 8;
-/// Bytes of address space per cell, as a shift: 4 (16 bytes) or 5 (32), see [`choose_span`].
-static SPAN_SHIFT: AtomicU32 = AtomicU32::new(NARROW_SPAN_SHIFT);
-const NARROW_SPAN_SHIFT: u32 = 4;
-const WIDE_SPAN_SHIFT: u32 = 5;
+/// Bytes of address space per span, as a shift.
+const SPAN_SHIFT: u32 = 5;
+/// Whether each span has a cell per [`GRAIN`], in planes, or one cell; see [`choose_planes`].
+static PLANED: AtomicBool = AtomicBool::new(true);
 /// Addresses above this are not shadowed (the user half of a 48-bit address space).
 const ADDRESS_BITS: u32 = 48;
 const REGION_BITS: u32 = 30;
-/// Cells of a plane: one per 16 bytes of a region (a 32-byte span uses the first half of the
-/// first plane).
-const PLANE_CELLS: usize = 1 << (REGION_BITS - NARROW_SPAN_SHIFT);
-/// With a 16-byte span, a block's plane is where in the span it starts, in [`GRAIN`]s.
-const PLANES: usize = 1 << (NARROW_SPAN_SHIFT - GRAIN.trailing_zeros());
+/// Cells of a plane: one per span of a region.
+const PLANE_CELLS: usize = 1 << (REGION_BITS - SPAN_SHIFT);
+/// Planes, when there are several: a block's plane is where in its span it starts, in
+/// [`GRAIN`]s.
+const PLANES: usize = 1 << (SPAN_SHIFT - GRAIN.trailing_zeros());
 /// Cells a region may need.
 const REGION_CELLS: usize = PLANES * PLANE_CELLS;
 const CELLS_BYTES: usize = REGION_CELLS * size_of::<u64>();
@@ -154,27 +155,21 @@ impl Packed {
     }
 }
 
-/// [`SPAN_SHIFT`]: it changes only before the first region is reserved.
+/// [`PLANED`]: it changes only before the first region is reserved.
 #[inline(always)]
-fn span_shift() -> u32 {
-    SPAN_SHIFT.load(Relaxed)
+fn planed() -> bool {
+    PLANED.load(Relaxed)
 }
 
-/// Chooses the cells' span for the allocator whose blocks are about to be traced, which starts
-/// small blocks `spacing` bytes apart or more ([`least_spacing`]): 32 bytes when that is at
-/// least 32, 16 otherwise. Only before the first region is reserved: cells are read with the
-/// span they were written with, so a later start under another allocator keeps the span (which
-/// costs it memory or speed, never traces).
-pub(crate) fn choose_span(spacing: usize) {
+/// Chooses how many cells a span has, for the allocator whose blocks are about to be traced,
+/// which starts small blocks `spacing` bytes apart or more ([`least_spacing`]): one when that
+/// is at least the span, one per [`GRAIN`] in planes otherwise. Only before the first region is
+/// reserved: cells are read as they were written, so a later start under another allocator
+/// keeps the choice (which costs it memory or speed, never traces).
+pub(crate) fn choose_planes(spacing: usize) {
     let _reserving = RESERVING.lock();
     if RESERVED_LEN.load(Relaxed) == 0 {
-        let wide = spacing >= 1 << WIDE_SPAN_SHIFT;
-        let shift = if wide {
-            WIDE_SPAN_SHIFT
-        } else {
-            NARROW_SPAN_SHIFT
-        };
-        SPAN_SHIFT.store(shift, Relaxed);
+        PLANED.store(spacing < 1 << SPAN_SHIFT, Relaxed);
     }
 }
 
@@ -279,20 +274,15 @@ impl Place {
 /// `base` is the reservation of `addr`'s region, as [`cells_of`] returns it.
 #[inline(always)]
 unsafe fn place(base: usize, addr: usize) -> Place {
-    let shift = span_shift();
     let in_region = addr & ((1 << REGION_BITS) - 1);
-    let offset = (in_region & ((1 << shift) - 1)) / GRAIN;
-    let plane = if shift == NARROW_SPAN_SHIFT {
-        offset
-    } else {
-        0
-    };
-    let index = plane * PLANE_CELLS + (in_region >> shift);
+    let offset = (in_region & ((1 << SPAN_SHIFT) - 1)) / GRAIN;
+    let plane = if planed() { offset } else { 0 };
+    let index = plane * PLANE_CELLS + (in_region >> SPAN_SHIFT);
     let page = index / CELLS_PER_PAGE;
     Place {
-        // SAFETY: `index < REGION_CELLS`: an offset in a region shifted by at least 4 is below
-        // `PLANE_CELLS`, and `plane < PLANES` (with a 16-byte span, an offset in it divided by
-        // the grain; 0 otherwise). `base` is the caller's.
+        // SAFETY: `index < REGION_CELLS`: an offset in a region divided by the span is below
+        // `PLANE_CELLS`, and `plane < PLANES` (an offset in the span divided by the grain, or
+        // 0). `base` is the caller's.
         cell: unsafe { cell(base, index) },
         // SAFETY: `page < PAGES`, so its word is in the bitmap; `base` is the caller's.
         word: unsafe { bitmap_word(base, page / 64) },
@@ -541,8 +531,6 @@ fn reserved() -> impl Iterator<Item = (usize, usize)> {
 /// since they were last cleared.
 pub(crate) fn scan(mut f: impl FnMut(usize, Packed)) {
     for (region, base) in reserved() {
-        // Read once a region is known: the span is fixed from the first reservation on.
-        let shift = span_shift();
         for word in 0..BITMAP_WORDS {
             // SAFETY: `base` comes from `reserved()`, and `word < BITMAP_WORDS`.
             let mut bits = unsafe { bitmap_word(base, word) }.load(Relaxed);
@@ -554,9 +542,12 @@ pub(crate) fn scan(mut f: impl FnMut(usize, Packed)) {
                     // `PAGES`, so below `REGION_CELLS`.
                     let held = Packed(unsafe { cell(base, i) }.load(Relaxed));
                     if held != Packed::EMPTY {
-                        // A cell of the second plane holds its offset in the span too.
+                        // A cell of another plane than the first holds its offset too.
                         let span = i % PLANE_CELLS;
-                        f(region << REGION_BITS | span << shift | held.offset(), held);
+                        f(
+                            region << REGION_BITS | span << SPAN_SHIFT | held.offset(),
+                            held,
+                        );
                     }
                 }
             }
@@ -632,20 +623,20 @@ mod tests {
     use super::*;
 
     // The shadow is process-wide; one test, so that nothing else writes it meanwhile (no other
-    // test of this crate traces), and it may switch the span between its rounds.
+    // test of this crate traces), and it may switch between planes and one cell per span.
     #[test]
     fn cells_record_take_scan_and_clear() {
-        for shift in [NARROW_SPAN_SHIFT, WIDE_SPAN_SHIFT] {
-            SPAN_SHIFT.store(shift, Relaxed);
-            cells_record_take_scan_and_clear_with_the_span();
+        for planed in [true, false] {
+            PLANED.store(planed, Relaxed);
+            cells_record_take_scan_and_clear_with(planed);
         }
     }
 
-    fn cells_record_take_scan_and_clear_with_the_span() {
+    fn cells_record_take_scan_and_clear_with(planed: bool) {
         let id = TracebackId::from_index(0xAB_CDEF);
         // Addresses no allocator of this test process hands out: the top of the user half.
-        // b and c lie 16 and 24 bytes into a cell's span (or 0 and 8 with a 16-byte span,
-        // where c's cell is in the second plane), in pages of their own.
+        // b and c lie 16 and 24 bytes into a span (in the third and fourth planes, if
+        // planed), in pages of their own.
         let a = (1 << ADDRESS_BITS) - (1 << REGION_BITS);
         let b = a + 4096 * 40 + 16;
         let c = a + 4096 * 80 + 24;
@@ -666,18 +657,14 @@ mod tests {
             Some((24, id)),
             "11 bits of generation"
         );
-        // Three pages of cells written, and the bitmap's page that marks them (each plane's
-        // pages are marked in a page of the bitmap of their own).
-        let planes = if span_shift() == NARROW_SPAN_SHIFT {
-            2
-        } else {
-            1
-        };
-        assert_eq!(memory_bytes() - memory_before, (3 + planes) * PAGE);
+        // Three pages of cells written, and the bitmap's pages that mark them: each plane's
+        // pages are marked in pages of the bitmap of their own.
+        let bitmap_pages = if planed { 3 } else { 1 };
+        assert_eq!(memory_bytes() - memory_before, (3 + bitmap_pages) * PAGE);
         #[cfg(target_os = "linux")]
         assert_eq!(
             resident(a),
-            (3 + planes) * PAGE,
+            (3 + bitmap_pages) * PAGE,
             "what the kernel says the region holds"
         );
         assert_eq!(record(c, 8, 7, id), Ok(Packed::EMPTY));
@@ -710,11 +697,13 @@ mod tests {
 
         let n = a + GRAIN;
         assert!(fits(n, 16));
-        if planes == 2 {
-            neighbour_in_the_second_plane(a, n, held, id, memory_before);
+        let bitmap_pages = if planed {
+            neighbour_in_its_own_plane(a, n, held, id, memory_before);
+            4
         } else {
             neighbour_in_a_taken_cell(a, n, held, id, [b, c]);
-        }
+            1
+        };
 
         clear();
         assert_eq!(get(a), Packed::EMPTY);
@@ -725,7 +714,7 @@ mod tests {
         #[cfg(target_os = "linux")]
         assert_eq!(
             resident(a),
-            planes * PAGE,
+            bitmap_pages * PAGE,
             "the cells were given back, the bitmap's pages stay"
         );
         let mut any = false;
@@ -739,9 +728,9 @@ mod tests {
         assert_eq!(resident(a), 0);
     }
 
-    /// With a 16-byte span, the block 8 bytes after `a` (whose trace is `held`) has a cell of
-    /// its own, in the second plane: both are recorded, found, scanned and taken apart.
-    fn neighbour_in_the_second_plane(
+    /// In planes, the block 8 bytes after `a` (whose trace is `held`) has a cell of its own, in
+    /// the second plane: both are recorded, found, scanned and taken apart.
+    fn neighbour_in_its_own_plane(
         a: usize,
         n: usize,
         held: Packed,
@@ -751,8 +740,8 @@ mod tests {
         assert_eq!(record(n, 8, 7, id), Ok(Packed::EMPTY));
         assert_eq!(get(n).of_generation(7), Some((8, id)));
         assert_eq!(get(a), held);
-        // A fourth page of cells, in the second plane, whose bitmap page c's cell marked.
-        assert_eq!(memory_bytes() - memory_before, 6 * PAGE);
+        // A fourth page of cells, in the second plane, and its page of the bitmap.
+        assert_eq!(memory_bytes() - memory_before, 8 * PAGE);
         let mut found = Vec::new();
         scan(|addr, held| {
             if addr == a || addr == n {
@@ -767,7 +756,7 @@ mod tests {
         assert_eq!(get(a), held, "a keeps its trace");
     }
 
-    /// With a 32-byte span, the block 8 bytes after `a` (whose trace is `held`) shares a's
+    /// With one cell per span, the block 8 bytes after `a` (whose trace is `held`) shares a's
     /// cell: it goes to the tables while a lives, and takes the cell once a is freed.
     fn neighbour_in_a_taken_cell(
         a: usize,

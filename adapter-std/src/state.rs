@@ -460,11 +460,11 @@ fn arm(inner: &dyn GlobalAlloc) -> bool {
     // reads the new generation (acquire) then sees the storage of its session. Cells left by
     // writers racing with the last stop are given back; their generation is an old one.
     let shadowed = shadow_chosen(&config);
-    // How closely `inner` packs small blocks, measured once for both uses: the cells' span
+    // How closely `inner` packs small blocks, measured once for both uses: the cells' planes
     // and the tables' placement.
     let spacing = shadow::least_spacing(inner);
     if shadowed {
-        shadow::choose_span(spacing);
+        shadow::choose_planes(spacing);
     }
     SHADOWED.store(shadowed, Relaxed);
     SPILLED.store(0, Relaxed);

@@ -1,9 +1,9 @@
-//! Neighbours in one span of shadow memory's cells, with the 16-byte span an allocator of small
-//! blocks side by side gets, whose cells lie in two planes (see `paired/mod.rs`).
+//! Neighbours in one span of shadow memory, whose cells lie in planes, as an allocator of small
+//! blocks side by side gets them (see `paired/mod.rs`).
 
 mod paired;
 
 #[test]
-fn neighbours_in_one_span_are_both_traced_with_16_byte_cells() {
+fn neighbours_in_one_span_are_both_traced_in_planes() {
     paired::neighbours_in_one_span_are_both_traced(true);
 }

@@ -1,9 +1,9 @@
-//! Neighbours in one cell of shadow memory, with the 32-byte span glibc's blocks get (see
-//! `paired/mod.rs`): the arena's blocks come after the span was chosen.
+//! Neighbours in one span of shadow memory, with the one cell per span glibc's blocks get (see
+//! `paired/mod.rs`): the arena's blocks come after the layout was chosen.
 
 mod paired;
 
 #[test]
-fn neighbours_in_one_span_are_both_traced_with_32_byte_cells() {
+fn neighbours_in_one_span_are_both_traced_with_one_cell_per_span() {
     paired::neighbours_in_one_span_are_both_traced(false);
 }

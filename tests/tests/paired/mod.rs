@@ -1,10 +1,10 @@
-//! Shared by `paired_blocks.rs` and `paired_blocks_wide.rs`, one per span of shadow memory's
-//! cells (`adapter-std/src/shadow.rs`; 16 or 32 bytes, chosen for the inner allocator when
-//! tracing starts): glibc never starts two blocks in one cell's span, but allocators with 8- or
-//! 16-byte blocks (jemalloc, mimalloc, musl) do. Under an inner allocator that hands out 8-byte
-//! blocks side by side, two neighbours start in one span. With a 16-byte span each has a cell,
-//! in the two planes of cells; with a 32-byte span they share one: the first takes the cell
-//! and the other goes to the tables. Both must be traced, found, forgotten and counted exactly,
+//! Shared by `paired_blocks.rs` and `paired_blocks_wide.rs`, one per layout of shadow memory's
+//! cells (`adapter-std/src/shadow.rs`: a cell per 32-byte span, or four in planes, chosen for
+//! the inner allocator when tracing starts): glibc never starts two blocks in one span, but
+//! allocators with 8- or 16-byte blocks (jemalloc, mimalloc, musl) do. Under an inner
+//! allocator that hands out 8-byte blocks side by side, neighbours start in one span. In
+//! planes each has a cell; with one cell per span they share it: the first takes the cell and
+//! the other goes to the tables. Both must be traced, found, forgotten and counted exactly,
 //! also when threads allocate and free neighbours at the same time, while another thread clears
 //! the traces, and when a neighbour takes the freed slot while a failed `realloc` has the other
 //! block's trace out of its cell.
@@ -17,7 +17,7 @@ use tracemalloc::{Config, Storage, TracingAllocator};
 
 /// Slots of 8 bytes, 16-byte aligned in pairs, for blocks of [`Small`]'s layout only, handed
 /// out in address order (fresh ones) or last freed first: two fresh blocks allocated one after
-/// the other from an even slot share a cell's span.
+/// the other from an even slot share a span.
 const SLOTS: usize = 1 << 16;
 const SLOT: usize = size_of::<Small>();
 
@@ -44,7 +44,8 @@ static NEIGHBOUR: AtomicPtr<u8> = AtomicPtr::new(std::ptr::null_mut());
 /// Hands out slots never handed out before, leaving the free list alone.
 static FRESH_ONLY: AtomicBool = AtomicBool::new(false);
 /// Whether the arena serves [`Small`] blocks (`System` does until then): off while tracing
-/// starts, the span is chosen for glibc's blocks (32 bytes), else for the arena's (16).
+/// starts, the cells are laid out for glibc's blocks (one per span), else for the arena's
+/// (in planes).
 static ARENA_ON: AtomicBool = AtomicBool::new(false);
 
 impl Paired {
@@ -174,7 +175,7 @@ fn fresh_pairs() {
     }
 }
 
-/// Neighbours from two call sites, each pair in one cell's span.
+/// Neighbours from two call sites, each pair in one span.
 fn neighbours_in_one_thread() {
     let (before, _) = tracemalloc::traced_memory();
     let mut pairs: Vec<(Box<Small>, Box<Small>)> = Vec::with_capacity(1000);
@@ -195,11 +196,11 @@ fn neighbours_in_one_thread() {
     assert_eq!(
         line(r),
         Some(line_of("RIGHT")),
-        "its neighbour (in the tables with a 32-byte span)"
+        "its neighbour (in the tables with one cell per span)"
     );
 
-    // Free the left blocks first: their neighbours stay traced (in the tables, with a 32-byte
-    // span). New blocks then land in the freed slots (last freed first) and take the cells.
+    // Free the left blocks first: their neighbours stay traced (in the tables, with one cell
+    // per span). New blocks then land in the freed slots (last freed first) and take the cells.
     let rights: Vec<_> = pairs.into_iter().map(|(_, r)| r).collect();
     let lefts: Vec<_> = (0..1000).map(|_| left()).collect();
     let mut paired: Vec<_> = lefts.iter().map(|l| addr(l) + 8).collect();
@@ -278,7 +279,7 @@ fn neighbours_across_threads() {
     assert_eq!(traced_here("CHURN"), None);
 }
 
-/// A `realloc` that fails while a neighbour took the slot beside it (and, with a 32-byte span,
+/// A `realloc` that fails while a neighbour took the slot beside it (and, with one cell a span,
 /// the cell its block's trace had left: the trace then goes to the tables): both blocks stay
 /// traced.
 fn neighbour_takes_the_cell_during_a_failed_realloc() {
@@ -461,17 +462,17 @@ fn neighbours_under_clears() {
     }
 }
 
-/// The test: under shadow memory whose span was chosen for the arena's blocks (`narrow`, 16
-/// bytes) or for glibc's (32).
-pub fn neighbours_in_one_span_are_both_traced(narrow: bool) {
-    ARENA_ON.store(narrow, Relaxed);
+/// The test: under shadow memory whose cells were laid out for the arena's blocks (`planed`)
+/// or for glibc's (one cell per span).
+pub fn neighbours_in_one_span_are_both_traced(planed: bool) {
+    ARENA_ON.store(planed, Relaxed);
     tracemalloc::start_with(Config {
         nframe: 4,
         storage: Storage::Shadow,
         ..Config::default()
     })
     .unwrap();
-    // Tracing is switched on by the first allocation, which chooses the span.
+    // Tracing is switched on by the first allocation, which chooses the layout.
     drop(std::hint::black_box(Box::new(5u32)));
     ARENA_ON.store(true, Relaxed);
     neighbours_in_one_thread();
