@@ -68,17 +68,22 @@ fn is_invisible_format(c: char) -> bool {
 }
 
 /// `text` with every control character written as `\u{..}` (see [`is_escaped`]); borrowed when
-/// there is none, as in nearly every name.
+/// there is none, as in nearly every name. In names (not `keep_layout`) a backslash that starts
+/// the text `u{` is written `\u{5c}` too, so that every `\u{` shown is an escape: a name
+/// holding the six characters `\u{200b}` does not print as one holding the zero-width space.
+/// Source lines keep theirs (Rust's own escapes are written so).
 pub(crate) fn escape_controls(text: &str, keep_layout: bool) -> Cow<'_, str> {
     // Printable ASCII first, byte by byte: most names are, and a snapshot's frames number in
     // the millions (decoding characters took two thirds of `stats` on a large device file).
     let printable_ascii = text.bytes().all(|b| matches!(b, b' '..=b'~'));
-    if printable_ascii || !text.chars().any(|c| is_escaped(c, keep_layout)) {
+    let looks_escaped = !keep_layout && text.contains("\\u{");
+    if !looks_escaped && (printable_ascii || !text.chars().any(|c| is_escaped(c, keep_layout))) {
         return Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len() + 8);
-    for c in text.chars() {
-        if is_escaped(c, keep_layout) {
+    for (at, c) in text.char_indices() {
+        let escape_like = looks_escaped && c == '\\' && text[at + 1..].starts_with("u{");
+        if escape_like || is_escaped(c, keep_layout) {
             out.extend(c.escape_unicode());
         } else {
             out.push(c);
@@ -173,6 +178,24 @@ mod tests {
             ),
             "cache\\u{200b}.rs x\\u{200d}y \\u{ad}\\u{feff}\\u{e0041}\\u{fe0f}"
         );
+        // A name that spells an escape out is not shown as the character: its backslash is
+        // escaped. Source lines keep their escapes, and backslashes elsewhere stay.
+        assert_eq!(
+            escape_controls("cache\\u{200b}.rs", false),
+            "cache\\u{5c}u{200b}.rs"
+        );
+        assert_eq!(
+            escape_controls("a\\u{5c}u{7}\u{7}", false),
+            "a\\u{5c}u{5c}u{7}\\u{7}"
+        );
+        assert!(matches!(
+            escape_controls("C:\\src\\main.rs", false),
+            Cow::Borrowed(_)
+        ));
+        assert!(matches!(
+            escape_controls("let s = \"\\u{1F600}\";", true),
+            Cow::Borrowed(_)
+        ));
         // Letters beside them, and other invisible-looking but non-format text, stay.
         assert!(matches!(
             escape_controls("naïve\u{a0}名前\u{301}", false),
