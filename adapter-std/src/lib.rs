@@ -196,7 +196,7 @@ pub struct Config {
 pub enum Storage {
     /// [`Storage::Shadow`] when every block is traced, [`Storage::Table`] when sampling (few
     /// blocks, far apart: shadow memory would take a page for each) or where the address space
-    /// is limited (`RLIMIT_AS`: each region of shadow memory reserves 512 MiB of it).
+    /// is limited (`RLIMIT_AS`: each region of shadow memory reserves 1 GiB of it).
     #[default]
     Auto,
     /// Shadow memory: 8 bytes for every 32 bytes of address space in which traced blocks
