@@ -210,7 +210,8 @@ pub enum Storage {
     /// densely used heap of small blocks (all of it where 8-byte blocks lie side by side), but
     /// up to a 4 KiB page per block where blocks lie 16 KiB or more apart, and pages written
     /// stay taken until `clear_traces()` or `stop()`. Blocks that do not fit (not aligned to 8
-    /// bytes, 128 MiB or larger, or, with one cell per 32 bytes, starting in the span of a
+    /// bytes, 1 KiB or larger, which would cost a quarter of their size in cells where the
+    /// tables take 21 to 43 bytes, or, with one cell per 32 bytes, starting in the span of a
     /// block whose trace holds the cell) and platforms without `mmap` use the tables, and so
     /// does sampling, whatever this says.
     Shadow,

@@ -35,7 +35,7 @@
 //! tracing stops; [`clear`] gives the written pages back instead.
 //!
 //! What does not fit a cell goes to the shard tables (see `state`): blocks not aligned to 8
-//! bytes, of 128 MiB or more, or of size 0, blocks whose cell holds a neighbour's trace,
+//! bytes, of [`LARGE`] (1 KiB) or more, or of size 0, blocks whose cell holds a neighbour's trace,
 //! and any block in a region that could not be reserved. Sampling always uses the tables, and
 //! so does every block on a system whose pages are larger than 4 KiB (the reservation's guard
 //! pages cannot be set there, so reserving fails).
@@ -205,13 +205,18 @@ fn spacing(starts: &mut [usize]) -> usize {
         .unwrap_or(usize::MAX)
 }
 
+/// Blocks of this many bytes and more have no cell: their traces go to the tables. A page of
+/// cells serves 16 KiB of heap, so a heap densely filled with such blocks would pay a quarter
+/// of its size in cells, 256 bytes a block and more (1039 at 4 KiB, measured), where the tables
+/// take 21 to 43 bytes a block whatever its size; and a block this large costs its program far
+/// more than the table's lock and probe.
+pub(crate) const LARGE: usize = 1024;
+const _: () = assert!(LARGE as u64 <= MAX_SIZE);
+
 /// Whether a block at `addr` of `size` bytes can have a cell.
 #[inline(always)]
 pub(crate) fn fits(addr: usize, size: usize) -> bool {
-    addr.is_multiple_of(GRAIN)
-        && size != 0
-        && size as u64 <= MAX_SIZE
-        && (addr as u64) >> ADDRESS_BITS == 0
+    addr.is_multiple_of(GRAIN) && size != 0 && size < LARGE && (addr as u64) >> ADDRESS_BITS == 0
 }
 
 /// The cells of `addr`'s region, reserving them if needed; `None` when they cannot be.
@@ -640,8 +645,8 @@ mod tests {
         let a = (1 << ADDRESS_BITS) - (1 << REGION_BITS);
         let b = a + 4096 * 40 + 16;
         let c = a + 4096 * 80 + 24;
-        assert!(fits(a, 1) && fits(b, MAX_SIZE as usize) && fits(c, 8));
-        assert!(!fits(a + 4, 8) && !fits(a, 0) && !fits(a, MAX_SIZE as usize + 1));
+        assert!(fits(a, 1) && fits(b, LARGE - 1) && fits(c, 8));
+        assert!(!fits(a + 4, 8) && !fits(a, 0) && !fits(a, LARGE));
         assert!(!fits(1 << ADDRESS_BITS, 16));
 
         let memory_before = memory_bytes();

@@ -716,7 +716,7 @@ pub(crate) fn on_alloc(inner: &dyn GlobalAlloc, addr: usize, size: usize) {
     let Some(_guard) = Guard::enter() else {
         return;
     };
-    if !is_shadowed() {
+    if !is_shadowed() || size >= shadow::LARGE {
         prefetch_slot(addr, shard_index(addr));
     }
     with_stack(inner, |stack| record(inner, addr, size, stack));
@@ -741,7 +741,12 @@ pub(crate) unsafe fn dealloc(inner: &dyn GlobalAlloc, ptr: *mut u8, layout: Layo
     let addr = ptr as usize;
     if is_shadowed() {
         deferred::notice_probe(inner);
-        forget_default(addr);
+        if layout.size() >= shadow::LARGE {
+            // Recorded in the tables (see `shadow::fits`): its cell need not be read.
+            forget_locked(&mut shard_of(addr).lock(), addr);
+        } else {
+            forget_default(addr);
+        }
     } else {
         if deferred::queue(inner, addr, layout) {
             return;
@@ -853,7 +858,11 @@ unsafe fn realloc_shadowed(
 ) -> *mut u8 {
     let old = ptr as usize;
     let generation = new.map_or_else(interner::generation, |(_, generation)| generation);
-    let held = shadow::take(old);
+    let held = if layout.size() < shadow::LARGE {
+        shadow::take(old)
+    } else {
+        shadow::Packed::EMPTY // recorded in the tables (see `shadow::fits`)
+    };
     let in_cell = held.of_generation(generation);
     let mut old_shard = (in_cell.is_none() && SPILLED.load(Relaxed) != 0)
         .then(|| SHARD_TABLE[shard_index(old)].lock());

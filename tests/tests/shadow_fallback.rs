@@ -1,8 +1,8 @@
-//! Shadow memory holds blocks that start on an 8-byte boundary; the rest go to the shard
-//! tables (`adapter-std/src/shadow.rs`). Under an inner allocator that hands out blocks 4 bytes
-//! past a 16-byte boundary for alignments of 4 and less, and 16-byte aligned ones otherwise,
-//! both kinds must be traced, found, moved by `realloc`, forgotten when freed and counted
-//! exactly, whichever storage they landed in.
+//! Shadow memory holds blocks under 1 KiB that start on an 8-byte boundary; the rest go to the
+//! shard tables (`adapter-std/src/shadow.rs`). Under an inner allocator that hands out blocks 4
+//! bytes past a 16-byte boundary for alignments of 4 and less, and 16-byte aligned ones
+//! otherwise, every kind must be traced, found, moved by `realloc` (also from one storage to the
+//! other), forgotten when freed and counted exactly, whichever storage it landed in.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 
@@ -74,6 +74,62 @@ fn grown(n: usize) -> Vec<Vec<u8>> {
         v.extend_from_slice(&[3u8; 200]); // realloc: the table's trace moves with the block
         v
     })
+}
+
+/// A block of 4 KiB, 16-byte aligned: it would start on a cell, but is too large for one.
+#[repr(align(16))]
+struct Large([u8; 4096]);
+
+#[inline(never)]
+#[allow(clippy::vec_box)] // as above
+fn large(n: usize) -> Vec<Box<Large>> {
+    blocks(n, || Box::new(Large([4; 4096]))) // LARGE
+}
+
+#[inline(never)]
+fn grow(v: &mut Vec<u64>, to: usize) {
+    v.reserve_exact(to - v.len()); // GROW
+}
+
+#[inline(never)]
+fn shrink(v: &mut Vec<u64>, to: usize) {
+    v.shrink_to(to); // SHRINK
+}
+
+/// Blocks of 1 KiB and more are traced in the tables, where they take no page of cells, and a
+/// block resized across that size moves between a cell and the tables.
+fn large_blocks_are_traced_in_the_tables() {
+    let (before, _) = tracemalloc::traced_memory();
+    let memory_before = tracemalloc::tracemalloc_memory();
+    let blocks = large(1000);
+    assert!(blocks.iter().all(|b| b.0[4095] == 4));
+    assert_eq!(traced_here("LARGE"), Some((1000 * 4096, 1000)));
+    // In cells, 1000 blocks 4 KiB apart would have written a page of cells per 16 KiB.
+    let taken = tracemalloc::tracemalloc_memory().saturating_sub(memory_before);
+    assert!(
+        taken < 128 * 1024,
+        "{taken} bytes of tracer memory for 1000 blocks of 4 KiB"
+    );
+    let traceback = tracemalloc::object_traceback(&*blocks[3]).expect("a large block's");
+    assert_eq!(traceback.frames[0].lineno, line_of("LARGE"));
+    drop(blocks);
+    assert_eq!(traced_here("LARGE"), None);
+
+    let mut v: Vec<u64> = Vec::with_capacity(64); // 512 bytes: a cell
+    grow(&mut v, 256); // 2 KiB: the tables
+    assert_eq!(traced_here("GROW"), Some((2048, 1)));
+    shrink(&mut v, 64); // back to a cell
+    assert_eq!(traced_here("GROW"), None);
+    assert_eq!(traced_here("SHRINK"), Some((512, 1)));
+    let traceback = tracemalloc::object_traceback(v.as_ptr()).expect("the shrunk block's");
+    assert_eq!(traceback.frames[0].lineno, line_of("SHRINK"));
+    drop(v);
+    assert_eq!(traced_here("SHRINK"), None);
+    assert_eq!(
+        tracemalloc::traced_memory().0,
+        before,
+        "every block forgotten once"
+    );
 }
 
 #[test]
@@ -151,5 +207,6 @@ fn blocks_that_fit_no_cell_are_traced_in_the_tables() {
         "and new blocks count"
     );
     drop(kept);
+    large_blocks_are_traced_in_the_tables();
     tracemalloc::stop();
 }
