@@ -6,6 +6,8 @@ set -euo pipefail
 need_apt=()
 command -v qemu-system-arm >/dev/null || need_apt+=(qemu-system-arm)
 command -v arm-none-eabi-size >/dev/null || need_apt+=(binutils-arm-none-eabi)
+# A symbolizer test makes a separate debug file of its own binary.
+command -v objcopy >/dev/null || need_apt+=(binutils)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "ci/install: apt-get install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive

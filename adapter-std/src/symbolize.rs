@@ -224,10 +224,14 @@ impl Resolver for ElfResolver {
 /// The address ranges of `file`'s executable sections: the only places a return address can
 /// point to. Debug info may claim others: a function the linker discarded keeps its DWARF, its
 /// start address set to 0, and would name addresses that hold no code (an incremental debug
-/// build named 0x10 after a generic function this way). Empty when the sections cannot be
-/// read; nothing is filtered then.
+/// build named 0x10 after a generic function this way). ELF sections count by their flags
+/// (allocated and executable), whatever their type: a separate debug file keeps its code
+/// sections' addresses with no contents (`NOBITS`), and firmware may place code in a section it
+/// copies at run time (`NOLOAD`). Empty when the sections cannot be read; nothing is filtered
+/// then.
 fn code_ranges(file: &Path) -> Vec<Range<u64>> {
-    use object::{Object, ObjectSection};
+    use object::{Object, ObjectSection, SectionFlags};
+    const CODE: u64 = (object::elf::SHF_ALLOC | object::elf::SHF_EXECINSTR) as u64;
     let Ok(file) = std::fs::File::open(file) else {
         return Vec::new();
     };
@@ -237,7 +241,11 @@ fn code_ranges(file: &Path) -> Vec<Range<u64>> {
     };
     object
         .sections()
-        .filter(|section| section.kind() == object::SectionKind::Text && section.size() != 0)
+        .filter(|section| match section.flags() {
+            SectionFlags::Elf { sh_flags } => sh_flags & CODE == CODE,
+            _ => section.kind() == object::SectionKind::Text,
+        })
+        .filter(|section| section.size() != 0)
         .map(|section| section.address()..section.address().saturating_add(section.size()))
         .collect()
 }
@@ -1045,5 +1053,25 @@ mod tests {
         assert!(!resolver.code.iter().any(|code| code.contains(&0x10)));
         let header = resolver.bias + 0x10;
         assert!(!resolver.resolve(header, &mut out), "{out:?}");
+    }
+
+    /// A separate debug file (`objcopy --only-keep-debug`, as distributions ship them) keeps
+    /// its code sections' addresses but no contents (`NOBITS`): its code is where the
+    /// executable's is.
+    #[test]
+    fn a_separate_debug_file_has_the_executables_code_ranges() {
+        let exe = std::env::current_exe().unwrap();
+        let debug = std::env::temp_dir().join(format!("tm-debug-{}.debug", std::process::id()));
+        let made = std::process::Command::new("objcopy")
+            .arg("--only-keep-debug")
+            .arg(&exe)
+            .arg(&debug)
+            .status()
+            .expect("objcopy (binutils) runs");
+        assert!(made.success());
+        let (code, debug_code) = (code_ranges(&exe), code_ranges(&debug));
+        std::fs::remove_file(&debug).unwrap();
+        assert!(!code.is_empty());
+        assert_eq!(code, debug_code);
     }
 }
