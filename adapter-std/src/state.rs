@@ -79,9 +79,17 @@ impl<T> core::ops::Deref for OwnLine<T> {
 /// Whether the default domain's traces go to shadow memory ([`Storage::Shadow`]); the shard
 /// tables then hold only the blocks that do not fit a cell. Set while tracing is off.
 static SHADOWED: AtomicBool = AtomicBool::new(false);
-/// Traces in the shard tables while shadowed: a free whose block has no cell looks in the
-/// tables only when this is not 0 (changed under the shard locks).
+/// Traces of blocks under [`shadow::LARGE`] in the shard tables while shadowed: a free of such
+/// a block that has no cell looks in the tables only when this is not 0 (changed under the
+/// shard locks). Larger blocks are always in the tables, and their frees go there by their
+/// size: counted here, they would keep this above 0 in nearly every program.
 static SPILLED: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether a trace of `size` bytes in the tables counts in [`SPILLED`].
+#[inline(always)]
+fn spills(size: u64) -> bool {
+    size < shadow::LARGE as u64
+}
 
 #[inline(always)]
 fn is_shadowed() -> bool {
@@ -741,12 +749,7 @@ pub(crate) unsafe fn dealloc(inner: &dyn GlobalAlloc, ptr: *mut u8, layout: Layo
     let addr = ptr as usize;
     if is_shadowed() {
         deferred::notice_probe(inner);
-        if layout.size() >= shadow::LARGE {
-            // Recorded in the tables (see `shadow::fits`): its cell need not be read.
-            forget_locked(&mut shard_of(addr).lock(), addr);
-        } else {
-            forget_default(addr);
-        }
+        forget_shadowed(addr, Some(layout.size()));
     } else {
         if deferred::queue(inner, addr, layout) {
             return;
@@ -864,8 +867,9 @@ unsafe fn realloc_shadowed(
         shadow::Packed::EMPTY // recorded in the tables (see `shadow::fits`)
     };
     let in_cell = held.of_generation(generation);
-    let mut old_shard = (in_cell.is_none() && SPILLED.load(Relaxed) != 0)
-        .then(|| SHARD_TABLE[shard_index(old)].lock());
+    let in_tables = layout.size() >= shadow::LARGE || SPILLED.load(Relaxed) != 0;
+    let mut old_shard =
+        (in_cell.is_none() && in_tables).then(|| SHARD_TABLE[shard_index(old)].lock());
     // SAFETY: forwarded unchanged under the caller's contract.
     let moved = unsafe { inner.realloc(ptr, layout, new_size) };
     if moved.is_null() {
@@ -933,6 +937,14 @@ fn record_id(
             return true;
         }
     }
+    if is_shadowed() && size >= shadow::LARGE {
+        // The same for a smaller block's trace in this address's cell, which the tables
+        // cannot replace. (A missed large block's trace in the tables stays when a smaller
+        // block takes the cell: finding it would cost every small allocation a table probe.)
+        if let Some((missed, _)) = shadow::take(addr).of_generation(generation) {
+            accounting::account_unlocked(0, missed, generation);
+        }
+    }
     let shard = shard_index(addr);
     let mut locked = SHARD_TABLE[shard].lock();
     insert_locked(inner, &mut locked, shard, addr, size, id, generation)
@@ -973,8 +985,13 @@ fn insert_locked(
         if new_trace && interval != 0 {
             sampler::mark(addr);
         }
-        if new_trace && is_shadowed() {
-            SPILLED.fetch_add(1, Relaxed);
+        if is_shadowed() {
+            let replaced_small = !new_trace && spills(replaced);
+            match (replaced_small, spills(size as u64)) {
+                (false, true) => SPILLED.fetch_add(1, Relaxed),
+                (true, false) => SPILLED.fetch_sub(1, Relaxed),
+                _ => 0,
+            };
         }
     }
     recorded == Recorded::Traced
@@ -1017,37 +1034,42 @@ fn forget_locked(shard: &mut Shard, addr: usize) -> bool {
         return false;
     };
     let interval = sampler::interval();
-    let forgotten = forget_in(tracer, DEFAULT_DOMAIN, addr, interval);
-    if forgotten && interval != 0 {
+    let Some(size) = forget_in(tracer, DEFAULT_DOMAIN, addr, interval) else {
+        return false;
+    };
+    if interval != 0 {
         sampler::unmark(addr);
     }
-    if forgotten && is_shadowed() {
+    if is_shadowed() && spills(size) {
         SPILLED.fetch_sub(1, Relaxed);
     }
-    forgotten
+    true
 }
 
-/// Forgets a default-domain trace while shadowed: its cell's, or else its table's, where the
-/// tables hold any.
+/// Forgets a default-domain trace while shadowed: its cell's, or else its table's. `size`, when
+/// known (a free's layout), tells where to look: a block of [`shadow::LARGE`] bytes and more is
+/// in the tables only, and a smaller one whose cell has nothing is looked for in the tables
+/// only while they hold [`SPILLED`] traces.
 #[inline(always)]
-fn forget_default(addr: usize) -> bool {
+fn forget_shadowed(addr: usize, size: Option<usize>) -> bool {
+    if size.is_some_and(|size| size >= shadow::LARGE) {
+        return forget_locked(&mut shard_of(addr).lock(), addr);
+    }
     let generation = interner::generation();
     if let Some((size, _)) = shadow::take(addr).of_generation(generation) {
         accounting::account_unlocked(0, size, generation);
         return true;
     }
-    SPILLED.load(Relaxed) != 0 && forget_locked(&mut shard_of(addr).lock(), addr)
+    (size.is_none() || SPILLED.load(Relaxed) != 0)
+        && forget_locked(&mut shard_of(addr).lock(), addr)
 }
 
+/// Forgets `domain`'s trace at `addr`; its size if there was one.
 #[inline(always)]
-fn forget_in(tracer: &mut Tracer<'static>, domain: u32, addr: usize, interval: u64) -> bool {
-    match tracer.record_free(domain, addr) {
-        Some(size) => {
-            accounting::account(0, size, interval, interner::generation());
-            true
-        }
-        None => false,
-    }
+fn forget_in(tracer: &mut Tracer<'static>, domain: u32, addr: usize, interval: u64) -> Option<u64> {
+    let size = tracer.record_free(domain, addr)?;
+    accounting::account(0, size, interval, interner::generation());
+    Some(size)
 }
 
 /// Doubles a shard's table. On failure the table stays as it was and the block that triggered
@@ -1321,13 +1343,13 @@ pub(crate) fn untrack(domain: u32, addr: usize) -> bool {
     };
     if domain == DEFAULT_DOMAIN {
         return if is_shadowed() {
-            forget_default(addr)
+            forget_shadowed(addr, None)
         } else {
             forget_locked(&mut shard_of(addr).lock(), addr)
         };
     }
     match FOREIGN.lock().as_mut() {
-        Some(tracer) => forget_in(tracer, domain, addr, sampler::interval()),
+        Some(tracer) => forget_in(tracer, domain, addr, sampler::interval()).is_some(),
         None => false,
     }
 }

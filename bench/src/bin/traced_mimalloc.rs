@@ -1,6 +1,6 @@
 //! The workload under tracemalloc's `TracingAllocator` around mimalloc, an allocator that hands
-//! out small blocks side by side (shadow memory then takes 16-byte cells in two planes, and the
-//! tables their packed placement).
+//! out small blocks side by side (shadow memory then takes four cells per 32-byte span, in
+//! planes, and the tables their packed placement).
 
 #[global_allocator]
 static ALLOC: tracemalloc::TracingAllocator<mimalloc::MiMalloc> =
