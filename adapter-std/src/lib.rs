@@ -195,8 +195,9 @@ pub struct Config {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Storage {
     /// [`Storage::Shadow`] when every block is traced, [`Storage::Table`] when sampling (few
-    /// blocks, far apart: shadow memory would take a page for each) or where the address space
-    /// is limited (`RLIMIT_AS`: each region of shadow memory reserves 1 GiB of it).
+    /// blocks, far apart: shadow memory would take a page for each), where the address space
+    /// is limited (`RLIMIT_AS`: each region of shadow memory reserves 1 GiB of it), where the
+    /// kernel charges reservations in full (`vm.overcommit_memory` = 2) and on 32-bit targets.
     #[default]
     Auto,
     /// Shadow memory: 8 bytes for every 32 bytes of address space in which traced blocks

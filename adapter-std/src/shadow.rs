@@ -436,6 +436,44 @@ fn reserve_region(region: usize) -> Option<usize> {
     Some(base)
 }
 
+/// Whether a reservation takes its whole size where the pages written should: on 32-bit
+/// targets, a region's cells are a quarter of the address space; where the kernel accounts
+/// memory strictly (`vm.overcommit_memory` = 2, which ignores `MAP_NORESERVE`), each region
+/// would take 1 GiB of the system's commit limit.
+pub(crate) fn reservations_are_charged() -> bool {
+    cfg!(target_pointer_width = "32") || strict_overcommit()
+}
+
+/// Whether `/proc/sys/vm/overcommit_memory` reads 2.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn strict_overcommit() -> bool {
+    first_byte_of(c"/proc/sys/vm/overcommit_memory") == Some(b'2')
+}
+
+/// The first byte of the file at `path`, read with the C library's calls: this runs inside
+/// the allocator, when tracing starts, where nothing may allocate.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn first_byte_of(path: &core::ffi::CStr) -> Option<u8> {
+    let mut byte = 0u8;
+    // SAFETY: `open` takes a NUL-terminated path; `read` writes at most one byte into `byte`,
+    // a local; the descriptor is ours and closed once.
+    let read = unsafe {
+        let fd = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return None;
+        }
+        let read = libc::read(fd, (&raw mut byte).cast(), 1);
+        libc::close(fd);
+        read
+    };
+    (read == 1).then_some(byte)
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn strict_overcommit() -> bool {
+    false
+}
+
 /// Reserves `len` bytes of zeros that take memory only where written, between two
 /// inaccessible pages: the reservation is then a mapping of its own, never merged with
 /// neighbouring anonymous memory (such as thread stacks), so `/proc/<pid>/smaps` shows what it
@@ -796,6 +834,24 @@ mod tests {
         assert_eq!(take(n).of_generation(7), Some((16, id)));
         assert_eq!(record(a, 8, 8, id), Ok(Packed::EMPTY));
         assert_eq!(get(a).of_generation(8), Some((8, id)));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn strict_overcommit_is_read_from_the_kernels_setting() {
+        let dir = std::env::temp_dir().join(format!("tm-overcommit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("mode");
+        let path = |p: &std::path::Path| std::ffi::CString::new(p.as_os_str().as_encoded_bytes());
+        std::fs::write(&file, "2\n").unwrap();
+        assert_eq!(first_byte_of(&path(&file).unwrap()), Some(b'2'));
+        std::fs::write(&file, "").unwrap();
+        assert_eq!(first_byte_of(&path(&file).unwrap()), None, "empty");
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(first_byte_of(&path(&file).unwrap()), None, "missing");
+        let mode = std::fs::read_to_string("/proc/sys/vm/overcommit_memory").unwrap();
+        assert_eq!(strict_overcommit(), mode.trim() == "2", "{mode:?}");
+        assert_eq!(reservations_are_charged(), mode.trim() == "2");
     }
 
     #[test]
