@@ -18,8 +18,9 @@ use tracemalloc_core::Snapshot;
 /// overrides and isolates (a name could display as another), and the line and paragraph
 /// separators. In names (not `keep_layout`) every other character that shows as nothing too
 /// (a zero-width space, a soft hyphen, a variation selector, tag characters), so that
-/// `cache\u{200b}.rs` does not print as `cache.rs`, a second line that looks like the first. Source lines keep them, as
-/// emoji sequences and hyphenation hints there are the user's own text.
+/// `cache\u{200b}.rs` does not print as `cache.rs`, a second line that looks like the first.
+/// Source lines keep them, as emoji sequences and hyphenation hints there are the user's own
+/// text.
 fn is_escaped(c: char, keep_layout: bool) -> bool {
     match c {
         '\n' | '\t' => !keep_layout,

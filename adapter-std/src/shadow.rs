@@ -35,10 +35,10 @@
 //! tracing stops; [`clear`] gives the written pages back instead.
 //!
 //! What does not fit a cell goes to the shard tables (see `state`): blocks not aligned to 8
-//! bytes, of [`LARGE`] (1 KiB) or more, or of size 0, blocks whose cell holds a neighbour's trace,
-//! and any block in a region that could not be reserved. Sampling always uses the tables, and
-//! so does every block on a system whose pages are larger than 4 KiB (the reservation's guard
-//! pages cannot be set there, so reserving fails).
+//! bytes, of [`LARGE`] (1 KiB) or more, or of size 0, blocks whose cell holds a neighbour's
+//! trace, and any block in a region that could not be reserved. Sampling always uses the
+//! tables, and so does every block on a system whose pages are larger than 4 KiB (the
+//! reservation's guard pages cannot be set there, so reserving fails).
 //!
 //! The generation in each cell tells the traces of the current store from those a thread wrote
 //! while racing with `clear_traces()` (which gives the written pages back, then starts a new
