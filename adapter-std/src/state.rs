@@ -863,7 +863,7 @@ unsafe fn realloc_shadowed(
     let old = ptr as usize;
     let generation = new.map_or_else(interner::generation, |(_, generation)| generation);
     let held = if layout.size() < shadow::LARGE {
-        shadow::take(old)
+        shadow::take(old, layout.size())
     } else {
         shadow::Packed::EMPTY // recorded in the tables (see `shadow::fits`)
     };
@@ -942,7 +942,7 @@ fn record_id(
         // The same for a smaller block's trace in this address's cell, which the tables
         // cannot replace. (A missed large block's trace in the tables stays when a smaller
         // block takes the cell: finding it would cost every small allocation a table probe.)
-        if let Some((missed, _)) = shadow::take(addr).of_generation(generation) {
+        if let Some((missed, _)) = shadow::take_any(addr).of_generation(generation) {
             accounting::account_unlocked(0, missed, generation);
         }
     }
@@ -1057,7 +1057,11 @@ fn forget_shadowed(addr: usize, size: Option<usize>) -> bool {
         return forget_locked(&mut shard_of(addr).lock(), addr);
     }
     let generation = interner::generation();
-    if let Some((size, _)) = shadow::take(addr).of_generation(generation) {
+    let held = match size {
+        Some(size) => shadow::take(addr, size),
+        None => shadow::take_any(addr),
+    };
+    if let Some((size, _)) = held.of_generation(generation) {
         accounting::account_unlocked(0, size, generation);
         return true;
     }
