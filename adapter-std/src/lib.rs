@@ -208,7 +208,9 @@ pub enum Storage {
     /// blocks land there. Recording a block needs no lock and touches memory next to its heap
     /// neighbours' traces: see BENCHMARKS.md for what it saves. The memory follows the heap's
     /// address span rather than the number of live blocks: about a quarter of the size of a
-    /// densely used heap of small blocks (all of it where 8-byte blocks lie side by side), but
+    /// densely used heap of blocks under 256 bytes (all of it where 8-byte blocks lie side by
+    /// side; blocks of 256 bytes up to 1 KiB take a cell per 256 bytes where smaller blocks
+    /// did not write their page already), but
     /// up to a 4 KiB page per block where blocks lie 16 KiB or more apart, and pages written
     /// stay taken until `clear_traces()` or `stop()`. Blocks that do not fit (not aligned to 8
     /// bytes, 1 KiB or larger, which would cost a quarter of their size in cells where the

@@ -28,8 +28,9 @@
 //! cannot slip past.
 //!
 //! The address space is cut into 1 GiB regions. The first block in a region reserves the
-//! region's 1 GiB of cells (`MAP_NORESERVE`: only the pages written take memory; with one
-//! plane only the first quarter is used) and a bitmap
+//! region's 1 GiB of cells in planes (`MAP_NORESERVE`: only the pages written take memory; with
+//! one plane only the first quarter is used), 32 MiB of coarser cells for blocks of [`MEDIUM`]
+//! bytes and more (see [`record`]), and a bitmap
 //! of the cell pages written, which snapshots, [`clear`] and [`memory_bytes`] walk instead of
 //! the reservation. Reservations are never unmapped, as a thread may be writing a cell while
 //! tracing stops; [`clear`] gives the written pages back instead.
