@@ -121,7 +121,7 @@ pub(crate) struct Packed(u64);
 impl Packed {
     pub(crate) const EMPTY: Packed = Packed(0);
 
-    /// The trace of a block at `offset` in its cell's span ([`Place::offset`]), of `size` bytes
+    /// The trace of a block at `offset` in its cell's stretch ([`Place::offset`]), of `size` bytes
     /// (1..=[`MAX_SIZE`], so the cell is never 0), with `id` of the store's `generation`.
     #[inline(always)]
     fn new(offset: u64, size: u64, generation: u32, id: TracebackId) -> Packed {
@@ -153,8 +153,8 @@ impl Packed {
                 == u64::from(generation) & GENERATION_MASK
     }
 
-    /// Whether this is the trace of a block at `offset` in the cell's span (of any
-    /// generation), rather than of another block starting in the span.
+    /// Whether this is the trace of a block at `offset` in the cell's stretch (of any
+    /// generation), rather than of another block starting in the stretch.
     #[inline(always)]
     fn is_at(self, offset: u64) -> bool {
         self.0 != 0 && (self.0 >> ID_BITS) & OFFSET_MASK == offset
@@ -165,9 +165,14 @@ impl Packed {
         ((self.0 >> ID_BITS) & OFFSET_MASK) as usize * GRAIN
     }
 
-    /// The traced block's size (of any generation): it tells which grid the cell is on.
+    /// The traced block's size (of any generation).
     fn size(self) -> usize {
         (self.0 >> SIZE_SHIFT) as usize
+    }
+
+    /// The same trace, of a block at `offset` in a cell's stretch.
+    fn at(self, offset: u64) -> Packed {
+        Packed(self.0 & !(OFFSET_MASK << ID_BITS) | offset << ID_BITS)
     }
 }
 
@@ -262,7 +267,7 @@ unsafe fn cell(base: usize, index: usize) -> &'static AtomicU64 {
 }
 
 /// Where a block's trace lives: its cell, the bitmap bit of the cell's page, and the block's
-/// offset in the cell's span, in [`GRAIN`]s. Computed once per record or free, from one read
+/// offset in the cell's stretch, in [`GRAIN`]s. Computed once per record or free, from one read
 /// of the span.
 struct Place {
     cell: &'static AtomicU64,
@@ -415,11 +420,12 @@ fn record_in(place: &Place, size: u64, generation: u32, id: TracebackId) -> Resu
 }
 
 /// Empties the cell of the block of `size` bytes at `addr` and returns what it held for that
-/// block.
+/// block (`generation`: the current one, see [`take_any`]).
 #[inline(always)]
-pub(crate) fn take(addr: usize, size: usize) -> Packed {
+pub(crate) fn take(addr: usize, size: usize, generation: u32) -> Packed {
     if size >= MEDIUM {
-        return take_any(addr); // in its span's cell or on the coarse grid (see `record`)
+        // In its span's cell or on the coarse grid (see `record`).
+        return take_any(addr, generation);
     }
     take_in(addr, false)
 }
@@ -440,12 +446,17 @@ fn take_in(addr: usize, coarse: bool) -> Packed {
     }
 }
 
-/// Empties whichever cell holds a trace of a block at `addr`, whatever its size, and returns
-/// that trace: for callers that do not know the size.
-pub(crate) fn take_any(addr: usize) -> Packed {
-    match take_in(addr, false) {
-        Packed::EMPTY => take_in(addr, true),
-        held => held,
+/// Empties the cells that hold a trace of a block at `addr`, whatever its size, and returns
+/// the trace of `generation` among them, if any: for callers that do not know the size. A
+/// stale trace in the span's cell does not hide a current one on the coarse grid.
+pub(crate) fn take_any(addr: usize, generation: u32) -> Packed {
+    let fine = take_in(addr, false);
+    if fine.is_of(generation) {
+        return fine;
+    }
+    match take_in(addr, true) {
+        Packed::EMPTY => fine,
+        coarse => coarse,
     }
 }
 
@@ -462,11 +473,13 @@ pub(crate) fn put_back(addr: usize, held: Packed) -> bool {
     put_back_in(addr, held, false) || (held.size() >= MEDIUM && put_back_in(addr, held, true))
 }
 
-/// [`put_back`] into the cell on the coarse grid (`coarse`) or in the span.
+/// [`put_back`] into the cell on the coarse grid (`coarse`) or in the span, with the block's
+/// offset in that cell's stretch (`take` may have found it in the other grid).
 fn put_back_in(addr: usize, held: Packed, coarse: bool) -> bool {
     let Some(place) = written_place(addr, coarse) else {
         return false;
     };
+    let held = held.at(place.offset);
     let restored = place
         .cell
         .compare_exchange(0, held.0, Relaxed, Relaxed)
@@ -769,7 +782,7 @@ mod tests {
         assert_eq!(record(b, MAX_SIZE, 7, id), Ok(Packed::EMPTY));
         assert_eq!(record(c, 8, 7, id), Ok(Packed::EMPTY));
         assert_eq!(get(c).of_generation(7), Some((8, id)));
-        assert_eq!(take(c, 8).of_generation(7), Some((8, id)));
+        assert_eq!(take(c, 8, 7).of_generation(7), Some((8, id)));
         assert_eq!(get(a).of_generation(7), Some((24, id)));
         assert_eq!(get(a).of_generation(8), None, "another generation's id");
         assert_eq!(
@@ -804,7 +817,7 @@ mod tests {
         // starting in b's stretch goes to the tables. Taken without its size, b's trace is
         // found there, and goes back there.
         assert_eq!(record(b + 64, MEDIUM as u64, 7, id), Err(()));
-        let medium = take_any(b);
+        let medium = take_any(b, 7);
         assert_eq!(medium.of_generation(7), Some((MAX_SIZE, id)));
         assert_eq!(get(b), Packed::EMPTY);
         assert!(put_back(b, medium));
@@ -816,11 +829,11 @@ mod tests {
         assert_eq!(record(m, MEDIUM as u64, 7, id), Ok(Packed::EMPTY));
         assert_eq!(memory_bytes(), pages, "no page more");
         assert_eq!(get(m).of_generation(7), Some((MEDIUM as u64, id)));
-        let in_span = take(m, MEDIUM);
+        let in_span = take(m, MEDIUM, 7);
         assert_eq!(in_span.of_generation(7), Some((MEDIUM as u64, id)));
         assert_eq!(get(m), Packed::EMPTY);
         assert!(put_back(m, in_span));
-        assert_eq!(take(m, MEDIUM), in_span);
+        assert_eq!(take(m, MEDIUM, 7), in_span);
 
         // A second record at the same address reports the trace it replaces.
         assert_eq!(
@@ -828,15 +841,15 @@ mod tests {
             Ok(Packed::new(0, 24, 7, id)),
             "a starts its span"
         );
-        let held = take(a, 32);
+        let held = take(a, 32, 7);
         assert_eq!(held.of_generation(7), Some((32, id)));
-        assert_eq!(take(a, 32), Packed::EMPTY);
+        assert_eq!(take(a, 32, 7), Packed::EMPTY);
         assert!(put_back(a, held));
         assert_eq!(get(a), held);
 
         // No block starts off the grain: a's trace is not an address 4 bytes further's.
         assert_eq!(get(a + 4), Packed::EMPTY);
-        assert_eq!(take_any(a + 4), Packed::EMPTY);
+        assert_eq!(take_any(a + 4, 7), Packed::EMPTY);
         assert_eq!(get(a), held);
 
         let n = a + GRAIN;
@@ -850,6 +863,8 @@ mod tests {
             neighbour_in_a_taken_cell(a, n, held, id, [b, c]);
             2
         };
+
+        a_block_across_grids(a + 4096 * 200, id);
 
         clear();
         assert_eq!(get(a), Packed::EMPTY);
@@ -867,11 +882,46 @@ mod tests {
         scan(|addr, _| any |= addr >> REGION_BITS == a >> REGION_BITS);
         assert!(!any, "nothing left to scan after clear");
         // A region never reserved holds nothing, and taking from it reserves nothing.
-        assert_eq!(take_any(a - (1 << REGION_BITS)), Packed::EMPTY);
+        assert_eq!(take_any(a - (1 << REGION_BITS), 7), Packed::EMPTY);
         assert!(cells_of(a - (1 << REGION_BITS), false).is_none());
         release();
         #[cfg(target_os = "linux")]
         assert_eq!(resident(a), 0);
+    }
+
+    /// A block of `MEDIUM` bytes or more at `page + 0x40` (whose span's page is not written)
+    /// takes the coarse grid; from a failed realloc, its trace goes back to its span's cell,
+    /// which a neighbour's record wrote meanwhile, at its offset there, and is found again. A
+    /// stale trace in the span's cell does not hide the current one on the coarse grid.
+    fn a_block_across_grids(page: usize, id: TracebackId) {
+        let (m, neighbour) = (page + 0x40, page + 0x20);
+        assert_eq!(record(m, 300, 7, id), Ok(Packed::EMPTY));
+        assert_eq!(record(neighbour, 16, 7, id), Ok(Packed::EMPTY));
+        let held = take(m, 300, 7);
+        assert_eq!(held.of_generation(7), Some((300, id)));
+        assert!(put_back(m, held));
+        assert_eq!(
+            get(m).of_generation(7),
+            Some((300, id)),
+            "found in its span's cell"
+        );
+        assert_eq!(take(m, 300, 7).of_generation(7), Some((300, id)));
+        assert_eq!(get(m), Packed::EMPTY);
+
+        assert_eq!(take(neighbour, 16, 7).of_generation(7), Some((16, id)));
+        let other = page + 0x8040; // a page of its own
+        assert_eq!(record(other, 300, 7, id), Ok(Packed::EMPTY));
+        assert_eq!(
+            record(other, 16, 6, id),
+            Ok(Packed::EMPTY),
+            "a stale small trace"
+        );
+        assert_eq!(
+            take_any(other, 7).of_generation(7),
+            Some((300, id)),
+            "the coarse grid's"
+        );
+        assert_eq!(take_any(other, 7), Packed::EMPTY);
     }
 
     /// In planes, the block 8 bytes after `a` (whose trace is `held`) has a cell of its own, in
@@ -895,10 +945,10 @@ mod tests {
             }
         });
         assert_eq!(found, [(a, Some((32, id))), (n, Some((8, id)))]);
-        assert_eq!(take(a, 32), held);
+        assert_eq!(take(a, 32, 7), held);
         assert_eq!(get(n).of_generation(7), Some((8, id)), "n keeps its trace");
         assert!(put_back(a, held));
-        assert_eq!(take(n, 8).of_generation(7), Some((8, id)));
+        assert_eq!(take(n, 8, 7).of_generation(7), Some((8, id)));
         assert_eq!(get(a), held, "a keeps its trace");
     }
 
@@ -912,7 +962,7 @@ mod tests {
         [b, c]: [usize; 2],
     ) {
         assert_eq!(
-            take(n, 16),
+            take(n, 16, 7),
             Packed::EMPTY,
             "the cell holds a's trace, not n's"
         );
@@ -921,7 +971,7 @@ mod tests {
         assert_eq!(record(n, 16, 7, id), Err(()), "n goes to the tables");
         assert_eq!(get(a), held);
         // Once a is freed, n can take the cell, and a's failed realloc cannot put it back.
-        assert_eq!(take(a, 32), held);
+        assert_eq!(take(a, 32, 7), held);
         assert_eq!(record(n, 16, 7, id), Ok(Packed::EMPTY));
         assert!(!put_back(a, held));
         assert_eq!(get(a), Packed::EMPTY);
@@ -937,7 +987,7 @@ mod tests {
         assert_eq!(found, expected);
         // A stale trace of n's (another generation) still keeps a out of the cell.
         assert_eq!(record(a, 8, 8, id), Err(()));
-        assert_eq!(take(n, 16).of_generation(7), Some((16, id)));
+        assert_eq!(take(n, 16, 7).of_generation(7), Some((16, id)));
         assert_eq!(record(a, 8, 8, id), Ok(Packed::EMPTY));
         assert_eq!(get(a).of_generation(8), Some((8, id)));
     }

@@ -863,7 +863,7 @@ unsafe fn realloc_shadowed(
     let old = ptr as usize;
     let generation = new.map_or_else(interner::generation, |(_, generation)| generation);
     let held = if layout.size() < shadow::LARGE {
-        shadow::take(old, layout.size())
+        shadow::take(old, layout.size(), generation)
     } else {
         shadow::Packed::EMPTY // recorded in the tables (see `shadow::fits`)
     };
@@ -942,7 +942,7 @@ fn record_id(
         // The same for a smaller block's trace in this address's cell, which the tables
         // cannot replace. (A missed large block's trace in the tables stays when a smaller
         // block takes the cell: finding it would cost every small allocation a table probe.)
-        if let Some((missed, _)) = shadow::take_any(addr).of_generation(generation) {
+        if let Some((missed, _)) = shadow::take_any(addr, generation).of_generation(generation) {
             accounting::account_unlocked(0, missed, generation);
         }
     }
@@ -1058,8 +1058,8 @@ fn forget_shadowed(addr: usize, size: Option<usize>) -> bool {
     }
     let generation = interner::generation();
     let held = match size {
-        Some(size) => shadow::take(addr, size),
-        None => shadow::take_any(addr),
+        Some(size) => shadow::take(addr, size, generation),
+        None => shadow::take_any(addr, generation),
     };
     if let Some((size, _)) = held.of_generation(generation) {
         accounting::account_unlocked(0, size, generation);
@@ -1321,6 +1321,11 @@ pub(crate) fn track(domain: u32, addr: usize, size: usize) -> bool {
     // capture buffer of very deep limits.
     with_stack(&std::alloc::System, |stack| {
         if domain == DEFAULT_DOMAIN {
+            if is_shadowed() {
+                // A trace at this address is replaced, as the tables replace one, whichever
+                // storage (or grid of cells) holds it: it may differ from the new block's.
+                forget_shadowed(addr, None);
+            }
             return record(&NoMemory, addr, size, stack);
         }
         let mut foreign = FOREIGN.lock();

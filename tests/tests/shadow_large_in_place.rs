@@ -3,7 +3,7 @@
 //! a block resized across that size keeps its address while its trace changes storage, both
 //! ways, and a failed reallocation leaves the trace where it was. Blocks recorded with `track`
 //! in the default domain are found by `untrack` in either storage, though `untrack` has no size
-//! to tell which.
+//! to tell which, and a block tracked again at the same address replaces the trace there.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -153,5 +153,21 @@ fn blocks_resized_in_place_move_between_a_cell_and_the_tables() {
     );
     assert!(grown_by(0));
     assert!(!tracemalloc::untrack(0, far), "forgotten once");
+
+    // Tracked again at the same address, a block replaces the trace there, whichever storage
+    // or grid of cells each size takes (4 KiB: the tables; 300 bytes: the coarse grid; 16 bytes:
+    // its span's cell).
+    let at = far.wrapping_add(64 << 10);
+    for (size, then) in [(4096, 300), (300, 16), (16, 4096)] {
+        assert!(tracemalloc::track(0, at, size));
+        assert!(tracemalloc::track(0, at, then));
+        assert!(grown_by(then as u64), "{size} then {then}");
+        assert!(tracemalloc::untrack(0, at));
+        assert!(grown_by(0));
+        assert!(
+            !tracemalloc::untrack(0, at),
+            "{size} then {then}: one trace"
+        );
+    }
     tracemalloc::stop();
 }
