@@ -490,18 +490,31 @@ fn put_back_in(addr: usize, held: Packed, coarse: bool) -> bool {
     restored
 }
 
-/// What the cells of `addr` hold for the block there, whatever its size.
-pub(crate) fn get(addr: usize) -> Packed {
-    let held_in = |coarse| {
-        written_place(addr, coarse)
-            .map(|place| (Packed(place.cell.load(Relaxed)), place.offset))
-            .filter(|&(held, offset)| held.is_at(offset))
-            .map_or(Packed::EMPTY, |(held, _)| held)
-    };
-    match held_in(false) {
-        Packed::EMPTY => held_in(true),
+/// What the cells of `addr` hold for the block there, whatever its size: the span's cell's
+/// trace, or else the coarse grid's (the tests' view; the tracer asks for [`current`]).
+#[cfg(test)]
+fn get(addr: usize) -> Packed {
+    match held_in(addr, false) {
+        Packed::EMPTY => held_in(addr, true),
         held => held,
     }
+}
+
+/// The size and id of the trace of `generation` at `addr`, in either grid: a stale trace in
+/// the span's cell does not hide a current one on the coarse grid (see [`take_any`]).
+pub(crate) fn current(addr: usize, generation: u32) -> Option<(u64, TracebackId)> {
+    held_in(addr, false)
+        .of_generation(generation)
+        .or_else(|| held_in(addr, true).of_generation(generation))
+}
+
+/// What the cell of `addr` on the coarse grid (`coarse`) or in its span holds for the block
+/// there.
+fn held_in(addr: usize, coarse: bool) -> Packed {
+    written_place(addr, coarse)
+        .map(|place| (Packed(place.cell.load(Relaxed)), place.offset))
+        .filter(|&(held, offset)| held.is_at(offset))
+        .map_or(Packed::EMPTY, |(held, _)| held)
 }
 
 #[cold]
@@ -916,6 +929,7 @@ mod tests {
             Ok(Packed::EMPTY),
             "a stale small trace"
         );
+        assert_eq!(current(other, 7), Some((300, id)), "the coarse grid's");
         assert_eq!(
             take_any(other, 7).of_generation(7),
             Some((300, id)),

@@ -1278,7 +1278,7 @@ fn copy_cells(generation: u32) -> Vec<Slot> {
 /// The trace of one default-domain block: size and raw frames.
 pub(crate) fn trace_of(addr: usize) -> Option<(u64, Vec<usize>, u16)> {
     let cell = is_shadowed()
-        .then(|| shadow::get(addr).of_generation(interner::generation()))
+        .then(|| shadow::current(addr, interner::generation()))
         .flatten();
     let (size, id) = if let Some(trace) = cell {
         trace
