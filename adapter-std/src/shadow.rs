@@ -423,6 +423,9 @@ fn record_in(place: &Place, size: u64, generation: u32, id: TracebackId) -> Resu
 /// block (`generation`: the current one, see [`take_any`]).
 #[inline(always)]
 pub(crate) fn take(addr: usize, size: usize, generation: u32) -> Packed {
+    if size >= LARGE {
+        return Packed::EMPTY; // no cell (see `fits`)
+    }
     if size >= MEDIUM {
         // In its span's cell or on the coarse grid (see `record`).
         return take_any(addr, generation);

@@ -91,6 +91,14 @@ fn spills(size: u64) -> bool {
     size < shadow::LARGE as u64
 }
 
+/// Whether a default-domain block of `size` bytes (`None`: not known) whose cell holds no
+/// trace of it, while shadowed, may have one in the tables: a large block always, a smaller one
+/// while the tables hold [`SPILLED`] traces.
+#[inline(always)]
+fn may_be_spilled(size: Option<usize>) -> bool {
+    size.is_none_or(|size| size >= shadow::LARGE) || SPILLED.load(Relaxed) != 0
+}
+
 #[inline(always)]
 fn is_shadowed() -> bool {
     // `STATE` was read (relaxed) before this on every path here; the fence makes the value
@@ -862,15 +870,10 @@ unsafe fn realloc_shadowed(
 ) -> *mut u8 {
     let old = ptr as usize;
     let generation = new.map_or_else(interner::generation, |(_, generation)| generation);
-    let held = if layout.size() < shadow::LARGE {
-        shadow::take(old, layout.size(), generation)
-    } else {
-        shadow::Packed::EMPTY // recorded in the tables (see `shadow::fits`)
-    };
+    let held = shadow::take(old, layout.size(), generation);
     let in_cell = held.of_generation(generation);
-    let in_tables = layout.size() >= shadow::LARGE || SPILLED.load(Relaxed) != 0;
-    let mut old_shard =
-        (in_cell.is_none() && in_tables).then(|| SHARD_TABLE[shard_index(old)].lock());
+    let mut old_shard = (in_cell.is_none() && may_be_spilled(Some(layout.size())))
+        .then(|| SHARD_TABLE[shard_index(old)].lock());
     // SAFETY: forwarded unchanged under the caller's contract.
     let moved = unsafe { inner.realloc(ptr, layout, new_size) };
     if moved.is_null() {
@@ -989,10 +992,14 @@ fn insert_locked(
         if is_shadowed() {
             let replaced_small = !new_trace && spills(replaced);
             match (replaced_small, spills(size as u64)) {
-                (false, true) => SPILLED.fetch_add(1, Relaxed),
-                (true, false) => SPILLED.fetch_sub(1, Relaxed),
-                _ => 0,
-            };
+                (false, true) => {
+                    SPILLED.fetch_add(1, Relaxed);
+                }
+                (true, false) => {
+                    SPILLED.fetch_sub(1, Relaxed);
+                }
+                _ => {}
+            }
         }
     }
     recorded == Recorded::Traced
@@ -1048,14 +1055,9 @@ fn forget_locked(shard: &mut Shard, addr: usize) -> bool {
 }
 
 /// Forgets a default-domain trace while shadowed: its cell's, or else its table's. `size`, when
-/// known (a free's layout), tells where to look: a block of [`shadow::LARGE`] bytes and more is
-/// in the tables only, and a smaller one whose cell has nothing is looked for in the tables
-/// only while they hold [`SPILLED`] traces.
+/// known (a free's layout), tells where to look ([`may_be_spilled`]).
 #[inline(always)]
 fn forget_shadowed(addr: usize, size: Option<usize>) -> bool {
-    if size.is_some_and(|size| size >= shadow::LARGE) {
-        return forget_locked(&mut shard_of(addr).lock(), addr);
-    }
     let generation = interner::generation();
     let held = match size {
         Some(size) => shadow::take(addr, size, generation),
@@ -1065,8 +1067,7 @@ fn forget_shadowed(addr: usize, size: Option<usize>) -> bool {
         accounting::account_unlocked(0, size, generation);
         return true;
     }
-    (size.is_none() || SPILLED.load(Relaxed) != 0)
-        && forget_locked(&mut shard_of(addr).lock(), addr)
+    may_be_spilled(size) && forget_locked(&mut shard_of(addr).lock(), addr)
 }
 
 /// Forgets `domain`'s trace at `addr`; its size if there was one.
