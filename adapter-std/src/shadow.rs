@@ -49,6 +49,7 @@
 use core::alloc::{GlobalAlloc, Layout};
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
 
+use tracemalloc_core::table::Placement;
 use tracemalloc_core::TracebackId;
 
 /// The alignment a block needs to have a cell: a cell tells where in its span the block
@@ -183,14 +184,19 @@ fn planed() -> bool {
 }
 
 /// Chooses how many cells a span has, for the allocator whose blocks are about to be traced,
-/// which starts small blocks `spacing` bytes apart or more ([`least_spacing`]): one when that
-/// is at least the span, one per [`GRAIN`] in planes otherwise. Only before the first region is
-/// reserved: cells are read as they were written, so a later start under another allocator
-/// keeps the choice (which costs it memory or speed, never traces).
-pub(crate) fn choose_planes(spacing: usize) {
+/// by the decision that places its trace tables ([`Placement::for_spacing`] of its
+/// [`least_spacing`]): one where its small blocks lie a span apart or more (`Spaced`), one per
+/// [`GRAIN`] in planes where they lie closer or the spacing is unknown (`Packed`). Only before
+/// the first region is reserved: cells are read as they were written, so a later start under
+/// another allocator keeps the choice (which costs it memory or speed, never traces).
+pub(crate) fn choose_planes(placement: Placement) {
+    const _: () = assert!(
+        1 << SPAN_SHIFT == 32,
+        "Placement::for_spacing's bound is the span"
+    );
     let _reserving = RESERVING.lock();
     if RESERVED_LEN.load(Relaxed) == 0 {
-        PLANED.store(spacing < 1 << SPAN_SHIFT, Relaxed);
+        PLANED.store(placement == Placement::Packed, Relaxed);
     }
 }
 

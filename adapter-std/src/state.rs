@@ -478,14 +478,14 @@ fn arm(inner: &dyn GlobalAlloc) -> bool {
     let shadowed = shadow_chosen(&config);
     // How closely `inner` packs small blocks, measured once for both uses: the cells' planes
     // and the tables' placement.
-    let spacing = shadow::least_spacing(inner);
+    let placement = Placement::for_spacing(shadow::least_spacing(inner));
     if shadowed {
-        shadow::choose_planes(spacing);
+        shadow::choose_planes(placement);
     }
     SHADOWED.store(shadowed, Relaxed);
     SPILLED.store(0, Relaxed);
     shadow::clear();
-    let ready = allocate_shards(inner, &config, Placement::for_spacing(spacing))
+    let ready = allocate_shards(inner, &config, placement)
         && allocate_foreign(inner, capture_depth(&config))
         // The new generation and the zeroed figures together, under the generation lock: a
         // change published under the old generation lands before both, or is dropped.
