@@ -770,9 +770,11 @@ pub(crate) unsafe fn dealloc(inner: &dyn GlobalAlloc, ptr: *mut u8, layout: Layo
     unsafe { inner.dealloc(ptr, layout) };
 }
 
-/// Reallocates through `inner` and moves the trace. The old block's shard stays locked across
-/// the inner call: once `inner` frees the old address another thread may be handed it, and its
-/// new trace must not be the one this realloc removes.
+/// Reallocates through `inner` and moves the trace. The old block's trace leaves before the
+/// inner call (once `inner` frees the old address another thread may be handed it, and its new
+/// trace must not be the one this realloc removes) and comes back if that fails. No lock is
+/// held across the call: a copy of megabytes would keep every thread that needs the shard
+/// spinning, and a snapshot with them.
 ///
 /// # Safety
 /// The caller's `GlobalAlloc::realloc` contract for `ptr`, `layout` and `new_size`.
@@ -804,59 +806,71 @@ pub(crate) unsafe fn realloc(
             unsafe { realloc_shadowed(inner, ptr, layout, new_size, Some(new)) }
         });
     }
+    let old = ptr as usize;
     if !record_new {
-        let mut old_shard = shard_of(ptr as usize).lock();
+        let taken = take_from_table(old);
         // SAFETY: forwarded unchanged under the caller's contract.
         let new = unsafe { inner.realloc(ptr, layout, new_size) };
-        if !new.is_null() {
-            forget_locked(&mut old_shard, ptr as usize);
+        if new.is_null() {
+            put_back(inner, old, taken); // the old block is untouched
         }
         return new;
     }
     with_stack(inner, |stack| {
         let (id, generation) = intern_stack(inner, stack);
-        let old = ptr as usize;
-        let old_index = shard_index(old);
-        let mut old_shard = SHARD_TABLE[old_index].lock();
+        let taken = take_from_table(old);
         // SAFETY: forwarded unchanged under the caller's contract.
         let new = unsafe { inner.realloc(ptr, layout, new_size) };
         if new.is_null() {
-            return new; // the old block is untouched, and so is its trace
-        }
-        if new as usize == old {
-            insert_locked(
-                inner,
-                &mut old_shard,
-                old_index,
-                old,
-                new_size,
-                id,
-                generation,
-            );
+            put_back(inner, old, taken); // the old block is untouched
         } else {
-            forget_locked(&mut old_shard, old);
-            drop(old_shard);
-            let index = shard_index(new as usize);
-            let mut new_shard = SHARD_TABLE[index].lock();
-            insert_locked(
-                inner,
-                &mut new_shard,
-                index,
-                new as usize,
-                new_size,
-                id,
-                generation,
-            );
+            record_id(inner, new as usize, new_size, id, generation);
         }
         new
     })
 }
 
+/// A default-domain trace taken out of the tables while its block is still live, with the
+/// generation it belongs to.
+#[derive(Clone, Copy)]
+struct Taken {
+    size: u64,
+    id: TracebackId,
+    generation: u32,
+}
+
+/// Takes the default-domain trace at `addr` out of its shard's table, if there is one.
+fn take_from_table(addr: usize) -> Option<Taken> {
+    let mut shard = shard_of(addr).lock();
+    // Read under the lock: `clear_traces()` starts a new generation holding every shard lock,
+    // so this is the generation of the table's traces.
+    let generation = interner::generation();
+    let (size, id) = take_locked(&mut shard, addr)?;
+    Some(Taken {
+        size,
+        id,
+        generation,
+    })
+}
+
+/// Records `taken` again at `addr`, whose block stayed (a reallocation failed): in its cell or
+/// its table, as [`record_id`] chooses. After a `clear_traces()` meanwhile, nothing: the
+/// generation no longer matches.
+fn put_back(inner: &dyn GlobalAlloc, addr: usize, taken: Option<Taken>) {
+    if let Some(Taken {
+        size,
+        id,
+        generation,
+    }) = taken
+    {
+        record_id(inner, addr, size as usize, id, generation);
+    }
+}
+
 /// [`realloc`] while shadowed, `new` the new block's id and the generation read before it was
 /// interned (`None`: the new block is not sampled). The old block's trace leaves its cell
 /// before the inner `realloc` can hand the address to another thread, and comes back if that
-/// fails; a trace in the tables keeps its shard locked across the call instead, as `realloc`
-/// does with tables.
+/// fails; so does a trace in the tables ([`take_from_table`]).
 ///
 /// # Safety
 /// The caller's `GlobalAlloc::realloc` contract for `ptr`, `layout` and `new_size`.
@@ -872,8 +886,9 @@ unsafe fn realloc_shadowed(
     let generation = new.map_or_else(interner::generation, |(_, generation)| generation);
     let held = shadow::take(old, layout.size(), generation);
     let in_cell = held.of_generation(generation);
-    let mut old_shard = (in_cell.is_none() && may_be_spilled(Some(layout.size())))
-        .then(|| SHARD_TABLE[shard_index(old)].lock());
+    let in_table = (in_cell.is_none() && may_be_spilled(Some(layout.size())))
+        .then(|| take_from_table(old))
+        .flatten();
     // SAFETY: forwarded unchanged under the caller's contract.
     let moved = unsafe { inner.realloc(ptr, layout, new_size) };
     if moved.is_null() {
@@ -886,16 +901,12 @@ unsafe fn realloc_shadowed(
                 record_id(inner, old, size as usize, id, generation);
             }
         }
+        put_back(inner, old, in_table);
         return moved;
     }
-    match (in_cell, old_shard.as_mut()) {
-        (Some((size, _)), _) => accounting::account_unlocked(0, size, generation),
-        (None, Some(shard)) => {
-            forget_locked(shard, old);
-        }
-        (None, None) => {}
+    if let Some((size, _)) = in_cell {
+        accounting::account_unlocked(0, size, generation);
     }
-    drop(old_shard);
     if let Some((id, generation)) = new {
         let addr = moved as usize;
         record_id(inner, addr, new_size, id, generation);
@@ -1034,24 +1045,26 @@ pub(crate) fn prefetch_trace(addr: usize) {
     prefetch_slot(addr, shard_index(addr));
 }
 
-/// Forgets a default-domain trace, and its mark in the sampling filter (only the shards'
-/// traces are marked: the filter serves the allocator's frees).
+/// Forgets a default-domain trace in a shard's table; whether there was one.
 #[inline(always)]
 fn forget_locked(shard: &mut Shard, addr: usize) -> bool {
-    let Some(tracer) = shard.tracer.as_mut() else {
-        return false;
-    };
+    take_locked(shard, addr).is_some()
+}
+
+/// Takes a default-domain trace out of a shard's table, and its mark out of the sampling
+/// filter (only the shards' traces are marked: the filter serves the allocator's frees).
+#[inline(always)]
+fn take_locked(shard: &mut Shard, addr: usize) -> Option<(u64, TracebackId)> {
+    let tracer = shard.tracer.as_mut()?;
     let interval = sampler::interval();
-    let Some(size) = forget_in(tracer, DEFAULT_DOMAIN, addr, interval) else {
-        return false;
-    };
+    let (size, id) = forget_in(tracer, DEFAULT_DOMAIN, addr, interval)?;
     if interval != 0 {
         sampler::unmark(addr);
     }
     if is_shadowed() && spills(size) {
         SPILLED.fetch_sub(1, Relaxed);
     }
-    true
+    Some((size, id))
 }
 
 /// Forgets a default-domain trace while shadowed: its cell's, or else its table's. `size`, when
@@ -1070,12 +1083,17 @@ fn forget_shadowed(addr: usize, size: Option<usize>) -> bool {
     may_be_spilled(size) && forget_locked(&mut shard_of(addr).lock(), addr)
 }
 
-/// Forgets `domain`'s trace at `addr`; its size if there was one.
+/// Forgets `domain`'s trace at `addr`; its size and traceback if there was one.
 #[inline(always)]
-fn forget_in(tracer: &mut Tracer<'static>, domain: u32, addr: usize, interval: u64) -> Option<u64> {
-    let size = tracer.record_free(domain, addr)?;
+fn forget_in(
+    tracer: &mut Tracer<'static>,
+    domain: u32,
+    addr: usize,
+    interval: u64,
+) -> Option<(u64, TracebackId)> {
+    let (size, id) = tracer.take(domain, addr)?;
     accounting::account(0, size, interval, interner::generation());
-    Some(size)
+    Some((size, id))
 }
 
 /// Doubles a shard's table. On failure the table stays as it was and the block that triggered

@@ -204,13 +204,21 @@ impl<'a> Tracer<'a> {
     /// not an error.
     #[inline]
     pub fn record_free(&mut self, domain: u32, addr: usize) -> Option<u64> {
+        self.take(domain, addr).map(|(size, _)| size)
+    }
+
+    /// [`Tracer::record_free`], returning the whole trace: its size and traceback id, which
+    /// [`Tracer::record_alloc_with`] takes back should the block stay after all (a failed
+    /// reallocation whose trace left before the allocator was called).
+    #[inline]
+    pub fn take(&mut self, domain: u32, addr: usize) -> Option<(u64, TracebackId)> {
         let tracebacks = &self.tracebacks;
         let slot = self
             .table
             .remove(addr, |id| tracebacks.domain_of(id) == domain)?;
         self.counters.traces -= 1;
         self.counters.current -= slot.size();
-        Some(slot.size())
+        Some((slot.size(), slot.traceback()))
     }
 
     /// Records a reallocation from `old` to `new` of `size` bytes. As in CPython the block takes
@@ -351,6 +359,30 @@ mod tests {
         assert_eq!((c.current, c.peak, c.traces), (50, 150, 1));
         t.reset_peak();
         assert_eq!(t.counters().peak, 50);
+    }
+
+    #[test]
+    fn a_taken_trace_goes_back_as_it_was() {
+        let mut a = Arrays::new();
+        let mut t = Tracer::new(a.storage());
+        t.record_alloc(0, 0x1000, 100, &[7, 8], 3);
+        let before = *t.counters();
+        let (size, id) = t.take(0, 0x1000).unwrap();
+        assert_eq!(
+            (size, t.counters().current, t.counters().traces),
+            (100, 0, 0)
+        );
+        assert_eq!(t.take(0, 0x1000), None);
+        assert_eq!(
+            t.record_alloc_with(0, 0x1000, size as usize, id),
+            Recorded::Traced
+        );
+        assert_eq!(*t.counters(), before);
+        let (size, tb) = t.trace(0, 0x1000).unwrap();
+        assert_eq!(
+            (size, tb.frames, tb.total_nframe),
+            (100, &[7usize, 8][..], 3)
+        );
     }
 
     #[test]

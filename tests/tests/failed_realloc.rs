@@ -1,6 +1,6 @@
 //! A program's `realloc` that fails leaves the old block traced as it was, in its cell or its
-//! table (shadow memory takes the trace out of the cell before the inner call, and must put
-//! it back), and the block's later free forgets it.
+//! table (the trace leaves both before the inner call, and must come back), and the block's
+//! later free forgets it.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 
@@ -41,37 +41,51 @@ fn traced(ptr: *const u8) -> bool {
     tracemalloc::object_traceback(ptr).is_some()
 }
 
-/// One block of 96 bytes, in a cell or a table depending on `storage`.
-fn case(storage: Storage) {
+/// One block of `size` bytes, in a cell or a table depending on `storage` and on its size
+/// (blocks of 1 KiB and more are in the tables under either).
+fn case(storage: Storage, size: usize) {
     tracemalloc::start_with(Config {
         nframe: 4,
         storage,
         ..Config::default()
     })
     .unwrap();
-    let layout = Layout::from_size_align(96, 16).unwrap();
+    let layout = Layout::from_size_align(size, 16).unwrap();
     let (before, _) = tracemalloc::traced_memory();
     // SAFETY: a non-zero size.
     let block = unsafe { std::alloc::alloc(layout) };
-    assert!(!block.is_null() && traced(block), "{storage:?}: traced");
+    assert!(
+        !block.is_null() && traced(block),
+        "{storage:?} {size} B: traced"
+    );
     // SAFETY: `block` is live, of `layout`; `FAIL` is non-zero and far from overflow.
     let moved = unsafe { std::alloc::realloc(block, layout, FAIL) };
     assert!(moved.is_null());
     assert!(
         traced(block),
-        "{storage:?}: the trace stays when realloc fails"
+        "{storage:?} {size} B: the trace stays when realloc fails"
     );
-    assert_eq!(tracemalloc::traced_memory().0, before + 96, "{storage:?}");
+    assert_eq!(
+        tracemalloc::traced_memory().0,
+        before + size,
+        "{storage:?} {size} B"
+    );
     // SAFETY: `block` is still live (the realloc failed), of `layout`.
     unsafe { std::alloc::dealloc(block, layout) };
-    assert!(!traced(block), "{storage:?}: the free forgets it");
-    assert_eq!(tracemalloc::traced_memory().0, before, "{storage:?}");
+    assert!(!traced(block), "{storage:?} {size} B: the free forgets it");
+    assert_eq!(
+        tracemalloc::traced_memory().0,
+        before,
+        "{storage:?} {size} B"
+    );
     tracemalloc::stop();
 }
 
 #[test]
 fn a_failed_realloc_keeps_the_trace_until_the_block_is_freed() {
     for storage in [Storage::Table, Storage::Shadow] {
-        case(storage);
+        for size in [96, 2048] {
+            case(storage, size);
+        }
     }
 }
