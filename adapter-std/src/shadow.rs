@@ -29,9 +29,9 @@
 //!
 //! The address space is cut into 1 GiB regions. The first block in a region reserves the
 //! region's 1 GiB of cells in planes (`MAP_NORESERVE`: only the pages written take memory; with
-//! one plane only the first quarter is used), 32 MiB of coarser cells for blocks of [`MEDIUM`]
-//! bytes and more (see [`record`]), and a bitmap
-//! of the cell pages written, which snapshots, [`clear`] and [`memory_bytes`] walk instead of
+//! one plane only the first quarter is used), 224 MiB of coarser cells for blocks of
+//! [`MEDIUM`] bytes and more (three grids, see [`record`]), and a bitmap of the cell pages
+//! written, which snapshots, [`clear`] and [`memory_bytes`] walk instead of
 //! the reservation. Reservations are never unmapped, as a thread may be writing a cell while
 //! tracing stops; [`clear`] gives the written pages back instead.
 //!
@@ -67,16 +67,61 @@ const PLANE_CELLS: usize = 1 << (REGION_BITS - SPAN_SHIFT);
 /// Planes, when there are several: a block's plane is where in its span it starts, in
 /// [`GRAIN`]s.
 const PLANES: usize = 1 << (SPAN_SHIFT - GRAIN.trailing_zeros());
-/// Blocks of this many bytes and more (up to [`LARGE`]) have their cells on a coarser grid, a
-/// cell per `MEDIUM` bytes of address space, after the planes: no two such blocks start in one
-/// stretch of `MEDIUM` bytes, and a cell per 32 bytes would cost them a quarter of their size
-/// (144 bytes a 512-byte block, where the coarse grid takes 16).
-pub(crate) const MEDIUM: usize = 1 << COARSE_SHIFT;
-const COARSE_SHIFT: u32 = 8;
-/// The first cell of the coarse grid.
+/// Blocks of this many bytes and more (up to [`LARGE`]) have their cells on coarser grids,
+/// after the planes: blocks of 64 to 127 bytes a cell per 64 bytes of address space, of 128 to
+/// 255 a cell per 128, larger ones a cell per 256 ([`Grid::coarse_for`]). No two blocks of a
+/// grid's size start in one of its stretches, and a cell per 32 bytes would cost them a quarter
+/// of their size (36 bytes a 128-byte block, 144 a 512-byte one, where their grids take 9 and 16).
+pub(crate) const MEDIUM: usize = 1 << MIN_COARSE_SHIFT;
+const MIN_COARSE_SHIFT: u32 = 6;
+const MAX_COARSE_SHIFT: u32 = 8;
+/// The first cell of the coarse grids.
 const COARSE_BASE: usize = PLANES * PLANE_CELLS;
-/// Cells a region may need: the planes', then the coarse grid's.
-const REGION_CELLS: usize = COARSE_BASE + (1 << (REGION_BITS - COARSE_SHIFT));
+/// Cells a region may need: the planes', then the coarse grids', the finest first.
+const REGION_CELLS: usize = coarse_base(MAX_COARSE_SHIFT + 1);
+
+/// The first cell of the coarse grid of a cell per `1 << shift` bytes: after the planes and the
+/// finer grids, each twice the size of the next.
+const fn coarse_base(shift: u32) -> usize {
+    COARSE_BASE + (1 << (REGION_BITS + 1 - MIN_COARSE_SHIFT)) - (1 << (REGION_BITS + 1 - shift))
+}
+
+/// Which cells a block's trace may be in: its span's, or a coarse grid's of a cell per
+/// `1 << shift` bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Grid {
+    Span,
+    Coarse(u32),
+}
+
+impl Grid {
+    /// Every coarse grid, the finest first.
+    const COARSE: [Grid; (MAX_COARSE_SHIFT - MIN_COARSE_SHIFT + 1) as usize] = {
+        let mut grids = [Grid::Span; (MAX_COARSE_SHIFT - MIN_COARSE_SHIFT + 1) as usize];
+        let mut i = 0;
+        while i < grids.len() {
+            grids[i] = Grid::Coarse(MIN_COARSE_SHIFT + i as u32);
+            i += 1;
+        }
+        grids
+    };
+
+    /// The grid cell `index` of a region belongs to.
+    fn of_cell(index: usize) -> Grid {
+        Grid::COARSE
+            .into_iter()
+            .rev()
+            .find(|&grid| matches!(grid, Grid::Coarse(shift) if index >= coarse_base(shift)))
+            .unwrap_or(Grid::Span)
+    }
+
+    /// The coarse grid of a block of `size` bytes, at least [`MEDIUM`]: the largest stretch
+    /// that is no larger than the block, up to 256 bytes.
+    #[inline(always)]
+    fn coarse_for(size: u64) -> Grid {
+        Grid::Coarse((u64::BITS - 1 - size.leading_zeros()).min(MAX_COARSE_SHIFT))
+    }
+}
 const CELLS_BYTES: usize = REGION_CELLS * size_of::<u64>();
 const PAGE: usize = 4096;
 const CELLS_PER_PAGE: usize = PAGE / size_of::<u64>();
@@ -93,9 +138,9 @@ pub(crate) const MAX_SIZE: u64 = (1 << SIZE_BITS) - 1;
 const SIZE_BITS: u32 = 24;
 const SIZE_SHIFT: u32 = 64 - SIZE_BITS;
 const ID_BITS: u32 = 24;
-/// Where in its cell's stretch of address space (a span, or [`MEDIUM`] bytes) the block starts,
-/// in [`GRAIN`]s: 5 bits, beside the id.
-const OFFSET_BITS: u32 = COARSE_SHIFT - GRAIN.trailing_zeros();
+/// Where in its cell's stretch of address space (a span, or a coarse grid's 64 to 256 bytes)
+/// the block starts, in [`GRAIN`]s: 5 bits, beside the id.
+const OFFSET_BITS: u32 = MAX_COARSE_SHIFT - GRAIN.trailing_zeros();
 const OFFSET_MASK: u64 = (1 << OFFSET_BITS) - 1;
 const GENERATION_SHIFT: u32 = ID_BITS + OFFSET_BITS;
 /// Generation bits: a stale cell that escaped a clear reads as current again only after this
@@ -300,28 +345,31 @@ impl Place {
     }
 }
 
-/// The place of the block at `addr`: on the coarse grid (`coarse`, for blocks of [`MEDIUM`]
-/// bytes and more) or in its span's cell.
+/// The place of the block at `addr` in `grid`.
 ///
 /// # Safety
 /// `base` is the reservation of `addr`'s region, as [`cells_of`] returns it.
 #[inline(always)]
-unsafe fn place(base: usize, addr: usize, coarse: bool) -> Place {
+unsafe fn place(base: usize, addr: usize, grid: Grid) -> Place {
     let in_region = addr & ((1 << REGION_BITS) - 1);
-    let (index, offset) = if coarse {
-        let offset = (in_region & (MEDIUM - 1)) / GRAIN;
-        (COARSE_BASE + (in_region >> COARSE_SHIFT), offset)
-    } else {
-        let offset = (in_region & ((1 << SPAN_SHIFT) - 1)) / GRAIN;
-        let plane = if planed() { offset } else { 0 };
-        (plane * PLANE_CELLS + (in_region >> SPAN_SHIFT), offset)
+    let (index, offset) = match grid {
+        Grid::Coarse(shift) => {
+            let offset = (in_region & ((1 << shift) - 1)) / GRAIN;
+            (coarse_base(shift) + (in_region >> shift), offset)
+        }
+        Grid::Span => {
+            let offset = (in_region & ((1 << SPAN_SHIFT) - 1)) / GRAIN;
+            let plane = if planed() { offset } else { 0 };
+            (plane * PLANE_CELLS + (in_region >> SPAN_SHIFT), offset)
+        }
     };
     let page = index / CELLS_PER_PAGE;
     Place {
         // SAFETY: `index < REGION_CELLS`: an offset in a region divided by the span is below
         // `PLANE_CELLS`, and `plane < PLANES` (an offset in the span divided by the grain, or
-        // 0); divided by `MEDIUM`, it is below the coarse grid's cells, which come after the
-        // planes' `COARSE_BASE`. `base` is the caller's.
+        // 0); divided by a coarse grid's stretch, it is below that grid's cells, which end
+        // where the next grid's begin (`coarse_base`), the last at `REGION_CELLS`. `base` is
+        // the caller's.
         cell: unsafe { cell(base, index) },
         // SAFETY: `page < PAGES`, so its word is in the bitmap; `base` is the caller's.
         word: unsafe { bitmap_word(base, page / 64) },
@@ -330,19 +378,19 @@ unsafe fn place(base: usize, addr: usize, coarse: bool) -> Place {
     }
 }
 
-/// The place of `addr`, if its cell's page was written since the last [`clear`]: cells in
-/// other pages are empty. Not reading those matters: a read maps the shared zero page, and the
+/// The place of `addr` in `grid`, if its cell's page was written since the last [`clear`]:
+/// cells in other pages are empty. Not reading those matters: a read maps the shared zero page, and the
 /// first write after it faults again and flushes the TLB of every core running the process.
 /// None for an address off the [`GRAIN`]: no block there has a cell, and its cell's trace, at
 /// another offset, is some neighbour's.
 #[inline(always)]
-fn written_place(addr: usize, coarse: bool) -> Option<Place> {
+fn written_place(addr: usize, grid: Grid) -> Option<Place> {
     if !addr.is_multiple_of(GRAIN) {
         return None;
     }
     let base = cells_of(addr, false)?;
     // SAFETY: `base` is `addr`'s reservation (`cells_of`).
-    let place = unsafe { place(base, addr, coarse) };
+    let place = unsafe { place(base, addr, grid) };
     place.marked().then_some(place)
 }
 
@@ -365,7 +413,7 @@ unsafe fn bitmap_word(base: usize, word: usize) -> &'static AtomicU64 {
 ///
 /// A block of [`MEDIUM`] bytes or more takes its span's cell where that cell's page holds
 /// smaller neighbours' cells already, as in a heap of mixed sizes, and costs no memory there;
-/// elsewhere, as among blocks of its own size, it takes a cell on the coarse grid (on the fine
+/// elsewhere, as among blocks of its own size, it takes a cell on its coarse grid (on the fine
 /// one, a heap of 512-byte blocks took 144 bytes a block, on the coarse 16; on the coarse
 /// alone, serde_json's mixed heap took 11 % more tracer memory).
 #[inline(always)]
@@ -377,7 +425,7 @@ pub(crate) fn record(
 ) -> Result<Packed, ()> {
     let base = cells_of(addr, true).ok_or(())?;
     // SAFETY: `base` is `addr`'s reservation (`cells_of`).
-    let fine = unsafe { place(base, addr, false) };
+    let fine = unsafe { place(base, addr, Grid::Span) };
     if size < MEDIUM as u64 {
         return record_in(&fine, size, generation, id);
     }
@@ -387,7 +435,7 @@ pub(crate) fn record(
         }
     }
     // SAFETY: as above.
-    let coarse = unsafe { place(base, addr, true) };
+    let coarse = unsafe { place(base, addr, Grid::coarse_for(size)) };
     record_in(&coarse, size, generation, id)
 }
 
@@ -433,16 +481,16 @@ pub(crate) fn take(addr: usize, size: usize, generation: u32) -> Packed {
         return Packed::EMPTY; // no cell (see `fits`)
     }
     if size >= MEDIUM {
-        // In its span's cell or on the coarse grid (see `record`).
-        return take_any(addr, generation);
+        // In its span's cell or on its coarse grid (see `record`).
+        return take_from(addr, [Grid::coarse_for(size as u64)], generation);
     }
-    take_in(addr, false)
+    take_in(addr, Grid::Span)
 }
 
-/// [`take`] from the cell on the coarse grid (`coarse`) or in the span.
+/// [`take`] from the cell in `grid`.
 #[inline(always)]
-fn take_in(addr: usize, coarse: bool) -> Packed {
-    let Some(Place { cell, offset, .. }) = written_place(addr, coarse) else {
+fn take_in(addr: usize, grid: Grid) -> Packed {
+    let Some(Place { cell, offset, .. }) = written_place(addr, grid) else {
         return Packed::EMPTY;
     };
     let held = Packed(cell.load(Relaxed));
@@ -457,16 +505,26 @@ fn take_in(addr: usize, coarse: bool) -> Packed {
 
 /// Empties the cells that hold a trace of a block at `addr`, whatever its size, and returns
 /// the trace of `generation` among them, if any: for callers that do not know the size. A
-/// stale trace in the span's cell does not hide a current one on the coarse grid.
+/// stale trace in the span's cell does not hide a current one on a coarse grid.
 pub(crate) fn take_any(addr: usize, generation: u32) -> Packed {
-    let fine = take_in(addr, false);
-    if fine.is_of(generation) {
-        return fine;
+    take_from(addr, Grid::COARSE, generation)
+}
+
+/// Empties the cells of `addr` in its span and then in `coarse` until one holds a trace of
+/// `generation`, and returns that trace, or else the last trace found (of another generation).
+#[inline(always)]
+fn take_from(addr: usize, coarse: impl IntoIterator<Item = Grid>, generation: u32) -> Packed {
+    let mut found = take_in(addr, Grid::Span);
+    for grid in coarse {
+        if found.is_of(generation) {
+            break;
+        }
+        match take_in(addr, grid) {
+            Packed::EMPTY => {}
+            held => found = held,
+        }
     }
-    match take_in(addr, true) {
-        Packed::EMPTY => fine,
-        coarse => coarse,
-    }
+    found
 }
 
 /// Puts back what [`take`] returned, for a block that turned out not to be freed (a failed
@@ -479,13 +537,14 @@ pub(crate) fn put_back(addr: usize, held: Packed) -> bool {
     }
     // `take` found `held` in a page written, unless a clear came since; a larger block's
     // trace goes back to either of its cells, where `take` looks for it.
-    put_back_in(addr, held, false) || (held.size() >= MEDIUM && put_back_in(addr, held, true))
+    put_back_in(addr, held, Grid::Span)
+        || (held.size() >= MEDIUM && put_back_in(addr, held, Grid::coarse_for(held.size() as u64)))
 }
 
-/// [`put_back`] into the cell on the coarse grid (`coarse`) or in the span, with the block's
-/// offset in that cell's stretch (`take` may have found it in the other grid).
-fn put_back_in(addr: usize, held: Packed, coarse: bool) -> bool {
-    let Some(place) = written_place(addr, coarse) else {
+/// [`put_back`] into the cell in `grid`, with the block's offset in that cell's stretch
+/// (`take` may have found it in the other grid).
+fn put_back_in(addr: usize, held: Packed, grid: Grid) -> bool {
+    let Some(place) = written_place(addr, grid) else {
         return false;
     };
     let held = held.at(place.offset);
@@ -500,27 +559,27 @@ fn put_back_in(addr: usize, held: Packed, coarse: bool) -> bool {
 }
 
 /// What the cells of `addr` hold for the block there, whatever its size: the span's cell's
-/// trace, or else the coarse grid's (the tests' view; the tracer asks for [`current`]).
+/// trace, or else the first coarse grid's (the tests' view; the tracer asks for [`current`]).
 #[cfg(test)]
 fn get(addr: usize) -> Packed {
-    match held_in(addr, false) {
-        Packed::EMPTY => held_in(addr, true),
-        held => held,
-    }
+    core::iter::once(Grid::Span)
+        .chain(Grid::COARSE)
+        .map(|grid| held_in(addr, grid))
+        .find(|&held| held != Packed::EMPTY)
+        .unwrap_or(Packed::EMPTY)
 }
 
-/// The size and id of the trace of `generation` at `addr`, in either grid: a stale trace in
-/// the span's cell does not hide a current one on the coarse grid (see [`take_any`]).
+/// The size and id of the trace of `generation` at `addr`, in any grid: a stale trace in the
+/// span's cell does not hide a current one on a coarse grid (see [`take_any`]).
 pub(crate) fn current(addr: usize, generation: u32) -> Option<(u64, TracebackId)> {
-    held_in(addr, false)
-        .of_generation(generation)
-        .or_else(|| held_in(addr, true).of_generation(generation))
+    core::iter::once(Grid::Span)
+        .chain(Grid::COARSE)
+        .find_map(|grid| held_in(addr, grid).of_generation(generation))
 }
 
-/// What the cell of `addr` on the coarse grid (`coarse`) or in its span holds for the block
-/// there.
-fn held_in(addr: usize, coarse: bool) -> Packed {
-    written_place(addr, coarse)
+/// What the cell of `addr` in `grid` holds for the block there.
+fn held_in(addr: usize, grid: Grid) -> Packed {
+    written_place(addr, grid)
         .map(|place| (Packed(place.cell.load(Relaxed)), place.offset))
         .filter(|&(held, offset)| held.is_at(offset))
         .map_or(Packed::EMPTY, |(held, _)| held)
@@ -697,10 +756,9 @@ pub(crate) fn scan(mut f: impl FnMut(usize, Packed)) {
                     let held = Packed(unsafe { cell(base, i) }.load(Relaxed));
                     if held != Packed::EMPTY {
                         // A cell of another plane than the first holds its offset too.
-                        let stretch = if i >= COARSE_BASE {
-                            (i - COARSE_BASE) << COARSE_SHIFT
-                        } else {
-                            (i % PLANE_CELLS) << SPAN_SHIFT
+                        let stretch = match Grid::of_cell(i) {
+                            Grid::Coarse(shift) => (i - coarse_base(shift)) << shift,
+                            Grid::Span => (i % PLANE_CELLS) << SPAN_SHIFT,
                         };
                         f(region << REGION_BITS | stretch | held.offset(), held);
                     }
@@ -790,8 +848,8 @@ mod tests {
     fn cells_record_take_scan_and_clear_with(planed: bool) {
         let id = TracebackId::from_index(0xAB_CDEF);
         // Addresses no allocator of this test process hands out: the top of the user half.
-        // b and c lie 16 and 24 bytes into a span, in pages of their own: b, of `MEDIUM` bytes
-        // or more, on the coarse grid, c in the fourth plane, if planed.
+        // b and c lie 16 and 24 bytes into a span, in pages of their own: b, of 256 bytes or
+        // more, on the coarsest grid, c in the fourth plane, if planed.
         let a = (1 << ADDRESS_BITS) - (1 << REGION_BITS);
         let b = a + 4096 * 40 + 16;
         let c = a + 4096 * 80 + 24;
@@ -813,7 +871,7 @@ mod tests {
             "11 bits of generation"
         );
         // Three pages of cells written, and the bitmap's pages that mark them: each plane's
-        // pages, and the coarse grid's (b's, a block of `MEDIUM` bytes or more), are marked in
+        // pages, and the coarsest grid's (b's, a block of 256 bytes or more), are marked in
         // pages of the bitmap of their own.
         let bitmap_pages = if planed { 3 } else { 2 };
         assert_eq!(memory_bytes() - memory_before, (3 + bitmap_pages) * PAGE);
@@ -832,20 +890,20 @@ mod tests {
             }
         });
         let expected = [(a, 24), (b, MAX_SIZE), (c, 8)].map(|(at, size)| (at, Some((size, id))));
-        seen.sort_unstable(); // in the order of the cells: planes, then the coarse grid
+        seen.sort_unstable(); // in the order of the cells: planes, then the coarse grids
         assert_eq!(seen, expected, "addresses rebuilt from the cells");
 
-        // The coarse grid holds one trace per `MEDIUM` bytes: another block of that size
-        // starting in b's stretch goes to the tables. Taken without its size, b's trace is
-        // found there, and goes back there.
-        assert_eq!(record(b + 64, MEDIUM as u64, 7, id), Err(()));
+        // The coarsest grid holds one trace per 256 bytes: another block of that size starting
+        // in b's stretch goes to the tables (a smaller one to its own grid). Taken without its
+        // size, b's trace is found there, and goes back there.
+        assert_eq!(record(b + 64, 256, 7, id), Err(()));
         let medium = take_any(b, 7);
         assert_eq!(medium.of_generation(7), Some((MAX_SIZE, id)));
         assert_eq!(get(b), Packed::EMPTY);
         assert!(put_back(b, medium));
         assert_eq!(get(b), medium);
         // Where smaller blocks wrote the page of its span's cell (a's page), a block of that
-        // size takes the span's cell, and no page of the coarse grid.
+        // size takes the span's cell, and no page of a coarse grid.
         let m = a + 64;
         let pages = memory_bytes();
         assert_eq!(record(m, MEDIUM as u64, 7, id), Ok(Packed::EMPTY));
@@ -887,6 +945,9 @@ mod tests {
         };
 
         a_block_across_grids(a + 4096 * 200, id);
+        blocks_side_by_side_on_their_grids(a + 4096 * 300, id);
+        #[cfg_attr(not(target_os = "linux"), allow(unused_variables))]
+        let bitmap_pages = bitmap_pages + 1; // marking the 64-byte grid's pages
 
         clear();
         assert_eq!(get(a), Packed::EMPTY);
@@ -945,6 +1006,65 @@ mod tests {
             "the coarse grid's"
         );
         assert_eq!(take_any(other, 7), Packed::EMPTY);
+    }
+
+    /// Blocks of 64 to 255 bytes lying as glibc lays them out (in chunks of their size and an
+    /// 8-byte header, rounded up to 16 bytes), in a
+    /// page whose spans' cells are not written: each size's blocks all take cells on their
+    /// grid (a cell per 64 bytes below 128, per 128 below 256), one page of cells each, and are
+    /// found, scanned and taken at their own addresses.
+    fn blocks_side_by_side_on_their_grids(page: usize, id: TracebackId) {
+        let memory_before = memory_bytes();
+        let runs: [(usize, usize); 4] = [
+            (page, 64),
+            (page + 0x1000, 100),
+            (page + 0x2000, 128),
+            (page + 0x3000, 200),
+        ];
+        let blocks: Vec<(usize, usize)> = runs
+            .iter()
+            .flat_map(|&(start, size)| {
+                let chunk = (size + 8).next_multiple_of(16);
+                (0..16).map(move |k| (start + k * chunk, size))
+            })
+            .collect();
+        for &(addr, size) in &blocks {
+            assert_eq!(
+                record(addr, size as u64, 7, id),
+                Ok(Packed::EMPTY),
+                "{size} B"
+            );
+        }
+        // A page of the 64-byte grid, one of the 128-byte grid (each run lies in a page of
+        // cells of its own grid: 4 KiB of heap are a 64th of a page's reach, or a 32nd), none
+        // in the planes, and the page of the bitmap marking the 64-byte grid's pages (the
+        // 128-byte grid's shares b's, on the 256-byte grid).
+        assert_eq!(memory_bytes() - memory_before, 3 * PAGE);
+        for &(addr, size) in &blocks {
+            assert_eq!(
+                get(addr).of_generation(7),
+                Some((size as u64, id)),
+                "{size} B"
+            );
+            assert_eq!(current(addr, 7), Some((size as u64, id)));
+        }
+        let mut seen = Vec::new();
+        scan(|addr, held| {
+            if (page..page + 0x4000).contains(&addr) {
+                seen.push((addr, held.size()));
+            }
+        });
+        seen.sort_unstable();
+        assert_eq!(seen, blocks, "addresses rebuilt from the grids' cells");
+        for (i, &(addr, size)) in blocks.iter().enumerate() {
+            let held = if i % 2 == 0 {
+                take(addr, size, 7)
+            } else {
+                take_any(addr, 7)
+            };
+            assert_eq!(held.of_generation(7), Some((size as u64, id)), "{size} B");
+            assert_eq!(get(addr), Packed::EMPTY);
+        }
     }
 
     /// In planes, the block 8 bytes after `a` (whose trace is `held`) has a cell of its own, in

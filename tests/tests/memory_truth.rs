@@ -18,10 +18,10 @@ static ALLOC: TracingAllocator<Counting> = TracingAllocator::new(Counting);
 const SLACK: i64 = 64 * 1024;
 
 /// Bytes of shadow memory in use: the resident pages of the shadow's reservations, which are
-/// mappings of their own of 1 GiB of cells in planes, 32 MiB of coarser cells and 36 KiB of
-/// bitmap (each between two inaccessible pages).
+/// mappings of their own of 1 GiB of cells in planes, 224 MiB of coarser cells (three grids of
+/// 128, 64 and 32 MiB) and 40 KiB of bitmap (each between two inaccessible pages).
 fn shadow_resident() -> i64 {
-    const RESERVATION_KIB: u64 = (1 << 20) + (32 << 10) + 36;
+    const RESERVATION_KIB: u64 = (1 << 20) + (224 << 10) + 40;
     let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
     let mut total = 0;
     let mut in_shadow = false;
