@@ -824,7 +824,8 @@ pub(crate) unsafe fn realloc(
         if new.is_null() {
             put_back(inner, old, taken); // the old block is untouched
         } else {
-            record_id(inner, new as usize, new_size, id, generation);
+            let in_place = new as usize == old;
+            record_id_as(inner, new as usize, new_size, id, generation, in_place);
         }
         new
     })
@@ -854,8 +855,8 @@ fn take_from_table(addr: usize) -> Option<Taken> {
 }
 
 /// Records `taken` again at `addr`, whose block stayed (a reallocation failed): in its cell or
-/// its table, as [`record_id`] chooses. After a `clear_traces()` meanwhile, nothing: the
-/// generation no longer matches.
+/// its table, as [`record_id`] chooses, past the table's load limit if need be. After a
+/// `clear_traces()` meanwhile, nothing: the generation no longer matches.
 fn put_back(inner: &dyn GlobalAlloc, addr: usize, taken: Option<Taken>) {
     if let Some(Taken {
         size,
@@ -863,7 +864,7 @@ fn put_back(inner: &dyn GlobalAlloc, addr: usize, taken: Option<Taken>) {
         generation,
     }) = taken
     {
-        record_id(inner, addr, size as usize, id, generation);
+        record_id_as(inner, addr, size as usize, id, generation, true);
     }
 }
 
@@ -898,7 +899,7 @@ unsafe fn realloc_shadowed(
         if !shadow::put_back(old, held) {
             if let Some((size, id)) = in_cell {
                 accounting::account_unlocked(0, size, generation);
-                record_id(inner, old, size as usize, id, generation);
+                record_id_as(inner, old, size as usize, id, generation, true);
             }
         }
         put_back(inner, old, in_table);
@@ -909,7 +910,7 @@ unsafe fn realloc_shadowed(
     }
     if let Some((id, generation)) = new {
         let addr = moved as usize;
-        record_id(inner, addr, new_size, id, generation);
+        record_id_as(inner, addr, new_size, id, generation, addr == old);
     }
     moved
 }
@@ -940,6 +941,21 @@ fn record_id(
     id: TracebackId,
     generation: u32,
 ) -> bool {
+    record_id_as(inner, addr, size, id, generation, false)
+}
+
+/// [`record_id`], for a block that stayed live at `addr` while its trace was out of the table
+/// (`restored`: a reallocation in place or one that failed), past the table's load limit if
+/// other blocks took the table to it meanwhile ([`Tracer::restore`]).
+#[inline(always)]
+fn record_id_as(
+    inner: &dyn GlobalAlloc,
+    addr: usize,
+    size: usize,
+    id: TracebackId,
+    generation: u32,
+    restored: bool,
+) -> bool {
     if is_shadowed() && shadow::fits(addr, size) {
         if !is_on() {
             return false; // stopped meanwhile (the table path checks under its lock)
@@ -962,7 +978,16 @@ fn record_id(
     }
     let shard = shard_index(addr);
     let mut locked = SHARD_TABLE[shard].lock();
-    insert_locked(inner, &mut locked, shard, addr, size, id, generation)
+    insert_locked(
+        inner,
+        &mut locked,
+        shard,
+        addr,
+        size,
+        id,
+        generation,
+        restored,
+    )
 }
 
 #[inline(always)]
@@ -975,6 +1000,7 @@ fn insert_locked(
     size: usize,
     id: TracebackId,
     generation: u32,
+    restored: bool,
 ) -> bool {
     // Re-checked under the lock: `stop()` switches off, and `clear_traces()` starts a new
     // generation of ids, while holding every shard lock; a record that raced with either
@@ -990,7 +1016,11 @@ fn insert_locked(
         grow_table(inner, index, tracer, &mut shard.pages);
     }
     let (before, traces_before) = (tracer.counters().current, tracer.counters().traces);
-    let recorded = tracer.record_alloc_with(DEFAULT_DOMAIN, addr, size, id);
+    let recorded = if restored {
+        tracer.restore(DEFAULT_DOMAIN, addr, size, id)
+    } else {
+        tracer.record_alloc_with(DEFAULT_DOMAIN, addr, size, id)
+    };
     if recorded == Recorded::Traced {
         // A trace at the same address is replaced (a realloc in place): it had this size.
         let replaced = (before + size as u64).saturating_sub(tracer.counters().current);

@@ -328,6 +328,32 @@ impl<'a> TraceTable<'a> {
         traceback: TracebackId,
         is_key: impl Fn(TracebackId) -> bool,
     ) -> Result<Inserted, InsertError> {
+        self.insert_within(addr, size, traceback, is_key, self.limit)
+    }
+
+    /// [`TraceTable::insert`] past the load limit, while one slot stays empty (which ends every
+    /// probe): for a trace taken out of the table while its block stays live, which must find
+    /// room again even if other traces took the table to its limit meanwhile.
+    #[inline]
+    pub fn restore(
+        &mut self,
+        addr: usize,
+        size: u64,
+        traceback: TracebackId,
+        is_key: impl Fn(TracebackId) -> bool,
+    ) -> Result<Inserted, InsertError> {
+        self.insert_within(addr, size, traceback, is_key, self.mask)
+    }
+
+    #[inline(always)]
+    fn insert_within(
+        &mut self,
+        addr: usize,
+        size: u64,
+        traceback: TracebackId,
+        is_key: impl Fn(TracebackId) -> bool,
+        limit: usize,
+    ) -> Result<Inserted, InsertError> {
         if addr == 0 || size > MAX_TRACED_SIZE {
             return Err(InsertError::Unrepresentable);
         }
@@ -338,7 +364,7 @@ impl<'a> TraceTable<'a> {
         loop {
             let slot = &mut self.slots[i];
             if slot.addr == 0 {
-                if self.len >= self.limit {
+                if self.len >= limit {
                     return Err(InsertError::Full);
                 }
                 *slot = Slot::new(addr, size, traceback);
@@ -430,6 +456,28 @@ mod tests {
 
     fn tb(i: u32) -> TracebackId {
         TracebackId::from_index(i)
+    }
+
+    #[test]
+    fn a_restored_trace_finds_room_past_the_load_limit_but_one_slot_stays_empty() {
+        let mut storage = [Slot::EMPTY; 8];
+        let mut t = TraceTable::new(&mut storage);
+        let mut addr = 0x1000;
+        while t.insert(addr, 1, tb(1), |_| true).is_ok() {
+            addr += 0x10;
+        }
+        assert_eq!(t.len(), t.limit());
+        assert_eq!(t.restore(addr, 2, tb(2), |_| true), Ok(Inserted::New));
+        assert_eq!(t.get(addr, |_| true).map(Slot::size), Some(2));
+        while t.restore(addr, 3, tb(3), |_| true).is_ok() {
+            addr += 0x10;
+        }
+        assert_eq!(t.len(), 7, "one slot stays empty");
+        assert_eq!(
+            t.get(0xdead0, |_| true),
+            None,
+            "a lookup of an absent key ends"
+        );
     }
 
     #[test]

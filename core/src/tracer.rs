@@ -160,8 +160,34 @@ impl<'a> Tracer<'a> {
         self.insert(domain, addr, size as u64, traceback)
     }
 
+    /// [`Tracer::record_alloc_with`] for a trace that [`Tracer::take`] took out while its
+    /// block stayed live (a reallocation in place or one that failed): past the table's load
+    /// limit if need be, since other blocks may have taken the table to it meanwhile.
+    #[inline]
+    pub fn restore(
+        &mut self,
+        domain: u32,
+        addr: usize,
+        size: usize,
+        traceback: TracebackId,
+    ) -> Recorded {
+        self.insert_as(domain, addr, size as u64, traceback, true)
+    }
+
     #[inline]
     fn insert(&mut self, domain: u32, addr: usize, size: u64, traceback: TracebackId) -> Recorded {
+        self.insert_as(domain, addr, size, traceback, false)
+    }
+
+    #[inline(always)]
+    fn insert_as(
+        &mut self,
+        domain: u32,
+        addr: usize,
+        size: u64,
+        traceback: TracebackId,
+        restored: bool,
+    ) -> Recorded {
         if traceback == TracebackId::OVERFLOW && domain != DEFAULT_DOMAIN {
             // The overflow traceback belongs to the default domain; recording the block under it
             // would move it to another domain, so it is counted as untraced instead.
@@ -169,7 +195,12 @@ impl<'a> Tracer<'a> {
         }
         let tracebacks = &self.tracebacks;
         let is_key = |id: TracebackId| tracebacks.domain_of(id) == domain;
-        match self.table.insert(addr, size, traceback, is_key) {
+        let inserted = if restored {
+            self.table.restore(addr, size, traceback, is_key)
+        } else {
+            self.table.insert(addr, size, traceback, is_key)
+        };
+        match inserted {
             Ok(Inserted::New) => {
                 self.counters.traces += 1;
                 self.add_current(size);
@@ -208,8 +239,8 @@ impl<'a> Tracer<'a> {
     }
 
     /// [`Tracer::record_free`], returning the whole trace: its size and traceback id, which
-    /// [`Tracer::record_alloc_with`] takes back should the block stay after all (a failed
-    /// reallocation whose trace left before the allocator was called).
+    /// [`Tracer::restore`] takes back should the block stay after all (a failed reallocation
+    /// whose trace left before the allocator was called).
     #[inline]
     pub fn take(&mut self, domain: u32, addr: usize) -> Option<(u64, TracebackId)> {
         let tracebacks = &self.tracebacks;

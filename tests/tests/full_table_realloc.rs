@@ -1,0 +1,143 @@
+//! A reallocation takes its block's trace out of the table before the inner `realloc` runs
+//! (no lock is held across it), so other threads may fill the table meanwhile. When the block
+//! stays (the realloc fails, or succeeds in place), its trace must find room again even in a
+//! table that is full and may not grow; otherwise a live block would turn untraced.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::UnsafeCell;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::time::{Duration, Instant};
+
+use tracemalloc::{Config, Storage, TracingAllocator};
+
+/// The size whose reallocation fails, after another thread filled the tables.
+const FAIL: usize = 777_777;
+/// The block reallocated, and the filler's blocks: both come from [`ARENA`].
+const BLOCK: usize = 2048;
+const FILLER: usize = 64;
+
+static IN_REALLOC: AtomicBool = AtomicBool::new(false);
+static FILLED: AtomicBool = AtomicBool::new(false);
+
+/// Blocks of [`BLOCK`] and [`FILLER`] bytes, from any thread, are cut from this, so that they
+/// all lie in one MiB of address space, which the tracer's tables give to one shard.
+#[repr(C, align(1048576))]
+struct Arena(UnsafeCell<[u8; 1 << 19]>);
+// SAFETY: disjoint parts are handed out through the atomic `USED`, never the same bytes twice.
+unsafe impl Sync for Arena {}
+static ARENA: Arena = Arena(UnsafeCell::new([0; 1 << 19]));
+static USED: AtomicUsize = AtomicUsize::new(0);
+
+fn in_arena(ptr: *mut u8) -> bool {
+    (ptr as usize).wrapping_sub(ARENA.0.get() as usize) < 1 << 19
+}
+
+struct FailsAfterFill;
+
+// SAFETY: blocks of `BLOCK` and `FILLER` bytes are distinct 64-byte-aligned parts of `ARENA`,
+// never reused (their frees do nothing; a realloc moves one to `System` with its contents), or
+// null once it is used up; everything else is `System`'s, unchanged. A realloc to `FAIL` bytes waits (without allocating) and returns
+// null, which `GlobalAlloc::realloc` allows (the old block stays valid and untouched).
+unsafe impl GlobalAlloc for FailsAfterFill {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if (layout.size() == BLOCK || layout.size() == FILLER) && layout.align() <= 64 {
+            let at = USED.fetch_add(layout.size().next_multiple_of(64), SeqCst);
+            if at + layout.size() > 1 << 19 {
+                return std::ptr::null_mut();
+            }
+            // SAFETY: `at + size` lies within the arena, and no other block overlaps it.
+            return unsafe { ARENA.0.get().cast::<u8>().add(at) };
+        }
+        // SAFETY: the caller's contract, forwarded.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if !in_arena(ptr) {
+            // SAFETY: as above.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if new_size == FAIL {
+            IN_REALLOC.store(true, SeqCst);
+            let start = Instant::now();
+            while !FILLED.load(SeqCst) && start.elapsed() < Duration::from_secs(10) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            return std::ptr::null_mut();
+        }
+        if in_arena(ptr) {
+            // A 64-byte buffer of the harness's growing: moved out of the arena.
+            // SAFETY: `new_size` is non-zero (the caller's contract) with `layout`'s alignment.
+            let new = unsafe {
+                System.alloc(Layout::from_size_align_unchecked(new_size, layout.align()))
+            };
+            if !new.is_null() {
+                // SAFETY: both blocks are live, distinct, and hold at least this many bytes.
+                unsafe { std::ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size)) };
+            }
+            return new;
+        }
+        // SAFETY: as above.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: TracingAllocator<FailsAfterFill> = TracingAllocator::new(FailsAfterFill);
+
+/// Whether the block at `ptr` has a trace. The snapshot first applies this thread's queued
+/// frees, as every question about the traces does.
+fn traced(ptr: *const u8) -> bool {
+    drop(tracemalloc::take_snapshot().unwrap());
+    tracemalloc::object_traceback(ptr).is_some()
+}
+
+#[test]
+fn a_failed_realloc_keeps_its_trace_in_a_table_filled_meanwhile() {
+    tracemalloc::start_with(Config {
+        nframe: 1,
+        storage: Storage::Table,
+        initial_slots_per_shard: 64,
+        grow: false,
+        ..Config::default()
+    })
+    .unwrap();
+    let layout = Layout::from_size_align(BLOCK, 16).unwrap();
+    // SAFETY: a non-zero size.
+    let block = unsafe { std::alloc::alloc(layout) };
+    assert!(!block.is_null());
+    assert!(in_arena(block) && traced(block), "traced");
+    let filler = std::thread::spawn(|| {
+        while !IN_REALLOC.load(SeqCst) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // A shard of 64 slots holds 48 traces: the block's shard fills, the slot it left
+        // among them.
+        let blocks: Vec<Box<[u8; FILLER]>> = (0..1024).map(|_| Box::new([0; FILLER])).collect();
+        FILLED.store(true, SeqCst);
+        blocks
+    });
+    // SAFETY: `block` is live, of `layout`; `FAIL` is non-zero and far from overflow.
+    let moved = unsafe { std::alloc::realloc(block, layout, FAIL) };
+    assert!(moved.is_null());
+    let blocks = filler.join().unwrap();
+    assert!(FILLED.load(SeqCst));
+    let untraced = tracemalloc::take_snapshot()
+        .unwrap()
+        .counters
+        .untraced_blocks;
+    assert!(
+        untraced > 900,
+        "the shard filled up: {untraced} blocks went untraced"
+    );
+    assert!(
+        traced(block),
+        "the live block's trace came back into its full table"
+    );
+    drop(blocks);
+    // SAFETY: `block` is still live (the realloc failed), of `layout`.
+    unsafe { std::alloc::dealloc(block, layout) };
+    assert!(!traced(block), "the free forgets it");
+    tracemalloc::stop();
+}
