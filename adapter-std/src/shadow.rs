@@ -429,13 +429,44 @@ pub(crate) fn record(
     if size < MEDIUM as u64 {
         return record_in(&fine, size, generation, id);
     }
-    if fine.marked() {
-        if let Ok(before) = record_in(&fine, size, generation, id) {
-            return Ok(before);
+    let own = Grid::coarse_for(size);
+    let in_span = if fine.marked() {
+        record_in(&fine, size, generation, id).ok()
+    } else {
+        None
+    };
+    let (before, grid) = match in_span {
+        Some(before) => (before, Grid::Span),
+        None => (record_coarse(base, addr, own, size, generation, id)?, own),
+    };
+    // A block at this address whose free the tracer missed, of another size, may have left
+    // its trace on its own grid, where no record of this size would replace it: taken, as a
+    // cell's record replaces one, and reported if it is current. (One on the span's cell is
+    // not: a block there was recorded in it, or the cell holds a neighbour's trace.)
+    let mut before = before;
+    for other in Grid::COARSE {
+        if other != grid {
+            let missed = take_in(addr, other);
+            if missed.is_of(generation) && !before.is_of(generation) {
+                before = missed;
+            }
         }
     }
-    // SAFETY: as above.
-    let coarse = unsafe { place(base, addr, Grid::coarse_for(size)) };
+    Ok(before)
+}
+
+/// [`record`] on the coarse grid `grid`.
+#[inline(always)]
+fn record_coarse(
+    base: usize,
+    addr: usize,
+    grid: Grid,
+    size: u64,
+    generation: u32,
+    id: TracebackId,
+) -> Result<Packed, ()> {
+    // SAFETY: `base` is `addr`'s reservation (the caller's, from `cells_of`).
+    let coarse = unsafe { place(base, addr, grid) };
     record_in(&coarse, size, generation, id)
 }
 
@@ -944,8 +975,8 @@ mod tests {
             2
         };
 
-        a_block_across_grids(a + 4096 * 200, id);
         blocks_side_by_side_on_their_grids(a + 4096 * 300, id);
+        a_block_across_grids(a + 4096 * 200, id);
         #[cfg_attr(not(target_os = "linux"), allow(unused_variables))]
         let bitmap_pages = bitmap_pages + 1; // marking the 64-byte grid's pages
 
@@ -1006,6 +1037,29 @@ mod tests {
             "the coarse grid's"
         );
         assert_eq!(take_any(other, 7), Packed::EMPTY);
+
+        // A block whose free was missed left its trace on its size's grid; a block of another
+        // size recorded at its address takes it out and reports it, whichever grid it lands in.
+        let x = page + 0x10040; // a page of its own
+        assert_eq!(record(x, 100, 7, id), Ok(Packed::EMPTY));
+        let replaced = record(x, 200, 7, id).map(|before| before.of_generation(7));
+        assert_eq!(replaced, Ok(Some((100, id))), "the missed 100-byte block's");
+        assert_eq!(
+            record(x - 0x40, 16, 7, id),
+            Ok(Packed::EMPTY),
+            "x's span page written"
+        );
+        let replaced = record(x, 300, 7, id).map(|before| before.of_generation(7));
+        assert_eq!(replaced, Ok(Some((200, id))), "from the span's cell");
+        let mut at_x = Vec::new();
+        scan(|at, held| {
+            if at == x {
+                at_x.push(held.size());
+            }
+        });
+        assert_eq!(at_x, [300], "one trace at x");
+        assert_eq!(take(x, 300, 7).of_generation(7), Some((300, id)));
+        assert_eq!(take(x - 0x40, 16, 7).of_generation(7), Some((16, id)));
     }
 
     /// Blocks of 64 to 255 bytes lying as glibc lays them out (in chunks of their size and an
