@@ -11,11 +11,8 @@ set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 out="${OUT:-$root/target/firmware-bench}"
-fw="$root/adapter-embedded/firmware"
-# The firmware, a workspace of its own, builds in its own target directory whatever the
-# caller's CARGO_TARGET_DIR says: its ELF is then where this script looks for it.
-fw_cargo() { (cd "$fw" && CARGO_TARGET_DIR="$fw/target" cargo "$@"); }
-elf_built="$fw/target/thumbv7m-none-eabi/release/tracemalloc-firmware-qemu"
+# shellcheck source=ci/firmware-env.sh
+. "$root/ci/firmware-env.sh"
 pairs=100
 mkdir -p "$out"
 
@@ -35,9 +32,9 @@ count() { # ELF -> "empty traced stopped" instruction counts between marks
 }
 
 fw_cargo build -q --release --features bench
-cp "$elf_built" "$out/bench-traced.elf"
+cp "$fw_elf" "$out/bench-traced.elf"
 fw_cargo build -q --release --no-default-features --features bench
-cp "$elf_built" "$out/bench-untraced.elf"
+cp "$fw_elf" "$out/bench-untraced.elf"
 
 read -r empty traced stopped <<< "$(count "$out/bench-traced.elf")"
 read -r bare_empty bare _ <<< "$(count "$out/bench-untraced.elf")"

@@ -11,10 +11,8 @@ set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 out="${OUT:-$root/target/firmware}"
-fw="$root/adapter-embedded/firmware"
-# The firmware, a workspace of its own, builds in its own target directory whatever the
-# caller's CARGO_TARGET_DIR says: its ELF is then where this script looks for it.
-fw_cargo() { (cd "$fw" && CARGO_TARGET_DIR="$fw/target" cargo "$@"); }
+# shellcheck source=ci/firmware-env.sh
+. "$root/ci/firmware-env.sh"
 mkdir -p "$out"
 
 log() { echo "ci/firmware: $*" >&2; }
@@ -28,13 +26,12 @@ build_crate() {
 }
 
 build_firmware() {
-  local elf="$fw/target/thumbv7m-none-eabi/release/tracemalloc-firmware-qemu"
   log "firmware without tracing"
   fw_cargo build -q --release --no-default-features
-  cp "$elf" "$out/firmware-untraced.elf"
+  cp "$fw_elf" "$out/firmware-untraced.elf"
   log "firmware with tracing"
   fw_cargo build -q --release
-  cp "$elf" "$out/firmware.elf"
+  cp "$fw_elf" "$out/firmware.elf"
   (cd "$out" && arm-none-eabi-size firmware-untraced.elf firmware.elf) > "$out/sizes.txt"
   cat "$out/sizes.txt" >&2
 }
