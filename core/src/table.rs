@@ -328,32 +328,6 @@ impl<'a> TraceTable<'a> {
         traceback: TracebackId,
         is_key: impl Fn(TracebackId) -> bool,
     ) -> Result<Inserted, InsertError> {
-        self.insert_within(addr, size, traceback, is_key, self.limit)
-    }
-
-    /// [`TraceTable::insert`] past the load limit, while one slot stays empty (which ends every
-    /// probe): for a trace taken out of the table while its block stays live, which must find
-    /// room again even if other traces took the table to its limit meanwhile.
-    #[inline]
-    pub fn restore(
-        &mut self,
-        addr: usize,
-        size: u64,
-        traceback: TracebackId,
-        is_key: impl Fn(TracebackId) -> bool,
-    ) -> Result<Inserted, InsertError> {
-        self.insert_within(addr, size, traceback, is_key, self.mask)
-    }
-
-    #[inline(always)]
-    fn insert_within(
-        &mut self,
-        addr: usize,
-        size: u64,
-        traceback: TracebackId,
-        is_key: impl Fn(TracebackId) -> bool,
-        limit: usize,
-    ) -> Result<Inserted, InsertError> {
         if addr == 0 || size > MAX_TRACED_SIZE {
             return Err(InsertError::Unrepresentable);
         }
@@ -364,7 +338,7 @@ impl<'a> TraceTable<'a> {
         loop {
             let slot = &mut self.slots[i];
             if slot.addr == 0 {
-                if self.len >= limit {
+                if self.len >= self.limit {
                     return Err(InsertError::Full);
                 }
                 *slot = Slot::new(addr, size, traceback);
@@ -378,6 +352,23 @@ impl<'a> TraceTable<'a> {
             }
             i = (i + 1) & self.mask;
         }
+    }
+
+    /// [`TraceTable::insert`] past the load limit, while one slot stays empty (which ends every
+    /// probe): for a trace taken out of the table while its block stays live, which must find
+    /// room again even if other traces took the table to its limit meanwhile.
+    pub fn restore(
+        &mut self,
+        addr: usize,
+        size: u64,
+        traceback: TracebackId,
+        is_key: impl Fn(TracebackId) -> bool,
+    ) -> Result<Inserted, InsertError> {
+        // The limit raised for this insert only: `insert` itself, the hot path, stays as it is.
+        let limit = core::mem::replace(&mut self.limit, self.mask);
+        let inserted = self.insert(addr, size, traceback, is_key);
+        self.limit = limit;
+        inserted
     }
 
     /// Removes and returns the trace of `addr`, if any.
