@@ -260,7 +260,8 @@ fn report(nframe: usize, cold: Duration, mem_rows: Vec<Vec<String>>, snap_rows: 
         "`fixed` is the process-wide traceback store; `traces` is where the traces live: the 16 \
          shards' trace tables (16-byte slots, each doubled when it reaches load 3/4), plus, with \
          shadow memory, the pages of cells written (8 bytes per 32 bytes of heap where blocks \
-         start) and the tables' initial 1 MiB for blocks that fit no cell.\n"
+         under 64 bytes start, per 64, 128 or 256 bytes where larger ones do) and the tables' \
+         initial 1 MiB for blocks that fit no cell.\n"
     );
     println!(
         "{}",
