@@ -406,10 +406,10 @@ unsafe fn bitmap_word(base: usize, word: usize) -> &'static AtomicU64 {
     unsafe { &*((base + CELLS_BYTES) as *const AtomicU64).add(word) }
 }
 
-/// Records the block at `addr` (which [`fits`]). Returns what the cell held before for this
-/// address (a block the tracer did not see freed, recorded in the same cell), or `Err` when
-/// the block has no cell: its region cannot be reserved, or the cell holds the trace (live or
-/// stale) of another block starting in its stretch.
+/// Records the block at `addr` (which [`fits`]). Returns the size of the traces of
+/// `generation` it replaced (of blocks at this address whose frees the tracer missed), or
+/// `Err` when the block has no cell: its region cannot be reserved, or the cell holds the trace
+/// (live or stale) of another block starting in its stretch.
 ///
 /// A block of [`MEDIUM`] bytes or more takes its span's cell where that cell's page holds
 /// smaller neighbours' cells already, as in a heap of mixed sizes, and costs no memory there;
@@ -417,17 +417,13 @@ unsafe fn bitmap_word(base: usize, word: usize) -> &'static AtomicU64 {
 /// one, a heap of 512-byte blocks took 144 bytes a block, on the coarse 16; on the coarse
 /// alone, serde_json's mixed heap took 11 % more tracer memory).
 #[inline(always)]
-pub(crate) fn record(
-    addr: usize,
-    size: u64,
-    generation: u32,
-    id: TracebackId,
-) -> Result<Packed, ()> {
+pub(crate) fn record(addr: usize, size: u64, generation: u32, id: TracebackId) -> Result<u64, ()> {
     let base = cells_of(addr, true).ok_or(())?;
     // SAFETY: `base` is `addr`'s reservation (`cells_of`).
     let fine = unsafe { place(base, addr, Grid::Span) };
+    let current = |held: Packed| held.of_generation(generation).map_or(0, |(size, _)| size);
     if size < MEDIUM as u64 {
-        return record_in(&fine, size, generation, id);
+        return record_in(&fine, size, generation, id).map(current);
     }
     let own = Grid::coarse_for(size);
     let in_span = if fine.marked() {
@@ -441,18 +437,15 @@ pub(crate) fn record(
     };
     // A block at this address whose free the tracer missed, of another size, may have left
     // its trace on its own grid, where no record of this size would replace it: taken, as a
-    // cell's record replaces one, and reported if it is current. (One on the span's cell is
-    // not: a block there was recorded in it, or the cell holds a neighbour's trace.)
-    let mut before = before;
+    // cell's record replaces one, and counted if current. (One on the span's cell is not: a
+    // block there was recorded in it, or the cell holds a neighbour's trace.)
+    let mut replaced = current(before);
     for other in Grid::COARSE {
         if other != grid {
-            let missed = take_in(addr, other);
-            if missed.is_of(generation) && !before.is_of(generation) {
-                before = missed;
-            }
+            replaced += current(take_in(addr, other));
         }
     }
-    Ok(before)
+    Ok(replaced)
 }
 
 /// [`record`] on the coarse grid `grid`.
@@ -889,9 +882,9 @@ mod tests {
         assert!(!fits(1 << ADDRESS_BITS, 16));
 
         let memory_before = memory_bytes();
-        assert_eq!(record(a, 24, 7, id), Ok(Packed::EMPTY));
-        assert_eq!(record(b, MAX_SIZE, 7, id), Ok(Packed::EMPTY));
-        assert_eq!(record(c, 8, 7, id), Ok(Packed::EMPTY));
+        assert_eq!(record(a, 24, 7, id), Ok(0));
+        assert_eq!(record(b, MAX_SIZE, 7, id), Ok(0));
+        assert_eq!(record(c, 8, 7, id), Ok(0));
         assert_eq!(get(c).of_generation(7), Some((8, id)));
         assert_eq!(take(c, 8, 7).of_generation(7), Some((8, id)));
         assert_eq!(get(a).of_generation(7), Some((24, id)));
@@ -912,7 +905,7 @@ mod tests {
             (3 + bitmap_pages) * PAGE,
             "what the kernel says the region holds"
         );
-        assert_eq!(record(c, 8, 7, id), Ok(Packed::EMPTY));
+        assert_eq!(record(c, 8, 7, id), Ok(0));
 
         let mut seen = Vec::new();
         scan(|addr, held| {
@@ -937,7 +930,7 @@ mod tests {
         // size takes the span's cell, and no page of a coarse grid.
         let m = a + 64;
         let pages = memory_bytes();
-        assert_eq!(record(m, MEDIUM as u64, 7, id), Ok(Packed::EMPTY));
+        assert_eq!(record(m, MEDIUM as u64, 7, id), Ok(0));
         assert_eq!(memory_bytes(), pages, "no page more");
         assert_eq!(get(m).of_generation(7), Some((MEDIUM as u64, id)));
         let in_span = take(m, MEDIUM, 7);
@@ -949,8 +942,8 @@ mod tests {
         // A second record at the same address reports the trace it replaces.
         assert_eq!(
             record(a, 32, 7, id),
-            Ok(Packed::new(0, 24, 7, id)),
-            "a starts its span"
+            Ok(24),
+            "a's trace replaced: a starts its span"
         );
         let held = take(a, 32, 7);
         assert_eq!(held.of_generation(7), Some((32, id)));
@@ -1009,8 +1002,8 @@ mod tests {
     /// stale trace in the span's cell does not hide the current one on the coarse grid.
     fn a_block_across_grids(page: usize, id: TracebackId) {
         let (m, neighbour) = (page + 0x40, page + 0x20);
-        assert_eq!(record(m, 300, 7, id), Ok(Packed::EMPTY));
-        assert_eq!(record(neighbour, 16, 7, id), Ok(Packed::EMPTY));
+        assert_eq!(record(m, 300, 7, id), Ok(0));
+        assert_eq!(record(neighbour, 16, 7, id), Ok(0));
         let held = take(m, 300, 7);
         assert_eq!(held.of_generation(7), Some((300, id)));
         assert!(put_back(m, held));
@@ -1024,12 +1017,8 @@ mod tests {
 
         assert_eq!(take(neighbour, 16, 7).of_generation(7), Some((16, id)));
         let other = page + 0x8040; // a page of its own
-        assert_eq!(record(other, 300, 7, id), Ok(Packed::EMPTY));
-        assert_eq!(
-            record(other, 16, 6, id),
-            Ok(Packed::EMPTY),
-            "a stale small trace"
-        );
+        assert_eq!(record(other, 300, 7, id), Ok(0));
+        assert_eq!(record(other, 16, 6, id), Ok(0), "a stale small trace");
         assert_eq!(current(other, 7), Some((300, id)), "the coarse grid's");
         assert_eq!(
             take_any(other, 7).of_generation(7),
@@ -1041,16 +1030,14 @@ mod tests {
         // A block whose free was missed left its trace on its size's grid; a block of another
         // size recorded at its address takes it out and reports it, whichever grid it lands in.
         let x = page + 0x10040; // a page of its own
-        assert_eq!(record(x, 100, 7, id), Ok(Packed::EMPTY));
-        let replaced = record(x, 200, 7, id).map(|before| before.of_generation(7));
-        assert_eq!(replaced, Ok(Some((100, id))), "the missed 100-byte block's");
+        assert_eq!(record(x, 100, 7, id), Ok(0));
         assert_eq!(
-            record(x - 0x40, 16, 7, id),
-            Ok(Packed::EMPTY),
-            "x's span page written"
+            record(x, 200, 7, id),
+            Ok(100),
+            "the missed 100-byte block's"
         );
-        let replaced = record(x, 300, 7, id).map(|before| before.of_generation(7));
-        assert_eq!(replaced, Ok(Some((200, id))), "from the span's cell");
+        assert_eq!(record(x - 0x40, 16, 7, id), Ok(0), "x's span page written");
+        assert_eq!(record(x, 300, 7, id), Ok(200), "from the span's cell");
         let mut at_x = Vec::new();
         scan(|at, held| {
             if at == x {
@@ -1060,6 +1047,26 @@ mod tests {
         assert_eq!(at_x, [300], "one trace at x");
         assert_eq!(take(x, 300, 7).of_generation(7), Some((300, id)));
         assert_eq!(take(x - 0x40, 16, 7).of_generation(7), Some((16, id)));
+
+        // Two missed traces at one address, a 100-byte block's on its grid (its span's page
+        // not written then) and a 16-byte block's in the span: a 200-byte block replaces both.
+        let y = page + 0x20040;
+        assert_eq!(record(y, 100, 7, id), Ok(0));
+        assert_eq!(record(y - 0x40, 16, 7, id), Ok(0), "y's span page written");
+        assert_eq!(
+            record(y, 16, 7, id),
+            Ok(0),
+            "the 100-byte trace is on its grid"
+        );
+        assert_eq!(
+            record(y, 200, 7, id),
+            Ok(16 + 100),
+            "both replaced, both counted"
+        );
+        assert_eq!(current(y, 7), Some((200, id)));
+        assert_eq!(take(y, 200, 7).of_generation(7), Some((200, id)));
+        assert_eq!(current(y, 7), None, "nothing left at y");
+        assert_eq!(take(y - 0x40, 16, 7).of_generation(7), Some((16, id)));
     }
 
     /// Blocks of 64 to 255 bytes lying as glibc lays them out (in chunks of their size and an
@@ -1083,11 +1090,7 @@ mod tests {
             })
             .collect();
         for &(addr, size) in &blocks {
-            assert_eq!(
-                record(addr, size as u64, 7, id),
-                Ok(Packed::EMPTY),
-                "{size} B"
-            );
+            assert_eq!(record(addr, size as u64, 7, id), Ok(0), "{size} B");
         }
         // A page of the 64-byte grid, one of the 128-byte grid (each run lies in a page of
         // cells of its own grid: 4 KiB of heap are a 64th of a page's reach, or a 32nd), none
@@ -1130,7 +1133,7 @@ mod tests {
         id: TracebackId,
         memory_before: usize,
     ) {
-        assert_eq!(record(n, 8, 7, id), Ok(Packed::EMPTY));
+        assert_eq!(record(n, 8, 7, id), Ok(0));
         assert_eq!(get(n).of_generation(7), Some((8, id)));
         assert_eq!(get(a), held);
         // A fourth page of cells, in the second plane, and its page of the bitmap.
@@ -1169,7 +1172,7 @@ mod tests {
         assert_eq!(get(a), held);
         // Once a is freed, n can take the cell, and a's failed realloc cannot put it back.
         assert_eq!(take(a, 32, 7), held);
-        assert_eq!(record(n, 16, 7, id), Ok(Packed::EMPTY));
+        assert_eq!(record(n, 16, 7, id), Ok(0));
         assert!(!put_back(a, held));
         assert_eq!(get(a), Packed::EMPTY);
         assert_eq!(get(n).of_generation(7), Some((16, id)));
@@ -1185,7 +1188,7 @@ mod tests {
         // A stale trace of n's (another generation) still keeps a out of the cell.
         assert_eq!(record(a, 8, 8, id), Err(()));
         assert_eq!(take(n, 16, 7).of_generation(7), Some((16, id)));
-        assert_eq!(record(a, 8, 8, id), Ok(Packed::EMPTY));
+        assert_eq!(record(a, 8, 8, id), Ok(0));
         assert_eq!(get(a).of_generation(8), Some((8, id)));
     }
 

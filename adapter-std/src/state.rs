@@ -824,8 +824,10 @@ pub(crate) unsafe fn realloc(
         if new.is_null() {
             put_back(inner, old, taken); // the old block is untouched
         } else {
-            let in_place = new as usize == old;
-            record_id_as(inner, new as usize, new_size, id, generation, in_place);
+            // Past the load limit only for the trace that left the table: a block that had
+            // none (refused by a full table, or not sampled) is recorded as any new one.
+            let restored = new as usize == old && taken.is_some();
+            record_id_as(inner, new as usize, new_size, id, generation, restored);
         }
         new
     })
@@ -899,7 +901,7 @@ unsafe fn realloc_shadowed(
         if !shadow::put_back(old, held) {
             if let Some((size, id)) = in_cell {
                 accounting::account_unlocked(0, size, generation);
-                record_id_as(inner, old, size as usize, id, generation, true);
+                record_id(inner, old, size as usize, id, generation);
             }
         }
         put_back(inner, old, in_table);
@@ -910,7 +912,9 @@ unsafe fn realloc_shadowed(
     }
     if let Some((id, generation)) = new {
         let addr = moved as usize;
-        record_id_as(inner, addr, new_size, id, generation, addr == old);
+        // Past the load limit only for a trace that left the table (see `realloc`).
+        let restored = addr == old && in_table.is_some();
+        record_id_as(inner, addr, new_size, id, generation, restored);
     }
     moved
 }
@@ -944,9 +948,10 @@ fn record_id(
     record_id_as(inner, addr, size, id, generation, false)
 }
 
-/// [`record_id`], for a block that stayed live at `addr` while its trace was out of the table
-/// (`restored`: a reallocation in place or one that failed), past the table's load limit if
-/// other blocks took the table to it meanwhile ([`Tracer::restore`]).
+/// [`record_id`], and for a block that stayed live at `addr` while its trace was out of its
+/// table (`restored`: a reallocation in place or one that failed) past the table's load limit
+/// if other blocks took the table to it meanwhile ([`Tracer::restore`]): only a trace that
+/// left comes back, so the table passes its limit by at most the reallocations racing with it.
 #[inline(always)]
 fn record_id_as(
     inner: &dyn GlobalAlloc,
@@ -960,10 +965,10 @@ fn record_id_as(
         if !is_on() {
             return false; // stopped meanwhile (the table path checks under its lock)
         }
-        if let Ok(before) = shadow::record(addr, size as u64, generation, id) {
-            // A trace of this generation in the cell is one whose free the tracer missed (a
-            // race with a state change): replaced, as the table replaces it.
-            let replaced = before.of_generation(generation).map_or(0, |(size, _)| size);
+        if let Ok(replaced) = shadow::record(addr, size as u64, generation, id) {
+            // Traces of this generation at the address are blocks whose frees the tracer
+            // missed (a signal handler's free inside the tracer): replaced, as the table
+            // replaces one.
             accounting::account_unlocked(size as u64, replaced, generation);
             return true;
         }

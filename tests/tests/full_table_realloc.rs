@@ -1,7 +1,9 @@
 //! A reallocation takes its block's trace out of the table before the inner `realloc` runs
 //! (no lock is held across it), so other threads may fill the table meanwhile. When the block
 //! stays (the realloc fails, or succeeds in place), its trace must find room again even in a
-//! table that is full and may not grow; otherwise a live block would turn untraced.
+//! table that is full and may not grow; otherwise a live block would turn untraced. Only such a
+//! trace passes the table's load limit: blocks the full table refused stay untraced when they
+//! are reallocated in place.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::UnsafeCell;
@@ -15,6 +17,7 @@ const FAIL: usize = 777_777;
 /// The block reallocated, and the filler's blocks: both come from [`ARENA`].
 const BLOCK: usize = 2048;
 const FILLER: usize = 64;
+const FILLER_LAYOUT: Layout = Layout::new::<[u8; FILLER]>();
 
 static IN_REALLOC: AtomicBool = AtomicBool::new(false);
 static FILLED: AtomicBool = AtomicBool::new(false);
@@ -35,8 +38,8 @@ fn in_arena(ptr: *mut u8) -> bool {
 struct FailsAfterFill;
 
 // SAFETY: blocks of `BLOCK` and `FILLER` bytes are distinct 64-byte-aligned parts of `ARENA`,
-// never reused (their frees do nothing; a realloc moves one to `System` with its contents), or
-// null once it is used up; everything else is `System`'s, unchanged. A realloc to `FAIL` bytes waits (without allocating) and returns
+// never reused (their frees do nothing; a realloc shrinks one in place or moves it to `System`
+// with its contents), or null once it is used up; everything else is `System`'s, unchanged. A realloc to `FAIL` bytes waits (without allocating) and returns
 // null, which `GlobalAlloc::realloc` allows (the old block stays valid and untouched).
 unsafe impl GlobalAlloc for FailsAfterFill {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
@@ -66,6 +69,9 @@ unsafe impl GlobalAlloc for FailsAfterFill {
             }
             return std::ptr::null_mut();
         }
+        if in_arena(ptr) && new_size <= layout.size() {
+            return ptr; // shrunk in place
+        }
         if in_arena(ptr) {
             // A 64-byte buffer of the harness's growing: moved out of the arena.
             // SAFETY: `new_size` is non-zero (the caller's contract) with `layout`'s alignment.
@@ -94,7 +100,7 @@ fn traced(ptr: *const u8) -> bool {
 }
 
 #[test]
-fn a_failed_realloc_keeps_its_trace_in_a_table_filled_meanwhile() {
+fn a_realloc_restores_only_the_trace_that_left_a_full_table() {
     tracemalloc::start_with(Config {
         nframe: 1,
         storage: Storage::Table,
@@ -114,7 +120,10 @@ fn a_failed_realloc_keeps_its_trace_in_a_table_filled_meanwhile() {
         }
         // A shard of 64 slots holds 48 traces: the block's shard fills, the slot it left
         // among them.
-        let blocks: Vec<Box<[u8; FILLER]>> = (0..1024).map(|_| Box::new([0; FILLER])).collect();
+        let blocks: Vec<usize> = (0..1024)
+            // SAFETY: a non-zero size.
+            .map(|_| unsafe { std::alloc::alloc(FILLER_LAYOUT) } as usize)
+            .collect();
         FILLED.store(true, SeqCst);
         blocks
     });
@@ -135,7 +144,25 @@ fn a_failed_realloc_keeps_its_trace_in_a_table_filled_meanwhile() {
         traced(block),
         "the live block's trace came back into its full table"
     );
-    drop(blocks);
+    // Blocks the full table refused, shrunk in place: no trace left their table, so none comes
+    // back past its limit (only the block above did).
+    for &filler in &blocks {
+        // SAFETY: each filler block is live, of `FILLER_LAYOUT`; 32 is non-zero.
+        let shrunk = unsafe { std::alloc::realloc(filler as *mut u8, FILLER_LAYOUT, 32) };
+        assert_eq!(shrunk as usize, filler, "in place");
+    }
+    let traced_fillers = blocks
+        .iter()
+        .filter(|&&filler| tracemalloc::object_traceback(filler as *const u8).is_some())
+        .count();
+    assert!(
+        traced_fillers <= 48,
+        "{traced_fillers} fillers traced in a shard of 48 traces and the block restored"
+    );
+    for &filler in &blocks {
+        // SAFETY: live, shrunk to 32 bytes in place.
+        unsafe { std::alloc::dealloc(filler as *mut u8, Layout::from_size_align(32, 1).unwrap()) };
+    }
     // SAFETY: `block` is still live (the realloc failed), of `layout`.
     unsafe { std::alloc::dealloc(block, layout) };
     assert!(!traced(block), "the free forgets it");
