@@ -433,7 +433,11 @@ pub(crate) fn record(addr: usize, size: u64, generation: u32, id: TracebackId) -
     };
     let (before, grid) = match in_span {
         Some(before) => (before, Grid::Span),
-        None => (record_coarse(base, addr, own, size, generation, id)?, own),
+        None => {
+            // SAFETY: as above.
+            let coarse = unsafe { place(base, addr, own) };
+            (record_in(&coarse, size, generation, id)?, own)
+        }
     };
     // A block at this address whose free the tracer missed, of another size, may have left
     // its trace on its own grid, where no record of this size would replace it: taken, as a
@@ -446,21 +450,6 @@ pub(crate) fn record(addr: usize, size: u64, generation: u32, id: TracebackId) -
         }
     }
     Ok(replaced)
-}
-
-/// [`record`] on the coarse grid `grid`.
-#[inline(always)]
-fn record_coarse(
-    base: usize,
-    addr: usize,
-    grid: Grid,
-    size: u64,
-    generation: u32,
-    id: TracebackId,
-) -> Result<Packed, ()> {
-    // SAFETY: `base` is `addr`'s reservation (the caller's, from `cells_of`).
-    let coarse = unsafe { place(base, addr, grid) };
-    record_in(&coarse, size, generation, id)
 }
 
 /// [`record`] in the cell at `place`.
