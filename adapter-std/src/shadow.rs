@@ -379,8 +379,9 @@ unsafe fn place(base: usize, addr: usize, grid: Grid) -> Place {
 }
 
 /// The place of `addr` in `grid`, if its cell's page was written since the last [`clear`]:
-/// cells in other pages are empty. Not reading those matters: a read maps the shared zero page, and the
-/// first write after it faults again and flushes the TLB of every core running the process.
+/// cells in other pages are empty. Not reading those matters: a read maps the shared zero
+/// page, and the first write after it faults again and flushes the TLB of every core running
+/// the process.
 /// None for an address off the [`GRAIN`]: no block there has a cell, and its cell's trace, at
 /// another offset, is some neighbour's.
 #[inline(always)]

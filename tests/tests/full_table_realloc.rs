@@ -39,8 +39,9 @@ struct FailsAfterFill;
 
 // SAFETY: blocks of `BLOCK` and `FILLER` bytes are distinct 64-byte-aligned parts of `ARENA`,
 // never reused (their frees do nothing; a realloc shrinks one in place or moves it to `System`
-// with its contents), or null once it is used up; everything else is `System`'s, unchanged. A realloc to `FAIL` bytes waits (without allocating) and returns
-// null, which `GlobalAlloc::realloc` allows (the old block stays valid and untouched).
+// with its contents), or null once it is used up; everything else is `System`'s, unchanged.
+// A realloc to `FAIL` bytes waits (without allocating) and returns null, which
+// `GlobalAlloc::realloc` allows (the old block stays valid and untouched).
 unsafe impl GlobalAlloc for FailsAfterFill {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if (layout.size() == BLOCK || layout.size() == FILLER) && layout.align() <= 64 {

@@ -78,19 +78,33 @@ fn resized(ptr: *mut u8, from: usize, to: usize) -> *mut u8 {
     unsafe { std::alloc::realloc(ptr, layout, to) } // RESIZED
 }
 
-fn traced_sizes() -> Vec<u64> {
+/// The sizes of the traced blocks allocated from this file, smallest first, each with its
+/// traceback's functions (for the message of a failed comparison).
+fn traced_from_here() -> Vec<(u64, String)> {
     let snapshot = tracemalloc::take_snapshot().unwrap();
-    let mut sizes: Vec<u64> = snapshot
+    let mut traces: Vec<(u64, String)> = snapshot
         .traces
         .iter()
-        .filter(|t| {
+        .filter_map(|t| {
             let frames = &snapshot.traceback_of(t).frames;
-            frames.iter().any(|f| &*f.filename == THIS_FILE)
+            frames.iter().any(|f| &*f.filename == THIS_FILE).then(|| {
+                let functions: Vec<String> = frames
+                    .iter()
+                    .map(|f| format!("{}:{}", f.function.as_deref().unwrap_or("?"), f.lineno))
+                    .collect();
+                (t.size, functions.join(" < "))
+            })
         })
-        .map(|t| t.size)
         .collect();
-    sizes.sort_unstable();
-    sizes
+    traces.sort_unstable();
+    traces
+}
+
+/// [`traced_from_here`]'s sizes, with all of it in the message when they are not `expected`.
+fn assert_traced_sizes(expected: &[u64], why: &str) {
+    let traces = traced_from_here();
+    let sizes: Vec<u64> = traces.iter().map(|(size, _)| *size).collect();
+    assert_eq!(sizes, expected, "{why}: {traces:#?}");
 }
 
 #[test]
@@ -114,7 +128,7 @@ fn blocks_resized_in_place_move_between_a_cell_and_the_tables() {
     assert!(grown_by(2048));
     assert_eq!(traced_here("SMALL"), None);
     assert_eq!(traced_here("RESIZED"), Some((2048, 1)));
-    assert_eq!(traced_sizes(), [2048], "one trace, not the cell's too");
+    assert_traced_sizes(&[2048], "one trace, not the cell's too");
 
     FAIL.store(true, Relaxed);
     assert!(
@@ -128,7 +142,7 @@ fn blocks_resized_in_place_move_between_a_cell_and_the_tables() {
     let same = resized(block, 2048, 100); // in place, from the tables to its cell
     assert_eq!(same, block);
     assert!(grown_by(100));
-    assert_eq!(traced_sizes(), [100], "one trace, not the table's too");
+    assert_traced_sizes(&[100], "one trace, not the table's too");
     let traceback = tracemalloc::object_traceback(block).expect("the block's traceback");
     assert_eq!(traceback.frames[0].lineno, line_of("RESIZED"));
 
@@ -138,7 +152,7 @@ fn blocks_resized_in_place_move_between_a_cell_and_the_tables() {
     // SAFETY: `moved` is live, of that layout.
     unsafe { std::alloc::dealloc(moved, Layout::from_size_align(3 * SLOT, 8).unwrap()) };
     assert!(grown_by(0));
-    assert!(traced_sizes().is_empty());
+    assert_traced_sizes(&[], "freed");
 
     // `untrack` finds a large and a small tracked block (no live block there: an address far
     // from any heap).
