@@ -334,6 +334,25 @@ impl Place {
         self.word.load(Relaxed) & self.bit != 0
     }
 
+    /// Empties the cell if it holds the trace of the block at this place's offset, and returns
+    /// that trace.
+    #[inline(always)]
+    fn take(&self) -> Packed {
+        let held = Packed(self.cell.load(Relaxed));
+        // Only a `clear` changes the cell of a live block, and after one a neighbour may take
+        // the emptied cell: a plain store of 0 could erase the neighbour's new trace.
+        if held.is_at(self.offset)
+            && self
+                .cell
+                .compare_exchange(held.0, 0, Relaxed, Relaxed)
+                .is_ok()
+        {
+            held
+        } else {
+            Packed::EMPTY
+        }
+    }
+
     /// Marks the page after a write to the cell: a `clear` that took the bit meanwhile may not
     /// have given the page back yet, and a page holding a cell must stay marked, to be counted
     /// and cleared. `marked` is what [`Place::marked`] said before the write.
@@ -445,9 +464,11 @@ pub(crate) fn record(addr: usize, size: u64, generation: u32, id: TracebackId) -
     // cell's record replaces one, and counted if current. (One on the span's cell is not: a
     // block there was recorded in it, or the cell holds a neighbour's trace.)
     let mut replaced = current(before);
-    for other in Grid::COARSE {
-        if other != grid {
-            replaced += current(take_in(addr, other));
+    for other in Grid::COARSE.into_iter().filter(|&other| other != grid) {
+        // SAFETY: as above.
+        let missed = unsafe { place(base, addr, other) };
+        if missed.marked() {
+            replaced += current(missed.take());
         }
     }
     Ok(replaced)
@@ -504,17 +525,7 @@ pub(crate) fn take(addr: usize, size: usize, generation: u32) -> Packed {
 /// [`take`] from the cell in `grid`.
 #[inline(always)]
 fn take_in(addr: usize, grid: Grid) -> Packed {
-    let Some(Place { cell, offset, .. }) = written_place(addr, grid) else {
-        return Packed::EMPTY;
-    };
-    let held = Packed(cell.load(Relaxed));
-    // Only a `clear` changes the cell of a live block, and after one a neighbour may take the
-    // emptied cell: a plain store of 0 could erase the neighbour's new trace.
-    if held.is_at(offset) && cell.compare_exchange(held.0, 0, Relaxed, Relaxed).is_ok() {
-        held
-    } else {
-        Packed::EMPTY
-    }
+    written_place(addr, grid).map_or(Packed::EMPTY, |place| place.take())
 }
 
 /// Empties the cells that hold a trace of a block at `addr`, whatever its size, and returns

@@ -860,13 +860,8 @@ fn take_from_table(addr: usize) -> Option<Taken> {
 /// its table, as [`record_id`] chooses, past the table's load limit if need be. After a
 /// `clear_traces()` meanwhile, nothing: the generation no longer matches.
 fn put_back(inner: &dyn GlobalAlloc, addr: usize, taken: Option<Taken>) {
-    if let Some(Taken {
-        size,
-        id,
-        generation,
-    }) = taken
-    {
-        record_id_as(inner, addr, size as usize, id, generation, true);
+    if let Some(t) = taken {
+        record_id_as(inner, addr, t.size as usize, t.id, t.generation, true);
     }
 }
 
