@@ -170,3 +170,35 @@ pub fn load_symbol(
     assert!(!address.is_null(), "dlsym {symbol:?}: {}", reason());
     (handle, address)
 }
+
+/// The system allocator, except that each reallocation first calls the hook with its new size:
+/// `true` makes it fail (null, the block untouched, as `GlobalAlloc::realloc` allows). For
+/// tests of what the tracer does around the inner realloc: one that fails, or that waits.
+pub struct ReallocHook(pub fn(usize) -> bool);
+
+// SAFETY: forwards to `System` unchanged, except that a realloc the hook fails returns null,
+// which leaves the old block valid and untouched; the hook sees only the size.
+unsafe impl GlobalAlloc for ReallocHook {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's contract is forwarded.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: the caller's contract is forwarded.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if (self.0)(new_size) {
+            return std::ptr::null_mut();
+        }
+        // SAFETY: the caller's contract is forwarded.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+/// Whether the block at `ptr` has a trace. The snapshot first applies this thread's queued
+/// frees (tables only), as every question about the traces does.
+pub fn traced_now(ptr: *const u8) -> bool {
+    drop(tracemalloc::take_snapshot().unwrap());
+    tracemalloc::object_traceback(ptr).is_some()
+}

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
 use tracemalloc::{Config, Storage, TracingAllocator};
+use tracemalloc_tests::traced_now;
 
 /// The size whose reallocation fails, after another thread filled the tables.
 const FAIL: usize = 777_777;
@@ -93,13 +94,6 @@ unsafe impl GlobalAlloc for FailsAfterFill {
 #[global_allocator]
 static ALLOC: TracingAllocator<FailsAfterFill> = TracingAllocator::new(FailsAfterFill);
 
-/// Whether the block at `ptr` has a trace. The snapshot first applies this thread's queued
-/// frees, as every question about the traces does.
-fn traced(ptr: *const u8) -> bool {
-    drop(tracemalloc::take_snapshot().unwrap());
-    tracemalloc::object_traceback(ptr).is_some()
-}
-
 #[test]
 fn a_realloc_restores_only_the_trace_that_left_a_full_table() {
     tracemalloc::start_with(Config {
@@ -114,7 +108,7 @@ fn a_realloc_restores_only_the_trace_that_left_a_full_table() {
     // SAFETY: a non-zero size.
     let block = unsafe { std::alloc::alloc(layout) };
     assert!(!block.is_null());
-    assert!(in_arena(block) && traced(block), "traced");
+    assert!(in_arena(block) && traced_now(block), "traced");
     let filler = std::thread::spawn(|| {
         while !IN_REALLOC.load(SeqCst) {
             std::thread::sleep(Duration::from_millis(1));
@@ -142,7 +136,7 @@ fn a_realloc_restores_only_the_trace_that_left_a_full_table() {
         "the shard filled up: {untraced} blocks went untraced"
     );
     assert!(
-        traced(block),
+        traced_now(block),
         "the live block's trace came back into its full table"
     );
     // Blocks the full table refused, shrunk in place: no trace left their table, so none comes
@@ -166,6 +160,6 @@ fn a_realloc_restores_only_the_trace_that_left_a_full_table() {
     }
     // SAFETY: `block` is still live (the realloc failed), of `layout`.
     unsafe { std::alloc::dealloc(block, layout) };
-    assert!(!traced(block), "the free forgets it");
+    assert!(!traced_now(block), "the free forgets it");
     tracemalloc::stop();
 }

@@ -3,11 +3,12 @@
 //! block in the same shard must not spin for that long. Blocks of 1 KiB and more live in the
 //! shard tables under either storage, which is where a realloc used to keep its shard locked.
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::Layout;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
 use tracemalloc::{Config, Storage, TracingAllocator};
+use tracemalloc_tests::ReallocHook;
 
 /// The size whose reallocation waits for a snapshot taken by another thread.
 const SLOW: usize = 555_555;
@@ -19,35 +20,21 @@ static IN_REALLOC: AtomicBool = AtomicBool::new(false);
 static SNAPSHOT_TAKEN: AtomicBool = AtomicBool::new(false);
 static SNAPSHOT_CAME_IN_TIME: AtomicBool = AtomicBool::new(false);
 
-struct WaitsForSnapshot;
-
-// SAFETY: forwards to `System` unchanged; a realloc to `SLOW` bytes waits (without allocating)
-// before forwarding, which changes no result.
-unsafe impl GlobalAlloc for WaitsForSnapshot {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: the caller's contract, forwarded.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: as above.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if new_size == SLOW {
-            IN_REALLOC.store(true, SeqCst);
-            let start = Instant::now();
-            while !SNAPSHOT_TAKEN.load(SeqCst) && start.elapsed() < PATIENCE {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            SNAPSHOT_CAME_IN_TIME.store(SNAPSHOT_TAKEN.load(SeqCst), SeqCst);
+/// A realloc to `SLOW` bytes waits (without allocating) for the snapshot, then goes on.
+fn wait_for_snapshot(new_size: usize) -> bool {
+    if new_size == SLOW {
+        IN_REALLOC.store(true, SeqCst);
+        let start = Instant::now();
+        while !SNAPSHOT_TAKEN.load(SeqCst) && start.elapsed() < PATIENCE {
+            std::thread::sleep(Duration::from_millis(1));
         }
-        // SAFETY: as above.
-        unsafe { System.realloc(ptr, layout, new_size) }
+        SNAPSHOT_CAME_IN_TIME.store(SNAPSHOT_TAKEN.load(SeqCst), SeqCst);
     }
+    false
 }
 
 #[global_allocator]
-static ALLOC: TracingAllocator<WaitsForSnapshot> = TracingAllocator::new(WaitsForSnapshot);
+static ALLOC: TracingAllocator<ReallocHook> = TracingAllocator::new(ReallocHook(wait_for_snapshot));
 
 fn case(storage: Storage) {
     for flag in [&IN_REALLOC, &SNAPSHOT_TAKEN, &SNAPSHOT_CAME_IN_TIME] {
