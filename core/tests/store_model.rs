@@ -104,8 +104,12 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                     }
                 }
             }
-            // Past a few hundred stacks the alphabet has few new ones left.
-            Op::Grow { factor, fails } if store.entry_capacity() < 300 => {
+            // Past a few hundred stacks the alphabet has few new ones left. The arrays' own
+            // size is bounded too: a failed growth keeps the index, and with it the capacity,
+            // while the arrays grow (a run of such growths once took 24 GB and the OOM killer).
+            Op::Grow { factor, fails }
+                if store.entry_capacity() < 300 && store.frame_capacity() < 1 << 16 =>
+            {
                 grow(&mut store, *factor, *fails)
             }
             Op::Grow { .. } => {}
@@ -134,4 +138,23 @@ proptest! {
     fn the_store_matches_a_hashmap(ops in proptest::collection::vec(op(), 1..300)) {
         run(&ops)?;
     }
+}
+
+/// Growths that fail, one after another, keep the capacity where it was while the arrays
+/// triple each time: without a bound on the arrays, thirty of them asked for 24 × 3^30 frames.
+#[test]
+fn failed_growths_in_a_row_stay_bounded() {
+    let mut ops = vec![
+        Op::Grow {
+            factor: 3,
+            fails: true,
+        };
+        30
+    ];
+    ops.extend((0..6).map(|f| Op::Intern {
+        domain: 0,
+        frames: vec![0x1000 + 16 * f],
+        extra_depth: 0,
+    }));
+    run(&ops).unwrap();
 }
