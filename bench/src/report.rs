@@ -2,7 +2,9 @@
 //!
 //! Benchmarks on a shared 2-core machine are noisy, so every figure is a median: the median wall
 //! time of a variant over the rounds, and the median over rounds of the per-round ratio against
-//! the baseline run in the same round (which cancels slow drifts in machine load).
+//! the baseline run in the same round (which cancels slow drifts in machine load). Each such
+//! median comes with a 95 % interval taken from the rounds' order alone, so that a verdict or
+//! an A/B change is claimed only when the noise cannot explain it.
 
 use std::fmt::Write as _;
 
@@ -30,6 +32,94 @@ pub fn median_ratio(times: &[f64], baseline: &[f64]) -> Option<f64> {
         .filter(|r| r.is_finite())
         .collect();
     median(&ratios)
+}
+
+/// A distribution-free 95 % confidence interval for the median over rounds of
+/// `times[r] / baseline[r]`: the k-th smallest and k-th largest ratio, with k the largest rank
+/// whose two tails (each a binomial(n, 1/2) probability that at most k - 1 of the n ratios fall
+/// below the true median) add up to at most 5 %. No assumption on the noise's shape, which on
+/// a shared machine is skewed. `None` below 6 rounds, where no such interval exists (with 5,
+/// all five on one side of the median has probability 1/16 > 5 %).
+pub fn ratio_interval(times: &[f64], baseline: &[f64]) -> Option<(f64, f64)> {
+    let mut ratios: Vec<f64> = times
+        .iter()
+        .zip(baseline)
+        .map(|(t, b)| t / b)
+        .filter(|r| r.is_finite())
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    let k = median_interval_rank(ratios.len())?;
+    Some((ratios[k - 1], ratios[ratios.len() - k]))
+}
+
+/// The largest k with 2 * P(Binomial(n, 1/2) <= k - 1) <= 0.05, if any.
+fn median_interval_rank(n: usize) -> Option<usize> {
+    // P(B <= j) summed term by term: C(n, j) / 2^n, in floating point (n is a few dozen).
+    let mut term = 0.5f64.powi(n as i32); // C(n, 0) / 2^n
+    let mut below = 0.0; // P(B <= k - 1)
+    let mut k = 0;
+    while k < n / 2 {
+        below += term;
+        if 2.0 * below > 0.05 {
+            break;
+        }
+        k += 1;
+        term *= (n - (k - 1)) as f64 / k as f64; // C(n, k) from C(n, k - 1)
+    }
+    (k > 0).then_some(k)
+}
+
+/// A median ratio over rounds and its 95 % interval, when there are enough rounds.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Estimate {
+    /// The median over rounds; `None` when no round gave both times.
+    pub median: Option<f64>,
+    /// Its 95 % interval ([`ratio_interval`]); `None` below 6 rounds.
+    pub interval: Option<(f64, f64)>,
+}
+
+impl Estimate {
+    /// Of `times` over `baseline`, round by round.
+    pub fn of(pair: Option<(&Vec<f64>, &Vec<f64>)>) -> Estimate {
+        Estimate {
+            median: pair.and_then(|(t, b)| median_ratio(t, b)),
+            interval: pair.and_then(|(t, b)| ratio_interval(t, b)),
+        }
+    }
+}
+
+/// One target's line: met or not when the 95 % interval lies on one side of the limit (the
+/// median decides when there are too few rounds for an interval), within noise otherwise.
+pub fn verdict(
+    what: &str,
+    estimate: Estimate,
+    limit: f64,
+    lower_is_better: bool,
+) -> Option<String> {
+    let x = estimate.median?;
+    let meets = |v: f64| {
+        if lower_is_better {
+            v <= limit
+        } else {
+            v >= limit
+        }
+    };
+    let (outcome, interval) = match estimate.interval {
+        Some((lo, hi)) => {
+            let outcome = match (meets(lo), meets(hi)) {
+                (true, true) => "met",
+                (false, false) => "NOT met",
+                _ => "within noise of the limit",
+            };
+            (outcome, format!(", 95 % interval {lo:.2}–{hi:.2}"))
+        }
+        None if meets(x) => ("met", String::new()),
+        None => ("NOT met", String::new()),
+    };
+    let sign = if lower_is_better { "<=" } else { ">=" };
+    Some(format!(
+        "{what} = {x:.2}{interval} (target {sign} {limit}): {outcome}"
+    ))
 }
 
 /// The fastest of `times` over the fastest of `baseline`: on a shared machine, noise only ever
@@ -212,6 +302,42 @@ mod tests {
         let t = [2.0, 30.0, 4.0];
         let b = [1.0, 10.0, 2.0];
         assert_eq!(median_ratio(&t, &b), Some(2.0));
+    }
+
+    #[test]
+    fn the_interval_takes_the_binomial_ranks() {
+        // Too few rounds for 95 %: all of 5 on one side has probability 2/32.
+        assert_eq!(median_interval_rank(5), None);
+        // n = 6: 2/64 <= 5 %, so the extremes. n = 9: P(B <= 1) = 10/512, 2 * that = 3.9 %;
+        // P(B <= 2) = 46/512, too much. n = 20: P(B <= 5) = 0.0207, P(B <= 6) = 0.0577.
+        assert_eq!(median_interval_rank(6), Some(1));
+        assert_eq!(median_interval_rank(9), Some(2));
+        assert_eq!(median_interval_rank(20), Some(6));
+        let b = [1.0; 10];
+        let t = [1.5, 0.9, 1.2, 1.0, 1.1, 0.95, 1.3, f64::NAN, 1.05, 1.15];
+        // Nine finite ratios: 0.9 0.95 1.0 1.05 1.1 1.15 1.2 1.3 1.5 (one round failed).
+        assert_eq!(ratio_interval(&t, &b), Some((0.95, 1.3)));
+        assert_eq!(ratio_interval(&t[..5], &b[..5]), None);
+    }
+
+    #[test]
+    fn a_verdict_needs_the_whole_interval_on_one_side_of_the_limit() {
+        let at = |median, interval| Estimate {
+            median: Some(median),
+            interval,
+        };
+        let line = |e| verdict("x", e, 1.3, true).unwrap();
+        assert!(line(at(1.2, Some((1.1, 1.28)))).ends_with(": met"));
+        assert!(line(at(1.4, Some((1.31, 1.5)))).ends_with(": NOT met"));
+        let noisy = line(at(1.29, Some((1.2, 1.4))));
+        assert!(noisy.contains("95 % interval 1.20–1.40"), "{noisy}");
+        assert!(noisy.ends_with(": within noise of the limit"), "{noisy}");
+        // Too few rounds for an interval: the median decides.
+        assert!(line(at(1.29, None)).ends_with(": met"));
+        // Higher is better for peers.
+        let peer = verdict("dhat", at(12.0, Some((10.5, 14.0))), 10.0, false).unwrap();
+        assert!(peer.ends_with(": met"), "{peer}");
+        assert_eq!(verdict("x", Estimate::of(None), 1.3, true), None);
     }
 
     #[test]

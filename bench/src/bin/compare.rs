@@ -12,14 +12,15 @@
 //!
 //! `--against DIR` compares this build's `traced` with the one in `DIR` (another build's
 //! `target/release`, as `ci/ab.sh` makes one) instead: both at nframe 16 and 1 (and 16 with
-//! two threads), interleaved with this build's `untraced`, each ratio taken round by round.
+//! two threads), interleaved with this build's `untraced`, each ratio taken round by round,
+//! each pair run back to back, with a 95 % interval for the change.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use tracemalloc_bench::report::{
-    best_ratio, markdown_table, median, median_ratio, overhead_svg, Threshold,
+    best_ratio, markdown_table, median, overhead_svg, verdict, Estimate, Threshold,
 };
 use tracemalloc_bench::{parse_seconds, Workload};
 
@@ -294,10 +295,20 @@ fn shuffled<T: Clone>(items: &[T], round: usize) -> Vec<T> {
 type Times = BTreeMap<String, Vec<f64>>;
 
 fn run_interleaved(dir: &Path, what: &str, variants: &[Variant], rounds: usize) -> Times {
+    let singles: Vec<Vec<Variant>> = variants.iter().map(|v| vec![v.clone()]).collect();
+    run_grouped(dir, what, &singles, rounds)
+}
+
+/// [`run_interleaved`] with the variants of a group run one right after the other (in an order
+/// shuffled anew each round), so that the ratio between them sees the least drift in load.
+fn run_grouped(dir: &Path, what: &str, groups: &[Vec<Variant>], rounds: usize) -> Times {
     let mut times: Times = BTreeMap::new();
     for round in 0..rounds {
         eprint!("compare: {what} round {}/{rounds}:", round + 1);
-        for v in shuffled(variants, round) {
+        let order = shuffled(groups, round)
+            .into_iter()
+            .flat_map(|group| shuffled(&group, round + rounds));
+        for v in order {
             let t = run(dir, &v);
             eprint!(" {}={t:.3}", v.label);
             times.entry(v.label.clone()).or_default().push(t);
@@ -307,9 +318,16 @@ fn run_interleaved(dir: &Path, what: &str, variants: &[Variant], rounds: usize) 
     times
 }
 
+/// The median ratio of `label` to its baseline.
 fn ratio(times: &Times, variants: &[Variant], label: &str) -> Option<f64> {
-    let v = variants.iter().find(|v| v.label == label)?;
-    median_ratio(times.get(label)?, times.get(&v.baseline)?)
+    ratio_with_interval(times, variants, label).median
+}
+
+/// [`ratio`] and its 95 % interval (`ratio_interval`), for the targets' verdicts.
+fn ratio_with_interval(times: &Times, variants: &[Variant], label: &str) -> Estimate {
+    let v = variants.iter().find(|v| v.label == label);
+    let pair = v.and_then(|v| times.get(label).zip(times.get(&v.baseline)));
+    Estimate::of(pair)
 }
 
 fn fmt_opt(x: Option<f64>, f: impl Fn(f64) -> String) -> String {
@@ -344,56 +362,44 @@ fn main_tables(dir: &Path, o: &Options) {
         best_rows.push(brow);
         // Peers against tracemalloc at nframe 16, round by round.
         let t16 = times.get(NFRAME16);
-        let vs_peer = |peer: &str| {
-            t16.zip(times.get(peer))
-                .and_then(|(t, p)| median_ratio(p, t))
-        };
+        let peer_estimate =
+            |peer: &str| Estimate::of(t16.zip(times.get(peer)).map(|(t, p)| (p, t)));
+        let vs_peer = |peer: &str| peer_estimate(peer).median;
         peer_rows.push(vec![
             w.name().to_string(),
             fmt_opt(vs_peer(MODALLOC), |r| format!("{r:.2}x")),
             fmt_opt(vs_peer(DHAT), |r| format!("{r:.1}x")),
             fmt_opt(vs_peer(HEAPTRACK_LABEL), |r| format!("{r:.1}x")),
         ]);
-        let mut check = |what: &str, value: Option<f64>, limit: f64, lower_is_better: bool| {
-            if let Some(x) = value {
-                let met = if lower_is_better {
-                    x <= limit
-                } else {
-                    x >= limit
-                };
-                verdicts.push(format!(
-                    "- {w}: {what} = {x:.2} (target {} {limit}): {}",
-                    if lower_is_better { "<=" } else { ">=" },
-                    if met { "met" } else { "NOT met" }
-                ));
-            }
-        };
-        check(
-            "nframe 1 / untraced",
-            ratio(&times, &vs, NFRAME1),
-            1.15,
-            true,
-        );
-        check(
-            "nframe 16 / untraced",
-            ratio(&times, &vs, NFRAME16),
-            1.3,
-            true,
-        );
+        let estimate = |label: &str| ratio_with_interval(&times, &vs, label);
         let two_threads = if w.is_multithreaded() {
-            ratio(&times, &vs, NFRAME16)
+            NFRAME16
         } else {
-            ratio(&times, &vs, NFRAME16_2T)
+            NFRAME16_2T
         };
-        check("nframe 16, 2 threads / untraced", two_threads, 1.5, true);
-        check(
-            "sampled (512 KiB, nframe 16) / untraced",
-            ratio(&times, &vs, SAMPLED),
-            1.02,
-            true,
-        );
-        check("mod-alloc / nframe 16", vs_peer(MODALLOC), 1.0, false);
-        check("dhat-rs / nframe 16", vs_peer(DHAT), 10.0, false);
+        let targets = [
+            ("nframe 1 / untraced", estimate(NFRAME1), 1.15, true),
+            ("nframe 16 / untraced", estimate(NFRAME16), 1.3, true),
+            (
+                "nframe 16, 2 threads / untraced",
+                estimate(two_threads),
+                1.5,
+                true,
+            ),
+            (
+                "sampled (512 KiB, nframe 16) / untraced",
+                estimate(SAMPLED),
+                1.02,
+                true,
+            ),
+            ("mod-alloc / nframe 16", peer_estimate(MODALLOC), 1.0, false),
+            ("dhat-rs / nframe 16", peer_estimate(DHAT), 10.0, false),
+        ];
+        for (what, value, limit, lower_is_better) in targets {
+            if let Some(line) = verdict(what, value, limit, lower_is_better) {
+                verdicts.push(format!("- {w}: {line}"));
+            }
+        }
     }
     let mut header = vec!["workload".to_string()];
     header.extend(COLUMNS.iter().map(|c| c.to_string()));
@@ -437,11 +443,16 @@ fn against(dir: &Path, before_dir: &Path, o: &Options) {
         let name = w.name();
         // (column, nframe, two threads)
         let mut limits = vec![("16", "16", false), ("1", "1", false)];
-        let mut vs = vec![Variant::new(UNTRACED, "untraced", &[name], UNTRACED)];
+        let mut groups = vec![vec![Variant::new(UNTRACED, "untraced", &[name], UNTRACED)]];
         if !w.is_multithreaded() {
             limits.push(("16 2T", "16", true));
             let two = [name, "--threads", "2"];
-            vs.push(Variant::new(UNTRACED_2T, "untraced", &two, UNTRACED_2T));
+            groups.push(vec![Variant::new(
+                UNTRACED_2T,
+                "untraced",
+                &two,
+                UNTRACED_2T,
+            )]);
         }
         for &(limit, nframe, two_threads) in &limits {
             let mut args = vec![name, "--nframe", nframe];
@@ -452,21 +463,24 @@ fn against(dir: &Path, before_dir: &Path, o: &Options) {
             }
             let after = Variant::new(&format!("after {limit}"), "traced", &args, baseline);
             let before = Variant::new(&format!("before {limit}"), "traced", &args, baseline);
-            vs.extend([after, before.in_dir(before_dir)]);
+            // Side by side: their ratio is the figure that matters.
+            groups.push(vec![after, before.in_dir(before_dir)]);
         }
-        let times = run_interleaved(dir, name, &vs, o.rounds);
+        let times = run_grouped(dir, name, &groups, o.rounds);
+        let vs = groups.concat();
         for &(limit, _, _) in &limits {
             let (after, before) = (format!("after {limit}"), format!("before {limit}"));
-            let change = times
-                .get(&after)
-                .zip(times.get(&before))
-                .and_then(|(a, b)| median_ratio(a, b));
+            let change = Estimate::of(times.get(&after).zip(times.get(&before)));
             rows.push(vec![
                 name.to_string(),
                 limit.to_string(),
                 fmt_opt(ratio(&times, &vs, &before), |r| format!("{r:.3}x")),
                 fmt_opt(ratio(&times, &vs, &after), |r| format!("{r:.3}x")),
-                fmt_opt(change, |r| format!("{r:.3}")),
+                fmt_opt(change.median, |r| format!("{r:.3}")),
+                change.interval.map_or_else(
+                    || "— (6 rounds or more)".to_string(),
+                    |(lo, hi)| format!("{lo:.3} – {hi:.3}{}", verdict_of(lo, hi)),
+                ),
             ]);
         }
     }
@@ -475,12 +489,34 @@ fn against(dir: &Path, before_dir: &Path, o: &Options) {
         before_dir.display(),
         o.rounds
     );
-    println!("Ratios to untraced, then after / before round by round (below 1: faster now).\n");
-    let header: Vec<String> = ["workload", "nframe", "before", "after", "after / before"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    println!(
+        "Ratios to untraced, then after / before round by round (below 1: faster now) and a \
+         95 % interval for that median (distribution-free, from the rounds' order): only an \
+         interval that leaves 1 out shows a change, marked faster or slower.\n"
+    );
+    let header: Vec<String> = [
+        "workload",
+        "nframe",
+        "before",
+        "after",
+        "after / before",
+        "95 % interval",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     println!("{}", markdown_table(&header, &rows));
+}
+
+/// What an interval of after / before says: nothing while it holds 1.
+fn verdict_of(lo: f64, hi: f64) -> &'static str {
+    if hi < 1.0 {
+        " (faster)"
+    } else if lo > 1.0 {
+        " (slower)"
+    } else {
+        ""
+    }
 }
 
 fn sweep(dir: &Path, o: &Options) {
