@@ -1264,9 +1264,8 @@ pub(crate) fn copy_raw() -> RawSnapshot {
         .map(|h| 1usize << h.log2_slots.load(Relaxed))
         .sum();
     let (entries, frames) = interner::sizes();
-    let shadowed = is_shadowed();
     raw.reserve(
-        if shadowed { 0 } else { slots },
+        if is_shadowed() { 0 } else { slots },
         entries + entries / 8 + 64,
         frames + frames / 8 + 1024,
     );
@@ -1285,8 +1284,11 @@ pub(crate) fn copy_raw() -> RawSnapshot {
             Some(lock_all_shards())
         };
         let generation = interner::generation();
+        // The storage of that generation's session: `arm` sets it before it starts the
+        // generation, which the acquire above orders before this read. Read earlier, a restart
+        // into shadow memory meanwhile would leave every cell of the new session out.
         let mut cells = Vec::new();
-        if shadowed {
+        if is_shadowed() {
             cells = copy_cells(generation);
             cells.reserve(slots); // the tables' slots join the cells under the locks
         }
