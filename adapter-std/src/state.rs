@@ -896,7 +896,7 @@ unsafe fn realloc_shadowed(
         if !shadow::put_back(old, held) {
             if let Some((size, id)) = in_cell {
                 accounting::account_unlocked(0, size, generation);
-                record_id(inner, old, size as usize, id, generation);
+                record_id_as(inner, old, size as usize, id, generation, true);
             }
         }
         put_back(inner, old, in_table);
@@ -907,8 +907,9 @@ unsafe fn realloc_shadowed(
     }
     if let Some((id, generation)) = new {
         let addr = moved as usize;
-        // Past the load limit only for a trace that left the table (see `realloc`).
-        let restored = addr == old && in_table.is_some();
+        // Past the load limit only for a trace that left (see `realloc`): its cell, when the
+        // block grew past the cells' reach or a neighbour took the cell, or its table.
+        let restored = addr == old && (in_table.is_some() || in_cell.is_some());
         record_id_as(inner, addr, new_size, id, generation, restored);
     }
     moved
