@@ -483,7 +483,6 @@ fn arm(inner: &dyn GlobalAlloc) -> bool {
         shadow::choose_planes(placement);
     }
     SHADOWED.store(shadowed, Relaxed);
-    SPILLED.store(0, Relaxed);
     shadow::clear();
     let ready = allocate_shards(inner, &config, placement)
         && allocate_foreign(inner, capture_depth(&config))
@@ -661,6 +660,10 @@ fn allocate_shards(inner: &dyn GlobalAlloc, config: &Config, placement: Placemen
         publish_hint(i, &tracer);
         shard.tracer = Some(tracer);
     }
+    // Zeroed once every table is empty: a free that took a last trace of the previous session
+    // out of a shard (a queued one, flushed late) did so under that shard's lock, before the
+    // loop cleared it, so its decrement cannot come after this and wrap the count.
+    SPILLED.store(0, Relaxed);
     true
 }
 
