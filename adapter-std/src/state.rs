@@ -1332,8 +1332,10 @@ fn copy_cells(generation: u32) -> Vec<Slot> {
 
 /// The trace of one default-domain block: size and raw frames.
 pub(crate) fn trace_of(addr: usize) -> Option<(u64, Vec<usize>, u16)> {
+    // The generation first, then its session's storage (as `copy_raw` reads them).
+    let generation = interner::generation();
     let cell = is_shadowed()
-        .then(|| shadow::current(addr, interner::generation()))
+        .then(|| shadow::current(addr, generation))
         .flatten();
     let (size, id) = if let Some(trace) = cell {
         trace
