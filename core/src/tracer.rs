@@ -266,7 +266,13 @@ impl<'a> Tracer<'a> {
         if old != new {
             self.record_free(domain, old);
         }
-        self.record_alloc(domain, new, size, frames, total_nframe)
+        let recorded = self.record_alloc(domain, new, size, frames, total_nframe);
+        if old == new && recorded == Recorded::Untraced {
+            // The block stayed but is untraced at its new size: its trace at the old size must
+            // not stay too, or it would count twice (traced and untraced) and at a stale size.
+            self.record_free(domain, old);
+        }
+        recorded
     }
 
     /// The trace of the block at `addr`, if traced: its size and traceback.
@@ -428,6 +434,20 @@ mod tests {
         t.record_realloc(0, 0x3000, 0x3000, 8, &[3], 1);
         assert_eq!(t.counters().current, 8);
         assert_eq!(t.counters().traces, 1);
+    }
+
+    #[test]
+    fn a_block_resized_in_place_past_what_a_slot_holds_loses_its_old_trace() {
+        let mut a = Arrays::new();
+        let mut t = Tracer::new(a.storage());
+        t.record_alloc(0, 0x1000, 10, &[1], 1);
+        let huge = (crate::table::MAX_TRACED_SIZE + 1) as usize;
+        let got = t.record_realloc(0, 0x1000, 0x1000, huge, &[2], 1);
+        assert_eq!(got, Recorded::Untraced);
+        assert!(t.trace(0, 0x1000).is_none(), "no trace at its old size");
+        let c = *t.counters();
+        assert_eq!((c.traces, c.current), (0, 0));
+        assert_eq!((c.untraced_blocks, c.untraced_bytes), (1, huge as u64));
     }
 
     #[test]
