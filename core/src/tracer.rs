@@ -215,10 +215,16 @@ impl<'a> Tracer<'a> {
         }
     }
 
+    /// Counts `blocks` blocks of `bytes` bytes in all that their adapter could not record (its
+    /// traces were busy) as untraced, as blocks the table had no room for are.
+    pub fn record_untraced(&mut self, blocks: u64, bytes: u64) {
+        self.counters.untraced_blocks = self.counters.untraced_blocks.saturating_add(blocks);
+        self.counters.untraced_bytes = self.counters.untraced_bytes.saturating_add(bytes);
+    }
+
     fn count_untraced(&mut self, size: u64) -> Recorded {
         // Saturating: blocks beyond 1 TiB land here, and a few of them must not overflow.
-        self.counters.untraced_blocks = self.counters.untraced_blocks.saturating_add(1);
-        self.counters.untraced_bytes = self.counters.untraced_bytes.saturating_add(size);
+        self.record_untraced(1, size);
         Recorded::Untraced
     }
 
