@@ -91,9 +91,19 @@ thread_local! {
 /// it names its inner allocator. Called by `start()`, outside the allocator.
 pub(crate) fn note_global() {
     let probe = std::hint::black_box(Box::new(0u64));
+    // While sampling, the free of a block the filter calls unsampled skips the tracer inline:
+    // the probe's page is marked for the time of its free.
+    let addr = &*probe as *const u64 as usize;
+    let sampling = sampler::interval() != 0;
+    if sampling {
+        sampler::mark(addr);
+    }
     let _ = PROBING.try_with(|p| p.set(true));
     drop(probe);
     let _ = PROBING.try_with(|p| p.set(false));
+    if sampling {
+        sampler::unmark(addr);
+    }
 }
 
 /// Names the global allocator's inner allocator if `inner`, freeing a block, is freeing the
