@@ -1371,8 +1371,10 @@ pub(crate) fn track(domain: u32, addr: usize, size: usize) -> bool {
         return false;
     };
     // While sampling, a tracked block is sampled like an allocation of its size, so that the
-    // estimates scale it like every other trace; left out, it is still accounted for.
+    // estimates scale it like every other trace; left out, it is still accounted for, and a
+    // trace at its address goes, as a new block there replaces the trace of an old one.
     if !sampler::take(size) {
+        forget_tracked(domain, addr);
         return true;
     }
     // `track` runs in the caller's code, not inside the allocator: `System` may lend the
@@ -1409,6 +1411,12 @@ pub(crate) fn untrack(domain: u32, addr: usize) -> bool {
     let Some(_guard) = Guard::enter() else {
         return false;
     };
+    forget_tracked(domain, addr)
+}
+
+/// Forgets the trace at `addr` in `domain`, whichever storage holds it; whether there was one.
+/// The caller holds the guard.
+fn forget_tracked(domain: u32, addr: usize) -> bool {
     if domain == DEFAULT_DOMAIN {
         return if is_shadowed() {
             forget_shadowed(addr, None)

@@ -179,3 +179,27 @@ fn a_restart_with_a_shorter_interval_samples_at_once() {
     }
     drop((live, again));
 }
+
+#[test]
+fn tracking_an_address_again_replaces_its_trace_even_unsampled() {
+    let _serial = serial();
+    tracemalloc::start_with(sampled(4096)).unwrap();
+    for domain in [9, 0] {
+        let addr = 0x5000_0000usize as *const u8;
+        // At a gigabyte, certainly sampled; then one byte at the same address, which the
+        // sampler almost certainly leaves out: either way the gigabyte's trace must go, as a
+        // new allocation at an address replaces the trace there (CPython's `Track` too).
+        assert!(tracemalloc::track(domain, addr, 1 << 30));
+        assert!(tracemalloc::track(domain, addr, 1));
+        let snapshot = tracemalloc::take_snapshot().unwrap();
+        assert!(
+            !snapshot
+                .traces
+                .iter()
+                .any(|t| t.domain == domain && t.size == 1 << 30),
+            "domain {domain}: the replaced trace stayed"
+        );
+        tracemalloc::untrack(domain, addr);
+    }
+    tracemalloc::stop();
+}
