@@ -57,13 +57,19 @@ thread_local! {
 }
 
 /// Sets the interval (0: trace every block) and forgets every mark; a new interval starts a
-/// configuration. Called only while tracing is off (or by `clear()`, with the same interval),
-/// so the state byte the arming stores names the configuration as long as sampling lasts.
+/// configuration. Called only while tracing is off, so the state byte the arming stores names
+/// the configuration as long as sampling lasts.
 pub(crate) fn configure(interval: u64) {
     let interval = interval.min(MAX_INTERVAL);
     if INTERVAL.swap(interval, Relaxed) != interval {
         CONFIGURATION.fetch_add(1, Relaxed);
     }
+    forget_marks();
+}
+
+/// Forgets every mark (`clear()`: no trace is left), keeping the interval. `clear()` does not
+/// set the interval again: a start racing with it may have just set another one.
+pub(crate) fn forget_marks() {
     for bucket in &MAYBE_SAMPLED {
         bucket.store(0, Relaxed);
     }

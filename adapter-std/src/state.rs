@@ -1235,7 +1235,7 @@ pub(crate) fn clear() {
         tracer.clear();
     }
     interner::clear();
-    sampler::configure(sampler::interval());
+    sampler::forget_marks();
     accounting::reset();
     drop((foreign, locked));
 }
