@@ -1389,7 +1389,10 @@ pub(crate) fn track(domain: u32, addr: usize, size: usize) -> bool {
             return record(&NoMemory, addr, size, stack);
         }
         let mut foreign = FOREIGN.lock();
-        let Some(tracer) = foreign.as_mut() else {
+        // Checked again under the lock, as the shards do: a restart clears this tracer (under
+        // the lock) while tracing is not on, and starts the generation only afterwards; a trace
+        // recorded in between would stay in the new session with its size voided.
+        let Some(tracer) = foreign.as_mut().filter(|_| is_on()) else {
             return false;
         };
         let before = tracer.counters().current;
