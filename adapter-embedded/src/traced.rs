@@ -177,7 +177,7 @@ impl<H, const SLOTS: usize, const TRACEBACKS: usize, const FRAMES: usize, const 
 
     /// Most live blocks the trace table holds before blocks are counted as untraced.
     pub const fn trace_capacity(&self) -> usize {
-        SLOTS / 4 * 3
+        tracemalloc_core::table::load_limit(SLOTS)
     }
 
     /// Starts tracing (Python's `tracemalloc.start()`), capturing call stacks as `call_stacks`
@@ -560,6 +560,21 @@ mod tests {
     }
 
     type Small = TracedHeap<Counted, 8, 4, 16, 2>;
+
+    #[test]
+    fn the_trace_capacity_is_the_tables_own_limit() {
+        type Tiny = TracedHeap<Counted, 2, 2, 4, 1>;
+        let h: &'static Tiny = Box::leak(Box::new(Tiny::new(Counted(AtomicUsize::new(0)))));
+        h.start(CallStacks::ReturnAddress);
+        assert_eq!(h.trace_capacity(), 1);
+        // SAFETY: nonzero layouts; both blocks freed with theirs.
+        unsafe {
+            let (a, b) = (h.alloc(layout(8)), h.alloc(layout(8)));
+            assert_eq!(h.counters().traces, 1, "one slot of two holds a trace");
+            h.dealloc(a, layout(8));
+            h.dealloc(b, layout(8));
+        }
+    }
 
     fn heap() -> &'static Small {
         Box::leak(Box::new(Small::new(Counted(AtomicUsize::new(0)))))

@@ -213,6 +213,12 @@ fn home_in<const REGION: u32, const GRAIN: u32, const MOVED: bool>(
 const LOAD_NUM: usize = 3;
 const LOAD_DEN: usize = 4;
 
+/// Most live traces a table of `slots` slots (a power of two) holds: 3/4 of them, rounded
+/// down (1 of 2, 0 of 1).
+pub const fn load_limit(slots: usize) -> usize {
+    slots / LOAD_DEN * LOAD_NUM + slots % LOAD_DEN * LOAD_NUM / LOAD_DEN
+}
+
 impl<'a> TraceTable<'a> {
     /// A table over `storage`, which it clears, [`Placement::Packed`]. It uses the largest
     /// power-of-two prefix of the storage (a non-power-of-two length wastes the rest rather than
@@ -236,7 +242,7 @@ impl<'a> TraceTable<'a> {
             shift: (64 - bits) as u8,
             placement: placement.to_byte(),
             len: 0,
-            limit: usable / LOAD_DEN * LOAD_NUM + usable % LOAD_DEN * LOAD_NUM / LOAD_DEN,
+            limit: load_limit(usable),
             slots,
         }
     }

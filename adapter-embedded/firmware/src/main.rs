@@ -309,13 +309,17 @@ fn report(requested: usize) -> bool {
 fn dump(path: &core::ffi::CStr) -> bool {
     use tracemalloc_embedded::semihosting::HostFile;
     let result = HostFile::create(path).and_then(|mut file| {
-        HEAP.write_snapshot(&mut file);
-        file.finish()
+        let written = HEAP.write_snapshot(&mut file);
+        file.finish().map(|()| written)
     });
     match result {
-        Ok(()) => {
+        Ok(true) => {
             defmt::info!("snapshot: written to {=str}", path.to_str().unwrap_or("?"));
             true
+        }
+        Ok(false) => {
+            defmt::error!("snapshot: not written, tracing never started");
+            false
         }
         Err(e) => {
             defmt::error!("snapshot: {}", e);
