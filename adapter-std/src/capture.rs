@@ -228,6 +228,20 @@ mod frame_pointers {
         static STACK: Cell<(usize, usize)> = const { Cell::new((0, 0)) };
     }
 
+    /// The current stack pointer: no frame record of this thread's lies below it.
+    #[inline(always)]
+    fn stack_pointer() -> usize {
+        let sp: usize;
+        // SAFETY: reading the stack-pointer register has no side effect.
+        unsafe {
+            #[cfg(target_arch = "x86_64")]
+            core::arch::asm!("mov {}, rsp", out(reg) sp, options(nomem, nostack, preserves_flags));
+            #[cfg(target_arch = "aarch64")]
+            core::arch::asm!("mov {}, sp", out(reg) sp, options(nomem, nostack, preserves_flags));
+        }
+        sp
+    }
+
     /// The current frame pointer.
     #[inline(always)]
     fn frame_pointer() -> usize {
@@ -311,11 +325,14 @@ mod frame_pointers {
         if high == 0 {
             return super::unwind(out); // stack bounds unknown: walking would be unsafe
         }
-        // SAFETY: `walk_chain` reads the record at our own frame pointer, which is this
-        // function's frame (built with frame pointers), and then only records that passed
-        // `follows` from the record below: aligned, above it and within the stack, whose part
-        // above the current frame is mapped.
-        walk_chain(frame_pointer(), record_limit(high), out, |fp| unsafe {
+        // The first record must lie between the stack pointer and the top as well: `Auto`
+        // walks once to learn whether this build keeps frame pointers, and where it does not,
+        // the frame-pointer register holds any value.
+        let low = stack_pointer().wrapping_sub(1);
+        // SAFETY: `walk_chain` reads only records that passed `follows`: the first above `low`
+        // (at or above the stack pointer), each next one above the one before, all aligned and
+        // within `record_limit` of the stack's top; that part of the stack is mapped.
+        walk_chain(frame_pointer(), low, record_limit(high), out, |fp| unsafe {
             read_record(fp)
         })
     }
@@ -329,13 +346,14 @@ mod frame_pointers {
     #[inline(always)]
     pub(super) fn walk_chain(
         mut fp: usize,
+        low: usize,
         limit: usize,
         out: &mut [MaybeUninit<usize>],
         read: impl Fn(usize) -> (usize, usize),
     ) -> Captured {
         let mut written = 0usize;
         let mut hash = HASH_SEED;
-        if follows(fp, 0, limit) {
+        if follows(fp, low, limit) {
             loop {
                 let (next, ret) = read(fp);
                 if ret == 0 {
@@ -549,7 +567,8 @@ mod tests {
                     let i = (addr - BASE) / 8;
                     (self.words[i], self.words[i + 1])
                 };
-                let captured = frame_pointers::walk_chain(start, self.limit, &mut out, read);
+                let low = BASE - 1; // the stack pointer's place: records from BASE on
+                let captured = frame_pointers::walk_chain(start, low, self.limit, &mut out, read);
                 // SAFETY: the buffer was initialised before the walk.
                 let frames = out[..captured.n]
                     .iter()
@@ -628,7 +647,9 @@ mod tests {
         #[test]
         fn a_start_that_is_no_record_walks_nothing() {
             let stack = Stack::new(3);
-            for start in [0, BASE + 4, stack.limit + 8] {
+            // Below the stack pointer (a frame-pointer register holding data, in a build
+            // without frame pointers that `Auto` probes), misaligned, past the top.
+            for start in [0, BASE - 16, BASE + 4, stack.limit + 8] {
                 check(stack.walk_from(start, 8), 0, 0);
             }
             let (written, captured) = stack.walk_from(record(1), 8);
