@@ -430,6 +430,11 @@ fn read_env(name: &str) -> Option<String> {
 /// Records the configuration and arms the tracer; the next allocation through the wrapper
 /// switches tracing on.
 pub(crate) fn request_start(config: Config) {
+    // An allocation first: an allocator that registers its own fork handlers on its first use
+    // (jemalloc does) then registers them before the tracer's, whose `child` handler frees
+    // other threads' queued blocks through it and so must run after the allocator's own (a
+    // cdylib's first allocation may be this one). Untraced unless tracing is on already.
+    drop(std::hint::black_box(Box::new(0u8)));
     // Before `CONFIG` is taken below: a fork while it is held must find the handlers that take
     // it (arming registers them too, for tracing started by `RUST_TRACEMALLOC`).
     #[cfg(unix)]
