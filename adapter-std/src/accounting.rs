@@ -251,7 +251,9 @@ pub(crate) fn raise_peak(bytes: u64, generation: u32) {
 /// Python's `reset_peak()`.
 pub(crate) fn reset_peak() {
     publish_own();
-    PEAK.store(CURRENT.load(Relaxed).max(0), Relaxed);
+    // Under the generation's lock, as `reset` and `raise_peak` are: a `clear()` between the
+    // load and the store would leave the old session's size as the new one's peak.
+    state::with_generation_fixed(|| PEAK.store(CURRENT.load(Relaxed).max(0), Relaxed));
 }
 
 /// Zeroes the figures (`start()`, `clear_traces()`), under the lock that fixes the generation
