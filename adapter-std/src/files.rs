@@ -91,7 +91,7 @@ pub fn dump(snapshot: &Snapshot, path: impl AsRef<Path>) -> Result<(), FileError
 /// whose first 4 KiB begin neither form (or hold only whitespace) is not read to its end. A
 /// binary file whose snapshot would take more than half the memory this process can still get
 /// is refused ([`DecodeError::TooLarge`]) before it takes it: the other half is for the
-/// reports made from it.
+/// reports made from it. So is a file, of either form, whose bytes alone pass that half.
 pub fn load(path: impl AsRef<Path>) -> Result<Snapshot, FileError> {
     let path = path.as_ref();
     let name = path.display().to_string();
@@ -112,7 +112,23 @@ pub fn load(path: impl AsRef<Path>) -> Result<Snapshot, FileError> {
         None if full_prefix => return Err(FileError::NotASnapshot { path: name }),
         _ => {}
     }
-    file.read_to_end(&mut bytes).map_err(io_error)?;
+    // The file's own bytes within the same budget as what they decode to: a pipe may never
+    // end, and without a memory limit an endless one would grow until the OOM killer came.
+    let budget = headroom::for_one_step() as u64;
+    let more = budget.saturating_sub(bytes.len() as u64).saturating_add(1);
+    file.take(more).read_to_end(&mut bytes).map_err(io_error)?;
+    if bytes.len() as u64 > budget {
+        return Err(match form(&bytes) {
+            Some(Form::Json) => io_error(io::Error::new(
+                io::ErrorKind::OutOfMemory,
+                headroom::refusal("reading this file", budget),
+            )),
+            _ => FileError::Binary {
+                path: name,
+                source: DecodeError::TooLarge { limit: budget },
+            },
+        });
+    }
     parse_named(&bytes, name)
 }
 

@@ -195,6 +195,55 @@ fn a_file_describing_more_than_memory_allows_is_refused() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A pipe that never ends (here: a binary header, then zeros for longer than the limit allows)
+/// is refused in one line once its bytes pass half of what the process can still get, rather
+/// than read until memory runs out (without a limit, until the OOM killer comes).
+#[test]
+#[cfg(target_os = "linux")]
+fn an_endless_pipe_is_refused_within_the_limit() {
+    use std::io::Write;
+    use std::os::unix::process::CommandExt;
+    use std::process::Stdio;
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tracemalloc"));
+    child.args(["stats", "/dev/stdin"]).stdin(Stdio::piped());
+    child.stdout(Stdio::piped()).stderr(Stdio::piped());
+    // SAFETY: `setrlimit` is async-signal-safe and touches no memory of the parent's.
+    unsafe {
+        child.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: ADDRESS_SPACE,
+                rlim_max: ADDRESS_SPACE,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &limit) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let mut child = child.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        let mut written = 0u64;
+        let _ = stdin.write_all(b"TMSNAP\x03");
+        let zeros = vec![0u8; 1 << 20];
+        // Twice the address space: more than any budget the limit leaves. The reader stops
+        // early, and the write then fails.
+        while written < 2 * ADDRESS_SPACE && stdin.write_all(&zeros).is_ok() {
+            written += zeros.len() as u64;
+        }
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_refused_within_limit(
+        &stderr,
+        "tracemalloc: /dev/stdin: loading this snapshot would take more than ",
+    );
+}
+
 /// A device snapshot that loads within the limit but whose addresses, named with `--elf`,
 /// would take more memory than is left is refused at that step, in one line, and a few copies
 /// of the same address are named under the same limit. The `--elf` file is this binary itself
