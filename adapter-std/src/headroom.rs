@@ -49,9 +49,11 @@ pub(crate) fn for_one_step() -> usize {
     step_of(available())
 }
 
+/// The least [`for_one_step`] gives, whatever is available.
+const FLOOR: u64 = 64 << 20;
+
 /// [`for_one_step`] of `available` bytes.
 fn step_of(available: Option<u64>) -> usize {
-    const FLOOR: u64 = 64 << 20;
     available.map_or(usize::MAX, |bytes| {
         let step = (bytes / 2).clamp(FLOOR, isize::MAX as u64);
         usize::try_from(step).unwrap_or(usize::MAX)
@@ -61,9 +63,14 @@ fn step_of(available: Option<u64>) -> usize {
 /// The message refusing a step that would pass [`for_one_step`]'s `limit`: `doing` is what it
 /// would have done ("loading this snapshot").
 pub(crate) fn refusal(doing: &str, limit: u64) -> String {
+    let what = if limit == FLOOR {
+        "the least a step may take, more than half of what this process can still get"
+    } else {
+        "half of what this process can still get"
+    };
     format!(
-        "{doing} would take more than {} of memory, half of what this process can still get \
-         (a damaged or forged file, or too little memory here)",
+        "{doing} would take more than {} of memory, {what} (a damaged or forged file, or too \
+         little memory here)",
         tracemalloc_core::format_size(limit as f64, false)
     )
 }
@@ -256,6 +263,20 @@ mod tests {
         assert_eq!(step_of(Some(0)), 64 << 20);
         assert_eq!(step_of(None), usize::MAX);
         assert_eq!(step_of(Some(u64::MAX)), isize::MAX as usize);
+    }
+
+    #[test]
+    fn a_refusal_at_the_floor_does_not_call_it_half_of_what_is_left() {
+        let at_floor = refusal("loading this snapshot", step_of(Some(0)) as u64);
+        assert!(
+            at_floor.contains("64.0 MiB of memory, the least a step may take"),
+            "{at_floor}"
+        );
+        let half = refusal("loading this snapshot", step_of(Some(1 << 30)) as u64);
+        assert!(
+            half.contains("512 MiB of memory, half of what this process can"),
+            "{half}"
+        );
     }
 
     #[test]
