@@ -543,6 +543,14 @@ pub fn run<S: Into<OsString>>(
         .iter()
         .map(|path| Firmware::open(path))
         .collect::<Result<Vec<_>, _>>()?;
+    // One line of one workspace reads alike whichever file names it: an older build's ELF kept
+    // outside `target` would otherwise name it by its absolute path, and `compare` would show
+    // a growing line as one site gone and a new one.
+    let cwd = std::env::current_dir().ok();
+    let roots = symbolize::roots_for(options.elf.iter().map(PathBuf::as_path), cwd);
+    for firmware in &mut firmwares {
+        firmware.resolver.name_from(roots.clone());
+    }
     let out = &mut Printable::new(out);
     match &options.command {
         Command::Stats(path) => {

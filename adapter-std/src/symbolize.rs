@@ -63,23 +63,11 @@ impl ElfResolver {
             path: path.display().to_string(),
             reason: e.to_string(),
         })?;
-        // Where relative paths start, best guess first: the workspace the binary was built in
-        // (found from its `target` folder, then from the current directory's Cargo
-        // workspace), then the current directory itself.
-        let cwd = std::env::current_dir().ok();
-        let roots = [
-            workspace_of(path),
-            cwd.as_deref().and_then(cargo_workspace_around),
-            cwd.map(|d| d.display().to_string()),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
         Ok(ElfResolver {
             loader,
             bias,
             code: code_ranges(file),
-            roots,
+            roots: roots_for([path], std::env::current_dir().ok()),
             show_plumbing: false,
             cache: HashMap::new(),
             names: HashMap::new(),
@@ -99,6 +87,16 @@ impl ElfResolver {
         })?;
         let (file, path) = executable_file(exe);
         ElfResolver::open_as(&file, &path, bias)
+    }
+
+    /// Names source paths from `roots` (see [`roots_for`]) instead of its own file's: so that
+    /// several files of one workspace, some kept outside its `target` folder (an older build),
+    /// name a line alike.
+    pub(crate) fn name_from(&mut self, roots: Vec<String>) {
+        if self.roots != roots {
+            self.cache.clear();
+        }
+        self.roots = roots;
     }
 
     /// Shows (`true`) or hides (`false`, the default) allocation plumbing frames.
@@ -322,6 +320,26 @@ pub(crate) fn is_plumbing(function: Option<&str>, file: Option<&str>) -> bool {
 }
 
 /// The workspace an ELF file was built in: the folder holding the `target` folder it is in.
+/// Where relative paths start for the debug info of `binaries`, best guess first: the
+/// workspaces they were built in (found from their `target` folders), then the Cargo
+/// workspace around `cwd` (the current directory), then `cwd` itself.
+pub(crate) fn roots_for<'a>(
+    binaries: impl IntoIterator<Item = &'a Path>,
+    cwd: Option<PathBuf>,
+) -> Vec<String> {
+    let mut roots: Vec<String> = Vec::new();
+    let guesses = binaries.into_iter().map(workspace_of).chain([
+        cwd.as_deref().and_then(cargo_workspace_around),
+        cwd.map(|d| d.display().to_string()),
+    ]);
+    for root in guesses.flatten() {
+        if !roots.contains(&root) {
+            roots.push(root);
+        }
+    }
+    roots
+}
+
 fn workspace_of(path: &Path) -> Option<String> {
     let path = path.canonicalize().ok()?;
     let mut dir: Option<&Path> = path.parent();
@@ -1021,6 +1039,39 @@ mod tests {
             Some("leaky_service::Cache::insert"),
             Some("examples/leaky_service.rs")
         ));
+    }
+
+    #[test]
+    fn copies_of_one_build_name_a_line_alike_from_shared_roots() {
+        // This test binary lies in the workspace's `target`; a copy of it elsewhere (an older
+        // build kept for `compare`) is named from the same roots when both are given.
+        let exe = std::env::current_exe().unwrap();
+        let outside = std::env::temp_dir().join(format!("tm-roots-{}", std::process::id()));
+        std::fs::create_dir_all(&outside).unwrap();
+        let copy = outside.join("old-build");
+        std::fs::copy(&exe, &copy).unwrap();
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let cwd = Some(outside.clone()); // run from outside the workspace
+        let alone = roots_for([copy.as_path()], cwd.clone());
+        assert_eq!(alone, [outside.display().to_string()]);
+        let shared = roots_for([copy.as_path(), exe.as_path()], cwd);
+        assert_eq!(shared[0], workspace.display().to_string());
+        let address = copies_of_one_build_name_a_line_alike_from_shared_roots as fn() as usize;
+        let name = |roots: Vec<String>| {
+            let mut resolver = ElfResolver::open(&copy, main_program_bias().unwrap()).unwrap();
+            resolver.show_plumbing(true);
+            resolver.name_from(roots);
+            let mut out = Vec::new();
+            assert!(resolver.resolve(address, &mut out));
+            let frame = out.iter().find(|f| f.filename.ends_with("symbolize.rs"));
+            frame.expect("this file").filename.to_string()
+        };
+        assert_eq!(name(shared), "adapter-std/src/symbolize.rs");
+        assert!(
+            name(alone).starts_with('/'),
+            "alone, it can only be absolute"
+        );
+        std::fs::remove_dir_all(&outside).unwrap();
     }
 
     #[test]
