@@ -7,7 +7,8 @@
 //! tracemalloc traceback FILE [--limit N]
 //! tracemalloc info FILE        what the file holds: counters, limits, sampling, build id
 //!   filters: --include GLOB[:LINE] --exclude GLOB[:LINE] --all-frames --domain N
-//!            --exclude-domain N
+//!            --exclude-domain N   (Python's filters: a trace any --include or --domain
+//!            takes and no --exclude or --exclude-domain does)
 //!   symbols: --elf FIRMWARE   resolve device addresses with the firmware's debug info (once
 //!                             per build: each snapshot takes the one of the build it names)
 //!   --        every argument after it is a file
