@@ -335,8 +335,7 @@ impl<H, const SLOTS: usize, const TRACEBACKS: usize, const FRAMES: usize, const 
     }
 
     /// [`TracedHeap::miss`] for an allocation, or a reallocation from `old`. Out of line, as
-    /// `miss` is: the allocator's own paths keep their registers (29 instructions a traced
-    /// pair on Cortex-M3 when inlined).
+    /// `miss` is: only code running inside the tracer takes it.
     #[cold]
     #[inline(never)]
     fn miss_alloc(&self, cs: CriticalSection<'_>, old: Option<usize>, addr: usize, size: usize) {
@@ -443,7 +442,7 @@ impl<H, const SLOTS: usize, const TRACEBACKS: usize, const FRAMES: usize, const 
 }
 
 /// Forgets the block at `addr`: one copy of the core's free path for the allocator's frees and
-/// the replayed ones (two call sites had the compiler keep two, 628 bytes of flash each).
+/// the replayed ones.
 #[inline(never)]
 fn forget(tracer: &mut Tracer<'static>, addr: usize) {
     tracer.record_free(DEFAULT_DOMAIN, addr);
