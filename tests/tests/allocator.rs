@@ -499,8 +499,20 @@ fn tracked_foreign_memory_lives_in_its_own_domain() {
 #[test]
 fn many_live_blocks_grow_the_tables_without_losing_any() {
     let _s = serial();
-    fresh(1);
+    tracemalloc::stop();
+    // In the tables: shadow memory would hold these small blocks in cells.
+    tracemalloc::start_with(tracemalloc::Config {
+        nframe: 1,
+        storage: tracemalloc::Storage::Table,
+        ..tracemalloc::Config::default()
+    })
+    .unwrap();
+    let memory_before = tracemalloc::tracemalloc_memory();
     let many = blocks(200_000, || Box::new(7u64)); // MANY
+    assert!(
+        tracemalloc::tracemalloc_memory() > memory_before,
+        "the tables grew"
+    );
     let snapshot = tracemalloc::take_snapshot().unwrap();
     assert_eq!(snapshot.counters.untraced_blocks, 0);
     let stats = stats_here(&snapshot);

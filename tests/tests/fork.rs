@@ -143,13 +143,15 @@ fn a_child_forked_while_the_plumbing_map_is_read_can_start_tracing() {
     const NAME: &str = "a_child_forked_while_the_plumbing_map_is_read_can_start_tracing";
     if std::env::var_os("TRACEMALLOC_TEST_FRESH").is_none() {
         // In a process of its own, where no start has read the map yet.
-        let status = std::process::Command::new(std::env::current_exe().unwrap())
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
             .args(["--exact", NAME, "--test-threads=1"])
             .env("TRACEMALLOC_TEST_FRESH", "1")
-            .stdout(std::process::Stdio::null())
-            .status()
+            .output()
             .unwrap();
-        assert!(status.success(), "the fresh process failed: {status}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "the fresh process failed: {stdout}");
+        // A renamed test would run nothing there, and pass.
+        assert!(stdout.contains("1 passed"), "{stdout}");
         return;
     }
     let starter = std::thread::spawn(|| tracemalloc::start(4).unwrap());
@@ -191,7 +193,17 @@ fn probe_blocks() -> Vec<Vec<u8>> {
 #[test]
 fn a_child_does_not_see_blocks_other_threads_freed_before_the_fork() {
     let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    tracemalloc::start(4).unwrap();
+    // In the tables, where frees are queued (shadow memory applies them at once).
+    tracemalloc::start_with(tracemalloc::Config {
+        nframe: 4,
+        storage: tracemalloc::Storage::Table,
+        ..tracemalloc::Config::default()
+    })
+    .unwrap();
+    assert_eq!(
+        tracemalloc::storage_in_use(),
+        Some(tracemalloc::Storage::Table)
+    );
     let blocks = probe_blocks();
     let (freed_tx, freed_rx) = std::sync::mpsc::channel();
     let (exit_tx, exit_rx) = std::sync::mpsc::channel::<()>();

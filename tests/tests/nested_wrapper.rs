@@ -8,7 +8,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::atomic::Ordering::Relaxed;
 
-use tracemalloc::TracingAllocator;
+use tracemalloc::{Config, Storage, TracingAllocator};
 use tracemalloc_tests::{Counting, LIVE};
 
 /// Counts the frees it is asked for, then hands them to the tracing wrapper inside.
@@ -43,10 +43,22 @@ static ALLOC: Outer = Outer(TracingAllocator::system());
 /// The tests count the global allocator's frees and start and stop the tracer: one at a time.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// Starts tracing in the tables, where frees are queued and tables grow (shadow memory, which
+/// `Storage::Auto` picks on most hosts, does neither for these small blocks).
+fn start_in_tables() {
+    tracemalloc::start_with(Config {
+        nframe: 1,
+        storage: Storage::Table,
+        ..Config::default()
+    })
+    .unwrap();
+    assert_eq!(tracemalloc::storage_in_use(), Some(Storage::Table));
+}
+
 #[test]
 fn each_free_reaches_the_outer_allocator_once() {
     let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    tracemalloc::start(1).unwrap();
+    start_in_tables();
     let blocks = tracemalloc_tests::blocks(5, || Box::new([1u8; 64]));
     let _ = tracemalloc::traced_memory();
     let before = outer_frees();
@@ -65,13 +77,14 @@ fn each_free_reaches_the_outer_allocator_once() {
 /// A second wrapper, used directly rather than as the global allocator.
 static SECOND: TracingAllocator<Counting> = TracingAllocator::new(Counting);
 
-/// Allocates `n` blocks of `layout` through `SECOND`, frees them through it, and returns how
-/// many bytes `Counting` gained while they were all live.
-fn second_wrapper_blocks(n: usize, layout: Layout) -> i64 {
+/// Allocates `n` blocks of `layout` through `SECOND`, runs `while_live`, frees them through
+/// it, and returns how many bytes `Counting` gained while they were all live.
+fn second_wrapper_blocks(n: usize, layout: Layout, while_live: impl FnOnce()) -> i64 {
     let before = LIVE.load(Relaxed);
     // SAFETY: each block is allocated by `SECOND` with `layout` and freed once by it.
     let blocks: Vec<*mut u8> = (0..n).map(|_| unsafe { SECOND.alloc(layout) }).collect();
     let held = LIVE.load(Relaxed) - before;
+    while_live();
     for block in blocks {
         // SAFETY: as above.
         unsafe { SECOND.dealloc(block, layout) };
@@ -82,9 +95,9 @@ fn second_wrapper_blocks(n: usize, layout: Layout) -> i64 {
 #[test]
 fn a_wrapper_that_is_not_the_global_allocator_frees_at_once() {
     let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    tracemalloc::start(1).unwrap();
+    start_in_tables();
     let before = LIVE.load(Relaxed);
-    second_wrapper_blocks(3, Layout::new::<[u8; 64]>());
+    second_wrapper_blocks(3, Layout::new::<[u8; 64]>(), || {});
     // Only the global allocator's blocks are queued (it is a `static`, so the queue may keep
     // a reference to it): these went back to `Counting` at once.
     assert_eq!(
@@ -98,9 +111,19 @@ fn a_wrapper_that_is_not_the_global_allocator_frees_at_once() {
 #[test]
 fn a_second_wrapper_never_grows_the_tracers_storage() {
     let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    tracemalloc::start(1).unwrap();
-    // 20 000 neighbouring blocks: more than a shard's first table (3072 traces) holds.
-    let held = second_wrapper_blocks(20_000, Layout::new::<[u8; 32]>());
+    start_in_tables();
+    // 20 000 neighbouring blocks: more than a shard's first table (3072 traces) holds, so
+    // that shard's table fills and, unable to grow from `Counting`, counts the rest untraced.
+    let untraced = || {
+        tracemalloc::take_snapshot()
+            .unwrap()
+            .counters
+            .untraced_blocks
+    };
+    let untraced_before = untraced();
+    let held = second_wrapper_blocks(20_000, Layout::new::<[u8; 32]>(), || {
+        assert!(untraced() > untraced_before, "the table filled");
+    });
     tracemalloc::stop();
     // Storage grown from `Counting` would be freed by `stop()` through `System`, the allocator
     // the tracer's storage came from: a free of memory `System` never handed out.

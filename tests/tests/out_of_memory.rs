@@ -84,10 +84,16 @@ fn fails(size: usize) -> bool {
     matches && FAIL_IN.load(Relaxed) > 0 && FAIL_IN.fetch_sub(1, Relaxed) == 1
 }
 
+/// Blocks handed out aligned to a huge page (2 MiB): the tracer's tables on huge pages.
+static HUGE_ALIGNED: AtomicUsize = AtomicUsize::new(0);
+
 /// Counts a block the inner allocator handed out, and notes the layout of a big one.
 fn handed_out(ptr: *mut u8, layout: Layout) -> *mut u8 {
     if ptr.is_null() {
         return ptr;
+    }
+    if layout.align() >= 2 << 20 {
+        HUGE_ALIGNED.fetch_add(1, Relaxed);
     }
     LIVE.fetch_add(layout.size() as i64, Relaxed);
     if layout.size() >= 1 << 20 {
@@ -234,8 +240,26 @@ fn absurd_table_sizes_are_a_lack_of_memory_not_a_panic() {
 /// Starts with `config`, allocates `blocks` small blocks, and checks that the tracer then holds
 /// more than `at_least` bytes, that no block went untraced and that every table came back with
 /// its layout.
-fn tables_come_back_with_their_layout(config: tracemalloc::Config, blocks: usize, at_least: usize) {
+/// Starts with `config` in the tables (`Storage::Table`: shadow memory would hold these small
+/// blocks, and the tables would never grow), allocates `blocks` blocks, and checks that the
+/// tracer took more than `at_least` bytes, `huge` of its tables on huge pages, and that every
+/// table came back with the layout it was given with.
+fn tables_come_back_with_their_layout(
+    config: tracemalloc::Config,
+    blocks: usize,
+    at_least: usize,
+    huge: std::ops::Range<usize>,
+) {
+    let config = tracemalloc::Config {
+        storage: tracemalloc::Storage::Table,
+        ..config
+    };
+    let huge_before = HUGE_ALIGNED.load(Relaxed);
     tracemalloc::start_with(config).unwrap();
+    assert_eq!(
+        tracemalloc::storage_in_use(),
+        Some(tracemalloc::Storage::Table)
+    );
     let live: Vec<Box<[u8; 16]>> = (0..blocks).map(|_| Box::new([0; 16])).collect();
     let memory = tracemalloc::tracemalloc_memory();
     let snapshot = tracemalloc::take_snapshot().unwrap();
@@ -251,6 +275,11 @@ fn tables_come_back_with_their_layout(config: tracemalloc::Config, blocks: usize
         !WRONG_LAYOUT.load(Relaxed),
         "a table came back with another layout"
     );
+    let on_huge_pages = HUGE_ALIGNED.load(Relaxed) - huge_before;
+    assert!(
+        huge.contains(&on_huge_pages),
+        "{on_huge_pages} tables on huge pages"
+    );
 }
 
 fn large_tables_fall_back_to_plain_pages_where_huge_ones_cannot_be_aligned() {
@@ -260,7 +289,8 @@ fn large_tables_fall_back_to_plain_pages_where_huge_ones_cannot_be_aligned() {
         initial_slots_per_shard: 1 << 18,
         ..tracemalloc::Config::default()
     };
-    tables_come_back_with_their_layout(config, 50_000, (16 << 22) - 1);
+    // Plain pages only: no table is handed out aligned to a huge page.
+    tables_come_back_with_their_layout(config, 50_000, (16 << 22) - 1, 0..1);
     PAGE_ALIGN_ONLY.store(false, Relaxed);
 }
 
@@ -272,7 +302,7 @@ fn tables_that_grow_onto_huge_pages_come_back_with_their_layout() {
         initial_slots_per_shard: 1 << 17,
         ..tracemalloc::Config::default()
     };
-    tables_come_back_with_their_layout(config, 1_600_000, 16 << 21);
+    tables_come_back_with_their_layout(config, 1_600_000, 16 << 21, 1..usize::MAX);
 }
 
 /// A recursion whose every level allocates from a call stack of its own (`nframe` 16 tells

@@ -32,6 +32,9 @@ fn an_executable_replaced_on_disk_still_names_its_lines() {
             output.status,
             String::from_utf8_lossy(&output.stderr)
         );
+        // A renamed test would run nothing in the copy, and pass.
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(stdout.contains("1 passed"), "{stdout}");
         return;
     }
     // As a deploy does: the new build is renamed over the old one, whose file lives on only as
