@@ -5,7 +5,7 @@
 //! (a review reproduced a drift in 1 run of 3 before the fix; this machine did not, in 5 runs
 //! without it), and the unit tests of `accounting` pin the rule itself.
 
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
 use tracemalloc::{Config, Storage, TracingAllocator};
@@ -23,19 +23,29 @@ fn drift(storage: Storage) -> i64 {
     })
     .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
+    let rounds = Arc::new(AtomicUsize::new(0));
     let workers: Vec<_> = (0..4)
         .map(|_| {
-            let stop = stop.clone();
+            let (stop, rounds) = (stop.clone(), rounds.clone());
             std::thread::spawn(move || {
                 while !stop.load(Relaxed) {
                     // Large blocks: each change crosses the 64 KiB publishing threshold.
                     drop(std::hint::black_box(vec![1u8; 256 << 10]));
+                    rounds.fetch_add(1, Relaxed);
                 }
             })
         })
         .collect();
-    for _ in 0..2000 {
+    // The clears overlap the workers' rounds: they start once every worker could have run,
+    // and go on until the workers have done 2000 rounds (2000 clears at least), however the
+    // threads are scheduled.
+    while rounds.load(Relaxed) < 4 {
+        std::thread::yield_now();
+    }
+    let mut clears = 0;
+    while clears < 2000 || rounds.load(Relaxed) < 2000 {
         tracemalloc::clear_traces();
+        clears += 1;
     }
     stop.store(true, Relaxed);
     for worker in workers {
