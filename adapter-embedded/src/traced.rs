@@ -563,7 +563,7 @@ mod tests {
     #[test]
     fn the_trace_capacity_is_the_tables_own_limit() {
         type Tiny = TracedHeap<Counted, 2, 2, 4, 1>;
-        let h: &'static Tiny = Box::leak(Box::new(Tiny::new(Counted(AtomicUsize::new(0)))));
+        let h: &'static Tiny = heap_of();
         h.start(CallStacks::ReturnAddress);
         assert_eq!(h.trace_capacity(), 1);
         // SAFETY: nonzero layouts; both blocks freed with theirs.
@@ -576,7 +576,13 @@ mod tests {
     }
 
     fn heap() -> &'static Small {
-        Box::leak(Box::new(Small::new(Counted(AtomicUsize::new(0)))))
+        heap_of()
+    }
+
+    /// A traced heap of any capacities over a fresh `Counted`, leaked: `start` needs `'static`.
+    fn heap_of<const S: usize, const T: usize, const F: usize, const N: usize>(
+    ) -> &'static TracedHeap<Counted, S, T, F, N> {
+        Box::leak(Box::new(TracedHeap::new(Counted(AtomicUsize::new(0)))))
     }
 
     fn layout(size: usize) -> Layout {
@@ -651,7 +657,7 @@ mod tests {
     #[test]
     fn events_past_the_queue_inside_the_tracer_count_as_untraced() {
         type Roomy = TracedHeap<Counted, 64, 4, 16, 2>;
-        let h: &'static Roomy = Box::leak(Box::new(Roomy::new(Counted(AtomicUsize::new(0)))));
+        let h: &'static Roomy = heap_of();
         h.start(CallStacks::ReturnAddress);
         // SAFETY: nonzero layout.
         let allocate = || unsafe { h.alloc(layout(10)) };

@@ -119,6 +119,17 @@ fn device_file(address: u64, count: u64) -> Vec<u8> {
 /// status, stdout and stderr.
 #[cfg(target_os = "linux")]
 fn run_limited(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = limited(args).output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The binary with `args`, to run with its address space limited to [`ADDRESS_SPACE`].
+#[cfg(target_os = "linux")]
+fn limited(args: &[&str]) -> Command {
     use std::os::unix::process::CommandExt;
     let mut child = Command::new(env!("CARGO_BIN_EXE_tracemalloc"));
     child.args(args);
@@ -136,12 +147,7 @@ fn run_limited(args: &[&str]) -> (Option<i32>, String, String) {
             }
         });
     }
-    let out = child.output().unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    child
 }
 
 /// Checks a one-line refusal that names, after `said`, a size that is half of what the limit
@@ -202,26 +208,13 @@ fn a_file_describing_more_than_memory_allows_is_refused() {
 #[cfg(target_os = "linux")]
 fn an_endless_pipe_is_refused_within_the_limit() {
     use std::io::Write;
-    use std::os::unix::process::CommandExt;
     use std::process::Stdio;
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tracemalloc"));
-    child.args(["stats", "/dev/stdin"]).stdin(Stdio::piped());
-    child.stdout(Stdio::piped()).stderr(Stdio::piped());
-    // SAFETY: `setrlimit` is async-signal-safe and touches no memory of the parent's.
-    unsafe {
-        child.pre_exec(|| {
-            let limit = libc::rlimit {
-                rlim_cur: ADDRESS_SPACE,
-                rlim_max: ADDRESS_SPACE,
-            };
-            if libc::setrlimit(libc::RLIMIT_AS, &limit) == 0 {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            }
-        });
-    }
+    let mut child = limited(&["stats", "/dev/stdin"]);
+    child
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = child.spawn().unwrap();
     let mut stdin = child.stdin.take().unwrap();
     let writer = std::thread::spawn(move || {

@@ -1,9 +1,56 @@
 //! Cross-crate tests live in `tests/`; this library holds the helpers several of them share.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
+use std::cell::UnsafeCell;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering::Relaxed};
 
 use tracemalloc::{Filter, KeyType, Snapshot, TraceFilter};
+
+/// A MiB of address space aligned to a MiB, which the tracer's tables give to one shard: an
+/// inner allocator cuts blocks from it, never reused, for tests that fill one shard's table.
+#[repr(C, align(1048576))]
+pub struct Arena {
+    bytes: UnsafeCell<[u8; Arena::BYTES]>,
+    used: AtomicUsize,
+}
+
+// SAFETY: disjoint parts are handed out through the atomic `used`, never the same bytes twice,
+// and the arena itself never reads or writes them.
+unsafe impl Sync for Arena {}
+
+impl Arena {
+    const BYTES: usize = 1 << 20;
+
+    /// An arena with nothing handed out.
+    pub const fn new() -> Arena {
+        Arena {
+            bytes: UnsafeCell::new([0; Arena::BYTES]),
+            used: AtomicUsize::new(0),
+        }
+    }
+
+    /// The next `step` bytes, aligned as the steps taken so far add up (all multiples of 64:
+    /// 64-byte aligned), or null once the arena is used up.
+    pub fn take(&self, step: usize) -> *mut u8 {
+        let at = self.used.fetch_add(step, Relaxed);
+        if at.saturating_add(step) > Arena::BYTES {
+            return std::ptr::null_mut();
+        }
+        // SAFETY: `at + step` lies within the arena.
+        unsafe { self.bytes.get().cast::<u8>().add(at) }
+    }
+
+    /// Whether `ptr` lies in the arena.
+    pub fn contains(&self, ptr: *mut u8) -> bool {
+        (ptr as usize).wrapping_sub(self.bytes.get() as usize) < Arena::BYTES
+    }
+}
+
+impl Default for Arena {
+    fn default() -> Self {
+        Arena::new()
+    }
+}
 
 /// The 1-based line of `source` that ends with the comment `// MARKER`: tests tag the lines
 /// whose allocations they look for in snapshots.

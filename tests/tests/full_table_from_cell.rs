@@ -5,11 +5,9 @@
 //! that left its cell must too, or a live block turns untraced.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 
 use tracemalloc::{Config, Storage, TracingAllocator};
-use tracemalloc_tests::traced_now;
+use tracemalloc_tests::{traced_now, Arena};
 
 /// Every block of the test's sizes takes a slot of this many bytes of [`ARENA`], and grows in
 /// place within it.
@@ -21,15 +19,10 @@ const GROWN: usize = 3000;
 
 /// Blocks of [`SMALL`] and [`LARGE`] bytes are cut from this, so that they all lie in one MiB
 /// of address space, which the tracer's tables give to one shard.
-#[repr(C, align(1048576))]
-struct Arena(UnsafeCell<[u8; 1 << 20]>);
-// SAFETY: disjoint slots are handed out through the atomic `USED`, never the same bytes twice.
-unsafe impl Sync for Arena {}
-static ARENA: Arena = Arena(UnsafeCell::new([0; 1 << 20]));
-static USED: AtomicUsize = AtomicUsize::new(0);
+static ARENA: Arena = Arena::new();
 
 fn in_arena(ptr: *mut u8) -> bool {
-    (ptr as usize).wrapping_sub(ARENA.0.get() as usize) < 1 << 20
+    ARENA.contains(ptr)
 }
 
 struct Roomy;
@@ -41,12 +34,7 @@ struct Roomy;
 unsafe impl GlobalAlloc for Roomy {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if (layout.size() == SMALL || layout.size() == LARGE) && layout.align() <= SLOT {
-            let at = USED.fetch_add(SLOT, SeqCst);
-            if at + SLOT > 1 << 20 {
-                return std::ptr::null_mut();
-            }
-            // SAFETY: `at + SLOT` lies within the arena, and no other block overlaps it.
-            return unsafe { ARENA.0.get().cast::<u8>().add(at) };
+            return ARENA.take(SLOT);
         }
         // SAFETY: the caller's contract, forwarded.
         unsafe { System.alloc(layout) }

@@ -6,12 +6,11 @@
 //! are reallocated in place.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
 use tracemalloc::{Config, Storage, TracingAllocator};
-use tracemalloc_tests::traced_now;
+use tracemalloc_tests::{traced_now, Arena};
 
 /// The size whose reallocation fails, after another thread filled the tables.
 const FAIL: usize = 777_777;
@@ -25,15 +24,10 @@ static FILLED: AtomicBool = AtomicBool::new(false);
 
 /// Blocks of [`BLOCK`] and [`FILLER`] bytes, from any thread, are cut from this, so that they
 /// all lie in one MiB of address space, which the tracer's tables give to one shard.
-#[repr(C, align(1048576))]
-struct Arena(UnsafeCell<[u8; 1 << 19]>);
-// SAFETY: disjoint parts are handed out through the atomic `USED`, never the same bytes twice.
-unsafe impl Sync for Arena {}
-static ARENA: Arena = Arena(UnsafeCell::new([0; 1 << 19]));
-static USED: AtomicUsize = AtomicUsize::new(0);
+static ARENA: Arena = Arena::new();
 
 fn in_arena(ptr: *mut u8) -> bool {
-    (ptr as usize).wrapping_sub(ARENA.0.get() as usize) < 1 << 19
+    ARENA.contains(ptr)
 }
 
 struct FailsAfterFill;
@@ -46,12 +40,7 @@ struct FailsAfterFill;
 unsafe impl GlobalAlloc for FailsAfterFill {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if (layout.size() == BLOCK || layout.size() == FILLER) && layout.align() <= 64 {
-            let at = USED.fetch_add(layout.size().next_multiple_of(64), SeqCst);
-            if at + layout.size() > 1 << 19 {
-                return std::ptr::null_mut();
-            }
-            // SAFETY: `at + size` lies within the arena, and no other block overlaps it.
-            return unsafe { ARENA.0.get().cast::<u8>().add(at) };
+            return ARENA.take(layout.size().next_multiple_of(64));
         }
         // SAFETY: the caller's contract, forwarded.
         unsafe { System.alloc(layout) }
