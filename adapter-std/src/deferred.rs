@@ -160,7 +160,9 @@ fn global_inner() -> Option<&'static dyn GlobalAlloc> {
 /// thread's guard held.
 #[inline(always)]
 pub(crate) fn queue(inner: &dyn GlobalAlloc, addr: usize, layout: Layout) -> bool {
-    if !cfg!(unix) || layout.size() > MAX_SIZE || sampler::interval() != 0 || !is_global(inner) {
+    // `is_global` before the sampling test: it also notices the probe of `note_global`, which
+    // must name the global allocator while sampling too.
+    if !cfg!(unix) || layout.size() > MAX_SIZE || !is_global(inner) || sampler::interval() != 0 {
         return false;
     }
     OWN.try_with(|own| {

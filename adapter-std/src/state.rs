@@ -764,9 +764,8 @@ pub(crate) unsafe fn dealloc(inner: &dyn GlobalAlloc, ptr: *mut u8, layout: Layo
         return unsafe { inner.dealloc(ptr, layout) };
     };
     let addr = ptr as usize;
-    // Under either storage: a sampling tracer queues no frees, so `queue` never looks.
-    deferred::notice_probe(inner);
     if is_shadowed() {
+        deferred::notice_probe(inner);
         forget_shadowed(addr, Some(layout.size()));
     } else {
         if deferred::queue(inner, addr, layout) {
