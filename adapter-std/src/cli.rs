@@ -256,7 +256,8 @@ struct Firmware {
 }
 
 impl Firmware {
-    fn open(path: &Path) -> Result<Firmware, CliError> {
+    /// Opens `path`, naming source paths from `roots` (those of every `--elf` file).
+    fn open(path: &Path, roots: Vec<String>) -> Result<Firmware, CliError> {
         // Told apart before the symbolizer maps it: a FIFO would block, a device never end.
         let file = files::open_checked(path, Accept::Regular).map_err(|source| {
             CliError::File(FileError::Io {
@@ -270,7 +271,8 @@ impl Firmware {
                 path.display()
             )));
         }
-        let resolver = ElfResolver::open(path, 0).map_err(|e| CliError::Failed(e.to_string()))?;
+        let resolver = ElfResolver::open_named_from(path, 0, roots)
+            .map_err(|e| CliError::Failed(e.to_string()))?;
         Ok(Firmware {
             path: path.to_owned(),
             build_id: symbolize::build_id_of(&file),
@@ -539,19 +541,16 @@ pub fn run<S: Into<OsString>>(
             return writeln!(out, "tracemalloc {}", env!("CARGO_PKG_VERSION")).map_err(write_err)
         }
     };
-    let mut firmwares = options
-        .elf
-        .iter()
-        .map(|path| Firmware::open(path))
-        .collect::<Result<Vec<_>, _>>()?;
     // One line of one workspace reads alike whichever file names it: an older build's ELF kept
     // outside `target` would otherwise name it by its absolute path, and `compare` would show
     // a growing line as one site gone and a new one.
     let cwd = std::env::current_dir().ok();
     let roots = symbolize::roots_for(options.elf.iter().map(PathBuf::as_path), cwd);
-    for firmware in &mut firmwares {
-        firmware.resolver.name_from(roots.clone());
-    }
+    let mut firmwares = options
+        .elf
+        .iter()
+        .map(|path| Firmware::open(path, roots.clone()))
+        .collect::<Result<Vec<_>, _>>()?;
     let out = &mut Printable::new(out);
     match &options.command {
         Command::Stats(path) => {

@@ -37,13 +37,29 @@ impl ElfResolver {
     /// Opens `path`; addresses are looked up after subtracting `bias` (the load bias of the
     /// file in the process that captured them; 0 for firmware and non-PIE executables).
     pub fn open(path: &Path, bias: usize) -> Result<ElfResolver, Error> {
-        ElfResolver::open_as(path, path, bias)
+        ElfResolver::open_named_from(path, bias, roots_of(path))
+    }
+
+    /// [`ElfResolver::open`], naming source paths from `roots` ([`roots_for`]) rather than from
+    /// its own file's: several files of one workspace, some kept outside its `target` folder
+    /// (an older build), then name a line alike.
+    pub(crate) fn open_named_from(
+        path: &Path,
+        bias: usize,
+        roots: Vec<String>,
+    ) -> Result<ElfResolver, Error> {
+        ElfResolver::open_as(path, path, bias, roots)
     }
 
     /// Opens `file`, the build that `path` named when it was loaded (`file` differs once
     /// `path` has been replaced, see [`Module::file`]): `path` finds the workspace and names
     /// the file in errors.
-    fn open_as(file: &Path, path: &Path, bias: usize) -> Result<ElfResolver, Error> {
+    fn open_as(
+        file: &Path,
+        path: &Path,
+        bias: usize,
+        roots: Vec<String>,
+    ) -> Result<ElfResolver, Error> {
         // `addr2line` also maps a DWARF package beside the file when one exists, opened by
         // name: a FIFO there would block, a device never end. What it merely fails to read (a
         // directory, an unreadable file) it skips, and so does this check.
@@ -67,7 +83,7 @@ impl ElfResolver {
             loader,
             bias,
             code: code_ranges(file),
-            roots: roots_for([path], std::env::current_dir().ok()),
+            roots,
             show_plumbing: false,
             cache: HashMap::new(),
             names: HashMap::new(),
@@ -86,17 +102,7 @@ impl ElfResolver {
                 .into(),
         })?;
         let (file, path) = executable_file(exe);
-        ElfResolver::open_as(&file, &path, bias)
-    }
-
-    /// Names source paths from `roots` (see [`roots_for`]) instead of its own file's: so that
-    /// several files of one workspace, some kept outside its `target` folder (an older build),
-    /// name a line alike.
-    pub(crate) fn name_from(&mut self, roots: Vec<String>) {
-        if self.roots != roots {
-            self.cache.clear();
-        }
-        self.roots = roots;
+        ElfResolver::open_as(&file, &path, bias, roots_of(&path))
     }
 
     /// Shows (`true`) or hides (`false`, the default) allocation plumbing frames.
@@ -323,6 +329,11 @@ pub(crate) fn is_plumbing(function: Option<&str>, file: Option<&str>) -> bool {
 /// Where relative paths start for the debug info of `binaries`, best guess first: the
 /// workspaces they were built in (found from their `target` folders), then the Cargo
 /// workspace around `cwd` (the current directory), then `cwd` itself.
+/// [`roots_for`] the one binary at `path`, from the current directory.
+fn roots_of(path: &Path) -> Vec<String> {
+    roots_for([path], std::env::current_dir().ok())
+}
+
 pub(crate) fn roots_for<'a>(
     binaries: impl IntoIterator<Item = &'a Path>,
     cwd: Option<PathBuf>,
@@ -506,7 +517,10 @@ impl Resolver for ProcessResolver {
         // it may have been replaced in between.
         let opened = match module.resolver.take() {
             Some(opened) => opened,
-            None => ElfResolver::open_as(&module.file(), &module.path, module.bias).map_err(drop),
+            None => {
+                let roots = roots_of(&module.path);
+                ElfResolver::open_as(&module.file(), &module.path, module.bias, roots).map_err(drop)
+            }
         };
         match module.resolver.insert(opened) {
             Ok(resolver) => {
@@ -1058,9 +1072,9 @@ mod tests {
         assert_eq!(shared[0], workspace.display().to_string());
         let address = copies_of_one_build_name_a_line_alike_from_shared_roots as fn() as usize;
         let name = |roots: Vec<String>| {
-            let mut resolver = ElfResolver::open(&copy, main_program_bias().unwrap()).unwrap();
+            let bias = main_program_bias().unwrap();
+            let mut resolver = ElfResolver::open_named_from(&copy, bias, roots).unwrap();
             resolver.show_plumbing(true);
-            resolver.name_from(roots);
             let mut out = Vec::new();
             assert!(resolver.resolve(address, &mut out));
             let frame = out.iter().find(|f| f.filename.ends_with("symbolize.rs"));
