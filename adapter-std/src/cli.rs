@@ -177,6 +177,16 @@ fn parse(args: Vec<OsString>) -> Result<Request, CliError> {
         elf: Vec::new(),
     };
     let mut patterns = Vec::new();
+    // Flags that take one value: given twice, which was meant is a guess, so neither is taken.
+    let mut seen_key = false;
+    let mut seen_limit = false;
+    let once = |flag: &str, seen: &mut bool| {
+        if std::mem::replace(seen, true) {
+            Err(usage(format!("{flag} given twice")))
+        } else {
+            Ok(())
+        }
+    };
     while let Some(arg) = args.next() {
         let Some(flag) = arg.to_str().filter(|a| a.starts_with('-') && a.len() > 1) else {
             positional.push(PathBuf::from(arg)); // a file: any bytes the system allows
@@ -188,6 +198,7 @@ fn parse(args: Vec<OsString>) -> Result<Request, CliError> {
                 break;
             }
             "--key" => {
+                once(flag, &mut seen_key)?;
                 let value = text_value(flag, args.next())?;
                 options.key = value.parse().map_err(|_| {
                     usage(format!(
@@ -196,7 +207,10 @@ fn parse(args: Vec<OsString>) -> Result<Request, CliError> {
                 })?;
             }
             "--cumulative" => options.cumulative = true,
-            "--limit" => options.limit = parse_number("--limit", args.next())?,
+            "--limit" => {
+                once(flag, &mut seen_limit)?;
+                options.limit = parse_number(flag, args.next())?;
+            }
             "--include" | "--exclude" => {
                 let value = text_value(flag, args.next())?;
                 patterns.push(parse_pattern(flag, &value)?);
@@ -639,6 +653,8 @@ mod tests {
             "compare a",
             "frob a",
             "stats a --key traceback --cumulative",
+            "stats a --key filename --key lineno",
+            "stats a --limit 3 --limit 4",
         ] {
             let err = parse(args(bad)).map(|_| ()).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{bad}: {err}");
