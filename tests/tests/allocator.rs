@@ -461,7 +461,10 @@ fn errors_match_python() {
         tracemalloc::start(0),
         Err(tracemalloc::Error::InvalidNframe(0))
     ));
-    assert!(tracemalloc::start(65_536).is_err());
+    assert!(matches!(
+        tracemalloc::start(65_536),
+        Err(tracemalloc::Error::InvalidNframe(65_536))
+    ));
     assert!(!tracemalloc::is_tracing());
     assert!(matches!(
         tracemalloc::take_snapshot(),

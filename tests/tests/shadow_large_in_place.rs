@@ -67,15 +67,17 @@ tracemalloc_tests::this_file!();
 #[inline(never)]
 fn small() -> *mut u8 {
     let layout = Layout::from_size_align(512, 8).unwrap();
+    // `black_box` keeps the call from becoming a tail call in release builds, which would take
+    // this line out of the traceback.
     // SAFETY: a non-zero size.
-    unsafe { std::alloc::alloc(layout) } // SMALL
+    std::hint::black_box(unsafe { std::alloc::alloc(layout) }) // SMALL
 }
 
 #[inline(never)]
 fn resized(ptr: *mut u8, from: usize, to: usize) -> *mut u8 {
     let layout = Layout::from_size_align(from, 8).unwrap();
     // SAFETY: `ptr` is a live block of `layout` (the caller's), `to` is non-zero.
-    unsafe { std::alloc::realloc(ptr, layout, to) } // RESIZED
+    std::hint::black_box(unsafe { std::alloc::realloc(ptr, layout, to) }) // RESIZED
 }
 
 /// The sizes of the traced blocks allocated from this file's functions, smallest first, each
