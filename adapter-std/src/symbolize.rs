@@ -325,15 +325,14 @@ pub(crate) fn is_plumbing(function: Option<&str>, file: Option<&str>) -> bool {
     PREFIXES.iter().any(|p| function.starts_with(p)) || (file.is_none() && function == "main")
 }
 
-/// The workspace an ELF file was built in: the folder holding the `target` folder it is in.
-/// Where relative paths start for the debug info of `binaries`, best guess first: the
-/// workspaces they were built in (found from their `target` folders), then the Cargo
-/// workspace around `cwd` (the current directory), then `cwd` itself.
 /// [`roots_for`] the one binary at `path`, from the current directory.
 fn roots_of(path: &Path) -> Vec<String> {
     roots_for([path], std::env::current_dir().ok())
 }
 
+/// Where relative paths start for the debug info of `binaries`, best guess first: the
+/// workspaces they were built in (found from their `target` folders), then the Cargo
+/// workspace around `cwd` (the current directory), then `cwd` itself.
 pub(crate) fn roots_for<'a>(
     binaries: impl IntoIterator<Item = &'a Path>,
     cwd: Option<PathBuf>,
@@ -351,6 +350,7 @@ pub(crate) fn roots_for<'a>(
     roots
 }
 
+/// The workspace an ELF file was built in: the folder holding the `target` folder it is in.
 fn workspace_of(path: &Path) -> Option<String> {
     let path = path.canonicalize().ok()?;
     let mut dir: Option<&Path> = path.parent();
@@ -1057,14 +1057,25 @@ mod tests {
 
     #[test]
     fn copies_of_one_build_name_a_line_alike_from_shared_roots() {
-        // This test binary lies in the workspace's `target`; a copy of it elsewhere (an older
-        // build kept for `compare`) is named from the same roots when both are given.
+        // A build in the workspace's `target` and a copy of it elsewhere (an older build kept
+        // for `compare`) are named from the same roots when both are given. This test binary
+        // is that build, or, when `CARGO_TARGET_DIR` put it elsewhere, a copy made in `target`.
         let exe = std::env::current_exe().unwrap();
-        let outside = std::env::temp_dir().join(format!("tm-roots-{}", std::process::id()));
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let tag = format!("tm-roots-{}", std::process::id());
+        let outside = std::env::temp_dir().join(&tag);
         std::fs::create_dir_all(&outside).unwrap();
         let copy = outside.join("old-build");
         std::fs::copy(&exe, &copy).unwrap();
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let in_target = workspace.join("target").join(&tag);
+        let exe = if workspace_of(&exe) == Some(workspace.display().to_string()) {
+            exe
+        } else {
+            std::fs::create_dir_all(&in_target).unwrap();
+            let build = in_target.join("new-build");
+            std::fs::copy(&exe, &build).unwrap();
+            build
+        };
         let cwd = Some(outside.clone()); // run from outside the workspace
         let alone = roots_for([copy.as_path()], cwd.clone());
         assert_eq!(alone, [outside.display().to_string()]);
@@ -1086,6 +1097,7 @@ mod tests {
             "alone, it can only be absolute"
         );
         std::fs::remove_dir_all(&outside).unwrap();
+        let _ = std::fs::remove_dir_all(&in_target); // made only for an outside target
     }
 
     #[test]
