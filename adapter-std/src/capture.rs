@@ -4,7 +4,8 @@
 //! `-C force-frame-pointers=yes` every Rust frame, std's included, starts with the caller's frame
 //! pointer and the return address. The walk stays within the current thread's stack, whose
 //! bounds are read once per thread, so a foreign frame that reuses the frame-pointer register as
-//! data ends the walk instead of faulting. Where no walker exists (other architectures or
+//! data ends the walk instead of faulting; an allocation made off that stack (an alternate
+//! signal stack, a coroutine's) is unwound instead. Where no walker exists (other architectures or
 //! systems) or when asked, the `backtrace` crate's unwinder does the job, about 100x slower.
 //!
 //! Frames are stored as return address minus one: an address inside the call instruction, so that
@@ -318,20 +319,27 @@ mod frame_pointers {
     /// Walks this thread's frame-pointer chain from our own frame.
     #[inline(always)]
     pub(super) fn walk(out: &mut [MaybeUninit<usize>]) -> Captured {
-        let (_, high) = match STACK.try_with(Cell::get) {
+        let (bottom, high) = match STACK.try_with(Cell::get) {
             Ok((0, 0)) | Err(_) => read_stack_bounds(),
             Ok(bounds) => bounds,
         };
-        if high == 0 {
-            return super::unwind(out); // stack bounds unknown: walking would be unsafe
+        let sp = stack_pointer();
+        // Off the thread's stack (a signal handler on its alternate stack, a coroutine's or
+        // `stacker`'s stack), the memory between the stack pointer and the thread's top holds
+        // unmapped gaps, and the interrupted code's frame-pointer register may hold data that
+        // points into them: only the unwinder, which reads the unwind tables, is safe there.
+        // Unknown bounds (`high == 0`) take it too.
+        if sp < bottom || sp >= high {
+            return super::unwind(out);
         }
         // The first record must lie between the stack pointer and the top as well: `Auto`
         // walks once to learn whether this build keeps frame pointers, and where it does not,
         // the frame-pointer register holds any value.
-        let low = stack_pointer().wrapping_sub(1);
-        // SAFETY: `walk_chain` reads only records that passed `follows`: the first above `low`
-        // (at or above the stack pointer), each next one above the one before, all aligned and
-        // within `record_limit` of the stack's top; that part of the stack is mapped.
+        let low = sp.wrapping_sub(1);
+        // SAFETY: the stack pointer lies on this thread's stack (checked above), so everything
+        // from it to the stack's top is mapped. `walk_chain` reads only records that passed
+        // `follows`: the first above `low` (at or above the stack pointer), each next one above
+        // the one before, all aligned and within `record_limit` of the stack's top.
         walk_chain(frame_pointer(), low, record_limit(high), out, |fp| unsafe {
             read_record(fp)
         })
