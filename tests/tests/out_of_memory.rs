@@ -317,6 +317,7 @@ fn distinct_stacks(depth: u32, out: &mut Vec<Box<u64>>) {
     distinct_stacks(depth - 1, out);
     std::hint::black_box(());
     distinct_stacks(depth - 1, out);
+    std::hint::black_box(()); // no tail call: release builds would share the frame
 }
 
 /// Makes the `step` of the traceback store's growth fail `times` times while 8191 blocks are
