@@ -346,7 +346,12 @@ fn env_config() -> Option<Config> {
     }
     // The warnings name the limit.
     const _: () = assert!(tracemalloc_core::MAX_NFRAME == 65535);
-    let nframe = match value.parse::<usize>() {
+    // Digits too many for a `usize` are more than 65535 too.
+    let parsed = value.parse::<usize>().or_else(|e| match e.kind() {
+        core::num::IntErrorKind::PosOverflow => Ok(usize::MAX),
+        _ => Err(e),
+    });
+    let nframe = match parsed {
         Ok(0) => return None, // "0", "00": off
         Ok(n) if n <= tracemalloc_core::MAX_NFRAME => n,
         Ok(_) => {

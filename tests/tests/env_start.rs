@@ -113,6 +113,11 @@ fn env_variable_starts_tracing_at_the_first_allocation() {
             65535,
             "RUST_TRACEMALLOC is more than 65535 frames",
         ),
+        (
+            "99999999999999999999999",
+            65535,
+            "RUST_TRACEMALLOC is more than 65535 frames",
+        ),
     ] {
         let out = run_with(Some(value), None, None, (0, "shadow", nframe));
         ok(&out);
