@@ -256,6 +256,14 @@ pub(crate) fn reset_peak() {
     state::with_generation_fixed(|| PEAK.store(CURRENT.load(Relaxed).max(0), Relaxed));
 }
 
+/// Forgets the highest point of this thread's unpublished sum since it last published, keeping
+/// the sum: `start()` calls it after its own probe blocks (allocated and freed to switch tracing
+/// on), which would otherwise show as a peak of a session that traced nothing yet. Only this
+/// thread's unpublished part: the other threads' peaks stay.
+pub(crate) fn forget_own_high() {
+    let _ = PENDING.try_with(|pending| pending.high.set(pending.change.get().max(0)));
+}
+
 /// Zeroes the figures (`start()`, `clear_traces()`), under the lock that fixes the generation
 /// (`clear()` holds every shard lock, arming the first one).
 pub(crate) fn reset() {

@@ -282,11 +282,16 @@ pub fn start_with(config: Config) -> Result<(), Error> {
         return Err(Error::InvalidNframe(config.nframe));
     }
     SHOW_PLUMBING.store(config.show_plumbing, Relaxed);
+    let was_on = state::is_on();
     state::request_start(config);
     // Any allocation through the wrapper switches tracing on; make one.
     drop(std::hint::black_box(Box::new(0u64)));
     if state::is_on() {
         deferred::note_global();
+        if !was_on {
+            // The probes are traced; a session that has traced nothing yet has no peak.
+            accounting::forget_own_high();
+        }
         if let Some(_guard) = guard::Guard::enter() {
             plumbing::build(); // once per process
         }

@@ -560,3 +560,24 @@ fn thousands_of_distinct_stacks_grow_the_traceback_store() {
     drop(tree);
     tracemalloc::stop();
 }
+
+#[test]
+fn a_fresh_start_reports_nothing_traced() {
+    // Python: `start(); get_traced_memory()` is `(0, 0)`; the blocks `start()` allocates to
+    // switch tracing on are not the program's.
+    let _s = serial();
+    for round in 0..3 {
+        tracemalloc::start(1).unwrap();
+        let fresh = tracemalloc::traced_memory();
+        tracemalloc::stop();
+        assert_eq!(fresh, (0, 0), "round {round}");
+    }
+    // A start while tracing changes only the limit, and keeps the peak.
+    tracemalloc::start(1).unwrap();
+    drop(std::hint::black_box(vec![0u8; 1000]));
+    tracemalloc::start(2).unwrap();
+    let (current, peak) = tracemalloc::traced_memory();
+    tracemalloc::stop();
+    assert_eq!(current, 0);
+    assert!(peak >= 1000, "{peak}");
+}
