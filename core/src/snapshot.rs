@@ -99,7 +99,9 @@ impl Ord for Frame {
 ///
 /// Frames are stored most recent call first, as CPython's raw traces and our files hold them.
 /// Python's `Traceback` sequence is oldest first; [`Traceback::oldest_first`] gives that order.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+/// As in Python, two tracebacks are equal (and hash and order alike) when their frames are:
+/// `total_nframe` says how deep the stack was, not where the block was allocated.
+#[derive(Clone, Debug)]
 pub struct Traceback {
     /// Frames, most recent call first.
     pub frames: Vec<Frame>,
@@ -130,12 +132,23 @@ impl PartialOrd for Traceback {
 }
 
 impl Ord for Traceback {
-    /// Python compares the oldest-first frame tuples; `total_nframe` only breaks ties, to stay
-    /// consistent with `Eq`.
+    /// Python compares the oldest-first frame tuples.
     fn cmp(&self, other: &Traceback) -> Ordering {
-        self.oldest_first()
-            .cmp(other.oldest_first())
-            .then(self.total_nframe.cmp(&other.total_nframe))
+        self.oldest_first().cmp(other.oldest_first())
+    }
+}
+
+impl PartialEq for Traceback {
+    fn eq(&self, other: &Traceback) -> bool {
+        self.frames == other.frames
+    }
+}
+
+impl Eq for Traceback {}
+
+impl Hash for Traceback {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.frames.hash(state);
     }
 }
 
@@ -580,10 +593,12 @@ pub fn snapshot_from_traces(
         traceback_limit,
         ..Snapshot::default()
     };
-    let mut index: HashMap<Traceback, u32> = HashMap::new();
+    // Equal tracebacks of different depths are kept apart: each trace keeps its own.
+    let mut index: HashMap<(Vec<Frame>, u16), u32> = HashMap::new();
     for (domain, size, traceback) in traces {
         let next = snapshot.tracebacks.len() as u32;
-        let id = *index.entry(traceback.clone()).or_insert_with(|| {
+        let key = (traceback.frames.clone(), traceback.total_nframe);
+        let id = *index.entry(key).or_insert_with(|| {
             snapshot.tracebacks.push(traceback);
             snapshot.addresses.push(Vec::new());
             next
@@ -607,6 +622,43 @@ mod tests {
     use crate::TracerArrays;
 
     type Arrays = TracerArrays<64, 8, 32>;
+
+    #[test]
+    fn tracebacks_are_equal_by_their_frames_as_in_python() {
+        let frames = alloc::vec![Frame::new("b.rs", 2), Frame::new("a.rs", 1)];
+        let deep = Traceback {
+            frames: frames.clone(),
+            total_nframe: 10,
+        };
+        let shallow = Traceback::new(frames);
+        assert_eq!(deep, shallow);
+        assert_eq!(deep.cmp(&shallow), Ordering::Equal);
+        let set: HashSet<Traceback> = [deep.clone(), shallow].into_iter().collect();
+        assert_eq!(set.len(), 1);
+        // A statistic's key is the trace's traceback, whatever its depth; each trace keeps its
+        // own depth.
+        let snapshot = snapshot_from_traces(
+            2,
+            [
+                (0, 64, deep.clone()),
+                (0, 32, Traceback::new(deep.frames.clone())),
+            ],
+        );
+        let stats = snapshot
+            .statistics(crate::KeyType::Traceback, false)
+            .unwrap();
+        assert_eq!(stats.len(), 1);
+        assert_eq!(
+            stats[0].traceback,
+            *snapshot.traceback_of(&snapshot.traces[0])
+        );
+        let depths: Vec<u16> = snapshot
+            .traces
+            .iter()
+            .map(|t| snapshot.traceback_of(t).total_nframe)
+            .collect();
+        assert_eq!(depths, [10, 2]);
+    }
 
     #[test]
     fn left_out_blocks_leave_only_the_shared_parts() {
