@@ -210,16 +210,16 @@ pub(crate) fn release(inner: &dyn GlobalAlloc) {
     }
 }
 
-/// The frames of an interned traceback.
-pub(crate) fn frames_of(id: TracebackId) -> (Vec<usize>, u16) {
+/// The frames of a traceback interned in `generation`, and its depth; `None` once the store
+/// was cleared since (its ids then name other stacks, or none). `GENERATION` changes only under
+/// the store's lock, so the check holds for the whole read.
+pub(crate) fn frames_of(id: TracebackId, generation: u32) -> Option<(Vec<usize>, u16)> {
     let store = STORE.lock();
-    match store.as_ref() {
-        Some(store) => {
-            let tb = store.get(id);
-            (tb.frames.to_vec(), tb.total_nframe)
-        }
-        None => (Vec::new(), 0),
+    if GENERATION.load(Relaxed) != generation {
+        return None;
     }
+    let tb = store.as_ref()?.get(id);
+    Some((tb.frames.to_vec(), tb.total_nframe))
 }
 
 /// Tracebacks and frames the store holds now.

@@ -81,6 +81,8 @@ pub use capture::Capture;
 pub use files::{dump, load, parse, FileError};
 pub use source::{format_traceback, SourceLines};
 pub use tracemalloc_core as core;
+use tracemalloc_core::snapshot::shown_depth;
+use tracemalloc_core::TracebackId;
 pub use tracemalloc_core::{
     DomainFilter, Filter, Frame, KeyType, Snapshot, Statistic, StatisticDiff, StatsError, Trace,
     TraceFilter, Traceback, DEFAULT_DOMAIN, MAX_NFRAME,
@@ -366,16 +368,24 @@ pub fn tracemalloc_memory() -> usize {
 /// `get_object_traceback`).
 pub fn object_traceback<T: ?Sized>(ptr: *const T) -> Option<Traceback> {
     let _guard = guard::Guard::enter()?;
-    let (_, addresses, total) = state::trace_of(ptr as *const u8 as usize)?;
+    let (_, id, addresses, total) = state::trace_of(ptr as *const u8 as usize)?;
+    if id == TracebackId::OVERFLOW {
+        // As a snapshot shows it.
+        return Some(Traceback {
+            frames: vec![Frame::store_full()],
+            total_nframe: total,
+        });
+    }
     let mut frames = Vec::new();
     symbolize::with_process_resolver(|resolver| {
         for &address in &addresses {
             resolver.frames_at(address, &mut frames);
         }
     });
+    let total_nframe = shown_depth(frames.len(), addresses.len(), total);
     let mut traceback = Traceback {
         frames,
-        total_nframe: total,
+        total_nframe,
     };
     trim(&mut traceback, traceback_limit());
     Some(traceback)

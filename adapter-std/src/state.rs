@@ -1284,6 +1284,8 @@ pub(crate) fn copy_raw() -> RawSnapshot {
         frames + frames / 8 + 1024,
     );
     let mut queued = Vec::with_capacity(4 * deferred::BATCH);
+    // Counted as `tracer_memory()` counts it; the pages are counted before any lock is held.
+    raw.add_tracer_memory(shadow::memory_bytes() as u64);
     // Shadow memory is read before any lock is taken (writing a cell takes none), then the
     // store under its lock: ids are only ever appended to it, so every id of this generation a
     // cell holds is in the copy. Cells change while they are read: a block allocated or freed
@@ -1340,22 +1342,27 @@ fn copy_cells(generation: u32) -> Vec<Slot> {
     slots
 }
 
-/// The trace of one default-domain block: size and raw frames.
-pub(crate) fn trace_of(addr: usize) -> Option<(u64, Vec<usize>, u16)> {
+/// The trace of one default-domain block: its size, its traceback's id, and that traceback's
+/// raw frames and depth. `None` when the block is not traced, or when `clear_traces()` ran
+/// between reading its id and its frames.
+pub(crate) fn trace_of(addr: usize) -> Option<(u64, TracebackId, Vec<usize>, u16)> {
     // The generation first, then its session's storage (as `copy_raw` reads them).
     let generation = interner::generation();
     let cell = is_shadowed()
         .then(|| shadow::current(addr, generation))
         .flatten();
-    let (size, id) = if let Some(trace) = cell {
-        trace
+    let (size, id, generation) = if let Some((size, id)) = cell {
+        (size, id, generation)
     } else {
         let shard = shard_of(addr).lock();
+        // Read under the shard lock, which `clear()` holds while it starts a new generation:
+        // the slot's id is of this one.
+        let generation = interner::generation();
         let slot = shard.tracer.as_ref()?.table().get(addr, |_| true)?;
-        (slot.size(), slot.traceback())
+        (slot.size(), slot.traceback(), generation)
     };
-    let (frames, total) = interner::frames_of(id);
-    Some((size, frames, total))
+    let (frames, total) = interner::frames_of(id, generation)?;
+    Some((size, id, frames, total))
 }
 
 /// An allocator that never has memory: `track` has no inner allocator at hand, so the shared

@@ -105,7 +105,8 @@ impl Ord for Frame {
 pub struct Traceback {
     /// Frames, most recent call first.
     pub frames: Vec<Frame>,
-    /// Depth of the stack before the traceback limit cut it.
+    /// Depth of the stack before the traceback limit cut it: the frames shown before the cut
+    /// (inlined calls included, hidden plumbing not) and those past the capture.
     pub total_nframe: u16,
 }
 
@@ -150,6 +151,15 @@ impl Hash for Traceback {
     fn hash<H: Hasher>(&self, state: &mut H) {
         self.frames.hash(state);
     }
+}
+
+/// The `total_nframe` of a stack of `total` frames, once its `captured` raw addresses resolved
+/// into `shown` frames (inlined calls added, the allocator's and the runtime's plumbing hidden):
+/// the frames shown, plus those past the capture, which were never seen. As in Python, a
+/// traceback the limit did not cut has a `total_nframe` equal to its length.
+pub fn shown_depth(shown: usize, captured: usize, total: u16) -> u16 {
+    let past = usize::from(total).saturating_sub(captured);
+    shown.saturating_add(past).min(usize::from(u16::MAX)) as u16
 }
 
 /// One live block: Python's `tracemalloc.Trace`.
@@ -508,6 +518,7 @@ impl Snapshot {
             }
             let old = core::mem::replace(&mut traceback.frames, frames);
             budget.give_back(old.capacity() * frame);
+            traceback.total_nframe = shown_depth(count, addresses.len(), traceback.total_nframe);
         }
         let named = cache
             .values()
