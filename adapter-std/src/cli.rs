@@ -537,6 +537,15 @@ fn write_info(snapshot: &Snapshot, path: &Path, out: &mut dyn Write) -> std::io:
     }
 }
 
+/// What a report of no traces adds when filters may have left them out.
+fn filtered(options: &Options) -> &'static str {
+    if options.filters.is_empty() {
+        ""
+    } else {
+        " (after filters)"
+    }
+}
+
 fn take_limit<T>(items: Vec<T>, limit: usize) -> impl Iterator<Item = T> {
     let n = if limit == 0 { items.len() } else { limit };
     items.into_iter().take(n)
@@ -573,7 +582,7 @@ pub fn run<S: Into<OsString>>(
                 .statistics(options.key, options.cumulative)
                 .map_err(|e| usage(e.to_string()))?;
             if stats.is_empty() {
-                writeln!(out, "no traces in {} (after filters)", path.display())
+                writeln!(out, "no traces in {}{}", path.display(), filtered(&options))
                     .map_err(write_err)?;
             }
             for stat in take_limit(stats, options.limit) {
@@ -588,7 +597,8 @@ pub fn run<S: Into<OsString>>(
                 .compare_to(&old_snapshot, options.key, options.cumulative)
                 .map_err(|e| usage(e.to_string()))?;
             if diffs.is_empty() {
-                writeln!(out, "no traces in either snapshot (after filters)").map_err(write_err)?;
+                writeln!(out, "no traces in either snapshot{}", filtered(&options))
+                    .map_err(write_err)?;
             }
             for diff in take_limit(diffs, options.limit) {
                 writeln!(out, "{diff}").map_err(write_err)?;
@@ -604,7 +614,7 @@ pub fn run<S: Into<OsString>>(
                 .statistics(KeyType::Traceback, false)
                 .map_err(|e| usage(e.to_string()))?;
             if stats.is_empty() {
-                writeln!(out, "no traces in {} (after filters)", path.display())
+                writeln!(out, "no traces in {}{}", path.display(), filtered(&options))
                     .map_err(write_err)?;
             }
             let mut sources = SourceLines::default();

@@ -613,3 +613,29 @@ fn elf_resolution_keeps_frames_resolved_when_taken() {
     let out = stats_with_this_binary_as_elf("host.tmsnap", &later).unwrap();
     assert!(out.starts_with("src/cache.rs:42: size=30.0 KiB"), "{out}");
 }
+
+#[test]
+fn no_traces_is_said_once_and_names_filters_only_when_given() {
+    let empty = snapshot_from_traces(16, []);
+    let file = temp("empty.tmsnap", &empty.dump_bytes());
+    let path = file.to_str().unwrap();
+    assert_eq!(
+        cli(&["stats", path]).unwrap(),
+        format!("no traces in {path}\n")
+    );
+    assert_eq!(
+        cli(&["traceback", path]).unwrap(),
+        format!("no traces in {path}\n")
+    );
+    assert_eq!(
+        cli(&["compare", path, path]).unwrap(),
+        "no traces in either snapshot\n"
+    );
+    let (start, _) = snapshots();
+    let file = temp("start-filtered.tmsnap", &start.dump_bytes());
+    let path = file.to_str().unwrap();
+    assert_eq!(
+        cli(&["stats", path, "--include", "nothing/*"]).unwrap(),
+        format!("no traces in {path} (after filters)\n")
+    );
+}
