@@ -69,10 +69,12 @@ thread_local! {
         const { [const { Cell::new(EMPTY_ENTRY) }; CACHE_SLOTS] };
 }
 
-/// The current generation; a record compares it again under its shard lock.
+/// The current generation; a record compares it again under its shard lock, or after writing
+/// its cell (sequentially consistent for that: see `state::void_in_cell`; on x86-64 and
+/// AArch64 the same instruction as an acquiring load).
 #[inline(always)]
 pub(crate) fn generation() -> u32 {
-    GENERATION.load(Acquire)
+    GENERATION.load(SeqCst)
 }
 
 /// The id of a default-domain stack, from this thread's cache or the shared store.
@@ -168,7 +170,7 @@ pub(crate) fn reset(
 ) -> bool {
     let mut store = STORE.lock();
     MAX_BYTES.store(max_bytes, Relaxed);
-    GENERATION.fetch_add(1, Release);
+    GENERATION.fetch_add(1, SeqCst);
     match store.as_mut() {
         Some(store) => {
             store.clear();
@@ -193,7 +195,7 @@ pub(crate) fn reset(
 /// every shard lock, so no record can use an old id against the new store.
 pub(crate) fn clear() {
     let mut store = STORE.lock();
-    GENERATION.fetch_add(1, Release);
+    GENERATION.fetch_add(1, SeqCst);
     if let Some(store) = store.as_mut() {
         store.clear();
     }
@@ -203,7 +205,7 @@ pub(crate) fn clear() {
 /// store. The caller holds every shard lock, so no record can use an id of this store.
 pub(crate) fn release(inner: &dyn GlobalAlloc) {
     let mut store = STORE.lock();
-    GENERATION.fetch_add(1, Release);
+    GENERATION.fetch_add(1, SeqCst);
     if let Some(store) = store.take() {
         publish_hint(IndexHint::default());
         free_tracebacks(inner, RawTracebacks::of(store.into_storage()));

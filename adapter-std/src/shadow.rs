@@ -356,10 +356,12 @@ impl Place {
     /// Marks the page after a write to the cell: a `clear` that took the bit meanwhile may not
     /// have given the page back yet, and a page holding a cell must stay marked, to be counted
     /// and cleared. `marked` is what [`Place::marked`] said before the write.
+    /// Sequentially consistent, as [`clear`]'s taking of the bits: a writer that then reads the
+    /// generation unchanged knows the clear will find the page marked (`state::void_in_cell`).
     #[inline(always)]
     fn mark(&self, marked: bool) {
-        if !marked || !self.marked() {
-            self.word.fetch_or(self.bit, Relaxed);
+        if !marked || self.word.load(SeqCst) & self.bit == 0 {
+            self.word.fetch_or(self.bit, SeqCst);
         }
     }
 }
@@ -802,10 +804,11 @@ pub(crate) fn clear() {
             // Read first, so that bitmap pages never written stay untouched.
             // SAFETY: `base` comes from `reserved()`, and `index < BITMAP_WORDS`.
             let word = unsafe { bitmap_word(base, index) };
-            let mut bits = if word.load(Relaxed) == 0 {
+            // Sequentially consistent: see `Place::mark`.
+            let mut bits = if word.load(SeqCst) == 0 {
                 0
             } else {
-                word.swap(0, Relaxed)
+                word.swap(0, SeqCst)
             };
             while bits != 0 {
                 let first = bits.trailing_zeros() as usize;

@@ -911,6 +911,8 @@ unsafe fn realloc_shadowed(
                 accounting::account_unlocked(0, size, generation);
                 record_id_as(inner, old, size as usize, id, generation, true);
             }
+        } else if interner::generation() != generation {
+            void_in_cell(old, layout.size(), generation);
         }
         put_back(inner, old, in_table);
         return moved;
@@ -926,6 +928,20 @@ unsafe fn realloc_shadowed(
         record_id_as(inner, addr, new_size, id, generation, restored);
     }
     moved
+}
+
+/// Takes back a trace just written to its cell under `generation` when a `clear_traces()` came
+/// since, as the tables refuse one under their lock; returns false (not recorded). A cell holds
+/// 11 bits of the generation, which read as current again 2048 clears later: a trace written
+/// after the clear that should have emptied it would then count in snapshots, and its free
+/// would take its size from `traced_memory()`, which never had it. Read after the write (both
+/// sequentially consistent, as the clear's generation change and its taking of the page
+/// marks are), the generation is still `generation` only if the clear's scan comes after the
+/// write, and empties the cell.
+#[cold]
+fn void_in_cell(addr: usize, size: usize, generation: u32) -> bool {
+    let _ = shadow::take(addr, size, generation);
+    false
 }
 
 /// Interns `stack`, with the generation read before: an id interned after a `clear_traces()`
@@ -975,6 +991,9 @@ fn record_id_as(
             return false; // stopped meanwhile (the table path checks under its lock)
         }
         if let Ok(replaced) = shadow::record(addr, size as u64, generation, id) {
+            if interner::generation() != generation {
+                return void_in_cell(addr, size, generation);
+            }
             // Traces of this generation at the address are blocks whose frees the tracer
             // missed (a signal handler's free inside the tracer): replaced, as the table
             // replaces one.
