@@ -331,6 +331,14 @@ pub fn storage_in_use() -> Option<Storage> {
     state::storage_in_use()
 }
 
+/// How this tracing session captures stacks, with [`Capture::Auto`] resolved (frame pointers
+/// where this platform has a walker and the build keeps the chain, the unwinder otherwise):
+/// `None` while tracing is off. A build without `-C force-frame-pointers=yes` shows here as
+/// [`Capture::Unwinder`], about 100x slower a frame.
+pub fn capture_in_use() -> Option<Capture> {
+    state::capture_in_use()
+}
+
 /// Forgets every trace; tracing goes on (Python's `clear_traces`).
 pub fn clear_traces() {
     state::clear();

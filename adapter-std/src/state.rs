@@ -277,6 +277,22 @@ pub(crate) fn storage_in_use() -> Option<Storage> {
     })
 }
 
+/// The capture method of the session, `Capture::Auto` resolved when it was armed, while tracing
+/// is on.
+pub(crate) fn capture_in_use() -> Option<Capture> {
+    is_on().then(capture_method)
+}
+
+/// The capture method the tracer was last armed with (`METHOD` decoded).
+#[inline(always)]
+fn capture_method() -> Capture {
+    if METHOD.load(Relaxed) == 0 {
+        Capture::FramePointers
+    } else {
+        Capture::Unwinder
+    }
+}
+
 /// Whether tracing is on.
 #[inline(always)]
 pub(crate) fn is_on() -> bool {
@@ -703,11 +719,7 @@ fn allocate_foreign(inner: &dyn GlobalAlloc, depth: usize) -> bool {
 fn with_stack<R>(inner: &dyn GlobalAlloc, f: impl FnOnce(&Stack<'_>) -> R) -> R {
     let depth = CAPTURE_DEPTH.load(Relaxed);
     let nframe = NFRAME.load(Relaxed);
-    let method = if METHOD.load(Relaxed) == 0 {
-        Capture::FramePointers
-    } else {
-        Capture::Unwinder
-    };
+    let method = capture_method();
     // Limits beyond the stack buffer borrow a buffer from `inner` for this capture (a
     // thread-local buffer would need a destructor, and registering one may allocate through
     // the global allocator, which std forbids from inside it). Without memory, the stack

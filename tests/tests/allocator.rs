@@ -454,6 +454,33 @@ fn the_unwinder_ends_a_whole_stack_at_its_last_frame() {
     );
 }
 
+/// `capture_in_use` names the method the session runs with, `Auto` resolved: frame pointers in
+/// this build (the workspace forces them) where a walker exists.
+#[test]
+fn the_capture_in_use_is_the_resolved_method() {
+    use tracemalloc::Capture;
+    let _s = serial();
+    tracemalloc::stop();
+    assert_eq!(tracemalloc::capture_in_use(), None);
+    let unwinder = tracemalloc::Config {
+        nframe: 4,
+        capture: Capture::Unwinder,
+        ..tracemalloc::Config::default()
+    };
+    tracemalloc::start_with(unwinder).unwrap();
+    assert_eq!(tracemalloc::capture_in_use(), Some(Capture::Unwinder));
+    tracemalloc::stop();
+    tracemalloc::start(4).unwrap();
+    let auto = if Capture::frame_pointers_supported() {
+        Capture::FramePointers
+    } else {
+        Capture::Unwinder
+    };
+    assert_eq!(tracemalloc::capture_in_use(), Some(auto));
+    tracemalloc::stop();
+    assert_eq!(tracemalloc::capture_in_use(), None);
+}
+
 #[test]
 fn errors_match_python() {
     let _s = serial();
