@@ -12,6 +12,7 @@
 pub mod report;
 pub mod workloads;
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -171,14 +172,51 @@ pub fn print_result(variant: &str, args: &Args, elapsed: Duration, checksum: u64
     );
 }
 
-/// Reads `seconds=` from a `RESULT` line of a variant's output.
-pub fn parse_seconds(output: &str) -> Option<f64> {
-    output
-        .lines()
-        .filter(|l| l.starts_with("RESULT "))
-        .flat_map(str::split_whitespace)
-        .find_map(|field| field.strip_prefix("seconds="))
-        .and_then(|v| v.parse().ok())
+/// The `RESULT` line of a variant's output, parsed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunResult {
+    /// The timed part's wall time.
+    pub seconds: f64,
+    /// The workload's checksum: the same for every variant of one workload and thread count.
+    pub checksum: u64,
+    /// Every `key=value` field of the line, the two above included.
+    pub fields: BTreeMap<String, String>,
+}
+
+impl RunResult {
+    /// Parses the last `RESULT` line of `output`; the error says what is missing.
+    pub fn parse(output: &str) -> Result<RunResult, String> {
+        let line = output
+            .lines()
+            .rfind(|l| l.starts_with("RESULT "))
+            .ok_or("no RESULT line")?;
+        let fields: BTreeMap<String, String> = line
+            .split_whitespace()
+            .filter_map(|field| field.split_once('='))
+            .map(|(key, value)| (key.to_string(), value.to_string()))
+            .collect();
+        let number = |key: &str| {
+            fields
+                .get(key)
+                .ok_or_else(|| format!("no {key}= in its RESULT line"))
+        };
+        let seconds = number("seconds")?
+            .parse()
+            .map_err(|e| format!("seconds= in its RESULT line: {e}"))?;
+        let checksum = number("checksum")?
+            .parse()
+            .map_err(|e| format!("checksum= in its RESULT line: {e}"))?;
+        Ok(RunResult {
+            seconds,
+            checksum,
+            fields,
+        })
+    }
+
+    /// The value of field `key`, if the line has it.
+    pub fn field(&self, key: &str) -> Option<&str> {
+        self.fields.get(key).map(String::as_str)
+    }
 }
 
 #[cfg(test)]
@@ -200,9 +238,21 @@ mod tests {
     }
 
     #[test]
-    fn the_driver_reads_the_seconds_back() {
-        let out = "noise\nRESULT variant=x workload=tree threads=1 seconds=0.250000 checksum=1\n";
-        assert_eq!(parse_seconds(out), Some(0.25));
-        assert_eq!(parse_seconds("RESULT variant=x"), None);
+    fn the_driver_reads_the_result_line_back() {
+        let out = "noise\nRESULT variant=x workload=tree threads=1 seconds=0.250000 checksum=17 \
+                   mode=on traceback_limit=16\n";
+        let run = RunResult::parse(out).unwrap();
+        assert_eq!((run.seconds, run.checksum), (0.25, 17));
+        assert_eq!(run.field("traceback_limit"), Some("16"));
+        assert_eq!(run.field("capture"), None);
+        assert_eq!(
+            RunResult::parse("RESULT variant=x checksum=1"),
+            Err("no seconds= in its RESULT line".to_string())
+        );
+        assert!(RunResult::parse("RESULT seconds=0.1 checksum=x").is_err());
+        assert_eq!(
+            RunResult::parse("panicked"),
+            Err("no RESULT line".to_string())
+        );
     }
 }

@@ -76,27 +76,49 @@ pub struct Estimate {
     pub median: Option<f64>,
     /// Its 95 % interval ([`ratio_interval`]); `None` below 6 rounds.
     pub interval: Option<(f64, f64)>,
+    /// Rounds run.
+    pub rounds: usize,
+    /// Rounds in which either run failed, which give no ratio.
+    pub failed: usize,
 }
+
+/// Rounds an interval, and so a verdict, needs ([`median_interval_rank`]).
+pub const ROUNDS_FOR_A_VERDICT: usize = 6;
 
 impl Estimate {
     /// Of `times` over `baseline`, round by round.
     pub fn of(pair: Option<(&Vec<f64>, &Vec<f64>)>) -> Estimate {
+        let (rounds, failed) = pair.map_or((0, 0), |(t, b)| {
+            let ratios = t.iter().zip(b).map(|(t, b)| t / b);
+            (ratios.len(), ratios.filter(|r| !r.is_finite()).count())
+        });
         Estimate {
             median: pair.and_then(|(t, b)| median_ratio(t, b)),
             interval: pair.and_then(|(t, b)| ratio_interval(t, b)),
+            rounds,
+            failed,
         }
     }
 }
 
-/// One target's line: met or not when the 95 % interval lies on one side of the limit (the
-/// median decides when there are too few rounds for an interval), within noise otherwise.
+/// One target's line: met or not when the 95 % interval lies on one side of the limit, within
+/// noise otherwise; no verdict below [`ROUNDS_FOR_A_VERDICT`] rounds with a ratio, nor when
+/// every round failed. `None` when the variants were not run at all.
 pub fn verdict(
     what: &str,
     estimate: Estimate,
     limit: f64,
     lower_is_better: bool,
 ) -> Option<String> {
-    let x = estimate.median?;
+    if estimate.rounds == 0 {
+        return None;
+    }
+    let (rounds, failed) = (estimate.rounds, estimate.failed);
+    let Some(x) = estimate.median else {
+        return Some(format!(
+            "{what}: no verdict: {failed} of {rounds} rounds failed"
+        ));
+    };
     let meets = |v: f64| {
         if lower_is_better {
             v <= limit
@@ -104,22 +126,103 @@ pub fn verdict(
             v >= limit
         }
     };
+    // Failed rounds are left out of the figures; say so beside them.
+    let failures = if failed > 0 {
+        format!(", {failed} of {rounds} rounds failed")
+    } else {
+        String::new()
+    };
     let (outcome, interval) = match estimate.interval {
         Some((lo, hi)) => {
             let outcome = match (meets(lo), meets(hi)) {
-                (true, true) => "met",
-                (false, false) => "NOT met",
-                _ => "within noise of the limit",
+                (true, true) => "met".to_string(),
+                (false, false) => "NOT met".to_string(),
+                _ => "within noise of the limit".to_string(),
             };
             (outcome, format!(", 95 % interval {lo:.2}–{hi:.2}"))
         }
-        None if meets(x) => ("met", String::new()),
-        None => ("NOT met", String::new()),
+        // The median alone cannot tell noise from a change.
+        None => (
+            format!(
+                "too few rounds for a verdict ({} < {ROUNDS_FOR_A_VERDICT})",
+                rounds - failed
+            ),
+            String::new(),
+        ),
     };
     let sign = if lower_is_better { "<=" } else { ">=" };
     Some(format!(
-        "{what} = {x:.2}{interval} (target {sign} {limit}): {outcome}"
+        "{what} = {x:.2}{interval} (target {sign} {limit}{failures}): {outcome}"
     ))
+}
+
+/// The runs that failed, per variant, for the line that says so under the tables: a failed
+/// run has no time, so the medians leave it out and would otherwise hide it.
+#[derive(Debug, Default)]
+pub struct Failures {
+    /// Per variant, in the order first run: its runs, and why each failed one failed.
+    variants: Vec<(String, usize, Vec<String>)>,
+}
+
+impl Failures {
+    /// Counts one run of `variant`, failed when `outcome` says why.
+    pub fn record<T>(&mut self, variant: &str, outcome: &Result<T, String>) {
+        let index = match self.variants.iter().position(|(v, ..)| v == variant) {
+            Some(i) => i,
+            None => {
+                self.variants.push((variant.to_string(), 0, Vec::new()));
+                self.variants.len() - 1
+            }
+        };
+        let (_, runs, reasons) = &mut self.variants[index];
+        *runs += 1;
+        if let Err(reason) = outcome {
+            reasons.push(reason.clone());
+        }
+    }
+
+    /// Adds `other`'s runs, whose variants are other than these (another workload's).
+    pub fn extend(&mut self, other: Failures) {
+        self.variants.extend(other.variants);
+    }
+
+    /// Whether any run failed.
+    pub fn any(&self) -> bool {
+        self.variants
+            .iter()
+            .any(|(_, _, reasons)| !reasons.is_empty())
+    }
+
+    /// `failed runs: mod-alloc 7 of 7 (exit status: 101), …`, each distinct reason once with
+    /// how often it came; `None` when every run succeeded.
+    pub fn summary(&self) -> Option<String> {
+        let parts: Vec<String> = self
+            .variants
+            .iter()
+            .filter(|(_, _, reasons)| !reasons.is_empty())
+            .map(|(variant, runs, reasons)| {
+                let mut distinct: Vec<(&str, usize)> = Vec::new();
+                for reason in reasons {
+                    match distinct.iter_mut().find(|(r, _)| r == reason) {
+                        Some((_, n)) => *n += 1,
+                        None => distinct.push((reason, 1)),
+                    }
+                }
+                let why: Vec<String> = distinct
+                    .iter()
+                    .map(|&(reason, n)| {
+                        if n == reasons.len() {
+                            reason.to_string()
+                        } else {
+                            format!("{n}x {reason}")
+                        }
+                    })
+                    .collect();
+                format!("{variant} {} of {runs} ({})", reasons.len(), why.join("; "))
+            })
+            .collect();
+        (!parts.is_empty()).then(|| format!("failed runs: {}", parts.join(", ")))
+    }
 }
 
 /// The fastest of `times` over the fastest of `baseline`: on a shared machine, noise only ever
@@ -325,6 +428,8 @@ mod tests {
         let at = |median, interval| Estimate {
             median: Some(median),
             interval,
+            rounds: 7,
+            failed: 0,
         };
         let line = |e| verdict("x", e, 1.3, true).unwrap();
         assert!(line(at(1.2, Some((1.1, 1.28)))).ends_with(": met"));
@@ -332,12 +437,72 @@ mod tests {
         let noisy = line(at(1.29, Some((1.2, 1.4))));
         assert!(noisy.contains("95 % interval 1.20–1.40"), "{noisy}");
         assert!(noisy.ends_with(": within noise of the limit"), "{noisy}");
-        // Too few rounds for an interval: the median decides.
-        assert!(line(at(1.29, None)).ends_with(": met"));
         // Higher is better for peers.
         let peer = verdict("dhat", at(12.0, Some((10.5, 14.0))), 10.0, false).unwrap();
         assert!(peer.ends_with(": met"), "{peer}");
+        // Variants that were not run: no line at all.
         assert_eq!(verdict("x", Estimate::of(None), 1.3, true), None);
+    }
+
+    #[test]
+    fn failed_rounds_never_make_a_verdict() {
+        let b = vec![1.0; 7];
+        // Every round of the peer crashed: said, not left out as if it had never run.
+        let crashed = Estimate::of(Some((&vec![f64::NAN; 7], &b)));
+        assert_eq!(
+            verdict("mod-alloc / nframe 16", crashed, 1.0, false).as_deref(),
+            Some("mod-alloc / nframe 16: no verdict: 7 of 7 rounds failed")
+        );
+        // Three crashed rounds leave four ratios, all under the limit: too few for an interval,
+        // so no "met" from the median alone.
+        let t = vec![1.1, f64::NAN, 1.2, f64::NAN, 1.1, f64::NAN, 1.0];
+        let few = Estimate::of(Some((&t, &b)));
+        assert_eq!((few.rounds, few.failed, few.interval), (7, 3, None));
+        assert_eq!(
+            verdict("x", few, 1.3, true).as_deref(),
+            Some("x = 1.10 (target <= 1.3, 3 of 7 rounds failed): too few rounds for a verdict (4 < 6)")
+        );
+        // Enough rounds left for an interval: a verdict, with the failures beside it.
+        let t = vec![1.1, 1.0, 1.2, f64::NAN, 1.1, 1.05, 1.0];
+        let line = verdict("x", Estimate::of(Some((&t, &b))), 1.3, true).unwrap();
+        assert!(
+            line.contains("1 of 7 rounds failed") && line.ends_with(": met"),
+            "{line}"
+        );
+        // Five good rounds: still too few.
+        let line = verdict("x", Estimate::of(Some((&t[..5].to_vec(), &b))), 1.3, true).unwrap();
+        assert!(
+            line.ends_with("too few rounds for a verdict (4 < 6)"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn failures_are_counted_per_variant_with_their_reasons() {
+        let mut failures = Failures::default();
+        let ok: Result<(), String> = Ok(());
+        let crashed: Result<(), String> = Err("exit status: 101".into());
+        let wrong: Result<(), String> = Err("checksum 5, untraced's 4".into());
+        for _ in 0..3 {
+            failures.record("untraced", &ok);
+            failures.record("mod-alloc", &crashed);
+        }
+        failures.record("nframe 16", &ok);
+        failures.record("nframe 16", &crashed);
+        failures.record("nframe 16", &wrong);
+        failures.record("nframe 16", &crashed);
+        assert!(failures.any());
+        assert_eq!(
+            failures.summary().as_deref(),
+            Some(
+                "failed runs: mod-alloc 3 of 3 (exit status: 101), nframe 16 3 of 4 \
+                 (2x exit status: 101; 1x checksum 5, untraced's 4)"
+            )
+        );
+        let mut clean = Failures::default();
+        clean.record("untraced", &ok);
+        assert!(!clean.any());
+        assert_eq!(clean.summary(), None);
     }
 
     #[test]

@@ -20,9 +20,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use tracemalloc_bench::report::{
-    best_ratio, markdown_table, median, overhead_svg, verdict, Estimate, Threshold,
+    best_ratio, markdown_table, median, overhead_svg, verdict, Estimate, Failures, Threshold,
 };
-use tracemalloc_bench::{parse_seconds, Workload};
+use tracemalloc_bench::{RunResult, Workload};
 
 const HEAPTRACK: &str = "/usr/bin/heaptrack";
 const SWEEP_NFRAMES: [usize; 7] = [1, 2, 4, 8, 16, 32, 64];
@@ -221,8 +221,8 @@ fn variants(w: Workload, o: &Options) -> Vec<Variant> {
     v
 }
 
-/// Runs one variant once; its wall time in seconds, or NaN when it failed.
-fn run(dir: &Path, v: &Variant) -> f64 {
+/// Runs one variant once: what its `RESULT` line says, or why it failed.
+fn run(dir: &Path, v: &Variant) -> Result<RunResult, String> {
     let bin = v.dir.as_deref().unwrap_or(dir).join(v.bin);
     let mut cmd = if v.heaptrack {
         let out = std::env::temp_dir().join("tracemalloc-bench-heaptrack-%p");
@@ -236,31 +236,30 @@ fn run(dir: &Path, v: &Variant) -> f64 {
         .envs(v.env.iter().copied())
         .env_remove("RUST_TRACEMALLOC")
         .env_remove("BENCH_NFRAME");
-    let output = match cmd.output() {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("compare: cannot run {}: {e}", bin.display());
-            return f64::NAN;
-        }
-    };
+    let output = cmd.output().map_err(|e| {
+        eprintln!("compare: cannot run {}: {e}", bin.display());
+        format!("cannot run: {e}")
+    })?;
     if v.heaptrack {
         remove_heaptrack_files();
     }
     let stdout = String::from_utf8_lossy(&output.stdout);
-    match parse_seconds(&stdout) {
-        Some(s) if output.status.success() => s,
-        _ => {
-            eprintln!(
-                "compare: {} {:?} failed ({}):\n{}{}",
-                v.bin,
-                v.args,
-                output.status,
-                stdout,
-                String::from_utf8_lossy(&output.stderr)
-            );
-            f64::NAN
-        }
+    let result = if output.status.success() {
+        RunResult::parse(&stdout)
+    } else {
+        Err(output.status.to_string())
+    };
+    if result.is_err() {
+        eprintln!(
+            "\ncompare: {} {:?} failed ({}):\n{}{}",
+            v.bin,
+            v.args,
+            output.status,
+            stdout,
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
+    result
 }
 
 fn remove_heaptrack_files() {
@@ -291,31 +290,49 @@ fn shuffled<T: Clone>(items: &[T], round: usize) -> Vec<T> {
     v
 }
 
-/// Times of every variant, one per round.
+/// Times of every variant, one per round (NaN where the run failed).
 type Times = BTreeMap<String, Vec<f64>>;
 
-fn run_interleaved(dir: &Path, what: &str, variants: &[Variant], rounds: usize) -> Times {
+/// What the rounds of one set of variants gave.
+struct Rounds {
+    times: Times,
+    /// Keyed by `what` and the variant's label.
+    failures: Failures,
+}
+
+fn run_interleaved(dir: &Path, what: &str, variants: &[Variant], rounds: usize) -> Rounds {
     let singles: Vec<Vec<Variant>> = variants.iter().map(|v| vec![v.clone()]).collect();
     run_grouped(dir, what, &singles, rounds)
 }
 
 /// [`run_interleaved`] with the variants of a group run one right after the other (in an order
 /// shuffled anew each round), so that the ratio between them sees the least drift in load.
-fn run_grouped(dir: &Path, what: &str, groups: &[Vec<Variant>], rounds: usize) -> Times {
+fn run_grouped(dir: &Path, what: &str, groups: &[Vec<Variant>], rounds: usize) -> Rounds {
     let mut times: Times = BTreeMap::new();
+    let mut failures = Failures::default();
     for round in 0..rounds {
         eprint!("compare: {what} round {}/{rounds}:", round + 1);
         let order = shuffled(groups, round)
             .into_iter()
             .flat_map(|group| shuffled(&group, round + rounds));
         for v in order {
-            let t = run(dir, &v);
+            let outcome = run(dir, &v);
+            let t = outcome.as_ref().map_or(f64::NAN, |r| r.seconds);
             eprint!(" {}={t:.3}", v.label);
+            failures.record(&format!("{what} {}", v.label), &outcome);
             times.entry(v.label.clone()).or_default().push(t);
         }
         eprintln!();
     }
-    times
+    Rounds { times, failures }
+}
+
+/// Prints the failed runs, if any, under the tables; whether there were any.
+fn report_failures(failures: &Failures) -> bool {
+    if let Some(line) = failures.summary() {
+        println!("**{line}** (left out of every figure above)\n");
+    }
+    failures.any()
 }
 
 /// The median ratio of `label` to its baseline.
@@ -334,7 +351,18 @@ fn fmt_opt(x: Option<f64>, f: impl Fn(f64) -> String) -> String {
     x.map_or_else(|| "—".to_string(), f)
 }
 
-fn main_tables(dir: &Path, o: &Options) {
+/// [`fmt_opt`], but "failed" rather than "—" when `label` ran and gave no figure, so that a
+/// variant whose runs crashed does not look like one that was never run.
+fn fmt_run(times: &Times, label: &str, x: Option<f64>, f: impl Fn(f64) -> String) -> String {
+    match x {
+        None if times.contains_key(label) => "failed".to_string(),
+        x => fmt_opt(x, f),
+    }
+}
+
+/// Prints the main tables and the targets' verdicts; whether any run failed.
+fn main_tables(dir: &Path, o: &Options) -> bool {
+    let mut failures = Failures::default();
     let mut seconds_rows = Vec::new();
     let mut ratio_rows = Vec::new();
     let mut best_rows = Vec::new();
@@ -342,20 +370,27 @@ fn main_tables(dir: &Path, o: &Options) {
     let mut verdicts = Vec::new();
     for &w in &o.workloads {
         let vs = variants(w, o);
-        let times = run_interleaved(dir, w.name(), &vs, o.rounds);
+        let rounds = run_interleaved(dir, w.name(), &vs, o.rounds);
+        failures.extend(rounds.failures);
+        let times = rounds.times;
         let mut srow = vec![w.name().to_string()];
         let mut rrow = vec![w.name().to_string()];
         let mut brow = vec![w.name().to_string()];
         for col in COLUMNS {
-            srow.push(fmt_opt(times.get(col).and_then(|t| median(t)), |s| {
-                format!("{s:.3}")
+            srow.push(fmt_run(
+                &times,
+                col,
+                times.get(col).and_then(|t| median(t)),
+                |s| format!("{s:.3}"),
+            ));
+            rrow.push(fmt_run(&times, col, ratio(&times, &vs, col), |r| {
+                format!("{r:.2}x")
             }));
-            rrow.push(fmt_opt(ratio(&times, &vs, col), |r| format!("{r:.2}x")));
             let best = vs
                 .iter()
                 .find(|v| v.label == col)
                 .and_then(|v| best_ratio(times.get(col)?, times.get(&v.baseline)?));
-            brow.push(fmt_opt(best, |r| format!("{r:.2}x")));
+            brow.push(fmt_run(&times, col, best, |r| format!("{r:.2}x")));
         }
         seconds_rows.push(srow);
         ratio_rows.push(rrow);
@@ -367,9 +402,11 @@ fn main_tables(dir: &Path, o: &Options) {
         let vs_peer = |peer: &str| peer_estimate(peer).median;
         peer_rows.push(vec![
             w.name().to_string(),
-            fmt_opt(vs_peer(MODALLOC), |r| format!("{r:.2}x")),
-            fmt_opt(vs_peer(DHAT), |r| format!("{r:.1}x")),
-            fmt_opt(vs_peer(HEAPTRACK_LABEL), |r| format!("{r:.1}x")),
+            fmt_run(&times, MODALLOC, vs_peer(MODALLOC), |r| format!("{r:.2}x")),
+            fmt_run(&times, DHAT, vs_peer(DHAT), |r| format!("{r:.1}x")),
+            fmt_run(&times, HEAPTRACK_LABEL, vs_peer(HEAPTRACK_LABEL), |r| {
+                format!("{r:.1}x")
+            }),
         ]);
         let estimate = |label: &str| ratio_with_interval(&times, &vs, label);
         let two_threads = if w.is_multithreaded() {
@@ -432,13 +469,17 @@ fn main_tables(dir: &Path, o: &Options) {
     .map(|s| s.to_string())
     .collect();
     println!("{}", markdown_table(&peer_header, &peer_rows));
+    let failed = report_failures(&failures);
     println!("### Targets\n");
     println!("{}\n", verdicts.join("\n"));
+    failed
 }
 
-/// An A/B run: this build's `traced` against the one in `before`, at the limits that matter.
-fn against(dir: &Path, before_dir: &Path, o: &Options) {
+/// An A/B run: this build's `traced` against the one in `before`, at the limits that matter;
+/// whether any run failed.
+fn against(dir: &Path, before_dir: &Path, o: &Options) -> bool {
     let mut rows = Vec::new();
+    let mut failures = Failures::default();
     for &w in &o.workloads {
         let name = w.name();
         // (column, nframe, two threads)
@@ -466,7 +507,9 @@ fn against(dir: &Path, before_dir: &Path, o: &Options) {
             // Side by side: their ratio is the figure that matters.
             groups.push(vec![after, before.in_dir(before_dir)]);
         }
-        let times = run_grouped(dir, name, &groups, o.rounds);
+        let rounds = run_grouped(dir, name, &groups, o.rounds);
+        failures.extend(rounds.failures);
+        let times = rounds.times;
         let vs = groups.concat();
         for &(limit, _, _) in &limits {
             let (after, before) = (format!("after {limit}"), format!("before {limit}"));
@@ -474,9 +517,13 @@ fn against(dir: &Path, before_dir: &Path, o: &Options) {
             rows.push(vec![
                 name.to_string(),
                 limit.to_string(),
-                fmt_opt(ratio(&times, &vs, &before), |r| format!("{r:.3}x")),
-                fmt_opt(ratio(&times, &vs, &after), |r| format!("{r:.3}x")),
-                fmt_opt(change.median, |r| format!("{r:.3}")),
+                fmt_run(&times, &before, ratio(&times, &vs, &before), |r| {
+                    format!("{r:.3}x")
+                }),
+                fmt_run(&times, &after, ratio(&times, &vs, &after), |r| {
+                    format!("{r:.3}x")
+                }),
+                fmt_run(&times, &after, change.median, |r| format!("{r:.3}")),
                 change.interval.map_or_else(
                     || "— (6 rounds or more)".to_string(),
                     |(lo, hi)| format!("{lo:.3} – {hi:.3}{}", verdict_of(lo, hi)),
@@ -506,6 +553,7 @@ fn against(dir: &Path, before_dir: &Path, o: &Options) {
     .map(|s| s.to_string())
     .collect();
     println!("{}", markdown_table(&header, &rows));
+    report_failures(&failures)
 }
 
 /// What an interval of after / before says: nothing while it holds 1.
@@ -519,7 +567,8 @@ fn verdict_of(lo: f64, hi: f64) -> &'static str {
     }
 }
 
-fn sweep(dir: &Path, o: &Options) {
+/// The nframe sweep's table and chart; whether any run failed.
+fn sweep(dir: &Path, o: &Options) -> bool {
     let w = Workload::Hashmap;
     let mut vs = vec![Variant::new(UNTRACED, "untraced", &[w.name()], UNTRACED)];
     for n in SWEEP_NFRAMES {
@@ -531,7 +580,8 @@ fn sweep(dir: &Path, o: &Options) {
             UNTRACED,
         ));
     }
-    let times = run_interleaved(dir, "sweep", &vs, o.rounds);
+    let rounds = run_interleaved(dir, "sweep", &vs, o.rounds);
+    let times = rounds.times;
     let base = times.get(UNTRACED).and_then(|t| median(t));
     let mut rows = Vec::new();
     let mut points = Vec::new();
@@ -543,9 +593,9 @@ fn sweep(dir: &Path, o: &Options) {
         let ns_per_alloc = t.zip(base).map(|(t, b)| (t - b) * 1e9 / 2.1e6);
         rows.push(vec![
             n.to_string(),
-            fmt_opt(t, |s| format!("{s:.3}")),
-            fmt_opt(r, |r| format!("{r:.2}x")),
-            fmt_opt(ns_per_alloc, |ns| format!("{ns:.0}")),
+            fmt_run(&times, &label, t, |s| format!("{s:.3}")),
+            fmt_run(&times, &label, r, |r| format!("{r:.2}x")),
+            fmt_run(&times, &label, ns_per_alloc, |ns| format!("{ns:.0}")),
         ]);
         if let Some(r) = r {
             points.push((n as f64, r));
@@ -560,6 +610,7 @@ fn sweep(dir: &Path, o: &Options) {
         .map(|s| s.to_string())
         .collect();
     println!("{}", markdown_table(&header, &rows));
+    let failed = report_failures(&rounds.failures);
     let svg = overhead_svg(
         "tracemalloc overhead vs nframe (hashmap workload, median of interleaved runs)",
         &points,
@@ -578,11 +629,13 @@ fn sweep(dir: &Path, o: &Options) {
         Ok(()) => println!("Chart written to `{}`.\n", o.svg.display()),
         Err(e) => eprintln!("compare: cannot write {}: {e}", o.svg.display()),
     }
+    failed
 }
 
-fn memory(dir: &Path) {
+/// Runs `memory` and prints its tables; whether it failed.
+fn memory(dir: &Path) -> bool {
     eprintln!("compare: memory and snapshots at scale");
-    match Command::new(dir.join("memory"))
+    let status = match Command::new(dir.join("memory"))
         .env_remove("RUST_TRACEMALLOC")
         .output()
     {
@@ -595,9 +648,17 @@ fn memory(dir: &Path) {
                     String::from_utf8_lossy(&out.stderr)
                 );
             }
+            out.status
+                .success()
+                .then_some(())
+                .ok_or(out.status.to_string())
         }
-        Err(e) => eprintln!("compare: cannot run memory: {e}"),
+        Err(e) => Err(format!("cannot run: {e}")),
+    };
+    if let Err(reason) = &status {
+        println!("**failed run: memory ({reason})**\n");
     }
+    status.is_err()
 }
 
 fn main() {
@@ -610,17 +671,17 @@ fn main() {
     };
     let exe = std::env::current_exe().expect("current executable");
     let dir = exe.parent().expect("executable directory").to_path_buf();
-    if let Some(before) = &o.against {
-        against(&dir, before, &o);
-        return;
-    }
-    if o.main {
-        main_tables(&dir, &o);
-    }
-    if o.sweep {
-        sweep(&dir, &o);
-    }
-    if o.memory {
-        memory(&dir);
+    let failed = if let Some(before) = &o.against {
+        against(&dir, before, &o)
+    } else {
+        // Every part runs, whatever failed before it.
+        let main = o.main && main_tables(&dir, &o);
+        let sweep = o.sweep && sweep(&dir, &o);
+        let memory = o.memory && memory(&dir);
+        main || sweep || memory
+    };
+    if failed {
+        eprintln!("compare: some runs failed (see `failed runs` in the report)");
+        std::process::exit(1);
     }
 }
