@@ -6,7 +6,10 @@
 //! median comes with a 95 % interval taken from the rounds' order alone, so that a verdict or
 //! an A/B change is claimed only when the noise cannot explain it.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
+
+use crate::RunResult;
 
 /// The median of the finite values, or `None` when there are none.
 pub fn median(values: &[f64]) -> Option<f64> {
@@ -222,6 +225,43 @@ impl Failures {
             })
             .collect();
         (!parts.is_empty()).then(|| format!("failed runs: {}", parts.join(", ")))
+    }
+}
+
+/// One run of a round, as the checks across the round see it.
+#[derive(Clone, Debug)]
+pub struct RoundRun {
+    /// The variant's label.
+    pub label: String,
+    /// The label of the variant whose checksum this run's must equal: the untraced run with as
+    /// many threads (or itself, for that one).
+    pub checksum_reference: String,
+    /// What the run reported, or why it failed.
+    pub outcome: Result<RunResult, String>,
+}
+
+/// Fails every run of a round whose checksum differs from the one its reference reported in
+/// the same round: it did other work than its baseline, so its time says nothing about the
+/// tracer (a workload changed between the revisions of an A/B run, or a variant that broke
+/// it). A reference that failed checks nothing.
+pub fn check_checksums(round: &mut [RoundRun]) {
+    // Taken before any run is failed here, so a mismatch fails only the run that differs.
+    let checksums: BTreeMap<String, u64> = round
+        .iter()
+        .filter_map(|r| Some((r.label.clone(), r.outcome.as_ref().ok()?.checksum)))
+        .collect();
+    for run in round.iter_mut() {
+        let Ok(result) = &run.outcome else {
+            continue;
+        };
+        if let Some(&expected) = checksums.get(&run.checksum_reference) {
+            if result.checksum != expected {
+                run.outcome = Err(format!(
+                    "checksum {}, {}'s {expected}",
+                    result.checksum, run.checksum_reference
+                ));
+            }
+        }
     }
 }
 
@@ -503,6 +543,62 @@ mod tests {
         clean.record("untraced", &ok);
         assert!(!clean.any());
         assert_eq!(clean.summary(), None);
+    }
+
+    fn round_run(label: &str, reference: &str, checksum: Option<u64>) -> RoundRun {
+        RoundRun {
+            label: label.into(),
+            checksum_reference: reference.into(),
+            outcome: checksum
+                .map(|checksum| RunResult {
+                    seconds: 1.0,
+                    checksum,
+                    fields: BTreeMap::new(),
+                })
+                .ok_or_else(|| "exit status: 101".to_string()),
+        }
+    }
+
+    #[test]
+    fn a_checksum_unlike_its_references_fails_that_run_only() {
+        let mut round = vec![
+            round_run("untraced", "untraced", Some(40)),
+            round_run("nframe 16", "untraced", Some(40)),
+            round_run("mod-alloc", "untraced", Some(41)),
+            round_run("untraced 2T", "untraced 2T", Some(80)),
+            round_run("nframe 16 2T", "untraced 2T", Some(80)),
+            // A/B: the other revision's run is checked against this one's, which is checked
+            // against untraced; a mismatch of `after` would not hide one of `before`.
+            round_run("after 16", "untraced", Some(39)),
+            round_run("before 16", "after 16", Some(38)),
+        ];
+        check_checksums(&mut round);
+        let outcome = |label: &str| {
+            round.iter().find(|r| r.label == label).map(|r| {
+                r.outcome
+                    .as_ref()
+                    .map(|r| r.checksum)
+                    .map_err(String::as_str)
+            })
+        };
+        assert_eq!(outcome("nframe 16"), Some(Ok(40)));
+        assert_eq!(
+            outcome("mod-alloc"),
+            Some(Err("checksum 41, untraced's 40"))
+        );
+        assert_eq!(outcome("nframe 16 2T"), Some(Ok(80)));
+        assert_eq!(outcome("after 16"), Some(Err("checksum 39, untraced's 40")));
+        assert_eq!(
+            outcome("before 16"),
+            Some(Err("checksum 38, after 16's 39"))
+        );
+        // A reference that failed checks nothing; a failed run keeps its own reason.
+        let mut round = vec![
+            round_run("untraced", "untraced", None),
+            round_run("nframe 16", "untraced", Some(41)),
+        ];
+        check_checksums(&mut round);
+        assert!(round[0].outcome.is_err() && round[1].outcome.is_ok());
     }
 
     #[test]

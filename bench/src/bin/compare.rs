@@ -14,13 +14,19 @@
 //! `target/release`, as `ci/ab.sh` makes one) instead: both at nframe 16 and 1 (and 16 with
 //! two threads), interleaved with this build's `untraced`, each ratio taken round by round,
 //! each pair run back to back, with a 95 % interval for the change.
+//!
+//! A run fails when it exits with an error, prints no `RESULT` line, or reports a checksum
+//! other than that of the untraced run with as many threads in the same round (with
+//! `--against`, `before`'s must equal `after`'s): it then counts in no figure, a `failed runs`
+//! line under the tables says which and why, and `compare` exits with status 1.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use tracemalloc_bench::report::{
-    best_ratio, markdown_table, median, overhead_svg, verdict, Estimate, Failures, Threshold,
+    best_ratio, check_checksums, markdown_table, median, overhead_svg, verdict, Estimate, Failures,
+    RoundRun, Threshold,
 };
 use tracemalloc_bench::{RunResult, Workload};
 
@@ -103,6 +109,8 @@ struct Variant {
     heaptrack: bool,
     /// Label of the variant this one's ratio is taken against.
     baseline: String,
+    /// Label of the variant whose checksum this one's must equal in each round.
+    checksum_reference: String,
     /// Environment variables set for the run.
     env: Vec<(&'static str, &'static str)>,
 }
@@ -116,8 +124,15 @@ impl Variant {
             args: args.iter().map(|s| s.to_string()).collect(),
             heaptrack: false,
             baseline: baseline.to_string(),
+            checksum_reference: baseline.to_string(),
             env: Vec::new(),
         }
+    }
+
+    /// Checks the checksum against `label`'s rather than the baseline's.
+    fn checked_against(mut self, label: &str) -> Variant {
+        self.checksum_reference = label.to_string();
+        self
     }
 
     fn in_dir(mut self, dir: &Path) -> Variant {
@@ -193,7 +208,8 @@ fn variants(w: Workload, o: &Options) -> Vec<Variant> {
             "traced_mimalloc",
             &[name, "--nframe", "16"],
             MIMALLOC,
-        ),
+        )
+        .checked_against(UNTRACED),
     ];
     if !w.is_multithreaded() {
         // Two copies of the workload at once: contention on the tracer's locks and counters.
@@ -315,14 +331,31 @@ fn run_grouped(dir: &Path, what: &str, groups: &[Vec<Variant>], rounds: usize) -
         let order = shuffled(groups, round)
             .into_iter()
             .flat_map(|group| shuffled(&group, round + rounds));
-        for v in order {
-            let outcome = run(dir, &v);
-            let t = outcome.as_ref().map_or(f64::NAN, |r| r.seconds);
-            eprint!(" {}={t:.3}", v.label);
-            failures.record(&format!("{what} {}", v.label), &outcome);
-            times.entry(v.label.clone()).or_default().push(t);
-        }
+        let mut runs: Vec<RoundRun> = order
+            .map(|v| {
+                let outcome = run(dir, &v);
+                eprint!(
+                    " {}={:.3}",
+                    v.label,
+                    outcome.as_ref().map_or(f64::NAN, |r| r.seconds)
+                );
+                RoundRun {
+                    label: v.label,
+                    checksum_reference: v.checksum_reference,
+                    outcome,
+                }
+            })
+            .collect();
         eprintln!();
+        check_checksums(&mut runs);
+        for r in runs {
+            if let Err(reason) = &r.outcome {
+                eprintln!("compare: {what} {}: {reason}", r.label);
+            }
+            let t = r.outcome.as_ref().map_or(f64::NAN, |r| r.seconds);
+            failures.record(&format!("{what} {}", r.label), &r.outcome);
+            times.entry(r.label).or_default().push(t);
+        }
     }
     Rounds { times, failures }
 }
@@ -502,8 +535,12 @@ fn against(dir: &Path, before_dir: &Path, o: &Options) -> bool {
                 args.extend(["--threads", "2"]);
                 baseline = UNTRACED_2T;
             }
-            let after = Variant::new(&format!("after {limit}"), "traced", &args, baseline);
-            let before = Variant::new(&format!("before {limit}"), "traced", &args, baseline);
+            let after_label = format!("after {limit}");
+            let after = Variant::new(&after_label, "traced", &args, baseline);
+            // The same checksum as this build's: a workload that changed between the
+            // revisions makes the comparison meaningless.
+            let before = Variant::new(&format!("before {limit}"), "traced", &args, baseline)
+                .checked_against(&after_label);
             // Side by side: their ratio is the figure that matters.
             groups.push(vec![after, before.in_dir(before_dir)]);
         }
