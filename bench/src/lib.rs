@@ -143,20 +143,48 @@ pub fn run_traced(variant: &str) {
         }
     }
     let (elapsed, checksum) = time_workload(args.workload, args.threads);
-    // Read after the timer stopped; shows that the run was traced (peak > 0) or not.
+    // Read after the timer stopped; shows that the run was traced (peak > 0) or not, and with
+    // what the tracer actually ran (`nframe` is only what was asked for).
     let (_, peak) = tracemalloc::traced_memory();
     let extra = if args.off {
         format!("mode=off peak={peak}")
     } else {
         format!(
-            "mode=on nframe={} sample={} peak={peak} tracer_memory={}",
+            "mode=on nframe={} traceback_limit={} storage={} capture={} sample={} peak={peak} \
+             tracer_memory={}",
             args.nframe,
+            tracemalloc::traceback_limit(),
+            storage_name(tracemalloc::storage_in_use()),
+            capture_name(tracemalloc::capture_in_use()),
             args.sample,
             tracemalloc::tracemalloc_memory()
         )
     };
     tracemalloc::stop();
     print_result(variant, &args, elapsed, checksum, &extra);
+}
+
+/// The `capture=` of a traced run that walked frame pointers.
+pub const FRAME_POINTERS: &str = "frame-pointers";
+
+/// The `capture=` of a traced run's `RESULT` line.
+fn capture_name(capture: Option<tracemalloc::Capture>) -> &'static str {
+    match capture {
+        Some(tracemalloc::Capture::FramePointers) => FRAME_POINTERS,
+        Some(tracemalloc::Capture::Unwinder) => "unwinder",
+        Some(tracemalloc::Capture::Auto) => "auto",
+        None => "none",
+    }
+}
+
+/// The `storage=` of a traced run's `RESULT` line.
+fn storage_name(storage: Option<tracemalloc::Storage>) -> &'static str {
+    match storage {
+        Some(tracemalloc::Storage::Shadow) => "shadow",
+        Some(tracemalloc::Storage::Table) => "table",
+        Some(tracemalloc::Storage::Auto) => "auto",
+        None => "none",
+    }
 }
 
 /// Prints the machine-readable result line the `compare` driver parses:

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use crate::RunResult;
+use crate::{RunResult, FRAME_POINTERS};
 
 /// The median of the finite values, or `None` when there are none.
 pub fn median(values: &[f64]) -> Option<f64> {
@@ -236,15 +236,60 @@ pub struct RoundRun {
     /// The label of the variant whose checksum this run's must equal: the untraced run with as
     /// many threads (or itself, for that one).
     pub checksum_reference: String,
+    /// What a traced run must report having run with; `None` for other variants.
+    pub expectation: Option<TracedExpectation>,
     /// What the run reported, or why it failed.
     pub outcome: Result<RunResult, String>,
+}
+
+/// What a traced run must report having run with, so that its time is that of the
+/// configuration it is labelled with.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TracedExpectation {
+    /// The traceback limit it was asked for.
+    pub nframe: usize,
+    /// Whether it must walk frame pointers (the workspace forces them wherever the tracer has a
+    /// walker): a build whose flags lost them unwinds, about 100x slower a frame.
+    pub frame_pointers: bool,
+    /// Whether a run that does not report these passes: in an A/B run the other revision's
+    /// binary may predate the fields.
+    pub fields_optional: bool,
+}
+
+/// Why a traced run did not run as `expected` (its `traceback_limit=` and `capture=`), if so.
+pub fn traced_run_problem(run: &RunResult, expected: &TracedExpectation) -> Option<String> {
+    let field = |key: &str| match run.field(key) {
+        None if expected.fields_optional => Ok(None),
+        None => Err(format!("no {key}= in its RESULT line")),
+        Some(value) => Ok(Some(value)),
+    };
+    let checked = || -> Result<(), String> {
+        if let Some(limit) = field("traceback_limit")? {
+            if limit.parse() != Ok(expected.nframe) {
+                return Err(format!(
+                    "traceback limit {limit}, asked for {}",
+                    expected.nframe
+                ));
+            }
+        }
+        if expected.frame_pointers {
+            if let Some(capture) = field("capture")? {
+                if capture != FRAME_POINTERS {
+                    return Err(format!("capture {capture}, not {FRAME_POINTERS}"));
+                }
+            }
+        }
+        Ok(())
+    };
+    checked().err()
 }
 
 /// Fails every run of a round whose checksum differs from the one its reference reported in
 /// the same round: it did other work than its baseline, so its time says nothing about the
 /// tracer (a workload changed between the revisions of an A/B run, or a variant that broke
-/// it). A reference that failed checks nothing.
-pub fn check_checksums(round: &mut [RoundRun]) {
+/// it). A reference that failed checks nothing. Then fails every traced run that did not run
+/// as its variant expects ([`traced_run_problem`]).
+pub fn check_round(round: &mut [RoundRun]) {
     // Taken before any run is failed here, so a mismatch fails only the run that differs.
     let checksums: BTreeMap<String, u64> = round
         .iter()
@@ -261,6 +306,14 @@ pub fn check_checksums(round: &mut [RoundRun]) {
                     result.checksum, run.checksum_reference
                 ));
             }
+        }
+    }
+    for run in round.iter_mut() {
+        let (Ok(result), Some(expected)) = (&run.outcome, &run.expectation) else {
+            continue;
+        };
+        if let Some(problem) = traced_run_problem(result, expected) {
+            run.outcome = Err(problem);
         }
     }
 }
@@ -549,6 +602,7 @@ mod tests {
         RoundRun {
             label: label.into(),
             checksum_reference: reference.into(),
+            expectation: None,
             outcome: checksum
                 .map(|checksum| RunResult {
                     seconds: 1.0,
@@ -572,7 +626,7 @@ mod tests {
             round_run("after 16", "untraced", Some(39)),
             round_run("before 16", "after 16", Some(38)),
         ];
-        check_checksums(&mut round);
+        check_round(&mut round);
         let outcome = |label: &str| {
             round.iter().find(|r| r.label == label).map(|r| {
                 r.outcome
@@ -597,8 +651,66 @@ mod tests {
             round_run("untraced", "untraced", None),
             round_run("nframe 16", "untraced", Some(41)),
         ];
-        check_checksums(&mut round);
+        check_round(&mut round);
         assert!(round[0].outcome.is_err() && round[1].outcome.is_ok());
+    }
+
+    #[test]
+    fn a_traced_run_must_have_run_with_the_limit_and_capture_asked_for() {
+        let traced = |fields: &str| {
+            RunResult::parse(&format!("RESULT seconds=1 checksum=4 mode=on {fields}")).unwrap()
+        };
+        let expected = TracedExpectation {
+            nframe: 16,
+            frame_pointers: true,
+            fields_optional: false,
+        };
+        let problem = |fields: &str, e: &TracedExpectation| traced_run_problem(&traced(fields), e);
+        let good = "nframe=16 traceback_limit=16 storage=shadow capture=frame-pointers";
+        assert_eq!(problem(good, &expected), None);
+        assert_eq!(
+            problem(
+                "nframe=16 traceback_limit=8 capture=frame-pointers",
+                &expected
+            )
+            .as_deref(),
+            Some("traceback limit 8, asked for 16")
+        );
+        assert_eq!(
+            problem("traceback_limit=16 capture=unwinder", &expected).as_deref(),
+            Some("capture unwinder, not frame-pointers")
+        );
+        assert_eq!(
+            problem("nframe=16", &expected).as_deref(),
+            Some("no traceback_limit= in its RESULT line")
+        );
+        // Where no walker exists, the unwinder is what the build can do.
+        let unwinding = TracedExpectation {
+            frame_pointers: false,
+            ..expected.clone()
+        };
+        assert_eq!(
+            problem("traceback_limit=16 capture=unwinder", &unwinding),
+            None
+        );
+        // Another revision's binary may predate the fields, but what it does say must hold.
+        let older = TracedExpectation {
+            fields_optional: true,
+            ..expected.clone()
+        };
+        assert_eq!(problem("nframe=16", &older), None);
+        assert!(problem("traceback_limit=1", &older).is_some());
+        // In a round, the run fails with the reason.
+        let mut round = vec![round_run("untraced", "untraced", Some(4))];
+        let mut wrong = round_run("nframe 16", "untraced", Some(4));
+        wrong.outcome = Ok(traced("traceback_limit=16 capture=unwinder"));
+        wrong.expectation = Some(expected);
+        round.push(wrong);
+        check_round(&mut round);
+        assert_eq!(
+            round[1].outcome,
+            Err("capture unwinder, not frame-pointers".to_string())
+        );
     }
 
     #[test]

@@ -15,18 +15,20 @@
 //! two threads), interleaved with this build's `untraced`, each ratio taken round by round,
 //! each pair run back to back, with a 95 % interval for the change.
 //!
-//! A run fails when it exits with an error, prints no `RESULT` line, or reports a checksum
-//! other than that of the untraced run with as many threads in the same round (with
-//! `--against`, `before`'s must equal `after`'s): it then counts in no figure, a `failed runs`
-//! line under the tables says which and why, and `compare` exits with status 1.
+//! A run fails when it exits with an error, prints no `RESULT` line, reports a checksum other
+//! than that of the untraced run with as many threads in the same round (with `--against`,
+//! `before`'s must equal `after`'s), or, traced, reports a traceback limit other than the one
+//! asked for or a capture other than frame pointers where the tracer has a walker: it then
+//! counts in no figure, a `failed runs` line under the tables says which and why, and
+//! `compare` exits with status 1.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use tracemalloc_bench::report::{
-    best_ratio, check_checksums, markdown_table, median, overhead_svg, verdict, Estimate, Failures,
-    RoundRun, Threshold,
+    best_ratio, check_round, markdown_table, median, overhead_svg, verdict, Estimate, Failures,
+    RoundRun, Threshold, TracedExpectation,
 };
 use tracemalloc_bench::{RunResult, Workload};
 
@@ -111,12 +113,28 @@ struct Variant {
     baseline: String,
     /// Label of the variant whose checksum this one's must equal in each round.
     checksum_reference: String,
+    /// What a traced run must report having run with (`None` for other variants).
+    expectation: Option<TracedExpectation>,
     /// Environment variables set for the run.
     env: Vec<(&'static str, &'static str)>,
 }
 
 impl Variant {
     fn new(label: &str, bin: &'static str, args: &[&str], baseline: &str) -> Variant {
+        // Every traced binary that traces: the limit it is given (16 when not, as `BENCH_NFRAME`
+        // is removed from its environment), and frame pointers wherever the tracer walks them,
+        // since the workspace builds with them.
+        let nframe = args
+            .iter()
+            .position(|&a| a == "--nframe")
+            .and_then(|i| args.get(i + 1)?.parse().ok())
+            .unwrap_or(16);
+        let traces = bin.starts_with("traced") && !args.contains(&"--off");
+        let expectation = traces.then(|| TracedExpectation {
+            nframe,
+            frame_pointers: tracemalloc::Capture::frame_pointers_supported(),
+            fields_optional: false,
+        });
         Variant {
             label: label.to_string(),
             bin,
@@ -125,6 +143,7 @@ impl Variant {
             heaptrack: false,
             baseline: baseline.to_string(),
             checksum_reference: baseline.to_string(),
+            expectation,
             env: Vec::new(),
         }
     }
@@ -135,8 +154,13 @@ impl Variant {
         self
     }
 
+    /// Runs `bin` from another build's `dir`, which may predate the fields a traced run's
+    /// `RESULT` line has now.
     fn in_dir(mut self, dir: &Path) -> Variant {
         self.dir = Some(dir.to_path_buf());
+        if let Some(e) = &mut self.expectation {
+            e.fields_optional = true;
+        }
         self
     }
 
@@ -342,12 +366,13 @@ fn run_grouped(dir: &Path, what: &str, groups: &[Vec<Variant>], rounds: usize) -
                 RoundRun {
                     label: v.label,
                     checksum_reference: v.checksum_reference,
+                    expectation: v.expectation,
                     outcome,
                 }
             })
             .collect();
         eprintln!();
-        check_checksums(&mut runs);
+        check_round(&mut runs);
         for r in runs {
             if let Err(reason) = &r.outcome {
                 eprintln!("compare: {what} {}: {reason}", r.label);
