@@ -37,6 +37,13 @@ pub fn median_ratio(times: &[f64], baseline: &[f64]) -> Option<f64> {
     median(&ratios)
 }
 
+/// The median over rounds of `times[r] - baseline[r]`, skipping rounds where either failed: the
+/// same round-by-round pairing as [`median_ratio`], so that a table of both agrees.
+pub fn median_difference(times: &[f64], baseline: &[f64]) -> Option<f64> {
+    let differences: Vec<f64> = times.iter().zip(baseline).map(|(t, b)| t - b).collect();
+    median(&differences)
+}
+
 /// A distribution-free 95 % confidence interval for the median over rounds of
 /// `times[r] / baseline[r]`: the k-th smallest and k-th largest ratio, with k the largest rank
 /// whose two tails (each a binomial(n, 1/2) probability that at most k - 1 of the n ratios fall
@@ -498,6 +505,15 @@ mod tests {
         let t = [2.0, 30.0, 4.0];
         let b = [1.0, 10.0, 2.0];
         assert_eq!(median_ratio(&t, &b), Some(2.0));
+    }
+
+    #[test]
+    fn differences_are_taken_round_by_round() {
+        // Not the difference of the medians (3.0 - 2.9 = 0.1): round by round 1.0, 0.1, 5.0.
+        let t = [2.0, 3.0, 10.0, f64::NAN];
+        let b = [1.0, 2.9, 5.0, 1.0];
+        assert_eq!(median_difference(&t, &b), Some(1.0));
+        assert_eq!(median_difference(&[f64::NAN], &[1.0]), None);
     }
 
     #[test]

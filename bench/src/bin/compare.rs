@@ -27,13 +27,16 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use tracemalloc_bench::report::{
-    best_ratio, check_round, markdown_table, median, overhead_svg, verdict, Estimate, Failures,
-    RoundRun, Threshold, TracedExpectation,
+    best_ratio, check_round, markdown_table, median, median_difference, overhead_svg, verdict,
+    Estimate, Failures, RoundRun, Threshold, TracedExpectation,
 };
 use tracemalloc_bench::{RunResult, Workload};
 
 const HEAPTRACK: &str = "/usr/bin/heaptrack";
 const SWEEP_NFRAMES: [usize; 7] = [1, 2, 4, 8, 16, 32, 64];
+/// Allocations and reallocations of the hashmap workload, which the sweep runs: 1.8 M and
+/// 0.3 M.
+const HASHMAP_ALLOCATIONS: f64 = 2.1e6;
 
 struct Options {
     rounds: usize,
@@ -651,8 +654,12 @@ fn sweep(dir: &Path, o: &Options) -> bool {
         let label = format!("nframe {n}");
         let r = ratio(&times, &vs, &label);
         let t = times.get(&label).and_then(|t| median(t));
-        // 1.8 M allocations and 0.3 M reallocations in the hashmap workload.
-        let ns_per_alloc = t.zip(base).map(|(t, b)| (t - b) * 1e9 / 2.1e6);
+        // Round by round, as the ratio column is.
+        let ns_per_alloc = times
+            .get(&label)
+            .zip(times.get(UNTRACED))
+            .and_then(|(t, b)| median_difference(t, b))
+            .map(|extra| extra * 1e9 / HASHMAP_ALLOCATIONS);
         rows.push(vec![
             n.to_string(),
             fmt_run(&times, &label, t, |s| format!("{s:.3}")),
