@@ -10,6 +10,8 @@
 //!         [--no-heaptrack] [--no-dhat] [--svg PATH] [--against DIR]
 //! ```
 //!
+//! The sweep's chart goes to `--svg PATH`, by default next to this binary.
+//!
 //! `--against DIR` compares this build's `traced` with the one in `DIR` (another build's
 //! `target/release`, as `ci/ab.sh` makes one) instead: both at nframe 16 and 1 (and 16 with
 //! two threads), interleaved with this build's `untraced`, each ratio taken round by round,
@@ -46,7 +48,9 @@ struct Options {
     memory: bool,
     heaptrack: bool,
     dhat: bool,
-    svg: PathBuf,
+    /// Where the sweep's chart goes; `None`: next to this binary, never over the committed one
+    /// (`ci/bench.sh --publish` copies it there).
+    svg: Option<PathBuf>,
     /// Another build's binaries, for an A/B run.
     against: Option<PathBuf>,
 }
@@ -60,7 +64,7 @@ fn options() -> Result<Options, String> {
         memory: true,
         heaptrack: Path::new(HEAPTRACK).exists(),
         dhat: true,
-        svg: PathBuf::from("BENCHMARKS-overhead.svg"),
+        svg: None,
         against: None,
     };
     let mut args = std::env::args().skip(1);
@@ -81,7 +85,7 @@ fn options() -> Result<Options, String> {
                     .map(str::parse)
                     .collect::<Result<_, _>>()?
             }
-            "--svg" => o.svg = args.next().ok_or("--svg needs a path")?.into(),
+            "--svg" => o.svg = Some(args.next().ok_or("--svg needs a path")?.into()),
             "--against" => {
                 let dir = PathBuf::from(args.next().ok_or("--against needs a directory")?);
                 if !dir.join("traced").is_file() {
@@ -694,9 +698,13 @@ fn sweep(dir: &Path, o: &Options) -> bool {
             },
         ],
     );
-    match std::fs::write(&o.svg, svg) {
-        Ok(()) => println!("Chart written to `{}`.\n", o.svg.display()),
-        Err(e) => eprintln!("compare: cannot write {}: {e}", o.svg.display()),
+    let path = o
+        .svg
+        .clone()
+        .unwrap_or_else(|| dir.join("BENCHMARKS-overhead.svg"));
+    match std::fs::write(&path, svg) {
+        Ok(()) => println!("Chart written to `{}`.\n", path.display()),
+        Err(e) => eprintln!("compare: cannot write {}: {e}", path.display()),
     }
     failed
 }
