@@ -5,8 +5,8 @@
 //! `tracemalloc_memory()` split into the fixed traceback store and the traces' storage (the
 //! tables, plus shadow memory for the second), the tables' load, and bytes per live block;
 //! then the time to take a snapshot, the longest
-//! allocation stall a second thread saw meanwhile (an upper bound on the time the shard locks
-//! were held, since the copy holds every shard lock), and `statistics` / `compare_to` by line
+//! allocation stall a second thread saw meanwhile (an estimate of the time the copy held the
+//! shard locks, see [`Probe`]), and `statistics` / `compare_to` by line
 //! on two such snapshots (the second has 10% more blocks). Prints Markdown.
 //!
 //! `--bytes B` makes the blocks B bytes instead of 16: shadow memory's cost per block grows
@@ -72,7 +72,15 @@ fn more_site(i: u64) -> Block {
     block(i)
 }
 
-/// Allocates and frees in a loop on another thread and keeps the longest single allocation.
+/// Bytes of the probe's blocks: blocks of 1 KiB and more are traced in the tables under either
+/// storage (shadow memory's `LARGE`), so each allocation takes its shard's lock, which a
+/// snapshot holds while it copies. A smaller block would take a shadow cell and no lock.
+const PROBE_BYTES: usize = 1024;
+
+/// Allocates and frees a block of [`PROBE_BYTES`] in a loop on another thread and keeps the
+/// longest single allocation and free: an estimate of how long a snapshot kept an allocation
+/// waiting, not a bound. Scheduling delays on a busy machine add to it, and an allocation that
+/// started after the locks were taken waits only for the rest of the hold.
 struct Probe {
     running: Arc<AtomicBool>,
     max_ns: Arc<AtomicU64>,
@@ -87,7 +95,7 @@ impl Probe {
         let handle = std::thread::spawn(move || {
             while r.load(Relaxed) {
                 let t = Instant::now();
-                drop(black_box(Box::new(0u64)));
+                drop(black_box(Vec::<u8>::with_capacity(PROBE_BYTES)));
                 m.fetch_max(t.elapsed().as_nanos() as u64, Relaxed);
             }
         });
@@ -283,10 +291,12 @@ fn report(nframe: usize, cold: Duration, mem_rows: Vec<Vec<String>>, snap_rows: 
     println!("### Snapshots at scale (nframe {nframe})\n");
     println!(
         "First snapshot of the process (loads debug info): {} ms. `stall` is the longest single \
-         allocation on a second thread during the first snapshot (an upper bound on the \
-         lock-held copy; includes scheduling noise on a shared 2-core machine; with shadow \
-         memory the second thread's blocks take no lock). Statistics and \
-         compare_to group by line; `B` has 10% more blocks than `A`.\n",
+         allocation and free of a {PROBE_BYTES}-byte block on a second thread during snapshot \
+         `A`: blocks that size are traced in the tables under either storage, so it waits for \
+         the shard locks the copy holds. An estimate of the lock-held time, not a bound: it \
+         includes scheduling noise on a shared 2-core machine and misses a hold's part before \
+         the allocation began. Statistics and compare_to group by line; `B` has 10% more \
+         blocks than `A`.\n",
         ms(cold)
     );
     println!(
