@@ -326,7 +326,9 @@ pub fn check_round(round: &mut [RoundRun]) {
 }
 
 /// The fastest of `times` over the fastest of `baseline`: on a shared machine, noise only ever
-/// adds time, so the best round of each is the least disturbed estimate of their ratio.
+/// adds time, so for a workload with one mode the best round of each is the least disturbed
+/// estimate of their ratio. Not for a multimodal one (`channel`, 0.11 s or 0.35 s untraced),
+/// whose two best rounds can come from different modes.
 pub fn best_ratio(times: &[f64], baseline: &[f64]) -> Option<f64> {
     let best = |v: &[f64]| {
         v.iter()

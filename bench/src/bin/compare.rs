@@ -519,8 +519,10 @@ fn main_tables(dir: &Path, o: &Options) -> bool {
     println!("{}", markdown_table(&header, &ratio_rows));
     println!("### Ratio of best rounds (fastest run of each variant over the fastest baseline)\n");
     println!(
-        "Neighbours on a shared machine only ever add time: this is the least disturbed estimate; \
-         the targets below are judged on the medians above.\n"
+        "Neighbours on a shared machine only ever add time: for a workload with one mode this is \
+         the least disturbed estimate; for a multimodal one (`channel`) the fastest rounds of \
+         two variants can come from different modes. The targets below are judged on the \
+         medians above.\n"
     );
     println!("{}", markdown_table(&header, &best_rows));
     println!("### Peers relative to tracemalloc at nframe 16 (>1: tracemalloc is faster)\n");
