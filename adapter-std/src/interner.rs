@@ -176,9 +176,8 @@ pub(crate) fn reset(
             store.clear();
             true
         }
-        None => match entries
-            .checked_mul(depth)
-            .and_then(|frames| allocate_tracebacks(inner, entries, frames))
+        None => match first_size(entries, depth, max_bytes)
+            .and_then(|(entries, frames)| allocate_tracebacks(inner, entries, frames))
         {
             Some(storage) => {
                 let created = TracebackStore::new(storage);
@@ -188,6 +187,18 @@ pub(crate) fn reset(
             }
             None => false,
         },
+    }
+}
+
+/// The first store's entries and frames: `entries` stacks of `depth` frames, halved (to 16 at
+/// least) until they fit `max_bytes`, which growth respects too.
+fn first_size(mut entries: usize, depth: usize, max_bytes: usize) -> Option<(usize, usize)> {
+    loop {
+        let frames = entries.checked_mul(depth)?;
+        if entries <= 16 || tracebacks_bytes(entries, frames) <= max_bytes {
+            return Some((entries, frames));
+        }
+        entries /= 2;
     }
 }
 
@@ -238,4 +249,21 @@ pub(crate) fn memory_bytes() -> usize {
         .lock()
         .as_ref()
         .map_or(0, TracebackStore::memory_bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_store_fits_the_limit() {
+        // 4096 stacks of 40 frames (16 and plumbing) take 1.4 MiB; a 256 KiB limit gets 512.
+        let (entries, frames) = first_size(4096, 40, 256 << 10).unwrap();
+        assert_eq!((entries, frames), (512, 512 * 40));
+        assert!(tracebacks_bytes(entries, frames) <= 256 << 10);
+        // Room for the default: as asked. Under any limit: 16 stacks at least.
+        assert_eq!(first_size(4096, 40, usize::MAX), Some((4096, 4096 * 40)));
+        assert_eq!(first_size(4096, 40, 0), Some((16, 16 * 40)));
+        assert_eq!(first_size(usize::MAX, 2, usize::MAX), None);
+    }
 }

@@ -168,9 +168,9 @@ pub struct Config {
     pub initial_slots_per_shard: usize,
     /// Whether a shard's table doubles when full (else new blocks are counted as untraced).
     pub grow: bool,
-    /// Distinct tracebacks the process-wide store starts with room for; it doubles when full
-    /// (up to 2^24), and a stack that still finds no room is reported as
-    /// `<traceback store full>`.
+    /// Distinct tracebacks the process-wide store starts with room for (fewer, 16 at least,
+    /// when that would pass `max_traceback_memory`); it doubles when full (up to 2^24), and a
+    /// stack that still finds no room is reported as `<traceback store full>`.
     pub initial_tracebacks: usize,
     /// Bytes the traceback store may grow to ([`DEFAULT_MAX_TRACEBACK_MEMORY`] by default).
     /// A program whose every allocation comes from a new call stack (deep recursion) would
