@@ -36,12 +36,19 @@ struct State<const TRACEBACKS: usize> {
 /// a snapshot's sink), replayed in order when the borrow ends.
 #[derive(Clone, Copy)]
 enum Missed {
-    Alloc { addr: usize, size: usize },
-    Free { addr: usize },
+    Alloc {
+        addr: usize,
+        size: usize,
+    },
+    Free {
+        addr: usize,
+    },
+    /// An allocation whose free came past the queue's room: the two cancelled out.
+    Cancelled,
 }
 
 /// How many [`Missed`] events wait for the borrow to end; past that, allocations count as
-/// untraced and frees are lost (their traces stay until the heap reuses the address).
+/// untraced, and frees make room for themselves (see [`MissedQueue::free`]).
 const MISSED_EVENTS: usize = 16;
 
 /// The [`Missed`] events waiting, and the allocations past the queue's room.
@@ -58,10 +65,78 @@ impl MissedQueue {
         overflow_bytes: 0,
     };
 
-    fn push(&mut self, event: Missed) {
-        if let Err(Missed::Alloc { size, .. }) = self.events.push(event) {
-            self.overflow_blocks += 1;
-            self.overflow_bytes = self.overflow_bytes.saturating_add(size as u64);
+    /// Queues a new block; past the queue's room it counts as untraced. Returns whether queued.
+    fn alloc(&mut self, addr: usize, size: usize) -> bool {
+        let queued = self.events.push(Missed::Alloc { addr, size }).is_ok();
+        if !queued {
+            self.count_untraced(size);
+        }
+        queued
+    }
+
+    fn count_untraced(&mut self, size: usize) {
+        self.overflow_blocks += 1;
+        self.overflow_bytes = self.overflow_bytes.saturating_add(size as u64);
+    }
+
+    /// The latest queued allocation at `addr` (the block's own: an address is allocated again
+    /// only after it is freed).
+    fn queued_alloc(&self, addr: usize) -> Option<usize> {
+        self.events
+            .iter()
+            .rposition(|e| matches!(*e, Missed::Alloc { addr: a, .. } if a == addr))
+    }
+
+    /// Queues a free. A free must not be lost, or its block's trace would stay, a leak that
+    /// is not there; past the queue's room it cancels the block's queued allocation (the
+    /// block lived and died while the tracer was busy), or else takes the place of a
+    /// cancelled one or of the latest queued allocation, which counts as untraced instead.
+    /// Only a queue of frees alone loses one. In place, not shifted: a free may go anywhere
+    /// before the events of its address, which can only be a queued allocation (cancelled
+    /// here), and a shift would bring `memmove` into the firmware.
+    fn free(&mut self, addr: usize) {
+        if self.events.push(Missed::Free { addr }).is_ok() {
+            return;
+        }
+        if let Some(at) = self.queued_alloc(addr) {
+            self.events[at] = Missed::Cancelled;
+            return;
+        }
+        let room = self
+            .events
+            .iter()
+            .rposition(|e| matches!(e, Missed::Cancelled | Missed::Alloc { .. }));
+        if let Some(at) = room {
+            if let Missed::Alloc { size, .. } = self.events[at] {
+                self.count_untraced(size);
+            }
+            self.events[at] = Missed::Free { addr };
+        }
+    }
+
+    /// Queues a new block at `addr`, or one that moved there from `old`, or was resized in
+    /// place there.
+    fn note_alloc(&mut self, old: Option<usize>, addr: usize, size: usize) {
+        match old {
+            Some(old) if old == addr => self.resize(addr, size),
+            Some(old) => {
+                self.free(old);
+                self.alloc(addr, size);
+            }
+            None => {
+                self.alloc(addr, size);
+            }
+        }
+    }
+
+    /// Queues a block resized in place: its queued allocation takes the new size, or a new
+    /// allocation replaces its trace when replayed; past the queue's room, its old trace goes
+    /// (a free) and it counts as untraced.
+    fn resize(&mut self, addr: usize, size: usize) {
+        if let Some(at) = self.queued_alloc(addr) {
+            self.events[at] = Missed::Alloc { addr, size };
+        } else if !self.alloc(addr, size) {
+            self.free(addr);
         }
     }
 }
@@ -73,8 +148,10 @@ impl MissedQueue {
 /// - `FRAMES`: frames in the traceback pool, shared by all call stacks.
 /// - `NFRAME`: the traceback limit, frames kept per call stack.
 ///
-/// Bytes of storage: `SLOTS * 12 + TRACEBACKS * 40 + FRAMES * 4` on 32-bit targets (12 per
-/// trace slot; per traceback 16 entry + 8 index + 16 report totals and baseline).
+/// Bytes of storage: `SLOTS * 12 + TRACEBACKS * 44 + FRAMES * 4` on 32-bit targets (12 per
+/// trace slot; per traceback a 12-byte entry, 16 of index and 16 of report totals and
+/// baseline), and about 340 more of counters and the queue of missed events;
+/// [`TracedHeap::tracemalloc_memory`] gives the exact figure.
 ///
 /// ```
 /// use core::alloc::{GlobalAlloc, Layout};
@@ -301,8 +378,10 @@ impl<H, const SLOTS: usize, const TRACEBACKS: usize, const FRAMES: usize, const 
     /// before the first start. Interrupts stay masked while `f` runs, so keep it short. Blocks
     /// that `f` allocates, reallocates or frees are recorded when it returns (the first 16
     /// such events, in order; allocations under an empty traceback, as no stack was taken):
-    /// past that, allocations count as untraced and frees leave their traces until the heap
-    /// hands the address out again.
+    /// past that, allocations count as untraced, and a free cancels its block's queued
+    /// allocation or takes the place of another one (only 16 frees in a row lose the next).
+    /// Calls that need the tracer's state (`stop`, `counters`, `write_snapshot`, a report)
+    /// made from `f` find it borrowed and do nothing.
     pub fn with_tracer<R>(&self, f: impl FnOnce(&Tracer<'static>) -> R) -> Option<R> {
         self.with_state(|state| state.tracer.as_ref().map(f))
             .flatten()
@@ -334,28 +413,27 @@ impl<H, const SLOTS: usize, const TRACEBACKS: usize, const FRAMES: usize, const 
         })
     }
 
-    /// [`TracedHeap::miss`] for an allocation, or a reallocation from `old`. Out of line, as
-    /// `miss` is: only code running inside the tracer takes it.
+    /// Notes an allocation, or a reallocation from `old`, that the tracer could not record: its
+    /// state is borrowed by the code running inside it (a closure given to
+    /// [`TracedHeap::with_tracer`], a snapshot's sink). Out of line: only such code takes it.
     #[cold]
     #[inline(never)]
     fn miss_alloc(&self, cs: CriticalSection<'_>, old: Option<usize>, addr: usize, size: usize) {
-        if let Some(old) = old.filter(|&old| old != addr) {
-            self.miss(cs, Missed::Free { addr: old });
+        if let Ok(mut missed) = self.missed.borrow(cs).try_borrow_mut() {
+            missed.note_alloc(old, addr, size);
         }
-        self.miss(cs, Missed::Alloc { addr, size });
     }
 
-    /// Notes an event the tracer could not record: its state is borrowed by the code running
-    /// inside it (a closure given to [`TracedHeap::with_tracer`], a snapshot's sink).
+    /// [`TracedHeap::miss_alloc`] for a free.
     #[cold]
     #[inline(never)]
-    fn miss(&self, cs: CriticalSection<'_>, event: Missed) {
+    fn miss_free(&self, cs: CriticalSection<'_>, addr: usize) {
         if let Ok(mut missed) = self.missed.borrow(cs).try_borrow_mut() {
-            missed.push(event);
+            missed.free(addr);
         }
     }
 
-    /// Records the events [`TracedHeap::miss`] noted, in order, now that the state is free:
+    /// Records the events [`TracedHeap::miss_alloc`] and [`TracedHeap::miss_free`] noted, in order, now that the state is free:
     /// the blocks allocated meanwhile under an empty traceback (no stack was captured). One
     /// copy for every caller of the generic [`TracedHeap::with_state`].
     #[inline(never)]
@@ -383,6 +461,7 @@ impl<H, const SLOTS: usize, const TRACEBACKS: usize, const FRAMES: usize, const 
                     tracer.record_alloc(DEFAULT_DOMAIN, addr, size, &[], 0);
                 }
                 Missed::Free { addr } => forget(tracer, addr),
+                Missed::Cancelled => {}
             }
         }
         tracer.record_untraced(queue.overflow_blocks, queue.overflow_bytes);
@@ -429,7 +508,7 @@ impl<H, const SLOTS: usize, const TRACEBACKS: usize, const FRAMES: usize, const 
     #[inline(always)]
     fn record_free(&self, cs: CriticalSection<'_>, addr: usize) {
         let Ok(mut state) = self.state.borrow(cs).try_borrow_mut() else {
-            return self.miss(cs, Missed::Free { addr }); // as in `record_alloc`
+            return self.miss_free(cs, addr); // as in `record_alloc`
         };
         // Checked again under the lock, as in `record_alloc` (a stop cleared every trace).
         if !self.tracing.load(Ordering::Relaxed) {
@@ -675,6 +754,112 @@ mod tests {
             unsafe { h.dealloc(b, layout(10)) };
         }
         assert_eq!(h.counters().traces, 0);
+    }
+
+    #[test]
+    fn frees_past_the_queue_inside_the_tracer_leave_no_trace_of_a_freed_block() {
+        type Roomy = TracedHeap<Counted, 64, 4, 16, 2>;
+        let h: &'static Roomy = heap_of();
+        h.start(CallStacks::ReturnAddress);
+        // SAFETY: nonzero layouts; every block is freed with its layout.
+        unsafe {
+            let before = h.alloc(layout(24));
+            h.with_tracer(|_| {
+                // Scratch buffers of a sink: each allocation queued, its free past the room.
+                let scratch: std::vec::Vec<_> =
+                    (0..MISSED_EVENTS).map(|_| h.alloc(layout(10))).collect();
+                for block in scratch {
+                    h.dealloc(block, layout(10));
+                }
+                // Then 16 allocations fill the queue, and a block traced before is freed.
+                let kept: std::vec::Vec<_> =
+                    (0..MISSED_EVENTS).map(|_| h.alloc(layout(8))).collect();
+                h.dealloc(before, layout(24));
+                for block in kept {
+                    h.dealloc(block, layout(8));
+                }
+            })
+            .unwrap();
+        }
+        let c = h.counters();
+        assert_eq!(h.heap().used(), 0, "every block was freed");
+        assert_eq!((c.traces, c.current), (0, 0), "{c:?}");
+    }
+
+    #[test]
+    fn a_block_resized_in_place_past_the_queue_keeps_no_stale_trace() {
+        type Roomy = TracedHeap<InPlace, 64, 4, 16, 2>;
+        let h: &'static Roomy = Box::leak(Box::new(TracedHeap::new(InPlace(AtomicUsize::new(0)))));
+        h.start(CallStacks::ReturnAddress);
+        // SAFETY: nonzero layouts; every block is freed with its final layout.
+        unsafe {
+            let a = h.alloc(layout(10));
+            let (b, fillers) = h
+                .with_tracer(|_| {
+                    let fillers: std::vec::Vec<_> =
+                        (0..MISSED_EVENTS).map(|_| h.alloc(layout(8))).collect();
+                    (h.realloc(a, layout(10), 100), fillers)
+                })
+                .unwrap();
+            assert_eq!(a, b, "resized in place");
+            let c = h.counters();
+            // The old trace (10 bytes) is gone; the resized block or a queued one is untraced.
+            assert!(
+                c.current + c.untraced_bytes >= h.heap().used() as u64,
+                "{c:?}"
+            );
+            assert!(c.current <= h.heap().used() as u64, "{c:?}");
+            let resized = h.with_tracer(|t| t.trace(DEFAULT_DOMAIN, a as usize).map(|(s, _)| s));
+            assert_ne!(resized.flatten(), Some(10), "{c:?}");
+            for f in fillers {
+                h.dealloc(f, layout(8));
+            }
+            h.dealloc(b, layout(100));
+        }
+        assert_eq!(h.counters().traces, 0);
+    }
+
+    /// `System` with room for 256 bytes under every block, so that a reallocation up to that
+    /// stays in place, as embedded heaps' often do.
+    struct InPlace(AtomicUsize);
+
+    const IN_PLACE_ROOM: usize = 256;
+
+    // SAFETY: every block is a `System` block of `IN_PLACE_ROOM` bytes, freed with that layout;
+    // a reallocation within it returns the same block, beyond it fails (null, the block kept).
+    unsafe impl GlobalAlloc for InPlace {
+        unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+            self.0.fetch_add(l.size(), Ordering::Relaxed);
+            // SAFETY: a nonzero size.
+            unsafe { System.alloc(Layout::from_size_align(IN_PLACE_ROOM, l.align()).unwrap()) }
+        }
+        unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+            self.0.fetch_sub(l.size(), Ordering::Relaxed);
+            // SAFETY: allocated above with this layout.
+            unsafe {
+                System.dealloc(
+                    p,
+                    Layout::from_size_align(IN_PLACE_ROOM, l.align()).unwrap(),
+                )
+            }
+        }
+        unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+            if new > IN_PLACE_ROOM {
+                return core::ptr::null_mut();
+            }
+            self.0.fetch_sub(l.size(), Ordering::Relaxed);
+            self.0.fetch_add(new, Ordering::Relaxed);
+            p
+        }
+    }
+
+    impl Heap for InPlace {
+        fn used(&self) -> usize {
+            self.0.load(Ordering::Relaxed)
+        }
+        fn free(&self) -> usize {
+            usize::MAX
+        }
     }
 
     /// `System`, stopping [`STOPPED_BY_ALLOC`]'s tracing when asked, from inside its own

@@ -318,7 +318,7 @@ fn dump(path: &core::ffi::CStr) -> bool {
             true
         }
         Ok(false) => {
-            defmt::error!("snapshot: not written, tracing never started");
+            defmt::error!("snapshot: not written, tracing never started (or the tracer is busy)");
             false
         }
         Err(e) => {
