@@ -120,32 +120,49 @@ pub(crate) fn take(size: usize) -> bool {
         .try_with(|countdown| {
             let (rng, current) = (countdown.rng.get(), state());
             // A thread's first allocation, or its first since the configuration changed,
-            // starts a countdown: it is sampled only if a gap drawn from its start falls inside.
+            // starts a countdown.
             let fresh = rng == 0 || countdown.drawn_for.get() != current;
-            let mut left = if fresh { 0 } else { countdown.left.get() } - size as i64;
-            if left > 0 && !fresh {
-                countdown.left.set(left);
+            let left = (!fresh).then(|| countdown.left.get());
+            if let Some(left) = left.filter(|&left| left - size as i64 > 0) {
+                countdown.left.set(left - size as i64);
                 return false;
             }
-            // The allocation covers every sample point up to `left <= 0`: it is sampled once,
-            // and the countdown restarts after its end, so a block of `size` bytes is sampled
-            // with probability exactly 1 - exp(-size / interval) (the gaps are memoryless).
-            let (mut crossed, mut rng) = (!fresh, rng);
-            loop {
-                let (gap, next) = next_gap(rng, interval);
-                rng = next;
-                left += gap;
-                if left > 0 {
-                    break;
-                }
-                crossed = true;
-            }
+            let (crossed, left, rng) = count_down(left, size, rng, interval);
             countdown.left.set(left);
             countdown.rng.set(rng);
             countdown.drawn_for.set(current);
             crossed
         })
         .unwrap_or(false)
+}
+
+/// The countdown past an allocation of `size` bytes that reaches or starts it (`left`: the
+/// bytes that were left to the next sample point, `None` for a fresh countdown): whether the
+/// allocation is sampled, the bytes left after it, and the generator's state.
+///
+/// An allocation that covers sample points is sampled once, and the countdown restarts after
+/// its end, so a block of `size` bytes is sampled with probability exactly
+/// 1 - exp(-size / interval). The gaps are memoryless: the distance from the block's end to the
+/// next point is a gap of its own, one draw however many points the block covers (drawing
+/// them all took seconds for a 1 TiB request at a 4 KiB interval, and forever at 1).
+#[cold]
+fn count_down(left: Option<i64>, size: usize, rng: u64, interval: u64) -> (bool, i64, u64) {
+    let (mut rng, size) = (rng, size as i64);
+    let left = match left {
+        Some(left) => left - size,
+        None => {
+            // A fresh countdown: sampled only if a gap drawn from the block's start falls
+            // inside it.
+            let (gap, next) = next_gap(rng, interval);
+            rng = next;
+            gap - size
+        }
+    };
+    if left > 0 {
+        return (false, left, rng);
+    }
+    let (gap, next) = next_gap(rng, interval);
+    (true, gap, next)
 }
 
 /// Draws an exponential gap of mean `interval` bytes.
@@ -220,6 +237,38 @@ mod tests {
         }
         let mean = total as f64 / n as f64;
         assert!((mean - 4096.0).abs() < 4096.0 * 0.02, "mean gap {mean}");
+    }
+
+    #[test]
+    fn a_block_is_sampled_with_probability_one_minus_exp_of_its_size_over_the_interval() {
+        for (size, interval) in [(4096usize, 4096u64), (1000, 4096), (20_000, 4096)] {
+            let (mut left, mut rng, mut sampled) = (None, 0, 0u32);
+            let n = 100_000;
+            for _ in 0..n {
+                let (crossed, next_left, next_rng) = match left {
+                    Some(l) if l - size as i64 > 0 => (false, l - size as i64, rng),
+                    _ => count_down(left, size, rng, interval),
+                };
+                sampled += u32::from(crossed);
+                (left, rng) = (Some(next_left), next_rng);
+            }
+            let expected = 1.0 - (-(size as f64) / interval as f64).exp();
+            let got = f64::from(sampled) / f64::from(n);
+            assert!(
+                (got - expected).abs() < 0.01,
+                "{size} B: {got} against {expected}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_huge_block_draws_one_gap_past_its_end() {
+        // 2^40 sample points inside: drawn one by one, this would not end.
+        let (crossed, left, _) = count_down(Some(10), 1 << 40, 12345, 1);
+        assert!(crossed);
+        assert!(left >= 1);
+        let (crossed, _, _) = count_down(None, 1 << 40, 0, 1);
+        assert!(crossed);
     }
 
     #[test]
