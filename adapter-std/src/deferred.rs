@@ -175,9 +175,12 @@ pub(crate) fn queue(inner: &dyn GlobalAlloc, addr: usize, layout: Layout) -> boo
         else {
             return false;
         };
-        slot.store(addr, Relaxed);
+        // The layout before the address: a fork caught between the two leaves the child an
+        // entry past the count whose address, once there, has its layout too (see
+        // `adopt_queues_in_child`).
         size.store(layout.size(), Relaxed);
         align.store(layout.align(), Relaxed);
+        slot.store(addr, Release);
         state::prefetch_trace(addr);
         // The free held back here would have read the block's neighbour (an allocator checks
         // the next chunk's header to coalesce), which is often the next object the program
@@ -309,8 +312,26 @@ pub(crate) fn adopt_queues_in_child() {
     let end = SLOTS_END.load(Acquire).min(QUEUES);
     for (index, queue) in SLOTS[..end].iter().enumerate() {
         if index + 1 != own && queue.claimed.load(Acquire) {
+            // A fork that caught the thread in `queue` after it wrote an entry and before it
+            // counted it: the entry is queued too (entries past the count are otherwise 0), or
+            // its block would keep its trace and never be freed.
+            let written = queue
+                .addrs
+                .iter()
+                .rposition(|a| a.load(Acquire) != 0)
+                .map_or(0, |last| last + 1);
+            queue.len.fetch_max(written, Relaxed);
             queue.apply(inner);
             queue.claimed.store(false, Release);
         }
     }
+}
+
+/// Whether a thread holds `addr` in its queue: freed by the program, its trace not yet gone.
+/// Called holding the shard lock of `addr` (queued addresses are zeroed under it).
+pub(crate) fn is_queued(addr: usize) -> bool {
+    let end = SLOTS_END.load(Acquire).min(QUEUES);
+    SLOTS[..end]
+        .iter()
+        .any(|queue| queue.addrs.iter().any(|a| a.load(Relaxed) == addr))
 }

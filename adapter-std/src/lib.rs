@@ -375,6 +375,7 @@ pub fn tracemalloc_memory() -> usize {
 /// The traceback where the block at `ptr` was allocated, if it is traced (Python's
 /// `get_object_traceback`).
 pub fn object_traceback<T: ?Sized>(ptr: *const T) -> Option<Traceback> {
+    deferred::flush_own();
     let _guard = guard::Guard::enter()?;
     let (_, id, addresses, total) = state::trace_of(ptr as *const u8 as usize)?;
     if id == TracebackId::OVERFLOW {

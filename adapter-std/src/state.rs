@@ -1390,6 +1390,9 @@ pub(crate) fn trace_of(addr: usize) -> Option<(u64, TracebackId, Vec<usize>, u16
         // the slot's id is of this one.
         let generation = interner::generation();
         let slot = shard.tracer.as_ref()?.table().get(addr, |_| true)?;
+        if deferred::is_queued(addr) {
+            return None; // freed by the program
+        }
         (slot.size(), slot.traceback(), generation)
     };
     let (frames, total) = interner::frames_of(id, generation)?;

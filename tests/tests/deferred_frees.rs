@@ -182,6 +182,27 @@ fn snapshots_leave_out_what_other_threads_freed() {
     });
 }
 
+/// Python's `get_object_traceback` of a freed block is None: here while the free waits in
+/// this thread's queue or in a live thread's.
+fn object_traceback_knows_what_any_thread_freed() {
+    traced(|| {
+        let mine = small(1);
+        let addr = mine[0].as_ptr();
+        assert!(tracemalloc::object_traceback(addr).is_some());
+        drop(mine);
+        assert!(tracemalloc::object_traceback(addr).is_none(), "freed here");
+        let theirs = small(1);
+        let addr = theirs[0].as_ptr() as usize;
+        assert!(tracemalloc::object_traceback(addr as *const u8).is_some());
+        let thread = on_live_thread(move || drop(theirs));
+        assert!(
+            tracemalloc::object_traceback(addr as *const u8).is_none(),
+            "freed on a live thread"
+        );
+        drop(thread);
+    });
+}
+
 /// Takes a snapshot while a live thread's queue holds five freed pages, allocated on this
 /// thread or on the live one, and checks that its counters add up to its traces.
 fn counters_add_up_while(allocated_here: bool) {
@@ -276,7 +297,7 @@ fn a_snapshots_peak_never_drops_below_an_earlier_snapshots_current() {
 /// allocator got back, and a test harness would allocate meanwhile (a finished test's thread
 /// sends its result, 9680 bytes, while the next one measures).
 fn main() {
-    let cases: [(&str, fn()); 9] = [
+    let cases: [(&str, fn()); 10] = [
         (
             "small_frees_are_held_back_until_a_batch_fills",
             small_frees_are_held_back_until_a_batch_fills,
@@ -300,6 +321,10 @@ fn main() {
         (
             "snapshots_leave_out_what_other_threads_freed",
             snapshots_leave_out_what_other_threads_freed,
+        ),
+        (
+            "object_traceback_knows_what_any_thread_freed",
+            object_traceback_knows_what_any_thread_freed,
         ),
         (
             "a_snapshots_counters_add_up_to_its_traces_while_frees_are_queued",
