@@ -94,15 +94,12 @@ pub(crate) fn note_global() {
     // While sampling, the free of a block the filter calls unsampled skips the tracer inline:
     // the probe's page is marked for the time of its free.
     let addr = &*probe as *const u64 as usize;
-    let sampling = sampler::interval() != 0;
-    if sampling {
-        sampler::mark(addr);
-    }
+    let marked = (sampler::interval() != 0).then(|| state::mark_probe(addr));
     let _ = PROBING.try_with(|p| p.set(true));
     drop(probe);
     let _ = PROBING.try_with(|p| p.set(false));
-    if sampling {
-        sampler::unmark(addr);
+    if let Some(generation) = marked {
+        state::unmark_probe(addr, generation);
     }
 }
 

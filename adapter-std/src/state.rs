@@ -140,6 +140,27 @@ pub(crate) fn with_generation_fixed<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// Marks the sampling filter's page of `addr` for the free of `start()`'s probe block
+/// (`deferred::note_global`), under the shard lock its traces' marks take; returns the
+/// generation to give [`unmark_probe`].
+pub(crate) fn mark_probe(addr: usize) -> u32 {
+    let _guard = Guard::enter(); // as in `with_generation_fixed`
+    let _locked = shard_of(addr).lock();
+    sampler::mark(addr);
+    interner::generation()
+}
+
+/// Takes [`mark_probe`]'s mark back, unless a `clear()` zeroed every mark since (it starts a
+/// new generation under the same locks): taken after that, it would be a mark of a block
+/// traced since, whose free would then skip the tracer and leave its trace for good.
+pub(crate) fn unmark_probe(addr: usize, generation: u32) {
+    let _guard = Guard::enter();
+    let _locked = shard_of(addr).lock();
+    if interner::generation() == generation {
+        sampler::unmark(addr);
+    }
+}
+
 /// Blocks of domains other than the default one: rare (`track`), so one fixed-size tracer.
 static FOREIGN: spin::Mutex<Option<Tracer<'static>>> = spin::Mutex::new(None);
 const FOREIGN_SLOTS: usize = 4096;
