@@ -38,12 +38,14 @@ unsafe impl GlobalAlloc for Hooked {
         unsafe { System.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if layout.size() == 8 && HOOKED.try_with(Cell::get).unwrap_or(false) {
-            if EIGHT_BYTE_FREES.fetch_add(1, SeqCst) == 1 {
-                IN_WINDOW.store(ptr as usize, SeqCst);
-                while !GO.load(SeqCst) {
-                    std::hint::spin_loop();
-                }
+        // The hooked thread's second free of 8 bytes is the probe's.
+        if layout.size() == 8
+            && HOOKED.try_with(Cell::get).unwrap_or(false)
+            && EIGHT_BYTE_FREES.fetch_add(1, SeqCst) == 1
+        {
+            IN_WINDOW.store(ptr as usize, SeqCst);
+            while !GO.load(SeqCst) {
+                std::hint::spin_loop();
             }
         }
         if !ARENA.contains(ptr) {
