@@ -312,6 +312,10 @@ pub fn start_with(config: Config) -> Result<(), Error> {
 /// Stops tracing, forgets every trace and gives the tracer's memory back to the inner allocator
 /// (Python's `tracemalloc.stop`): [`tracemalloc_memory`] is 0 afterwards.
 ///
+/// Blocks that other live threads freed and still hold in their queues of frees (README,
+/// Known limits; at most 15 of at most 4 KiB each) reach the inner allocator when those
+/// threads next ask the tracer something or exit.
+///
 /// The memory stays for the next start, as tables that outlive the stop, when tracing was
 /// started by `RUST_TRACEMALLOC` rather than [`start`], or when the wrapper that switched it on
 /// is not the global allocator: the tracer may keep a reference only to the global
