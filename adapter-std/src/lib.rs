@@ -291,7 +291,9 @@ pub fn start_with(config: Config) -> Result<(), Error> {
     if state::is_on() {
         deferred::note_global();
         if !was_on {
-            // The probes are traced; a session that has traced nothing yet has no peak.
+            // The probes are traced; a session that has traced nothing yet has no peak. Their
+            // frees may wait in this thread's queue (the tables): applied first.
+            deferred::flush_own();
             accounting::forget_own_high();
         }
         if let Some(_guard) = guard::Guard::enter() {

@@ -490,6 +490,10 @@ impl Snapshot {
             if addresses.is_empty() || !wanted(traceback, addresses) {
                 continue;
             }
+            // `total_nframe` counts raw frames until the first resolution names them (a fresh
+            // copy's tracebacks have no frames yet, a device's show their raw addresses), and
+            // the frames shown after: a second resolution keeps it.
+            let first = traceback.frames.is_empty() || shows_raw_addresses(traceback, addresses);
             let mut count = 0usize;
             for &address in addresses {
                 let resolved = match cache.entry(address) {
@@ -518,7 +522,10 @@ impl Snapshot {
             }
             let old = core::mem::replace(&mut traceback.frames, frames);
             budget.give_back(old.capacity() * frame);
-            traceback.total_nframe = shown_depth(count, addresses.len(), traceback.total_nframe);
+            if first {
+                traceback.total_nframe =
+                    shown_depth(count, addresses.len(), traceback.total_nframe);
+            }
         }
         let named = cache
             .values()
@@ -633,6 +640,39 @@ mod tests {
     use crate::TracerArrays;
 
     type Arrays = TracerArrays<64, 8, 32>;
+
+    #[test]
+    fn a_second_resolution_keeps_the_depth() {
+        /// Each address a call with one inlined callee: two frames.
+        struct Inlining;
+        impl Resolver for Inlining {
+            fn resolve(&mut self, address: usize, out: &mut Vec<Frame>) -> bool {
+                out.push(Frame::new("inlined.rs", address as u32));
+                out.push(Frame::new("caller.rs", address as u32));
+                true
+            }
+        }
+        let addresses = alloc::vec![0x100usize, 0x200];
+        let mut snapshot = snapshot_from_traces(
+            16,
+            [(
+                0,
+                64,
+                Traceback {
+                    frames: addresses.iter().map(|&a| Frame::unresolved(a)).collect(),
+                    total_nframe: 3, // one frame past the capture
+                },
+            )],
+        );
+        snapshot.addresses[0] = addresses;
+        let depth = |s: &Snapshot| (s.tracebacks[0].frames.len(), s.tracebacks[0].total_nframe);
+        snapshot.resolve_addresses(&mut Inlining);
+        assert_eq!(depth(&snapshot), (4, 5));
+        snapshot.resolve_addresses(&mut Inlining);
+        assert_eq!(depth(&snapshot), (4, 5));
+        snapshot.resolve_raw_addresses(&mut Inlining);
+        assert_eq!(depth(&snapshot), (4, 5));
+    }
 
     #[test]
     fn tracebacks_are_equal_by_their_frames_as_in_python() {

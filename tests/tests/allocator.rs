@@ -8,7 +8,9 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::Mutex;
 
-use tracemalloc::{DomainFilter, Filter, KeyType, Snapshot, TraceFilter, TracingAllocator};
+use tracemalloc::{
+    Config, DomainFilter, Filter, KeyType, Snapshot, Storage, TraceFilter, TracingAllocator,
+};
 use tracemalloc_tests::{blocks, traceback_ids};
 
 /// The system allocator, remembering the last block it handed out, to check that the wrapper
@@ -593,11 +595,18 @@ fn a_fresh_start_reports_nothing_traced() {
     // Python: `start(); get_traced_memory()` is `(0, 0)`; the blocks `start()` allocates to
     // switch tracing on are not the program's.
     let _s = serial();
-    for round in 0..3 {
-        tracemalloc::start(1).unwrap();
-        let fresh = tracemalloc::traced_memory();
-        tracemalloc::stop();
-        assert_eq!(fresh, (0, 0), "round {round}");
+    for storage in [Storage::Shadow, Storage::Table] {
+        for round in 0..3 {
+            tracemalloc::start_with(Config {
+                nframe: 1,
+                storage,
+                ..Config::default()
+            })
+            .unwrap();
+            let fresh = tracemalloc::traced_memory();
+            tracemalloc::stop();
+            assert_eq!(fresh, (0, 0), "{storage:?}, round {round}");
+        }
     }
     // A start while tracing changes only the limit, and keeps the peak.
     tracemalloc::start(1).unwrap();
