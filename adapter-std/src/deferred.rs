@@ -94,7 +94,9 @@ pub(crate) fn note_global() {
     // While sampling, the free of a block the filter calls unsampled skips the tracer inline:
     // the probe's page is marked for the time of its free.
     let addr = &*probe as *const u64 as usize;
-    let marked = (sampler::interval() != 0).then(|| state::mark_probe(addr));
+    let marked = (sampler::interval() != 0)
+        .then(|| state::mark_probe(addr))
+        .flatten();
     let _ = PROBING.try_with(|p| p.set(true));
     drop(probe);
     let _ = PROBING.try_with(|p| p.set(false));

@@ -198,7 +198,7 @@ fn first_size(mut entries: usize, depth: usize, max_bytes: usize) -> Option<(usi
         if entries <= 16 || tracebacks_bytes(entries, frames) <= max_bytes {
             return Some((entries, frames));
         }
-        entries /= 2;
+        entries = (entries / 2).max(16);
     }
 }
 
@@ -264,6 +264,7 @@ mod tests {
         // Room for the default: as asked. Under any limit: 16 stacks at least.
         assert_eq!(first_size(4096, 40, usize::MAX), Some((4096, 4096 * 40)));
         assert_eq!(first_size(4096, 40, 0), Some((16, 16 * 40)));
+        assert_eq!(first_size(24, 40, 0), Some((16, 16 * 40)));
         assert_eq!(first_size(usize::MAX, 2, usize::MAX), None);
     }
 }

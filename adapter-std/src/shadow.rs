@@ -357,7 +357,8 @@ impl Place {
     /// have given the page back yet, and a page holding a cell must stay marked, to be counted
     /// and cleared. `marked` is what [`Place::marked`] said before the write.
     /// Sequentially consistent, as [`clear`]'s taking of the bits: a writer that then reads the
-    /// generation unchanged knows the clear will find the page marked (`state::void_in_cell`).
+    /// generation unchanged knows this clear or the next finds the page marked
+    /// (`state::void_in_cell`).
     #[inline(always)]
     fn mark(&self, marked: bool) {
         if !marked || self.word.load(SeqCst) & self.bit == 0 {

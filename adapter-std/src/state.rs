@@ -142,19 +142,22 @@ pub(crate) fn with_generation_fixed<R>(f: impl FnOnce() -> R) -> R {
 
 /// Marks the sampling filter's page of `addr` for the free of `start()`'s probe block
 /// (`deferred::note_global`), under the shard lock its traces' marks take; returns the
-/// generation to give [`unmark_probe`].
-pub(crate) fn mark_probe(addr: usize) -> u32 {
-    let _guard = Guard::enter(); // as in `with_generation_fixed`
+/// generation to give [`unmark_probe`]. `None`, marking nothing, inside the tracer (a signal
+/// handler's `start()`), where that lock may be this thread's already.
+pub(crate) fn mark_probe(addr: usize) -> Option<u32> {
+    let _guard = Guard::enter()?;
     let _locked = shard_of(addr).lock();
     sampler::mark(addr);
-    interner::generation()
+    Some(interner::generation())
 }
 
 /// Takes [`mark_probe`]'s mark back, unless a `clear()` zeroed every mark since (it starts a
 /// new generation under the same locks): taken after that, it would be a mark of a block
 /// traced since, whose free would then skip the tracer and leave its trace for good.
 pub(crate) fn unmark_probe(addr: usize, generation: u32) {
-    let _guard = Guard::enter();
+    let Some(_guard) = Guard::enter() else {
+        return; // a mark left too many only sends some unsampled frees to the tables
+    };
     let _locked = shard_of(addr).lock();
     if interner::generation() == generation {
         sampler::unmark(addr);
@@ -967,10 +970,12 @@ unsafe fn realloc_shadowed(
 /// since, as the tables refuse one under their lock; returns false (not recorded). A cell holds
 /// 11 bits of the generation, which read as current again 2048 clears later: a trace written
 /// after the clear that should have emptied it would then count in snapshots, and its free
-/// would take its size from `traced_memory()`, which never had it. Read after the write (both
-/// sequentially consistent, as the clear's generation change and its taking of the page
-/// marks are), the generation is still `generation` only if the clear's scan comes after the
-/// write, and empties the cell.
+/// would take from `traced_memory()` a size it never had. The writer marks the cell's page and
+/// then reads the generation, both sequentially consistent, as the clear's taking of the page
+/// marks and its new generation after it are. Read unchanged, the clear had not started its
+/// new generation: either it takes the page's mark after the write and gives the page back,
+/// or the mark is the writer's (or a later writer's) and the next clear empties the cell,
+/// whose trace reads as stale until then. No stale trace outlives the next clear.
 #[cold]
 fn void_in_cell(addr: usize, size: usize, generation: u32) -> bool {
     let _ = shadow::take(addr, size, generation);
