@@ -227,6 +227,9 @@ mod frame_pointers {
     thread_local! {
         /// This thread's stack as `(low, high)`; `(0, 0)` until read, `(1, 0)` when unknown.
         static STACK: Cell<(usize, usize)> = const { Cell::new((0, 0)) };
+        /// The megabyte of address space (address >> 20) a stack pointer was last found in
+        /// outside this thread's stack, its bounds read again ([`bounds_again`]).
+        static OFF_STACK: Cell<usize> = const { Cell::new(usize::MAX) };
     }
 
     /// The current stack pointer: no frame record of this thread's lies below it.
@@ -255,6 +258,25 @@ mod frame_pointers {
             core::arch::asm!("mov {}, x29", out(reg) fp, options(nomem, nostack, preserves_flags));
         }
         fp
+    }
+
+    /// The thread's stack bounds read again for a stack pointer below those read before, if
+    /// they hold it now: a main thread's stack grows on demand, musl reports only the part
+    /// mapped so far, and glibc's bottom follows the stack size limit, which the program may
+    /// raise. Once per megabyte of address space that a stack pointer outside them lies in, so
+    /// that allocating on an alternate stack or a coroutine's costs one read, not one each.
+    #[cold]
+    fn bounds_again(sp: usize, high: usize) -> Option<(usize, usize)> {
+        let region = sp >> 20;
+        if sp >= high || OFF_STACK.try_with(Cell::get) == Ok(region) {
+            return None;
+        }
+        let (bottom, high) = read_stack_bounds();
+        if bottom <= sp && sp < high {
+            return Some((bottom, high));
+        }
+        let _ = OFF_STACK.try_with(|off| off.set(region));
+        None
     }
 
     /// Reads the bounds of the current thread's stack once and caches them.
@@ -329,9 +351,14 @@ mod frame_pointers {
         // unmapped gaps, and the interrupted code's frame-pointer register may hold data that
         // points into them: only the unwinder, which reads the unwind tables, is safe there.
         // Unknown bounds (`high == 0`) take it too.
-        if sp < bottom || sp >= high {
-            return super::unwind(out);
-        }
+        let high = if sp < bottom || sp >= high {
+            match bounds_again(sp, high) {
+                Some((_, high)) => high,
+                None => return super::unwind(out),
+            }
+        } else {
+            high
+        };
         // The first record must lie between the stack pointer and the top as well: `Auto`
         // walks once to learn whether this build keeps frame pointers, and where it does not,
         // the frame-pointer register holds any value.
