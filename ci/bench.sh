@@ -11,15 +11,8 @@
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-# RUSTFLAGS (or CARGO_ENCODED_RUSTFLAGS), even empty, replaces .cargo/config.toml's flags: without
-# frame pointers the tracer unwinds, ~100x slower a frame, and the figures are not the tracer's.
-for flags in RUSTFLAGS CARGO_ENCODED_RUSTFLAGS; do
-  if [[ -n "${!flags+set}" && "${!flags}" != *force-frame-pointers=yes* ]]; then
-    echo "ci/bench.sh: $flags is set without -C force-frame-pointers=yes, and it replaces the" \
-      "workspace's flags (.cargo/config.toml): add the flag to it or unset it" >&2
-    exit 2
-  fi
-done
+source "$(dirname "${BASH_SOURCE[0]}")/bench-env.sh"
+require_frame_pointers ci/bench.sh
 publish=false
 args=()
 for arg in "$@"; do
