@@ -890,6 +890,14 @@ mod with_alloc {
             let back = Snapshot::load_bytes(&bytes).unwrap();
             assert_eq!(back.traces, s.traces);
             assert_eq!(back.tracebacks, s.tracebacks);
+            // Tracebacks are equal by their frames: the depth is compared on its own.
+            let depths = |s: &Snapshot| {
+                s.tracebacks
+                    .iter()
+                    .map(|t| t.total_nframe)
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(depths(&back), [7, 1]);
             assert_eq!(back.addresses, s.addresses);
             assert_eq!(back.traceback_limit, 16);
             assert_eq!(back.counters, s.counters);
