@@ -6,6 +6,32 @@ use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering::Relaxed};
 
 use tracemalloc::{Filter, KeyType, Snapshot, TraceFilter};
 
+/// A node of [`tree`].
+pub struct Node(pub Option<Box<Node>>, pub Option<Box<Node>>);
+
+impl Node {
+    /// The addresses of this node and every node below it.
+    pub fn addresses(&self, out: &mut Vec<usize>) {
+        out.push(self as *const Node as usize);
+        for child in [&self.0, &self.1].into_iter().flatten() {
+            child.addresses(out);
+        }
+    }
+}
+
+/// A binary tree of `depth` levels (`2^depth - 1` nodes) built recursively: the left and right
+/// calls return to different places, so every node is allocated from a call stack of its own.
+#[inline(never)]
+pub fn tree(depth: u32) -> Option<Box<Node>> {
+    if depth == 0 {
+        return None;
+    }
+    let left = tree(depth - 1);
+    let right = tree(depth - 1);
+    // `black_box`: no tail call, which a release build would make of the allocation.
+    std::hint::black_box(Some(Box::new(Node(left, right))))
+}
+
 /// A MiB of address space aligned to a MiB, which the tracer's tables give to one shard: an
 /// inner allocator cuts blocks from it, never reused, for tests that fill one shard's table.
 #[repr(C, align(1048576))]

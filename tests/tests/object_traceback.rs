@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tracemalloc::{Config, Frame, Storage, TracingAllocator};
+use tracemalloc_tests::{tree, Node};
 
 #[global_allocator]
 static ALLOC: TracingAllocator = TracingAllocator::system();
@@ -16,26 +17,6 @@ static ALLOC: TracingAllocator = TracingAllocator::system();
 fn serial() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-struct Node(Option<Box<Node>>, Option<Box<Node>>);
-
-/// A tree whose every node is allocated from a stack of its own (left and right calls differ).
-#[inline(never)]
-fn build(depth: u32) -> Option<Box<Node>> {
-    if depth == 0 {
-        return None;
-    }
-    let left = build(depth - 1);
-    let right = build(depth - 1);
-    std::hint::black_box(Some(Box::new(Node(left, right))))
-}
-
-fn collect(node: &Node, out: &mut Vec<usize>) {
-    out.push(node as *const Node as usize);
-    for child in [&node.0, &node.1].into_iter().flatten() {
-        collect(child, out);
-    }
 }
 
 #[test]
@@ -49,9 +30,9 @@ fn a_block_of_a_full_store_reads_as_the_snapshot_shows_it() {
         ..Config::default()
     })
     .unwrap();
-    let tree = build(12).unwrap();
+    let tree = tree(12).unwrap();
     let mut nodes = Vec::with_capacity(1 << 13);
-    collect(&tree, &mut nodes);
+    tree.addresses(&mut nodes);
     let snapshot = tracemalloc::take_snapshot().unwrap();
     let size = std::mem::size_of::<Node>() as u64;
     let full_in_snapshot = snapshot

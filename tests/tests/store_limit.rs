@@ -6,25 +6,10 @@
 //! Its own process: a store kept from an earlier `start()` would already have room.
 
 use tracemalloc::{Config, Storage, TracingAllocator};
+use tracemalloc_tests::{tree, Node};
 
 #[global_allocator]
 static ALLOC: TracingAllocator = TracingAllocator::system();
-
-/// A binary tree built recursively: every node is allocated from a distinct call stack.
-struct Node(
-    #[allow(dead_code)] Option<Box<Node>>,
-    #[allow(dead_code)] Option<Box<Node>>,
-);
-
-#[inline(never)]
-fn build(depth: u32) -> Option<Box<Node>> {
-    if depth == 0 {
-        return None;
-    }
-    let left = build(depth - 1);
-    let right = build(depth - 1);
-    Some(Box::new(Node(left, right)))
-}
 
 #[test]
 fn the_store_stops_growing_at_its_limit_and_every_block_still_counts() {
@@ -61,7 +46,7 @@ fn the_store_stops_growing_at_its_limit_and_every_block_still_counts() {
     for depth in 0..64 {
         tracemalloc::untrack(0, fake(depth));
     }
-    let grown = build(10); // 1023 stacks through the allocator: the store grows
+    let grown = tree(10); // 1023 stacks through the allocator: the store grows
     track_all();
     assert_eq!(full_tracked(), 0, "stacks stayed <traceback store full>");
     for depth in 0..64 {
@@ -83,7 +68,7 @@ fn the_store_stops_growing_at_its_limit_and_every_block_still_counts() {
     .unwrap();
     let before = tracemalloc::tracemalloc_memory();
     // 16383 nodes from 16383 stacks of 16 and more frames: over 2 MiB of tracebacks unbounded.
-    let tree = build(14);
+    let tree = tree(14);
     let grown = tracemalloc::tracemalloc_memory() - before;
     // The trace tables grow too (16383 slots of 16 bytes, doubled at most twice).
     assert!(
@@ -93,7 +78,7 @@ fn the_store_stops_growing_at_its_limit_and_every_block_still_counts() {
 
     let snapshot = tracemalloc::take_snapshot().unwrap();
     // The nodes by where their traces say they come from: by size, as the test harness's main
-    // thread (whose frames symbolize as this file's) may allocate meanwhile, other sizes.
+    // thread may allocate meanwhile, other sizes.
     let node = std::mem::size_of::<Node>() as u64;
     let nodes_from = |file: &dyn Fn(&str) -> bool| {
         let from = |t: &&tracemalloc::core::snapshot::Trace| {
@@ -102,7 +87,7 @@ fn the_store_stops_growing_at_its_limit_and_every_block_still_counts() {
         snapshot.traces.iter().filter(from).count()
     };
     let full = nodes_from(&|file| file == "<traceback store full>");
-    let here = nodes_from(&|file| file.ends_with("store_limit.rs"));
+    let here = nodes_from(&|file| file.ends_with("tests/src/lib.rs")); // `tree`'s file
     assert!(full > 0, "some stacks found the store full");
     assert!(here > 0, "the first stacks were stored");
     assert_eq!(here + full, 16383, "{here} + {full}");
