@@ -292,11 +292,17 @@ pub(crate) fn flush_at_exit() {
 /// by a snapshot holding every shard lock: none of them can be forgotten, freed and handed out
 /// again meanwhile.
 pub(crate) fn queued_frees(out: &mut Vec<usize>) {
+    out.extend(queued());
+}
+
+/// The addresses every thread's queue holds (entries past a queue's count included: they are
+/// 0 but in a fork child, see [`adopt_queues_in_child`]).
+fn queued() -> impl Iterator<Item = usize> {
     let end = SLOTS_END.load(Acquire).min(QUEUES);
-    for queue in &SLOTS[..end] {
-        let queued = queue.addrs.iter().map(|a| a.load(Relaxed));
-        out.extend(queued.filter(|&addr| addr != 0));
-    }
+    SLOTS[..end]
+        .iter()
+        .flat_map(|queue| queue.addrs.iter().map(|a| a.load(Relaxed)))
+        .filter(|&addr| addr != 0)
 }
 
 /// In a fork child, after the tracer's locks are released: only the forking thread exists, so
@@ -329,8 +335,5 @@ pub(crate) fn adopt_queues_in_child() {
 /// Whether a thread holds `addr` in its queue: freed by the program, its trace not yet gone.
 /// Called holding the shard lock of `addr` (queued addresses are zeroed under it).
 pub(crate) fn is_queued(addr: usize) -> bool {
-    let end = SLOTS_END.load(Acquire).min(QUEUES);
-    SLOTS[..end]
-        .iter()
-        .any(|queue| queue.addrs.iter().any(|a| a.load(Relaxed) == addr))
+    queued().any(|queued| queued == addr)
 }

@@ -245,10 +245,7 @@ mod tests {
             let (mut left, mut rng, mut sampled) = (None, 0, 0u32);
             let n = 100_000;
             for _ in 0..n {
-                let (crossed, next_left, next_rng) = match left {
-                    Some(l) if l - size as i64 > 0 => (false, l - size as i64, rng),
-                    _ => count_down(left, size, rng, interval),
-                };
+                let (crossed, next_left, next_rng) = count_down(left, size, rng, interval);
                 sampled += u32::from(crossed);
                 (left, rng) = (Some(next_left), next_rng);
             }
