@@ -307,14 +307,13 @@ pub(crate) fn is_plumbing(function: Option<&str>, file: Option<&str>) -> bool {
     let Some(function) = function else {
         return false;
     };
+    let qualified = function.starts_with('<');
     let function = function.trim_start_matches('<');
-    const PREFIXES: &[&str] = &[
+    let starts = |prefixes: &[&str]| prefixes.iter().any(|p| function.starts_with(p));
+    const OWN: &[&str] = &[
         "tracemalloc::",
         "tracemalloc_core::",
         "tracemalloc_embedded::",
-        "alloc::",
-        "core::",
-        "std::",
         "__rust_",
         "__rustc::",
         "__rdl_",
@@ -322,7 +321,13 @@ pub(crate) fn is_plumbing(function: Option<&str>, file: Option<&str>) -> bool {
         "__libc_",
         "_start",
     ];
-    PREFIXES.iter().any(|p| function.starts_with(p)) || (file.is_none() && function == "main")
+    const STD: &[&str] = &["alloc::", "core::", "std::"];
+    // `<Self as Trait>::method` may be the application's impl for a std type or of a std trait
+    // (`<alloc::vec::Vec<u32> as app::VecExt>::push`, `<alloc::string::String as
+    // core::convert::From<app::Error>>::from`): its file tells, std's being checked above.
+    starts(OWN)
+        || ((!qualified || file.is_none()) && starts(STD))
+        || (file.is_none() && function == "main")
 }
 
 /// [`roots_for`] the one binary at `path`, from the current directory.
@@ -1053,6 +1058,27 @@ mod tests {
             Some("leaky_service::Cache::insert"),
             Some("examples/leaky_service.rs")
         ));
+    }
+
+    /// Full debug info (cargo's default `debug = true`) names the application's impls for std
+    /// types after the type, as `Vec<u32>`'s impl of the application's own extension trait: its
+    /// line is in the application's file, and a leak there must be reported there.
+    #[test]
+    fn an_applications_impl_for_a_std_type_is_not_plumbing() {
+        let ext = Some("/home/dev/app/src/ext.rs");
+        assert!(!is_plumbing(
+            Some("<alloc::vec::Vec<u32> as app::VecExt>::push_twice"),
+            ext
+        ));
+        assert!(!is_plumbing(
+            Some("<alloc::string::String as core::convert::From<app::Error>>::from"),
+            ext
+        ));
+        // std's own functions by name whatever the file, and the allocator shims that
+        // `#[global_allocator]` generates, whose line is the application's `static`.
+        assert!(is_plumbing(Some("alloc::raw_vec::finish_grow"), ext));
+        assert!(is_plumbing(Some("__rustc::__rust_alloc"), ext));
+        assert!(is_plumbing(Some("__rg_alloc"), ext));
     }
 
     #[test]
