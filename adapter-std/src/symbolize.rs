@@ -607,7 +607,9 @@ fn loaded_modules() -> Vec<Module> {
         });
         true // on to the next object
     });
-    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    // Any file the process maps may have a name that is not UTF-8; only the numbers are read.
+    let maps = std::fs::read("/proc/self/maps").unwrap_or_default();
+    let maps = String::from_utf8_lossy(&maps);
     for (index, module) in modules.iter_mut().enumerate() {
         let executable = index == 0 && module.path.as_os_str().is_empty();
         module.path = if executable {
@@ -967,6 +969,28 @@ mod tests {
         let exe = &loaded_modules()[0];
         assert_eq!(exe.build_id, file_build_id(Path::new(RUNNING_EXE)));
         assert!(exe.build_id.as_ref().is_none_or(|id| id.len() >= 8));
+    }
+
+    /// `/proc/self/maps` names every file the process maps, whatever bytes its name holds: one
+    /// that is not UTF-8 must not cost the libraries the check of the build they run.
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn a_mapped_file_named_in_another_encoding_leaves_the_libraries_checked() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = std::env::temp_dir().join(format!("tm-maps-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let latin1 = dir.join(std::ffi::OsStr::from_bytes(b"caf\xe9.bin"));
+        std::fs::write(&latin1, [0u8; 64]).unwrap();
+        let mapped = MappedFile::open(&latin1).unwrap();
+        let modules = loaded_modules();
+        drop(mapped);
+        std::fs::remove_dir_all(&dir).unwrap();
+        let libraries = &modules[1..];
+        assert!(!libraries.is_empty(), "this test links the C library");
+        for library in libraries {
+            assert!(library.mapped_inode.is_some(), "{}", library.path.display());
+            assert!(library.mapped.is_some(), "{}", library.path.display());
+        }
     }
 
     #[test]
