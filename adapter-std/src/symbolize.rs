@@ -607,31 +607,36 @@ fn loaded_modules() -> Vec<Module> {
         });
         true // on to the next object
     });
-    // Any file the process maps may have a name that is not UTF-8; only the numbers are read.
+    // Any file the process maps may have a name that is not UTF-8: read lossily, such a line
+    // still gives its numbers.
     let maps = std::fs::read("/proc/self/maps").unwrap_or_default();
     let maps = String::from_utf8_lossy(&maps);
     for (index, module) in modules.iter_mut().enumerate() {
         let executable = index == 0 && module.path.as_os_str().is_empty();
+        let mapping = (!executable)
+            .then(|| mapping_of(&maps, module.code.first()?.start))
+            .flatten();
         module.path = if executable {
             // The executable comes first, without a name.
             std::env::current_exe().map(undeleted).unwrap_or_default()
         } else if module.path.is_relative() {
-            // As given to `dlopen` (`./libx.so`): made absolute now, before a `chdir`. A bare
-            // name (`linux-vdso.so.1`) has no file.
-            match module.path.components().count() {
-                1 => PathBuf::new(),
+            // As given to `dlopen` (`./libx.so`), from the directory current then, which the
+            // program may have left since: the kernel names the mapping by its absolute path.
+            // (Unless that name is not UTF-8: read lossily, it names no file.) A bare name
+            // (`linux-vdso.so.1`) has no file.
+            let named = |name: &str| name.starts_with('/') && !name.contains('\u{fffd}');
+            match (module.path.components().count(), &mapping) {
+                (1, _) => PathBuf::new(),
+                (_, Some((_, _, name))) if named(name) => undeleted(PathBuf::from(name)),
                 _ => std::fs::canonicalize(&module.path).unwrap_or_default(),
             }
         } else {
             std::mem::take(&mut module.path)
         };
-        let mapping = (!executable)
-            .then(|| mapping_of(&maps, module.code.first()?.start))
-            .flatten();
-        module.mapped_inode = mapping.as_ref().map(|(_, inode)| *inode);
+        module.mapped_inode = mapping.as_ref().map(|(_, inode, _)| *inode);
         module.mapped = match mapping {
             _ if executable => Some(PathBuf::from(RUNNING_EXE)),
-            Some((range, _)) => Some(map_files_entry(range)),
+            Some((range, _, _)) => Some(map_files_entry(range)),
             None => None,
         };
     }
@@ -766,20 +771,22 @@ fn map_files_entry(range: Range<usize>) -> PathBuf {
     ))
 }
 
-/// The address range and the file's inode of the mapping in `maps` (`/proc/self/maps`) that
-/// holds `address`.
+/// The address range, the file's inode and the file's name of the mapping in `maps`
+/// (`/proc/self/maps`) that holds `address`.
 #[cfg(target_os = "linux")]
-fn mapping_of(maps: &str, address: usize) -> Option<(Range<usize>, u64)> {
+fn mapping_of(maps: &str, address: usize) -> Option<(Range<usize>, u64, &str)> {
     maps.lines().find_map(|line| {
-        // start-end perms offset major:minor inode path
-        let mut fields = line.split_ascii_whitespace();
+        // start-end perms offset major:minor inode, one space apart, then padding and the name
+        // (which may hold spaces).
+        let mut fields = line.splitn(6, ' ');
         let (start, end) = fields.next()?.split_once('-')?;
         let start = usize::from_str_radix(start, 16).ok()?;
         let end = usize::from_str_radix(end, 16).ok()?;
         let inode = fields.nth(3)?.parse().ok()?;
+        let name = fields.next().unwrap_or("").trim_start();
         (start..end)
             .contains(&address)
-            .then_some((start..end, inode))
+            .then_some((start..end, inode, name))
     })
 }
 
@@ -949,13 +956,15 @@ mod tests {
 55d0c2a3f000-55d0c2b40000 r-xp 0003f000 fd:01 1835081  /usr/bin/app (deleted)
 7f3a1c000000-7f3a1c021000 rw-p 00000000 00:00 0 
 ";
-        let (range, inode) = mapping_of(maps, 0x55d0_c2a4_0000).unwrap();
+        let (range, inode, name) = mapping_of(maps, 0x55d0_c2a4_0000).unwrap();
         assert_eq!(range, 0x55d0_c2a3_f000..0x55d0_c2b4_0000);
         assert_eq!(inode, 1835081);
+        assert_eq!(name, "/usr/bin/app (deleted)");
         assert_eq!(mapping_of(maps, 0x55d0_c2b4_0000), None);
         assert_eq!(mapping_of(maps, 0x1000), None);
+        assert_eq!(mapping_of(maps, 0x7f3a_1c00_0010).unwrap().2, "");
         // maps pads to 8 digits; map_files names do not, and refuse padded ones.
-        let (low, _) = mapping_of(maps, 0x100_0010).unwrap();
+        let (low, _, _) = mapping_of(maps, 0x100_0010).unwrap();
         assert_eq!(
             map_files_entry(low),
             Path::new("/proc/self/map_files/1000000-1001000")
