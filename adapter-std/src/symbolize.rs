@@ -297,9 +297,17 @@ pub(crate) fn is_plumbing(function: Option<&str>, file: Option<&str>) -> bool {
         // this crate's: an inlined frame carries only its short name (`alloc<System>`), so the
         // wrapper's own method inlined into `__rust_alloc` is known by its file alone.
         const OWN_SOURCES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/");
+        // A toolchain built elsewhere than rustup's (a distribution's, remapped under
+        // `/usr/src/rustc-1.85.0/`) keeps std's sources under `library/` all the same.
+        const STD_SOURCES: [&str; 3] = [
+            "/library/alloc/src/",
+            "/library/core/src/",
+            "/library/std/src/",
+        ];
         if file.starts_with("/rustc/")
             || file.starts_with("/rust/deps/")
             || file.starts_with(OWN_SOURCES)
+            || STD_SOURCES.iter().any(|std| file.contains(std))
         {
             return true;
         }
@@ -1112,6 +1120,14 @@ mod tests {
         assert!(is_plumbing(Some("alloc::raw_vec::finish_grow"), ext));
         assert!(is_plumbing(Some("__rustc::__rust_alloc"), ext));
         assert!(is_plumbing(Some("__rg_alloc"), ext));
+        // std's own impls are std's by their file, wherever the toolchain keeps its sources.
+        let clone = Some("<alloc::vec::Vec<u8> as core::clone::Clone>::clone");
+        for std in [
+            "/rustc/17067e9ac6d7e98f18d4ba8d4ba4ab0d0a8d5d24/library/alloc/src/vec/mod.rs",
+            "/usr/src/rustc-1.85.0/library/alloc/src/vec/mod.rs",
+        ] {
+            assert!(is_plumbing(clone, Some(std)), "{std}");
+        }
     }
 
     #[test]
