@@ -8,7 +8,9 @@
 //! CLI therefore shows each of these characters as `\u{..}`, as Rust's `escape_debug` does.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::io;
+use std::sync::Arc;
 
 use tracemalloc_core::Snapshot;
 
@@ -97,15 +99,29 @@ pub(crate) fn escape_controls(text: &str, keep_layout: bool) -> Cow<'_, str> {
 /// included (each report line is one entry). A name with one no longer names a readable file,
 /// so its source lines are not shown.
 pub(crate) fn escape_names(snapshot: &mut Snapshot) {
+    // Each name once, its escaped copy shared as the name was: a forged file can name one long
+    // name from millions of frames, a few bytes each, and a copy per frame would take the
+    // memory the decoder refused to. The originals are kept, so no address is reused.
+    let mut escaped: HashMap<*const u8, (Arc<str>, Option<Arc<str>>)> = HashMap::new();
+    let mut escape = |name: &mut Arc<str>| {
+        let (_, copy) = escaped
+            .entry(Arc::as_ptr(name).cast::<u8>())
+            .or_insert_with(|| {
+                let copy = match escape_controls(name, false) {
+                    Cow::Owned(copy) => Some(Arc::from(copy)),
+                    Cow::Borrowed(_) => None,
+                };
+                (name.clone(), copy)
+            });
+        if let Some(copy) = copy {
+            *name = copy.clone();
+        }
+    };
     for traceback in &mut snapshot.tracebacks {
         for frame in &mut traceback.frames {
-            if let Cow::Owned(name) = escape_controls(&frame.filename, false) {
-                frame.filename = name.into();
-            }
+            escape(&mut frame.filename);
             if let Some(function) = &mut frame.function {
-                if let Cow::Owned(name) = escape_controls(function, false) {
-                    *function = name.into();
-                }
+                escape(function);
             }
         }
     }
@@ -208,6 +224,29 @@ mod tests {
             let shown = escape_controls(&format!("a{mark}b"), true).into_owned();
             assert_eq!(shown, format!("a{}b", mark.escape_unicode()));
         }
+    }
+
+    /// A forged file can name one long name from every frame, a few bytes each: escaped per
+    /// frame, a 100 KiB file of them took 1.2 GB.
+    #[test]
+    fn a_name_shared_by_many_frames_is_escaped_once() {
+        use tracemalloc_core::snapshot::snapshot_from_traces;
+        use tracemalloc_core::{Frame, Traceback};
+
+        let name: Arc<str> = Arc::from("\x1b".repeat(100));
+        let frame = Frame {
+            filename: name.clone(),
+            lineno: 1,
+            function: Some(name),
+        };
+        let traceback = Traceback::new(vec![frame; 1000]);
+        let mut snapshot = snapshot_from_traces(16, [(0, 1, traceback)]);
+        escape_names(&mut snapshot);
+        let frames = &snapshot.tracebacks[0].frames;
+        let escaped = &frames[0].filename;
+        assert_eq!(&**escaped, "\\u{1b}".repeat(100));
+        assert!(frames.iter().all(|f| Arc::ptr_eq(&f.filename, escaped)
+            && f.function.as_ref().is_some_and(|g| Arc::ptr_eq(g, escaped))));
     }
 
     #[test]
