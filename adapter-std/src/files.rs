@@ -77,13 +77,82 @@ impl fmt::Display for FileError {
 
 impl std::error::Error for FileError {}
 
-/// Writes `snapshot` to `path` in the binary format (Python's `Snapshot.dump`).
+/// Writes `snapshot` to `path` in the binary format (Python's `Snapshot.dump`). A regular
+/// file there is replaced whole or not at all: the snapshot is written beside it and renamed
+/// over it, so that a write that fails part-way (a full disk) keeps the last good snapshot.
+/// Anything else (a pipe, a device) is written in place, as is a file in a directory where no
+/// other file may be created.
 pub fn dump(snapshot: &Snapshot, path: impl AsRef<Path>) -> Result<(), FileError> {
     let path = path.as_ref();
-    std::fs::write(path, snapshot.dump_bytes()).map_err(|source| FileError::Io {
-        path: path.display().to_string(),
-        source,
-    })
+    let bytes = snapshot.dump_bytes();
+    // The file a symbolic link names is replaced, not the link; a dangling link is followed.
+    let target = match std::fs::canonicalize(path) {
+        Ok(target) => Some(target),
+        Err(_) if std::fs::symlink_metadata(path).is_err() => Some(path.to_owned()),
+        Err(_) => None,
+    };
+    let replaced = target.and_then(|target| match std::fs::metadata(&target) {
+        Ok(old) if old.is_file() => replace(&target, &bytes, Some(old.permissions())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => replace(&target, &bytes, None),
+        _ => None,
+    });
+    replaced
+        .unwrap_or_else(|| std::fs::write(path, &bytes))
+        .map_err(|source| FileError::Io {
+            path: path.display().to_string(),
+            source,
+        })
+}
+
+/// Writes `bytes` to a new file beside `target` and renames it over `target`, with the
+/// permissions of the file it replaces (`old`). `None`, having written nothing, where the
+/// new file may not be created.
+fn replace(
+    target: &Path,
+    bytes: &[u8],
+    old: Option<std::fs::Permissions>,
+) -> Option<io::Result<()>> {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+    // A file that may not be written is not replaced either (a read-only snapshot is kept).
+    if old.is_some() {
+        if let Err(e) = std::fs::OpenOptions::new().write(true).open(target) {
+            return Some(Err(e));
+        }
+    }
+    // Unique in this process, for threads dumping to one path at once.
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let mut name = std::ffi::OsString::from(".");
+    name.push(target.file_name().unwrap_or_default());
+    name.push(format!(
+        ".{}-{}.tmp",
+        std::process::id(),
+        NEXT.fetch_add(1, Relaxed)
+    ));
+    let temp = target.with_file_name(name);
+    let file = match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&temp)
+    {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return None,
+        Err(e) => return Some(Err(e)),
+    };
+    let write = |mut file: std::fs::File| {
+        if let Some(old) = old {
+            file.set_permissions(old)?;
+        }
+        file.write_all(bytes)?;
+        // Some file systems report a full disk only now (NFS, delayed allocation).
+        file.sync_all()
+    };
+    let written = write(file).and_then(|()| std::fs::rename(&temp, target));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    Some(written)
 }
 
 /// Reads a snapshot written by [`dump`], by a device, or in the JSON form (Python's
@@ -257,4 +326,59 @@ fn parse_named(bytes: &[u8], path: String) -> Result<Snapshot, FileError> {
         at: skipped + e.valid_up_to(),
     })?;
     Snapshot::from_json(text).map_err(|source| FileError::Json { path, source })
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+
+    /// A dump that fails part-way (a full disk, here a file size limit) leaves the file it
+    /// would have replaced as it was: a service dumping every few minutes to one path must
+    /// not lose the last good snapshot to the next one.
+    #[test]
+    fn a_failed_dump_keeps_the_file_it_would_replace() {
+        const NAME: &str = "files::tests::a_failed_dump_keeps_the_file_it_would_replace";
+        let Some(dir) = std::env::var_os("TRACEMALLOC_TEST_DUMP_DIR") else {
+            // In a process of its own: the file size limit would fail other tests' writes.
+            let dir = std::env::temp_dir().join(format!("tracemalloc-dump-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", NAME, "--test-threads=1"])
+                .env("TRACEMALLOC_TEST_DUMP_DIR", &dir)
+                .output()
+                .unwrap();
+            std::fs::remove_dir_all(&dir).unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success(), "the limited process failed: {stdout}");
+            // A renamed test would run nothing there, and pass.
+            assert!(stdout.contains("1 passed"), "{stdout}");
+            return;
+        };
+        let dir = std::path::PathBuf::from(dir);
+        let path = dir.join("service.tmsnap");
+        let old = tracemalloc_core::snapshot::snapshot_from_traces(16, []);
+        dump(&old, &path).unwrap();
+        let before = std::fs::read(&path).unwrap();
+        let limit = libc::rlimit {
+            rlim_cur: 4096,
+            rlim_max: libc::RLIM_INFINITY,
+        };
+        // SAFETY: `limit` is a valid `rlimit`; only this process, which runs this test alone,
+        // has its file size limited.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_FSIZE, &limit) }, 0);
+        // Ignored, a write past the limit fails with `EFBIG` instead of ending the process.
+        // SAFETY: `SIG_IGN` installs no handler, so nothing runs in a signal context.
+        let previous = unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
+        assert_ne!(previous, libc::SIG_ERR);
+        let long = "x".repeat(10_000);
+        let frames = vec![tracemalloc_core::Frame::new(&long, 1)];
+        let traceback = tracemalloc_core::Traceback::new(frames);
+        let new = tracemalloc_core::snapshot::snapshot_from_traces(16, [(0, 64, traceback)]);
+        assert!(new.dump_bytes().len() > 4096);
+        assert!(matches!(dump(&new, &path), Err(FileError::Io { .. })));
+        let after = std::fs::read(&path).unwrap();
+        assert!(after == before, "the old file became {} bytes", after.len());
+        // Nothing else is left beside it.
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+    }
 }
