@@ -288,9 +288,10 @@ enum Form {
 }
 
 /// The form that `bytes`, a file or its first bytes, begin; `None` while they hold nothing
-/// but whitespace.
+/// but whitespace. Fewer bytes than the magic that begin it (none at all, too) are a binary
+/// file cut short: a dump that never got further.
 fn form(bytes: &[u8]) -> Option<Form> {
-    if bytes.starts_with(MAGIC) {
+    if bytes.starts_with(MAGIC) || MAGIC.starts_with(bytes) {
         return Some(Form::Binary);
     }
     // JSON's whitespace, not ASCII's: a form feed would begin neither form.
@@ -328,14 +329,33 @@ fn parse_named(bytes: &[u8], path: String) -> Result<Snapshot, FileError> {
     Snapshot::from_json(text).map_err(|source| FileError::Json { path, source })
 }
 
-#[cfg(all(test, unix))]
+#[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An empty file, or one cut within the magic (a dump that never got further), is a
+    /// snapshot cut short, not a file of another kind.
+    #[test]
+    fn a_file_cut_within_the_magic_is_called_truncated() {
+        for len in 0..MAGIC.len() {
+            let err = parse(&MAGIC[..len]).unwrap_err();
+            assert!(
+                matches!(err, FileError::Binary { source: DecodeError::Truncated { at }, .. } if at == len),
+                "{len} bytes: {err}"
+            );
+        }
+        assert!(matches!(
+            parse(b"TMSNOP"),
+            Err(FileError::NotASnapshot { .. })
+        ));
+        assert!(matches!(parse(b" \n"), Err(FileError::NotASnapshot { .. })));
+    }
 
     /// A dump that fails part-way (a full disk, here a file size limit) leaves the file it
     /// would have replaced as it was: a service dumping every few minutes to one path must
     /// not lose the last good snapshot to the next one.
     #[test]
+    #[cfg(unix)]
     fn a_failed_dump_keeps_the_file_it_would_replace() {
         const NAME: &str = "files::tests::a_failed_dump_keeps_the_file_it_would_replace";
         let Some(dir) = std::env::var_os("TRACEMALLOC_TEST_DUMP_DIR") else {
