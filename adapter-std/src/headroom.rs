@@ -82,7 +82,7 @@ pub(crate) fn refusal(doing: &str, limit: u64) -> String {
 pub(crate) fn available() -> Option<u64> {
     #[cfg(target_os = "linux")]
     {
-        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let status = proc_text("/proc/self/status");
         let left = |resource, used: &str| {
             let limit = soft_limit(resource).ok().flatten()?;
             Some(limit.saturating_sub(kib_field(&status, used).unwrap_or(0)))
@@ -100,6 +100,14 @@ pub(crate) fn available() -> Option<u64> {
     }
     #[cfg(not(target_os = "linux"))]
     None
+}
+
+/// The text of a `/proc` file, empty if it cannot be read. Lossy: `/proc/self/status` begins
+/// with the process's name, which may be in any encoding, and must not cost the lines after it.
+#[cfg(target_os = "linux")]
+fn proc_text(path: &str) -> String {
+    let bytes = std::fs::read(path).unwrap_or_default();
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 /// The value in bytes of a `Name:   1234 kB` line of a `/proc` file.
@@ -277,6 +285,20 @@ mod tests {
             half.contains("512 MiB of memory, half of what this process can"),
             "{half}"
         );
+    }
+
+    /// A process named in another encoding than UTF-8 (here Latin-1's "café") still has its
+    /// address space counted against `RLIMIT_AS`.
+    #[test]
+    fn a_process_name_in_another_encoding_leaves_its_sizes_readable() {
+        // The main thread's name, which `/proc/self/status` shows, whichever thread writes it.
+        let comm = "/proc/self/comm";
+        let name = std::fs::read(comm).unwrap();
+        std::fs::write(comm, b"caf\xe9").unwrap();
+        let status = proc_text("/proc/self/status");
+        std::fs::write(comm, name.trim_ascii_end()).unwrap();
+        assert!(status.starts_with("Name:\tcaf\u{fffd}"), "{status}");
+        assert!(kib_field(&status, "VmSize:").is_some_and(|bytes| bytes > 0));
     }
 
     #[test]
