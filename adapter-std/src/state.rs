@@ -1113,6 +1113,18 @@ fn insert_locked(
                 _ => {}
             }
         }
+    } else if tracer.counters().traces < traces_before {
+        // A block too big for a slot replaced the trace at its address (see
+        // `Tracer::record_alloc_with`): that trace is forgotten as `take_locked` forgets one.
+        let removed = before - tracer.counters().current;
+        let interval = sampler::interval();
+        accounting::account(0, removed, interval, generation);
+        if interval != 0 {
+            sampler::unmark(addr);
+        }
+        if is_shadowed() && spills(removed) {
+            SPILLED.fetch_sub(1, Relaxed);
+        }
     }
     recorded == Recorded::Traced
 }
@@ -1473,15 +1485,15 @@ pub(crate) fn track(domain: u32, addr: usize, size: usize) -> bool {
         };
         let before = tracer.counters().current;
         let recorded = tracer.record_alloc(domain, addr, size, stack.frames, stack.total);
-        if recorded == Recorded::Traced {
-            accounting::account(
-                size as u64,
-                (before + size as u64).saturating_sub(tracer.counters().current),
-                sampler::interval(),
-                interner::generation(),
-            );
+        // A trace at the same key is replaced, by an untraced block too (see
+        // `Tracer::record_alloc`).
+        let traced = recorded == Recorded::Traced;
+        let added = if traced { size as u64 } else { 0 };
+        let replaced = (before + added).saturating_sub(tracer.counters().current);
+        if traced || replaced != 0 {
+            accounting::account(added, replaced, sampler::interval(), interner::generation());
         }
-        recorded == Recorded::Traced
+        traced
     })
 }
 

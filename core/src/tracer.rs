@@ -133,7 +133,7 @@ impl<'a> Tracer<'a> {
     /// Records a new block of `size` bytes at `addr` in `domain`, allocated from the call stack
     /// `frames` (most recent call first, already cut to the traceback limit; `total_nframe` is
     /// its depth before the cut). A block already traced at the same key is replaced, as
-    /// CPython does.
+    /// CPython does, even when the new one cannot be recorded.
     pub fn record_alloc(
         &mut self,
         domain: u32,
@@ -146,9 +146,10 @@ impl<'a> Tracer<'a> {
         self.insert(domain, addr, size as u64, traceback)
     }
 
-    /// Records a block under a traceback interned before: by this tracer, or, for adapters that
-    /// shard the table and share one traceback store, by that store. A tracer whose own store
-    /// is empty reads every such id as the default domain, so sharing tracers serve domain 0.
+    /// Records a block under a traceback interned before (by this tracer, or, for adapters that
+    /// shard the table and share one traceback store, by that store), replacing a trace at its
+    /// key as [`Tracer::record_alloc`] does. A tracer whose own store is empty reads every such
+    /// id as the default domain, so sharing tracers serve domain 0.
     #[inline]
     pub fn record_alloc_with(
         &mut self,
@@ -191,7 +192,7 @@ impl<'a> Tracer<'a> {
         if traceback == TracebackId::OVERFLOW && domain != DEFAULT_DOMAIN {
             // The overflow traceback belongs to the default domain; recording the block under it
             // would move it to another domain, so it is counted as untraced instead.
-            return self.count_untraced(size);
+            return self.replace_with_untraced(domain, addr, size);
         }
         let tracebacks = &self.tracebacks;
         let is_key = |id: TracebackId| tracebacks.domain_of(id) == domain;
@@ -211,8 +212,18 @@ impl<'a> Tracer<'a> {
                 self.add_current(size);
                 Recorded::Traced
             }
-            Err(InsertError::Full | InsertError::Unrepresentable) => self.count_untraced(size),
+            // A full table has no trace at the key: `insert` would have replaced it.
+            Err(InsertError::Full) => self.count_untraced(size),
+            Err(InsertError::Unrepresentable) => self.replace_with_untraced(domain, addr, size),
         }
+    }
+
+    /// Counts a block that could not be recorded at a key that may hold a trace (a missed free,
+    /// a block tracked again, a resize in place): that trace goes, as CPython replaces it, or
+    /// the block would count twice, traced at a stale size and untraced.
+    fn replace_with_untraced(&mut self, domain: u32, addr: usize, size: u64) -> Recorded {
+        self.take(domain, addr);
+        self.count_untraced(size)
     }
 
     /// Counts `blocks` blocks of `bytes` bytes in all that their adapter could not record (its
@@ -272,13 +283,9 @@ impl<'a> Tracer<'a> {
         if old != new {
             self.record_free(domain, old);
         }
-        let recorded = self.record_alloc(domain, new, size, frames, total_nframe);
-        if old == new && recorded == Recorded::Untraced {
-            // The block stayed but is untraced at its new size: its trace at the old size must
-            // not stay too, or it would count twice (traced and untraced) and at a stale size.
-            self.record_free(domain, old);
-        }
-        recorded
+        // A block resized in place but untraced at its new size loses its trace at the old one
+        // there, as any block recorded over a trace does.
+        self.record_alloc(domain, new, size, frames, total_nframe)
     }
 
     /// The trace of the block at `addr`, if traced: its size and traceback.
@@ -454,6 +461,39 @@ mod tests {
         let c = *t.counters();
         assert_eq!((c.traces, c.current), (0, 0));
         assert_eq!((c.untraced_blocks, c.untraced_bytes), (1, huge as u64));
+    }
+
+    #[test]
+    fn a_block_traced_again_past_what_a_slot_holds_replaces_the_old_trace() {
+        let mut a = Arrays::new();
+        let mut t = Tracer::new(a.storage());
+        t.record_alloc(1, 0x1000, 10, &[1], 1);
+        let huge = (crate::table::MAX_TRACED_SIZE + 1) as usize;
+        assert_eq!(t.record_alloc(1, 0x1000, huge, &[2], 1), Recorded::Untraced);
+        assert!(t.trace(1, 0x1000).is_none(), "no trace at its old size");
+        let c = *t.counters();
+        assert_eq!((c.traces, c.current), (0, 0));
+        assert_eq!((c.untraced_blocks, c.untraced_bytes), (1, huge as u64));
+    }
+
+    #[test]
+    fn a_block_traced_again_once_the_store_is_full_replaces_the_old_trace() {
+        let mut a = Arrays::new();
+        let mut t = Tracer::new(a.storage());
+        t.record_alloc(1, 0x1000, 10, &[1], 1);
+        let mut frame = 2;
+        while t.intern(1, &[frame], 1) != TracebackId::OVERFLOW {
+            frame += 1;
+        }
+        // Outside the default domain, a stack past a full store leaves its block untraced.
+        assert_eq!(
+            t.record_alloc(1, 0x1000, 20, &[frame], 1),
+            Recorded::Untraced
+        );
+        assert!(t.trace(1, 0x1000).is_none(), "no trace at its old size");
+        let c = *t.counters();
+        assert_eq!((c.traces, c.current), (0, 0));
+        assert_eq!((c.untraced_blocks, c.untraced_bytes), (1, 20));
     }
 
     #[test]

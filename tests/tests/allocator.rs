@@ -529,6 +529,41 @@ fn tracked_foreign_memory_lives_in_its_own_domain() {
 }
 
 #[test]
+fn a_block_tracked_again_too_big_for_a_trace_leaves_no_trace_at_its_old_size() {
+    let _s = serial();
+    tracemalloc::stop();
+    // The default domain in the tables (shadow memory forgets a tracked address first), and a
+    // domain of its own.
+    tracemalloc::start_with(tracemalloc::Config {
+        nframe: 1,
+        storage: tracemalloc::Storage::Table,
+        ..tracemalloc::Config::default()
+    })
+    .unwrap();
+    let far = 0x7000_0000_0000usize as *const u8; // no heap block there
+    for domain in [0, 7] {
+        assert!(tracemalloc::track(domain, far, 1 << 30));
+        assert!(tracemalloc::traced_memory().0 >= 1 << 30);
+        // 2 TiB (a reserved address range): more than a trace holds, so untraced.
+        assert!(!tracemalloc::track(domain, far, 2 << 40));
+        assert!(
+            tracemalloc::traced_memory().0 < 1 << 30,
+            "domain {domain}: still counted at its old size"
+        );
+        let snapshot = tracemalloc::take_snapshot().unwrap();
+        assert!(
+            snapshot.traces.iter().all(|t| t.size < 1 << 30),
+            "domain {domain}"
+        );
+        assert!(
+            !tracemalloc::untrack(domain, far),
+            "domain {domain}: a stale trace"
+        );
+    }
+    tracemalloc::stop();
+}
+
+#[test]
 fn many_live_blocks_grow_the_tables_without_losing_any() {
     let _s = serial();
     tracemalloc::stop();
