@@ -35,12 +35,14 @@ pub struct Counters {
 impl Counters {
     /// Adds another tracer's counters (for adapters that shard the tracer). Peaks add up to an
     /// upper bound of the true peak; adapters that need the exact one keep it themselves.
+    /// Saturating, as the untraced counts are: a block tracked with an absurd size saturates
+    /// its tracer's, and a snapshot adds up every tracer's.
     pub fn merge(&mut self, other: &Counters) {
-        self.current += other.current;
-        self.peak += other.peak;
-        self.traces += other.traces;
-        self.untraced_blocks += other.untraced_blocks;
-        self.untraced_bytes += other.untraced_bytes;
+        self.current = self.current.saturating_add(other.current);
+        self.peak = self.peak.saturating_add(other.peak);
+        self.traces = self.traces.saturating_add(other.traces);
+        self.untraced_blocks = self.untraced_blocks.saturating_add(other.untraced_blocks);
+        self.untraced_bytes = self.untraced_bytes.saturating_add(other.untraced_bytes);
     }
 }
 
@@ -494,6 +496,16 @@ mod tests {
         let c = *t.counters();
         assert_eq!((c.traces, c.current), (0, 0));
         assert_eq!((c.untraced_blocks, c.untraced_bytes), (1, 20));
+    }
+
+    #[test]
+    fn merged_counters_saturate_as_the_untraced_counts_do() {
+        let mut a = Arrays::new();
+        let mut t = Tracer::new(a.storage());
+        t.record_untraced(1, u64::MAX); // as `track` of a block of absurd size counts it
+        let mut sum = *t.counters();
+        sum.merge(t.counters());
+        assert_eq!((sum.untraced_blocks, sum.untraced_bytes), (2, u64::MAX));
     }
 
     #[test]
