@@ -75,9 +75,13 @@ impl ElfResolver {
                 });
             }
         }
-        let loader = addr2line::Loader::new(file).map_err(|e| Error::Symbols {
-            path: path.display().to_string(),
-            reason: e.to_string(),
+        // A stripped build reads its lines from its separate debug file, where there is one.
+        let debug = separate_debug_file(file, path);
+        let loader = addr2line::Loader::new(debug.as_deref().unwrap_or(file)).map_err(|e| {
+            Error::Symbols {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            }
         })?;
         Ok(ElfResolver {
             loader,
@@ -252,6 +256,91 @@ fn code_ranges(file: &Path) -> Vec<Range<u64>> {
         .filter(|section| section.size() != 0)
         .map(|section| section.address()..section.address().saturating_add(section.size()))
         .collect()
+}
+
+/// Where distributions install separate debug files, and gdb looks for them.
+const GLOBAL_DEBUG_DIR: &str = "/usr/lib/debug";
+
+/// The separate debug file of `file`, a build without debug info of its own (`strip
+/// --strip-debug`, after `objcopy --only-keep-debug`), found as gdb finds it: by its build id
+/// (`/usr/lib/debug/.build-id/ab/cdef….debug`), or by the name its `.gnu_debuglink` section
+/// holds, beside `path` (the name the build was loaded by), in `.debug/` there, or under
+/// `/usr/lib/debug` and `path`'s folder. A candidate counts only if it is a regular file with
+/// debug info of the same build: its build id equal to `file`'s, or, where `file` has none, its
+/// CRC-32 the one the link records. `None` when `file` has debug info or nothing matches.
+fn separate_debug_file(file: &Path, path: &Path) -> Option<PathBuf> {
+    use object::{Object, ObjectSection};
+    let has_debug_info = |object: &object::File<'_, &object::ReadCache<&std::fs::File>>| {
+        [".debug_info", ".zdebug_info"]
+            .iter()
+            .any(|name| object.section_by_name(name).is_some_and(|s| s.size() != 0))
+    };
+    let opened = std::fs::File::open(file).ok()?;
+    let cache = object::ReadCache::new(&opened);
+    let object = object::File::parse(&cache).ok()?;
+    if has_debug_info(&object) {
+        return None;
+    }
+    let build_id = object.build_id().ok().flatten().map(<[u8]>::to_vec);
+    let link = object.gnu_debuglink().ok().flatten();
+    let mut candidates = Vec::new();
+    if let Some(id) = build_id.as_deref().filter(|id| id.len() >= 2) {
+        let hex = tracemalloc_core::build_id::Hex;
+        candidates.push(Path::new(GLOBAL_DEBUG_DIR).join(format!(
+            ".build-id/{}/{}.debug",
+            hex(&id[..1]),
+            hex(&id[1..])
+        )));
+    }
+    let folder = std::fs::canonicalize(path)
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf));
+    let link_name = link.and_then(|(name, _)| std::str::from_utf8(name).ok());
+    if let (Some(name), Some(folder)) = (link_name, &folder) {
+        let name = Path::new(name);
+        // Only a file name: a link naming another folder (`../x`) is no debug link.
+        if name.components().count() == 1 && name.file_name().is_some() {
+            candidates.push(folder.join(name));
+            candidates.push(folder.join(".debug").join(name));
+            let under = folder.strip_prefix("/").unwrap_or(folder);
+            candidates.push(Path::new(GLOBAL_DEBUG_DIR).join(under).join(name));
+        }
+    }
+    candidates.into_iter().find(|candidate| {
+        // A FIFO would block, a device never end.
+        if !std::fs::metadata(candidate).is_ok_and(|m| m.is_file()) || candidate == file {
+            return false;
+        }
+        let Ok(opened) = std::fs::File::open(candidate) else {
+            return false;
+        };
+        let cache = object::ReadCache::new(&opened);
+        let Ok(debug) = object::File::parse(&cache) else {
+            return false;
+        };
+        let same_build = match (&build_id, link) {
+            (Some(id), _) => debug.build_id().ok().flatten() == Some(id.as_slice()),
+            (None, Some((_, crc))) => crc32_of(&opened) == Some(crc),
+            (None, None) => false,
+        };
+        same_build && has_debug_info(&debug)
+    })
+}
+
+/// The CRC-32 of a whole file, as `.gnu_debuglink` records its debug file's.
+fn crc32_of(mut file: &std::fs::File) -> Option<u32> {
+    use std::io::{Read, Seek};
+    file.rewind().ok()?;
+    let mut hasher = crc32fast::Hasher::new();
+    let mut buffer = vec![0; 1 << 16];
+    loop {
+        match file.read(&mut buffer) {
+            Ok(0) => return Some(hasher.finalize()),
+            Ok(n) => hasher.update(&buffer[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
 }
 
 /// Where `addr2line`'s loader looks for the DWARF package of `file` (split debug info): the
@@ -1205,6 +1294,69 @@ mod tests {
         assert!(!resolver.code.iter().any(|code| code.contains(&0x10)));
         let header = resolver.bias + 0x10;
         assert!(!resolver.resolve(header, &mut out), "{out:?}");
+    }
+
+    /// A build stripped of its debug info (`strip --strip-debug`) names its lines from its
+    /// separate debug file (`objcopy --only-keep-debug`), found through its debug link beside
+    /// it or in `.debug/` there, and only when that file is of the same build.
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn a_stripped_build_reads_its_lines_from_its_separate_debug_file() {
+        use std::io::Write;
+        let exe = std::env::current_exe().unwrap();
+        let dir = std::env::temp_dir().join(format!("tm-debuglink-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join(".debug")).unwrap();
+        let objcopy = |args: &[&std::ffi::OsStr]| {
+            let status = std::process::Command::new("objcopy").args(args).status();
+            assert!(
+                status.expect("objcopy (binutils) runs").success(),
+                "{args:?}"
+            );
+        };
+        let debug = dir.join("app.debug");
+        objcopy(&["--only-keep-debug".as_ref(), exe.as_ref(), debug.as_ref()]);
+        // The same debug info without the build id: of another build, as far as anyone knows.
+        let other = dir.join("other.debug");
+        let no_id = "--remove-section=.note.gnu.build-id";
+        objcopy(&[no_id.as_ref(), debug.as_ref(), other.as_ref()]);
+        let stripped = |name: &str, link: &Path, keep_id: bool| {
+            let out = dir.join(name);
+            let link = format!("--add-gnu-debuglink={}", link.display());
+            let mut args = vec!["--strip-debug".as_ref(), link.as_ref()];
+            if !keep_id {
+                args.push(no_id.as_ref());
+            }
+            args.extend([exe.as_os_str(), out.as_ref()]);
+            objcopy(&args);
+            out
+        };
+        let names = |file: &Path| {
+            let bias = main_program_bias().unwrap();
+            let mut resolver = ElfResolver::open_named_from(file, bias, Vec::new()).unwrap();
+            resolver.show_plumbing(true);
+            let address = a_stripped_build_reads_its_lines_from_its_separate_debug_file as fn();
+            let mut out = Vec::new();
+            resolver.resolve(address as usize, &mut out);
+            out.iter().any(|f| f.filename.ends_with("symbolize.rs"))
+        };
+        let beside = stripped("app", &debug, true);
+        let mismatched = stripped("mismatched", &other, true);
+        let found = [names(&beside), names(&mismatched)];
+        // Without build ids on either side, the link's CRC-32 tells.
+        let by_crc = stripped("by-crc", &other, false);
+        let crc_matches = names(&by_crc);
+        let mut changed = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&other)
+            .unwrap();
+        changed.write_all(b"!").unwrap();
+        let crc_differs = names(&by_crc);
+        std::fs::rename(&debug, dir.join(".debug/app.debug")).unwrap();
+        let in_debug_folder = names(&beside);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(found, [true, false], "beside it, and of another build");
+        assert_eq!([crc_matches, crc_differs], [true, false], "by CRC-32");
+        assert!(in_debug_folder, "in .debug/ beside it");
     }
 
     /// A separate debug file (`objcopy --only-keep-debug`, as distributions ship them) keeps
