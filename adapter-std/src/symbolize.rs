@@ -404,9 +404,19 @@ pub(crate) fn is_plumbing(function: Option<&str>, file: Option<&str>) -> bool {
     let Some(function) = function else {
         return false;
     };
-    let qualified = function.starts_with('<');
-    let function = function.trim_start_matches('<');
-    let starts = |prefixes: &[&str]| prefixes.iter().any(|p| function.starts_with(p));
+    // `<Self as Trait>::item`: the trait's crate's code unless the trait is std's, as std
+    // implements no other crate's trait (the program's trait for a std type, `<alloc::string::
+    // String as app::Encode>::encode`, is the program's). An impl of a std trait may be std's or
+    // the program's (`<alloc::string::String as core::convert::From<app::Error>>::from`): its
+    // file tells, std's being checked above, and without one its name.
+    let (owner, std_by_name) = match self_and_trait(function) {
+        Some((_, trait_path)) if !is_std_path(trait_path.trim_start_matches('<')) => {
+            (trait_path, true)
+        }
+        Some(_) => (function, file.is_none()),
+        None => (function, true),
+    };
+    let owner = owner.trim_start_matches('<');
     const OWN: &[&str] = &[
         "tracemalloc::",
         "tracemalloc_core::",
@@ -418,13 +428,40 @@ pub(crate) fn is_plumbing(function: Option<&str>, file: Option<&str>) -> bool {
         "__libc_",
         "_start",
     ];
-    const STD: &[&str] = &["alloc::", "core::", "std::"];
-    // `<Self as Trait>::method` may be the application's impl for a std type or of a std trait
-    // (`<alloc::vec::Vec<u32> as app::VecExt>::push`, `<alloc::string::String as
-    // core::convert::From<app::Error>>::from`): its file tells, std's being checked above.
-    starts(OWN)
-        || ((!qualified || file.is_none()) && starts(STD))
+    OWN.iter().any(|p| owner.starts_with(p))
+        || (std_by_name && is_std_path(owner))
         || (file.is_none() && function == "main")
+}
+
+/// The crates std is built of, as paths in a demangled name start.
+pub(crate) const STD_CRATES: [&str; 3] = ["alloc::", "core::", "std::"];
+
+/// Whether `path` starts in one of [`STD_CRATES`].
+pub(crate) fn is_std_path(path: &str) -> bool {
+    STD_CRATES.iter().any(|c| path.starts_with(c))
+}
+
+/// `Self` and `Trait` (with what follows it) of a demangled name `<Self as Trait>::item`, split
+/// at the ` as ` of the outer brackets: `Self` may hold brackets and an ` as ` of its own
+/// (`<<I as core::iter::IntoIterator>::IntoIter as app::Ext>::f`). `None` for other names, such
+/// as v0's inherent `<Self>::item`.
+pub(crate) fn self_and_trait(name: &str) -> Option<(&str, &str)> {
+    let inner = name.strip_prefix('<')?;
+    let bytes = inner.as_bytes();
+    let mut depth = 0usize;
+    for (i, &byte) in bytes.iter().enumerate() {
+        match byte {
+            b'<' => depth += 1,
+            b'>' if i > 0 && bytes[i - 1] == b'-' => {} // `fn() -> T`
+            b'>' if depth == 0 => return None,
+            b'>' => depth -= 1,
+            b' ' if depth == 0 && inner[i..].starts_with(" as ") => {
+                return Some((&inner[..i], &inner[i + 4..]));
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 /// [`roots_for`] the one binary at `path`, from the current directory.
@@ -1188,6 +1225,34 @@ mod tests {
             Some("leaky_service::Cache::insert"),
             Some("examples/leaky_service.rs")
         ));
+        // The program's trait implemented for a std type is the program's code.
+        assert!(!is_plumbing(
+            Some("<alloc::string::String as app::Encode>::encode"),
+            Some("src/encode.rs")
+        ));
+        assert!(is_plumbing(
+            Some("<std::alloc::System as tracemalloc::Inner>::alloc"),
+            None
+        ));
+    }
+
+    #[test]
+    fn a_qualified_name_splits_at_its_outer_as() {
+        assert_eq!(
+            self_and_trait("<alloc::string::String as app::Encode>::encode"),
+            Some(("alloc::string::String", "app::Encode>::encode"))
+        );
+        assert_eq!(
+            self_and_trait("<<I as core::iter::IntoIterator>::IntoIter as app::Ext>::f"),
+            Some(("<I as core::iter::IntoIterator>::IntoIter", "app::Ext>::f"))
+        );
+        assert_eq!(
+            self_and_trait("<fn() -> u8 as core::ops::function::FnOnce<()>>::call_once"),
+            Some(("fn() -> u8", "core::ops::function::FnOnce<()>>::call_once"))
+        );
+        assert_eq!(self_and_trait("<alloc::vec::Vec<u8>>::push"), None);
+        assert_eq!(self_and_trait("<str>::to_lowercase"), None);
+        assert_eq!(self_and_trait("app::as_bytes"), None);
     }
 
     /// Full debug info (cargo's default `debug = true`) names the application's impls for std

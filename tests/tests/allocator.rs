@@ -407,6 +407,37 @@ fn plumbing_between_program_frames_does_not_use_up_the_limit() {
     tracemalloc::stop();
 }
 
+/// An extension trait of the program's, implemented for a std type.
+trait Encode {
+    fn encode(&self) -> Vec<u8>;
+}
+
+impl Encode for String {
+    #[inline(never)]
+    fn encode(&self) -> Vec<u8> {
+        std::hint::black_box(vec![self.len() as u8; 2468]) // ENCODE
+    }
+}
+
+/// The program's impl of its own trait for a std type is named after the std type
+/// (`<alloc::string::String as allocator::Encode>::encode`), and is the program's code: shown.
+#[test]
+fn the_programs_impl_of_its_trait_for_a_std_type_is_shown() {
+    let _s = serial();
+    fresh(2);
+    let encoded = String::new().encode(); // CALLS-ENCODE
+    let snapshot = tracemalloc::take_snapshot().unwrap();
+    let frames = &snapshot.tracebacks[traceback_ids(&snapshot, 2468)[0] as usize].frames;
+    let lines: Vec<u32> = frames.iter().map(|f| f.lineno).collect();
+    assert_eq!(
+        lines,
+        [line_of("ENCODE"), line_of("CALLS-ENCODE")],
+        "{frames:?}"
+    );
+    drop(encoded);
+    tracemalloc::stop();
+}
+
 #[inline(never)]
 fn unwound_leaf() -> Vec<u8> {
     vec![3u8; 5432] // UNWOUND-LEAF
