@@ -407,6 +407,38 @@ fn plumbing_between_program_frames_does_not_use_up_the_limit() {
     tracemalloc::stop();
 }
 
+#[inline(never)]
+fn lowered(text: &str) -> String {
+    text.to_lowercase() // LOWERED
+}
+
+#[inline(never)]
+fn c_string(text: &str) -> std::ffi::CString {
+    std::ffi::CString::new(text).unwrap() // C-STRING
+}
+
+/// std's own code names the inherent methods of primitive types, and traits local to a
+/// function, with v0 mangling (`<str>::to_lowercase`,
+/// `<&str as <alloc::ffi::c_str::CString>::new::SpecNewImpl>::spec_new_impl`): plumbing too,
+/// which must not use up the limit. With Python's default of one frame, the allocating line is
+/// shown, not `<unknown>`.
+#[test]
+fn std_methods_of_primitive_types_do_not_use_up_the_limit() {
+    let _s = serial();
+    fresh(1);
+    // The arguments are freed before the snapshot; the results have sizes of their own.
+    let lowered = lowered(&"L".repeat(2345));
+    let c_string = c_string(&"c".repeat(3455)); // 3456 bytes with the nul
+    let snapshot = tracemalloc::take_snapshot().unwrap();
+    for (size, marker) in [(2345, "LOWERED"), (3456, "C-STRING")] {
+        let frames = &snapshot.tracebacks[traceback_ids(&snapshot, size)[0] as usize].frames;
+        let lines: Vec<u32> = frames.iter().map(|f| f.lineno).collect();
+        assert_eq!(lines, [line_of(marker)], "{marker}: {frames:?}");
+    }
+    drop((lowered, c_string));
+    tracemalloc::stop();
+}
+
 /// An extension trait of the program's, implemented for a std type.
 trait Encode {
     fn encode(&self) -> Vec<u8>;
