@@ -277,15 +277,18 @@ pub fn start(nframe: usize) -> Result<(), Error> {
     })
 }
 
-/// Starts tracing with a full configuration. Already tracing: only the limit changes, as in
-/// Python.
+/// Starts tracing with a full configuration. Already tracing: nothing changes, the limit
+/// included, as in Python.
 pub fn start_with(config: Config) -> Result<(), Error> {
     if !(1..=MAX_NFRAME).contains(&config.nframe) {
         return Err(Error::InvalidNframe(config.nframe));
     }
-    SHOW_PLUMBING.store(config.show_plumbing, Relaxed);
+    let show_plumbing = config.show_plumbing;
     let was_on = state::is_on();
-    state::request_start(config);
+    let requested = state::request_start(config);
+    if requested {
+        SHOW_PLUMBING.store(show_plumbing, Relaxed);
+    }
     // Any allocation through the wrapper switches tracing on; make one.
     drop(std::hint::black_box(Box::new(0u64)));
     if state::is_on() {
@@ -300,6 +303,8 @@ pub fn start_with(config: Config) -> Result<(), Error> {
             plumbing::build(); // once per process
         }
         Ok(())
+    } else if !requested {
+        Ok(()) // was on, then switched off by a `stop()` on another thread
     } else if state::arm_failed() {
         Err(Error::OutOfMemory)
     } else if state::is_armed() {

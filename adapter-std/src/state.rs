@@ -358,7 +358,8 @@ fn on_state_change(inner: &dyn GlobalAlloc) -> bool {
             let config = env_config();
             let _ = STATE.compare_exchange(ENV_PENDING, OFF, AcqRel, Acquire);
             if let Some(config) = config {
-                request_start(config);
+                // Tracing is off here: the request is always taken.
+                let _ = request_start(config);
                 return arm(inner);
             }
             false
@@ -472,9 +473,10 @@ fn read_env(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }
 
-/// Records the configuration and arms the tracer; the next allocation through the wrapper
-/// switches tracing on.
-pub(crate) fn request_start(config: Config) {
+/// Records the configuration and arms the tracer, so that the next allocation through the
+/// wrapper switches tracing on; returns whether it did. While tracing it changes nothing, as
+/// Python's `start()` does not (CPython returns at "hook already installed").
+pub(crate) fn request_start(config: Config) -> bool {
     // An allocation first: an allocator that registers its own fork handlers on its first use
     // (jemalloc does) then registers them before the tracer's, whose `child` handler frees
     // other threads' queued blocks through it and so must run after the allocator's own (a
@@ -484,6 +486,9 @@ pub(crate) fn request_start(config: Config) {
     // it (arming registers them too, for tracing started by `RUST_TRACEMALLOC`).
     #[cfg(unix)]
     fork::register();
+    if is_on() {
+        return false;
+    }
     CAPTURE_DEPTH.store(capture_depth(&config), Relaxed);
     NFRAME.store(config.nframe, Relaxed);
     METHOD.store(
@@ -498,6 +503,7 @@ pub(crate) fn request_start(config: Config) {
         sampler::configure(sample_interval);
         STATE.store(ARMED, Release);
     }
+    true
 }
 
 /// Whether the last arming failed for lack of memory.

@@ -355,6 +355,24 @@ fn frames_past_the_limit_do_not_split_a_traceback() {
     tracemalloc::stop();
 }
 
+/// As in Python, whose `start()` returns at once while tracing ("hook already installed"): a
+/// library's `start(1)` must not cut the tracebacks of a program tracing with more frames.
+#[test]
+fn a_start_while_tracing_changes_nothing() {
+    let _s = serial();
+    fresh(4);
+    tracemalloc::start(1).unwrap();
+    assert_eq!(tracemalloc::traceback_limit(), 4);
+    let kept = nest(6);
+    let snapshot = tracemalloc::take_snapshot().unwrap();
+    assert_eq!(snapshot.traceback_limit, 4);
+    let ids = traceback_ids(&snapshot, 4321);
+    assert_eq!(snapshot.tracebacks[ids[0] as usize].frames.len(), 4);
+    drop(kept);
+    tracemalloc::stop();
+    assert_eq!(tracemalloc::traceback_limit(), 4, "kept after stop");
+}
+
 #[inline(never)]
 fn made(size: usize) -> Vec<u8> {
     vec![5u8; size] // MADE
@@ -706,7 +724,7 @@ fn a_fresh_start_reports_nothing_traced() {
             assert_eq!(fresh, (0, 0), "{storage:?}, round {round}");
         }
     }
-    // A start while tracing changes only the limit, and keeps the peak.
+    // A start while tracing changes nothing: the peak stays.
     tracemalloc::start(1).unwrap();
     drop(std::hint::black_box(vec![0u8; 1000]));
     tracemalloc::start(2).unwrap();

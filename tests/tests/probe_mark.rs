@@ -75,7 +75,7 @@ fn main() {
     tracemalloc::start_with(sampled()).unwrap();
     let starter = std::thread::spawn(|| {
         HOOKED.with(|h| h.set(true));
-        // Already tracing: only the limit changes, but `start_with` probes again.
+        // Already tracing: nothing changes, but `start_with` probes again.
         tracemalloc::start_with(sampled()).unwrap();
         HOOKED.with(|h| h.set(false));
     });

@@ -544,7 +544,7 @@ fn controller(barrier: Arc<Barrier>, seed: u64) {
                 CLEARS.fetch_add(1, Relaxed);
             }
             5 => {
-                // already tracing: only the limit changes
+                // already tracing: changes nothing, as in Python
                 let _ = start_n(1 + rng.below(30) as usize);
                 if !tiny() {
                     DEEP_MODE.store(false, Relaxed);
