@@ -24,7 +24,11 @@ struct Text {
 const _: () = assert!(MAX_SOURCE <= u32::MAX as u64);
 
 impl Text {
-    fn new(text: String) -> Text {
+    fn new(mut text: String) -> Text {
+        // Not part of line 1: `linecache` decodes such a file as `utf-8-sig`, and rustc skips it.
+        if text.starts_with('\u{feff}') {
+            text.drain(..'\u{feff}'.len_utf8());
+        }
         let mut starts = Vec::with_capacity(text.matches('\n').count() + 1);
         starts.push(0);
         starts.extend(text.match_indices('\n').map(|(i, _)| i as u32 + 1));
@@ -187,6 +191,14 @@ mod tests {
             ]
         );
         assert_eq!(Text::new("a\n".to_owned()).line(2), None);
+    }
+
+    /// Python's `linecache` reads such a file as `utf-8-sig`, and rustc skips the mark too.
+    #[test]
+    fn a_byte_order_mark_is_not_part_of_the_first_line() {
+        let text = Text::new("\u{feff}fn a() {\n}\n".to_owned());
+        assert_eq!(text.line(1), Some("fn a() {"));
+        assert_eq!(text.line(2), Some("}"));
     }
 
     /// One file named in many ways is read once (a forged snapshot could spell one large file
