@@ -31,6 +31,19 @@ pub struct ElfResolver {
     show_plumbing: bool,
     cache: HashMap<usize, Option<Vec<Frame>>>,
     names: HashMap<String, Arc<str>>,
+    /// The file the symbol table is read from, for [`ElfResolver::function_containing`].
+    file: PathBuf,
+    /// Its functions by address, read when first needed ([`functions_of`]).
+    functions: Option<Vec<SizedFunction>>,
+}
+
+/// A function of the symbol table, with the size it gives: its name is sure for the addresses
+/// it covers, where the nearest symbol before an address may be a neighbour's.
+struct SizedFunction {
+    start: u64,
+    end: u64,
+    /// As mangled: demangled only when shown.
+    name: Box<str>,
 }
 
 impl ElfResolver {
@@ -91,6 +104,8 @@ impl ElfResolver {
             show_plumbing: false,
             cache: HashMap::new(),
             names: HashMap::new(),
+            file: file.to_owned(),
+            functions: None,
         })
     }
 
@@ -151,6 +166,16 @@ impl ElfResolver {
         ))
     }
 
+    /// The demangled name of the function whose symbol covers `probe`, by its size.
+    fn function_containing(&mut self, probe: u64) -> Option<String> {
+        let functions = self
+            .functions
+            .get_or_insert_with(|| functions_of(&self.file));
+        let after = functions.partition_point(|f| f.start <= probe);
+        let function = functions[..after].last().filter(|f| probe < f.end)?;
+        Some(format!("{:#}", rustc_demangle::demangle(&function.name)))
+    }
+
     fn lookup(&mut self, address: usize) -> Option<Vec<Frame>> {
         let probe = address.checked_sub(self.bias)? as u64;
         if !self.code.is_empty() && !self.code.iter().any(|code| code.contains(&probe)) {
@@ -180,13 +205,20 @@ impl ElfResolver {
             *function = self.symbol_at(probe);
         }
         if found.is_empty() {
-            // No DWARF for this address: the symbol table may still name the function. Such
-            // frames (C runtime, code built without debug info) are shown only with plumbing,
-            // since the nearest symbol can be a neighbour's.
-            if !self.show_plumbing {
-                return Some(Vec::new());
-            }
-            found.push((Some(self.symbol_at(probe)?), None, 0));
+            // No DWARF for this address (C runtime, code built without debug info): the symbol
+            // table may still name the function. Where the function's own symbol covers the
+            // address, it is shown by name (`<app::Cache::insert>:0`), a build without debug
+            // info being better named by function than all `<unknown>:0`; with plumbing shown,
+            // the nearest symbol before the address names it, which may be a neighbour's.
+            let name = if self.show_plumbing {
+                self.symbol_at(probe)?
+            } else {
+                match self.function_containing(probe) {
+                    Some(name) => name,
+                    None => return Some(Vec::new()),
+                }
+            };
+            found.push((Some(name), None, 0));
         }
         let mut out = Vec::with_capacity(found.len());
         for (function, file, line) in found {
@@ -227,6 +259,32 @@ impl Resolver for ElfResolver {
             None => false,
         }
     }
+}
+
+/// The functions `file`'s symbol table gives a size, sorted by address; none when it cannot
+/// be read.
+fn functions_of(file: &Path) -> Vec<SizedFunction> {
+    use object::{Object, ObjectSymbol};
+    let Ok(opened) = std::fs::File::open(file) else {
+        return Vec::new();
+    };
+    let cache = object::ReadCache::new(&opened);
+    let Ok(object) = object::File::parse(&cache) else {
+        return Vec::new();
+    };
+    let mut functions: Vec<SizedFunction> = object
+        .symbols()
+        .filter(|s| s.is_definition() && s.kind() == object::SymbolKind::Text && s.size() != 0)
+        .filter_map(|s| {
+            Some(SizedFunction {
+                start: s.address(),
+                end: s.address().checked_add(s.size())?,
+                name: s.name().ok()?.into(),
+            })
+        })
+        .collect();
+    functions.sort_unstable_by_key(|f| f.start);
+    functions
 }
 
 /// The address ranges of `file`'s executable sections: the only places a return address can
@@ -1422,6 +1480,43 @@ mod tests {
         assert_eq!(found, [true, false], "beside it, and of another build");
         assert_eq!([crc_matches, crc_differs], [true, false], "by CRC-32");
         assert!(in_debug_folder, "in .debug/ beside it");
+    }
+
+    /// A build without debug info (cargo's default release profile) is named by the functions
+    /// its symbol table gives a size, rather than all `<unknown>:0`; an address past every
+    /// function's end is not named after the function before it.
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn a_build_without_debug_info_is_named_by_its_functions() {
+        let exe = std::env::current_exe().unwrap();
+        let bare = std::env::temp_dir().join(format!("tm-bare-{}", std::process::id()));
+        let status = std::process::Command::new("objcopy")
+            .arg("--strip-debug")
+            .arg(&exe)
+            .arg(&bare)
+            .status();
+        assert!(status.expect("objcopy (binutils) runs").success());
+        let bias = main_program_bias().unwrap();
+        let mut resolver = ElfResolver::open_named_from(&bare, bias, Vec::new()).unwrap();
+        // A function of another crate: this crate's own are plumbing, and hidden.
+        let address = rustc_demangle::demangle as fn(&str) -> rustc_demangle::Demangle as usize;
+        let mut out = Vec::new();
+        assert!(resolver.resolve(address + 1, &mut out));
+        let functions = functions_of(&bare);
+        std::fs::remove_file(&bare).unwrap();
+        let name = "rustc_demangle::demangle";
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(&*out[0].filename, format!("<{name}>"));
+        assert_eq!((out[0].lineno, out[0].function.as_deref()), (0, Some(name)));
+        // Between two functions (alignment padding), or past the last: no name.
+        let gap = functions
+            .windows(2)
+            .find(|w| w[0].end < w[1].start)
+            .unwrap()[0]
+            .end;
+        resolver.functions = Some(functions);
+        assert_eq!(resolver.function_containing(gap), None);
+        assert!(resolver.function_containing(gap - 1).is_some());
     }
 
     /// A separate debug file (`objcopy --only-keep-debug`, as distributions ship them) keeps
