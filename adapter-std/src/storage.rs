@@ -93,9 +93,9 @@ pub(crate) fn allocate_table(
         // SAFETY: the layout has a non-zero size. The advice only changes how the pages are
         // backed, and covers whole 2 MiB pages of this block alone (its start is aligned and
         // its size a multiple of 2 MiB: at least 4 MiB of a power-of-two number of slots of
-        // 16 bytes, or of 12 on 32-bit targets, 3 times a power of two). The block is zeroed after the advice, so its pages are first touched as huge
-        // pages, and an all-zero `Slot` is an empty one. The slice is the block's only
-        // reference until `free_table`.
+        // 16 bytes, or of 12 on 32-bit targets, 3 times a power of two). The block is zeroed
+        // after the advice, so its pages are first touched as huge pages, and an all-zero
+        // `Slot` is an empty one. The slice is the block's only reference until `free_table`.
         unsafe {
             let ptr = inner.alloc(layout);
             if !ptr.is_null() {
