@@ -65,13 +65,11 @@ impl MissedQueue {
         overflow_bytes: 0,
     };
 
-    /// Queues a new block; past the queue's room it counts as untraced. Returns whether queued.
-    fn alloc(&mut self, addr: usize, size: usize) -> bool {
-        let queued = self.events.push(Missed::Alloc { addr, size }).is_ok();
-        if !queued {
+    /// Queues a new block; past the queue's room it counts as untraced.
+    fn alloc(&mut self, addr: usize, size: usize) {
+        if self.events.push(Missed::Alloc { addr, size }).is_err() {
             self.count_untraced(size);
         }
-        queued
     }
 
     fn count_untraced(&mut self, size: usize) {
@@ -123,20 +121,20 @@ impl MissedQueue {
                 self.free(old);
                 self.alloc(addr, size);
             }
-            None => {
-                self.alloc(addr, size);
-            }
+            None => self.alloc(addr, size),
         }
     }
 
-    /// Queues a block resized in place: its queued allocation takes the new size, or a new
-    /// allocation replaces its trace when replayed; past the queue's room, its old trace goes
-    /// (a free) and it counts as untraced.
+    /// Queues a block resized in place: its queued allocation takes the new size, or else its
+    /// old trace goes (a free) and a new allocation follows. Not one allocation replacing the
+    /// trace when replayed: a later free past the room may cancel that allocation or take its
+    /// place, and the old trace must go all the same.
     fn resize(&mut self, addr: usize, size: usize) {
         if let Some(at) = self.queued_alloc(addr) {
             self.events[at] = Missed::Alloc { addr, size };
-        } else if !self.alloc(addr, size) {
+        } else {
             self.free(addr);
+            self.alloc(addr, size);
         }
     }
 }
@@ -817,6 +815,71 @@ mod tests {
             h.dealloc(b, layout(100));
         }
         assert_eq!(h.counters().traces, 0);
+    }
+
+    #[test]
+    fn a_block_resized_in_place_then_freed_past_the_queue_keeps_no_trace() {
+        type Roomy = TracedHeap<InPlace, 64, 4, 16, 2>;
+        let h: &'static Roomy = Box::leak(Box::new(TracedHeap::new(InPlace(AtomicUsize::new(0)))));
+        h.start(CallStacks::ReturnAddress);
+        // SAFETY: nonzero layouts; every block is freed with its final layout.
+        unsafe {
+            let a = h.alloc(layout(10));
+            let fillers = h
+                .with_tracer(|_| {
+                    let b = h.realloc(a, layout(10), 100);
+                    assert_eq!(a, b, "resized in place");
+                    // The queue fills, then the resized block is freed past its room.
+                    let fillers: std::vec::Vec<_> =
+                        (0..MISSED_EVENTS).map(|_| h.alloc(layout(8))).collect();
+                    h.dealloc(b, layout(100));
+                    fillers
+                })
+                .unwrap();
+            let traced = h.with_tracer(|t| t.trace(DEFAULT_DOMAIN, a as usize).map(|(s, _)| s));
+            assert_eq!(traced.flatten(), None, "the freed block keeps no trace");
+            for f in fillers {
+                h.dealloc(f, layout(8));
+            }
+        }
+        let c = h.counters();
+        assert_eq!((c.traces, c.current), (0, 0), "{c:?}");
+    }
+
+    #[test]
+    fn a_block_resized_in_place_then_pushed_out_of_the_queue_keeps_no_stale_trace() {
+        type Roomy = TracedHeap<InPlace, 64, 4, 16, 2>;
+        let h: &'static Roomy = Box::leak(Box::new(TracedHeap::new(InPlace(AtomicUsize::new(0)))));
+        h.start(CallStacks::ReturnAddress);
+        // SAFETY: nonzero layouts; every block is freed with its final layout.
+        unsafe {
+            let a = h.alloc(layout(10));
+            let traced: std::vec::Vec<_> =
+                (0..MISSED_EVENTS - 1).map(|_| h.alloc(layout(8))).collect();
+            let c = h
+                .with_tracer(|_| {
+                    let c = h.alloc(layout(8));
+                    let b = h.realloc(a, layout(10), 100);
+                    assert_eq!(a, b, "resized in place");
+                    // Frees of blocks traced before, the last ones past the room: they take
+                    // the places of the queued allocations, the resized block's first.
+                    for &block in &traced {
+                        h.dealloc(block, layout(8));
+                    }
+                    c
+                })
+                .unwrap();
+            let resized = h.with_tracer(|t| t.trace(DEFAULT_DOMAIN, a as usize).map(|(s, _)| s));
+            assert_eq!(resized.flatten(), None, "no trace at the old size");
+            let counters = h.counters();
+            assert_eq!((counters.traces, counters.current), (0, 0), "{counters:?}");
+            assert_eq!(
+                (counters.untraced_blocks, counters.untraced_bytes),
+                (2, 108)
+            );
+            h.dealloc(c, layout(8));
+            h.dealloc(a, layout(100));
+        }
     }
 
     /// `System` with room for 256 bytes under every block, so that a reallocation up to that
