@@ -375,7 +375,8 @@ impl<H, const SLOTS: usize, const TRACEBACKS: usize, const FRAMES: usize, const 
     /// Runs `f` on the tracer inside the critical section (to encode a snapshot, say); `None`
     /// before the first start. Interrupts stay masked while `f` runs, so keep it short. Blocks
     /// that `f` allocates, reallocates or frees are recorded when it returns (the first 16
-    /// such events, in order; allocations under an empty traceback, as no stack was taken):
+    /// such events, in order, a resize in place of a block from before taking two;
+    /// allocations under an empty traceback, as no stack was taken):
     /// past that, allocations count as untraced, and a free cancels its block's queued
     /// allocation or takes the place of another one (only 16 frees in a row lose the next).
     /// Calls that need the tracer's state (`stop`, `counters`, `write_snapshot`, a report)
