@@ -76,6 +76,7 @@ fn total_nframe_counts_the_frames_shown() {
     let block = boxed();
     let shallow = tracemalloc::object_traceback(&*block).unwrap();
     let snapshot = tracemalloc::take_snapshot().unwrap();
+    tracemalloc::stop(); // a start while tracing changes nothing, as in Python
     tracemalloc::start(2).unwrap();
     let cut_block = deep(20);
     let cut = tracemalloc::object_traceback(&*cut_block).unwrap();
