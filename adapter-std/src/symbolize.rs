@@ -73,23 +73,23 @@ impl ElfResolver {
         bias: usize,
         roots: Vec<String>,
     ) -> Result<ElfResolver, Error> {
-        // `addr2line` also maps a DWARF package beside the file when one exists, opened by
-        // name: a FIFO there would block, a device never end. What it merely fails to read (a
-        // directory, an unreadable file) it skips, and so does this check.
-        let package = dwarf_package_of(file);
+        // A stripped build reads its lines from its separate debug file, where there is one.
+        let debug = separate_debug_file(file, path);
+        // `addr2line` also maps a DWARF package beside the file it reads when one exists,
+        // opened by name: a FIFO there would block, a device never end. What it merely fails to
+        // read (a directory, an unreadable file) it skips, and so does this check.
+        let package = dwarf_package_of(debug.as_deref().unwrap_or(file));
         if let Ok(kind) = std::fs::metadata(&package).map(|m| m.file_type()) {
             if !kind.is_file() && !kind.is_dir() {
                 return Err(Error::Symbols {
                     path: package.display().to_string(),
                     reason: format!(
                         "the DWARF package beside {} is not a regular file",
-                        path.display()
+                        debug.as_deref().unwrap_or(path).display()
                     ),
                 });
             }
         }
-        // A stripped build reads its lines from its separate debug file, where there is one.
-        let debug = separate_debug_file(file, path);
         let loader = addr2line::Loader::new(debug.as_deref().unwrap_or(file)).map_err(|e| {
             Error::Symbols {
                 path: path.display().to_string(),
@@ -1480,6 +1480,60 @@ mod tests {
         assert_eq!(found, [true, false], "beside it, and of another build");
         assert_eq!([crc_matches, crc_differs], [true, false], "by CRC-32");
         assert!(in_debug_folder, "in .debug/ beside it");
+    }
+
+    /// `addr2line` maps the DWARF package beside the file it reads, by name: beside the
+    /// separate debug file when it reads that one. A FIFO there must end the open with an
+    /// error, not block it (as one beside the build does).
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn a_fifo_beside_the_separate_debug_file_is_not_opened() {
+        use std::os::unix::fs::OpenOptionsExt;
+        let exe = std::env::current_exe().unwrap();
+        let dir = std::env::temp_dir().join(format!("tm-debugfifo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (debug, stripped) = (dir.join("app.debug"), dir.join("app"));
+        let link = format!("--add-gnu-debuglink={}", debug.display());
+        for args in [
+            vec![
+                "--only-keep-debug".as_ref(),
+                exe.as_os_str(),
+                debug.as_ref(),
+            ],
+            vec![
+                "--strip-debug".as_ref(),
+                link.as_ref(),
+                exe.as_os_str(),
+                stripped.as_ref(),
+            ],
+        ] {
+            let status = std::process::Command::new("objcopy").args(&args).status();
+            assert!(status.expect("objcopy (binutils) runs").success());
+        }
+        let fifo = dir.join("app.debug.dwp");
+        let name = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: `name` is a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
+        // In a thread: an open that blocks must fail this test, not hang it.
+        let (done, result) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let bias = main_program_bias().unwrap();
+            let opened = ElfResolver::open_named_from(&stripped, bias, Vec::new());
+            let _ = done.send(opened.err().map(|e| e.to_string()));
+        });
+        let outcome = result.recv_timeout(std::time::Duration::from_secs(60));
+        if outcome.is_err() {
+            // Let the blocked reader go.
+            let _ = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&fifo);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+        let err = outcome
+            .expect("the open blocked on the FIFO")
+            .expect("an error");
+        assert!(err.contains("app.debug.dwp"), "{err}");
     }
 
     /// A build without debug info (cargo's default release profile) is named by the functions
