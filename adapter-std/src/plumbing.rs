@@ -252,68 +252,22 @@ enum Read {
 }
 
 /// Whether a function of this (demangled) name may be plumbing. Symbolization hides frames by
-/// name and by file, and a symbol table has no files, so names stand in for the files: the
-/// crates std vendors (`hashbrown`, and those of its own symbolizer), std's impls of its
-/// traits (`<u8 as alloc::vec::spec_from_elem::SpecFromElem>` behind `vec![0; n]`, `<T as
-/// alloc::string::ToString>`), and, as std's own code names them with v0 mangling, the
-/// inherent methods of types without a path (`<str>::to_lowercase`) and the traits local to a
-/// std function (`<&str as <alloc::ffi::c_str::CString>::new::SpecNewImpl>`). Legacy mangling
-/// names an impl by its generic self type, so an impl for an application's type (`<app::Tree as
-/// core::clone::Clone>`, derived or written) is the application's code and is not marked; v0
-/// mangling (`legacy` false) names the concrete type, which cannot tell the two apart, and
-/// every impl of a std trait is marked, which only keeps a frame more.
+/// name and by file, and a symbol table has no files, so names stand in for the files, as they
+/// do when symbolization has none: the names `symbolize::is_plumbing` hides without a file
+/// (std's paths, the crates std vendors, std's impls of its traits for types without a path of
+/// their own). Legacy mangling names an impl by its generic self type, so an impl for an
+/// application's type (`<app::Tree as core::clone::Clone>`, derived or written) is the
+/// application's code and is not marked; v0 mangling (`legacy` false) names the concrete type,
+/// which cannot tell the two apart, and every impl of a std trait is marked, which only keeps a
+/// frame more.
 #[cfg(any(target_os = "linux", test))]
 fn is_plumbing_symbol(name: &str, legacy: bool) -> bool {
     if crate::symbolize::is_plumbing(Some(name), None) {
         return true;
     }
-    let bare = name.trim_start_matches('<');
-    if VENDORED.iter().any(|c| bare.starts_with(c)) {
-        return true;
-    }
-    match crate::symbolize::self_and_trait(name) {
-        Some((self_type, trait_path)) => {
-            is_std_owned(trait_path) && (!legacy || is_std_owned(self_type))
-        }
-        // v0's `<Self>::method`: an inherent method, which only std has on types without a path.
-        None => name.starts_with('<') && is_std_owned(&name[1..]),
-    }
-}
-
-/// The crates std vendors, as paths in a demangled name start.
-#[cfg(any(target_os = "linux", test))]
-const VENDORED: [&str; 9] = [
-    "hashbrown::",
-    "gimli::",
-    "addr2line::",
-    "object::",
-    "miniz_oxide::",
-    "adler2::",
-    "memchr::",
-    "rustc_demangle::",
-    "std_detect::",
-];
-
-/// Whether the type or trait that `name` starts with (what follows it aside) is std's as far
-/// as names tell: a path into std or a crate it vendors, or a type with no path of its own
-/// past any reference (`u8`, `str`, `[T]`, `(A, B)`, `*const T`, `fn(T)`, a generic `T`),
-/// which only std implements its traits for or gives methods.
-#[cfg(any(target_os = "linux", test))]
-fn is_std_owned(name: &str) -> bool {
-    let name = name
-        .trim_start_matches(['<', '&'])
-        .trim_start_matches("mut ")
-        .trim_start_matches("dyn ");
-    if name.starts_with(['[', '(', '*']) {
-        return true;
-    }
-    let end = name
-        .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':'))
-        .unwrap_or(name.len());
-    let head = &name[..end];
-    !head.contains("::")
-        || crate::symbolize::is_std_path(head)
-        || VENDORED.iter().any(|c| head.starts_with(c))
+    !legacy
+        && crate::symbolize::self_and_trait(name)
+            .is_some_and(|(_, trait_path)| crate::symbolize::is_std_owned(trait_path))
 }
 
 /// The map of the object holding this code, from its symbol table: nothing where objects

@@ -488,7 +488,59 @@ pub(crate) fn is_plumbing(function: Option<&str>, file: Option<&str>) -> bool {
     ];
     OWN.iter().any(|p| owner.starts_with(p))
         || (std_by_name && is_std_path(owner))
-        || (file.is_none() && function == "main")
+        || (file.is_none() && (function == "main" || names_std_code(function)))
+}
+
+/// Whether a function's name alone says it is std's code, for a frame without a file to tell
+/// (code built without debug info, named by its symbol): a function of a crate std vendors
+/// (`hashbrown`'s, behind a `HashMap`'s growth), std's impl of its own trait for a type with
+/// no path of its own (`<u8 as alloc::vec::spec_from_elem::SpecFromElem>` behind `vec![0; n]`,
+/// `<T as alloc::slice::hack::ConvertVec>` behind `to_vec`), and, as std's own code names them
+/// with v0 mangling, the inherent methods of such types (`<str>::to_lowercase`) and the traits
+/// local to a std function (`<u8 as <[_]>::to_vec_in::ConvertVec>`). An impl of a std trait for
+/// the application's type (`<app::Tree as core::clone::Clone>`) is the application's.
+fn names_std_code(name: &str) -> bool {
+    let bare = name.trim_start_matches('<');
+    if VENDORED.iter().any(|c| bare.starts_with(c)) {
+        return true;
+    }
+    match self_and_trait(name) {
+        Some((self_type, trait_path)) => is_std_owned(trait_path) && is_std_owned(self_type),
+        // v0's `<Self>::method`: an inherent method, which only std has on types without a path.
+        None => name.starts_with('<') && is_std_owned(&name[1..]),
+    }
+}
+
+/// The crates std vendors, as paths in a demangled name start.
+const VENDORED: [&str; 9] = [
+    "hashbrown::",
+    "gimli::",
+    "addr2line::",
+    "object::",
+    "miniz_oxide::",
+    "adler2::",
+    "memchr::",
+    "rustc_demangle::",
+    "std_detect::",
+];
+
+/// Whether the type or trait that `name` starts with (what follows it aside) is std's as far
+/// as names tell: a path into std or a crate it vendors, or a type with no path of its own
+/// past any reference (`u8`, `str`, `[T]`, `(A, B)`, `*const T`, `fn(T)`, a generic `T`),
+/// which only std implements its traits for or gives methods.
+pub(crate) fn is_std_owned(name: &str) -> bool {
+    let name = name
+        .trim_start_matches(['<', '&'])
+        .trim_start_matches("mut ")
+        .trim_start_matches("dyn ");
+    if name.starts_with(['[', '(', '*']) {
+        return true;
+    }
+    let end = name
+        .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':'))
+        .unwrap_or(name.len());
+    let head = &name[..end];
+    !head.contains("::") || is_std_path(head) || VENDORED.iter().any(|c| head.starts_with(c))
 }
 
 /// The crates std is built of, as paths in a demangled name start.
@@ -1552,13 +1604,14 @@ mod tests {
         assert!(status.expect("objcopy (binutils) runs").success());
         let bias = main_program_bias().unwrap();
         let mut resolver = ElfResolver::open_named_from(&bare, bias, Vec::new()).unwrap();
-        // A function of another crate: this crate's own are plumbing, and hidden.
-        let address = rustc_demangle::demangle as fn(&str) -> rustc_demangle::Demangle as usize;
+        // A function of another crate: this crate's own are plumbing, and hidden, as are those
+        // of the crates std vendors (`rustc_demangle`).
+        let address = crc32fast::hash as fn(&[u8]) -> u32 as usize;
         let mut out = Vec::new();
         assert!(resolver.resolve(address + 1, &mut out));
         let functions = functions_of(&bare);
         std::fs::remove_file(&bare).unwrap();
-        let name = "rustc_demangle::demangle";
+        let name = "crc32fast::hash";
         assert_eq!(out.len(), 1, "{out:?}");
         assert_eq!(&*out[0].filename, format!("<{name}>"));
         assert_eq!((out[0].lineno, out[0].function.as_deref()), (0, Some(name)));
@@ -1571,6 +1624,58 @@ mod tests {
         resolver.functions = Some(functions);
         assert_eq!(resolver.function_containing(gap), None);
         assert!(resolver.function_containing(gap - 1).is_some());
+    }
+
+    /// Without debug info, names stand in for files: std's code whose name holds no path into
+    /// std (a crate std vendors, behind a `HashMap`'s growth; std's impl for a primitive, behind
+    /// `to_vec`) is hidden as its file would hide it, where the capture's map marks it too.
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn a_build_without_debug_info_hides_std_code_named_without_a_std_path() {
+        let exe = std::env::current_exe().unwrap();
+        let bare = std::env::temp_dir().join(format!("tm-bare-std-{}", std::process::id()));
+        let status = std::process::Command::new("objcopy")
+            .arg("--strip-debug")
+            .arg(&exe)
+            .arg(&bare)
+            .status();
+        assert!(status.expect("objcopy (binutils) runs").success());
+        let bias = main_program_bias().unwrap();
+        let mut resolver = ElfResolver::open_named_from(&bare, bias, Vec::new()).unwrap();
+        let functions = functions_of(&bare);
+        let mut shown = Vec::new();
+        for std in [
+            "<hashbrown::raw::RawTable<",
+            "<u8 as <[_]>::to_vec_in::ConvertVec>",
+        ] {
+            let function = functions
+                .iter()
+                .find(|f| format!("{:#}", rustc_demangle::demangle(&f.name)).starts_with(std))
+                .unwrap_or_else(|| panic!("no {std}… in this build"));
+            let mut out = Vec::new();
+            assert!(resolver.resolve(bias + function.start as usize + 1, &mut out));
+            shown.extend(out);
+        }
+        std::fs::remove_file(&bare).unwrap();
+        assert!(shown.is_empty(), "{shown:?}");
+        // Legacy mangling's names, and the application's impls, which stay.
+        for name in [
+            "hashbrown::raw::RawTable<T,A>::reserve_rehash",
+            "<u8 as alloc::vec::spec_from_elem::SpecFromElem>::from_elem",
+            "<T as alloc::slice::hack::ConvertVec>::to_vec",
+            "<str>::to_lowercase",
+        ] {
+            assert!(is_plumbing(Some(name), None), "{name}");
+        }
+        for name in [
+            "<app::Tree as core::clone::Clone>::clone",
+            "<alloc::string::String as app::Encode>::encode",
+            "<u8 as app::Encode>::encode",
+            "<app::Cache>::insert",
+            "app::main",
+        ] {
+            assert!(!is_plumbing(Some(name), None), "{name}");
+        }
     }
 
     /// A separate debug file (`objcopy --only-keep-debug`, as distributions ship them) keeps
