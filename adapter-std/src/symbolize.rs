@@ -31,8 +31,9 @@ pub struct ElfResolver {
     show_plumbing: bool,
     cache: HashMap<usize, Option<Vec<Frame>>>,
     names: HashMap<String, Arc<str>>,
-    /// The file the symbol table is read from, for [`ElfResolver::function_containing`].
-    file: PathBuf,
+    /// The file the symbol table is read from, for [`ElfResolver::function_containing`]:
+    /// opened with the rest, as its path may name another build by the time it is read.
+    file: Option<std::fs::File>,
     /// Its functions by address, read when first needed ([`functions_of`]).
     functions: Option<Vec<SizedFunction>>,
 }
@@ -104,7 +105,7 @@ impl ElfResolver {
             show_plumbing: false,
             cache: HashMap::new(),
             names: HashMap::new(),
-            file: file.to_owned(),
+            file: std::fs::File::open(file).ok(),
             functions: None,
         })
     }
@@ -170,7 +171,7 @@ impl ElfResolver {
     fn function_containing(&mut self, probe: u64) -> Option<String> {
         let functions = self
             .functions
-            .get_or_insert_with(|| functions_of(&self.file));
+            .get_or_insert_with(|| self.file.as_ref().map(functions_of).unwrap_or_default());
         let after = functions.partition_point(|f| f.start <= probe);
         let function = functions[..after].last().filter(|f| probe < f.end)?;
         Some(format!("{:#}", rustc_demangle::demangle(&function.name)))
@@ -263,12 +264,9 @@ impl Resolver for ElfResolver {
 
 /// The functions `file`'s symbol table gives a size, sorted by address; none when it cannot
 /// be read.
-fn functions_of(file: &Path) -> Vec<SizedFunction> {
+fn functions_of(file: &std::fs::File) -> Vec<SizedFunction> {
     use object::{Object, ObjectSymbol};
-    let Ok(opened) = std::fs::File::open(file) else {
-        return Vec::new();
-    };
-    let cache = object::ReadCache::new(&opened);
+    let cache = object::ReadCache::new(file);
     let Ok(object) = object::File::parse(&cache) else {
         return Vec::new();
     };
@@ -1609,7 +1607,7 @@ mod tests {
         let address = crc32fast::hash as fn(&[u8]) -> u32 as usize;
         let mut out = Vec::new();
         assert!(resolver.resolve(address + 1, &mut out));
-        let functions = functions_of(&bare);
+        let functions = functions_of(&std::fs::File::open(&bare).unwrap());
         std::fs::remove_file(&bare).unwrap();
         let name = "crc32fast::hash";
         assert_eq!(out.len(), 1, "{out:?}");
@@ -1624,6 +1622,33 @@ mod tests {
         resolver.functions = Some(functions);
         assert_eq!(resolver.function_containing(gap), None);
         assert!(resolver.function_containing(gap - 1).is_some());
+    }
+
+    /// The functions of a build without debug info are read, when first needed, from the build
+    /// that was opened, even once its path names another (a deploy replacing the binary while
+    /// the program runs): read by name, another build's table would name them.
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn a_build_replaced_after_opening_keeps_its_functions() {
+        let exe = std::env::current_exe().unwrap();
+        let dir = std::env::temp_dir().join(format!("tm-replaced-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (bare, other) = (dir.join("app"), dir.join("app.new"));
+        for (strip, out) in [("--strip-debug", &bare), ("--strip-all", &other)] {
+            let status = std::process::Command::new("objcopy")
+                .args([strip.as_ref(), exe.as_os_str(), out.as_ref()])
+                .status();
+            assert!(status.expect("objcopy (binutils) runs").success());
+        }
+        let bias = main_program_bias().unwrap();
+        let mut resolver = ElfResolver::open_named_from(&bare, bias, Vec::new()).unwrap();
+        std::fs::rename(&other, &bare).unwrap();
+        let address = crc32fast::hash as fn(&[u8]) -> u32 as usize;
+        let mut out = Vec::new();
+        assert!(resolver.resolve(address + 1, &mut out));
+        std::fs::remove_dir_all(&dir).unwrap();
+        let names: Vec<_> = out.iter().map(|f| f.function.as_deref()).collect();
+        assert_eq!(names, [Some("crc32fast::hash")]);
     }
 
     /// Without debug info, names stand in for files: std's code whose name holds no path into
@@ -1642,7 +1667,7 @@ mod tests {
         assert!(status.expect("objcopy (binutils) runs").success());
         let bias = main_program_bias().unwrap();
         let mut resolver = ElfResolver::open_named_from(&bare, bias, Vec::new()).unwrap();
-        let functions = functions_of(&bare);
+        let functions = functions_of(&std::fs::File::open(&bare).unwrap());
         let mut shown = Vec::new();
         for std in [
             "<hashbrown::raw::RawTable<",
