@@ -484,7 +484,10 @@ pub(crate) fn is_plumbing(function: Option<&str>, file: Option<&str>) -> bool {
         "__libc_",
         "_start",
     ];
+    // Where threads begin in glibc, named with lines once its separate debug file is found.
+    const THREAD_START: &[&str] = &["start_thread", "clone", "clone3", "__clone", "__clone3"];
     OWN.iter().any(|p| owner.starts_with(p))
+        || THREAD_START.contains(&function)
         || (std_by_name && is_std_path(owner))
         || (file.is_none() && (function == "main" || names_std_code(function)))
 }
@@ -1361,6 +1364,23 @@ mod tests {
         assert_eq!(self_and_trait("<alloc::vec::Vec<u8>>::push"), None);
         assert_eq!(self_and_trait("<str>::to_lowercase"), None);
         assert_eq!(self_and_trait("app::as_bytes"), None);
+    }
+
+    /// A thread's first frames in glibc, named with their lines where its separate debug file
+    /// is installed (`libc6-dbg`), are the runtime's, as `__libc_start_call_main` is.
+    #[test]
+    fn glibcs_thread_start_is_plumbing() {
+        for (function, file) in [
+            ("start_thread", "./nptl/pthread_create.c"),
+            ("clone3", "../sysdeps/unix/sysv/linux/x86_64/clone3.S"),
+            (
+                "__libc_start_call_main",
+                "../sysdeps/nptl/libc_start_call_main.h",
+            ),
+        ] {
+            assert!(is_plumbing(Some(function), Some(file)), "{function}");
+        }
+        assert!(!is_plumbing(Some("app::start_thread"), Some("src/main.rs")));
     }
 
     /// Full debug info (cargo's default `debug = true`) names the application's impls for std
