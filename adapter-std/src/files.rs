@@ -137,7 +137,16 @@ fn replace(
         .open(&temp)
     {
         Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return None,
+        // No file may be created there, or no name longer than the target's (near the file
+        // system's 255 bytes): written in place, as before.
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::PermissionDenied | io::ErrorKind::InvalidFilename
+            ) =>
+        {
+            return None
+        }
         Err(e) => return Some(Err(e)),
     };
     let write = |mut file: std::fs::File| {
@@ -349,6 +358,24 @@ mod tests {
             Err(FileError::NotASnapshot { .. })
         ));
         assert!(matches!(parse(b" \n"), Err(FileError::NotASnapshot { .. })));
+    }
+
+    /// A name near the file system's limit leaves no room for a temporary name beside it: the
+    /// dump is written in place, as before.
+    #[test]
+    #[cfg(unix)]
+    fn a_name_too_long_for_a_temporary_one_is_dumped_in_place() {
+        let dir = std::env::temp_dir().join(format!("tracemalloc-long-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s".repeat(250));
+        let snapshot = tracemalloc_core::snapshot::snapshot_from_traces(16, []);
+        let dumped = dump(&snapshot, &path);
+        let dumped_again = dump(&snapshot, &path);
+        let loaded = load(&path);
+        std::fs::remove_dir_all(&dir).unwrap();
+        dumped.unwrap();
+        dumped_again.unwrap();
+        assert_eq!(loaded.unwrap().traceback_limit, 16);
     }
 
     /// A dump that fails part-way (a full disk, here a file size limit) leaves the file it
