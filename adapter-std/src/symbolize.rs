@@ -443,7 +443,8 @@ pub(crate) fn is_plumbing(function: Option<&str>, file: Option<&str>) -> bool {
         // wrapper's own method inlined into `__rust_alloc` is known by its file alone.
         const OWN_SOURCES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/");
         // A toolchain built elsewhere than rustup's (a distribution's, remapped under
-        // `/usr/src/rustc-1.85.0/`) keeps std's sources under `library/` all the same.
+        // `/usr/src/rustc-1.85.0/`) keeps std's sources under `library/` all the same, in a
+        // folder named after rustc (not an application's own `library/core/src/`).
         const STD_SOURCES: [&str; 3] = [
             "/library/alloc/src/",
             "/library/core/src/",
@@ -452,7 +453,14 @@ pub(crate) fn is_plumbing(function: Option<&str>, file: Option<&str>) -> bool {
         if file.starts_with("/rustc/")
             || file.starts_with("/rust/deps/")
             || file.starts_with(OWN_SOURCES)
-            || STD_SOURCES.iter().any(|std| file.contains(std))
+            || STD_SOURCES.iter().any(|std| {
+                file.find(std).is_some_and(|at| {
+                    file[..at]
+                        .rsplit('/')
+                        .next()
+                        .is_some_and(|dir| dir.starts_with("rustc"))
+                })
+            })
         {
             return true;
         }
@@ -1410,6 +1418,9 @@ mod tests {
         ] {
             assert!(is_plumbing(clone, Some(std)), "{std}");
         }
+        // An application's own crate kept under `library/` is its code.
+        let own = Some("/home/dev/app/library/core/src/lib.rs");
+        assert!(!is_plumbing(Some("app_core::Cache::insert"), own));
     }
 
     #[test]
