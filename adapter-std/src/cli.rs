@@ -253,6 +253,23 @@ fn parse(args: Vec<OsString>) -> Result<Request, CliError> {
         "info" => Command::Info(next()),
         _ => Command::Traceback(next()),
     };
+    // An option the command would ignore: the user meant something it does not do.
+    let ignored = match options.command {
+        Command::Traceback(_) => [("--key", seen_key), ("--cumulative", options.cumulative)]
+            .into_iter()
+            .find(|&(_, given)| given),
+        Command::Info(_) => [
+            ("--key", seen_key),
+            ("--cumulative", options.cumulative),
+            ("--limit", seen_limit),
+        ]
+        .into_iter()
+        .find(|&(_, given)| given),
+        Command::Stats(_) | Command::Compare(..) => None,
+    };
+    if let Some((flag, _)) = ignored {
+        return Err(usage(format!("{flag} does not apply to {command}")));
+    }
     if options.cumulative && options.key == KeyType::Traceback {
         return Err(usage(
             "--cumulative works with --key filename or lineno, not traceback",
@@ -665,6 +682,10 @@ mod tests {
             "stats a --key traceback --cumulative",
             "stats a --key filename --key lineno",
             "stats a --limit 3 --limit 4",
+            "traceback a --key filename",
+            "traceback a --cumulative",
+            "info a --limit 3",
+            "info a --key lineno",
         ] {
             let err = parse(args(bad)).map(|_| ()).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{bad}: {err}");
