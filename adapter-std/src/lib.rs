@@ -198,7 +198,7 @@ pub struct Config {
 pub enum Storage {
     /// [`Storage::Shadow`] when every block is traced, [`Storage::Table`] when sampling (few
     /// blocks, far apart: shadow memory would take a page for each), where the address space
-    /// is limited (`RLIMIT_AS`: each region of shadow memory reserves 1 GiB of it), where the
+    /// is limited (`RLIMIT_AS`: each region of shadow memory reserves 1.22 GiB of it), where the
     /// kernel charges reservations in full (`vm.overcommit_memory` = 2) and on 32-bit targets.
     #[default]
     Auto,
@@ -206,13 +206,14 @@ pub enum Storage {
     /// start (under allocators that hand out small blocks side by side, such as jemalloc and
     /// mimalloc, 8 bytes for every 8 bytes, in four planes whose pages take memory only where
     /// blocks start at their offset; glibc's blocks lie 32 bytes apart at least), at a place
-    /// computed from the block's address, reserved in 1 GiB regions and taken page by page as
+    /// computed from the block's address, reserved 1.22 GiB per 1 GiB of heap address space
+    /// (the planes, then the grids below) and taken page by page as
     /// blocks land there. Recording a block needs no lock and touches memory next to its heap
     /// neighbours' traces: see BENCHMARKS.md for what it saves. The memory follows the heap's
     /// address span rather than the number of live blocks: about a quarter of the size of a
-    /// densely used heap of blocks under 256 bytes (all of it where 8-byte blocks lie side by
-    /// side; blocks of 256 bytes up to 1 KiB take a cell per 256 bytes where smaller blocks
-    /// did not write their page already), but
+    /// densely used heap of blocks under 64 bytes (all of it where 8-byte blocks lie side by
+    /// side; blocks of 64 bytes up to 1 KiB take a cell on a grid of their size, one per 64, 128
+    /// or 256 bytes, where smaller blocks did not write their page already), but
     /// up to a 4 KiB page per block where blocks lie 16 KiB or more apart, and pages written
     /// stay taken until `clear_traces()` or `stop()`. Blocks that do not fit (not aligned to 8
     /// bytes, 1 KiB or larger, which would cost a quarter of their size in cells where the
