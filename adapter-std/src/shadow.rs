@@ -635,9 +635,9 @@ fn reserve_region(region: usize) -> Option<usize> {
 }
 
 /// Whether a reservation takes its whole size where the pages written should: on 32-bit
-/// targets, a region's cells are a quarter of the address space; where the kernel accounts
-/// memory strictly (`vm.overcommit_memory` = 2, which ignores `MAP_NORESERVE`), each region
-/// would take 1 GiB of the system's commit limit.
+/// targets, a region's cells are nearly a third of the address space; where the kernel
+/// accounts memory strictly (`vm.overcommit_memory` = 2, which ignores `MAP_NORESERVE`), each
+/// region would take 1.22 GiB of the system's commit limit.
 pub(crate) fn reservations_are_charged() -> bool {
     cfg!(target_pointer_width = "32") || strict_overcommit()
 }

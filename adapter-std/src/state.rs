@@ -663,7 +663,7 @@ mod fork {
 
 /// Whether `config` records full tracing in shadow memory. Sampling always uses the tables
 /// (the shadow paths keep no sampling state), and so does `Auto` where the address space is
-/// limited (`RLIMIT_AS`): each region reserves 1 GiB of it, which the program's own
+/// limited (`RLIMIT_AS`): each region reserves 1.22 GiB of it, which the program's own
 /// mappings might then be refused; or where reserving costs more than the pages written
 /// ([`shadow::reservations_are_charged`]).
 fn shadow_chosen(config: &Config) -> bool {
