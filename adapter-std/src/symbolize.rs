@@ -1200,6 +1200,16 @@ pub(crate) fn with_process_resolver<R>(f: impl FnOnce(&mut dyn Resolver) -> R) -
 mod tests {
     use super::*;
 
+    /// Runs binutils' `objcopy` with `args` (its options, then the input and output files),
+    /// which must succeed: the tests below make stripped builds and debug files with it.
+    fn objcopy(args: &[&std::ffi::OsStr]) {
+        let status = std::process::Command::new("objcopy").args(args).status();
+        assert!(
+            status.expect("objcopy (binutils) runs").success(),
+            "{args:?}"
+        );
+    }
+
     #[test]
     #[cfg(target_os = "linux")]
     fn the_mapping_of_an_address_gives_its_range_as_map_files_names_it() {
@@ -1510,13 +1520,6 @@ mod tests {
         let exe = std::env::current_exe().unwrap();
         let dir = std::env::temp_dir().join(format!("tm-debuglink-{}", std::process::id()));
         std::fs::create_dir_all(dir.join(".debug")).unwrap();
-        let objcopy = |args: &[&std::ffi::OsStr]| {
-            let status = std::process::Command::new("objcopy").args(args).status();
-            assert!(
-                status.expect("objcopy (binutils) runs").success(),
-                "{args:?}"
-            );
-        };
         let debug = dir.join("app.debug");
         objcopy(&["--only-keep-debug".as_ref(), exe.as_ref(), debug.as_ref()]);
         // The same debug info without the build id: of another build, as far as anyone knows.
@@ -1588,8 +1591,7 @@ mod tests {
                 stripped.as_ref(),
             ],
         ] {
-            let status = std::process::Command::new("objcopy").args(&args).status();
-            assert!(status.expect("objcopy (binutils) runs").success());
+            objcopy(&args);
         }
         let fifo = dir.join("app.debug.dwp");
         let name = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
@@ -1625,12 +1627,7 @@ mod tests {
     fn a_build_without_debug_info_is_named_by_its_functions() {
         let exe = std::env::current_exe().unwrap();
         let bare = std::env::temp_dir().join(format!("tm-bare-{}", std::process::id()));
-        let status = std::process::Command::new("objcopy")
-            .arg("--strip-debug")
-            .arg(&exe)
-            .arg(&bare)
-            .status();
-        assert!(status.expect("objcopy (binutils) runs").success());
+        objcopy(&["--strip-debug".as_ref(), exe.as_ref(), bare.as_ref()]);
         let bias = main_program_bias().unwrap();
         let mut resolver = ElfResolver::open_named_from(&bare, bias, Vec::new()).unwrap();
         // A function of another crate: this crate's own are plumbing, and hidden, as are those
@@ -1666,10 +1663,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let (bare, other) = (dir.join("app"), dir.join("app.new"));
         for (strip, out) in [("--strip-debug", &bare), ("--strip-all", &other)] {
-            let status = std::process::Command::new("objcopy")
-                .args([strip.as_ref(), exe.as_os_str(), out.as_ref()])
-                .status();
-            assert!(status.expect("objcopy (binutils) runs").success());
+            objcopy(&[strip.as_ref(), exe.as_ref(), out.as_ref()]);
         }
         let bias = main_program_bias().unwrap();
         let mut resolver = ElfResolver::open_named_from(&bare, bias, Vec::new()).unwrap();
@@ -1690,12 +1684,7 @@ mod tests {
     fn a_build_without_debug_info_hides_std_code_named_without_a_std_path() {
         let exe = std::env::current_exe().unwrap();
         let bare = std::env::temp_dir().join(format!("tm-bare-std-{}", std::process::id()));
-        let status = std::process::Command::new("objcopy")
-            .arg("--strip-debug")
-            .arg(&exe)
-            .arg(&bare)
-            .status();
-        assert!(status.expect("objcopy (binutils) runs").success());
+        objcopy(&["--strip-debug".as_ref(), exe.as_ref(), bare.as_ref()]);
         let bias = main_program_bias().unwrap();
         let mut resolver = ElfResolver::open_named_from(&bare, bias, Vec::new()).unwrap();
         let functions = functions_of(&std::fs::File::open(&bare).unwrap());
@@ -1741,13 +1730,7 @@ mod tests {
     fn a_separate_debug_file_has_the_executables_code_ranges() {
         let exe = std::env::current_exe().unwrap();
         let debug = std::env::temp_dir().join(format!("tm-debug-{}.debug", std::process::id()));
-        let made = std::process::Command::new("objcopy")
-            .arg("--only-keep-debug")
-            .arg(&exe)
-            .arg(&debug)
-            .status()
-            .expect("objcopy (binutils) runs");
-        assert!(made.success());
+        objcopy(&["--only-keep-debug".as_ref(), exe.as_ref(), debug.as_ref()]);
         let (code, debug_code) = (code_ranges(&exe), code_ranges(&debug));
         std::fs::remove_file(&debug).unwrap();
         assert!(!code.is_empty());
