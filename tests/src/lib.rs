@@ -111,6 +111,21 @@ pub fn copy_as_another_build(path: &std::path::Path, to: &std::path::Path, first
     std::fs::write(to, elf).unwrap();
 }
 
+/// Starts tracing with `nframe` frames in the tables, where frees are queued and tables grow
+/// (shadow memory, which `Storage::Auto` picks on most hosts, does neither for small blocks).
+pub fn start_in_tables(nframe: usize) {
+    tracemalloc::start_with(tracemalloc::Config {
+        nframe,
+        storage: tracemalloc::Storage::Table,
+        ..tracemalloc::Config::default()
+    })
+    .unwrap();
+    assert_eq!(
+        tracemalloc::storage_in_use(),
+        Some(tracemalloc::Storage::Table)
+    );
+}
+
 /// `n` blocks made by `make`, kept in a Vec allocated before the first of them.
 pub fn blocks<T>(n: usize, make: impl Fn() -> T) -> Vec<T> {
     let mut out = Vec::with_capacity(n);

@@ -622,12 +622,7 @@ fn a_block_tracked_again_too_big_for_a_trace_leaves_no_trace_at_its_old_size() {
     tracemalloc::stop();
     // The default domain in the tables (shadow memory forgets a tracked address first), and a
     // domain of its own.
-    tracemalloc::start_with(tracemalloc::Config {
-        nframe: 1,
-        storage: tracemalloc::Storage::Table,
-        ..tracemalloc::Config::default()
-    })
-    .unwrap();
+    tracemalloc_tests::start_in_tables(1);
     let far = 0x7000_0000_0000usize as *const u8; // no heap block there
     for domain in [0, 7] {
         assert!(tracemalloc::track(domain, far, 1 << 30));
@@ -656,12 +651,7 @@ fn many_live_blocks_grow_the_tables_without_losing_any() {
     let _s = serial();
     tracemalloc::stop();
     // In the tables: shadow memory would hold these small blocks in cells.
-    tracemalloc::start_with(tracemalloc::Config {
-        nframe: 1,
-        storage: tracemalloc::Storage::Table,
-        ..tracemalloc::Config::default()
-    })
-    .unwrap();
+    tracemalloc_tests::start_in_tables(1);
     let memory_before = tracemalloc::tracemalloc_memory();
     let many = blocks(200_000, || Box::new(7u64)); // MANY
     assert!(

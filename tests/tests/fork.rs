@@ -221,12 +221,7 @@ fn probe_blocks() -> Vec<Vec<u8>> {
 fn a_child_does_not_see_blocks_other_threads_freed_before_the_fork() {
     let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     // In the tables, where frees are queued (shadow memory applies them at once).
-    tracemalloc::start_with(tracemalloc::Config {
-        nframe: 4,
-        storage: tracemalloc::Storage::Table,
-        ..tracemalloc::Config::default()
-    })
-    .unwrap();
+    tracemalloc_tests::start_in_tables(4);
     assert_eq!(
         tracemalloc::storage_in_use(),
         Some(tracemalloc::Storage::Table)

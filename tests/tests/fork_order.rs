@@ -9,7 +9,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, Ordering::*};
 use std::time::{Duration, Instant};
 
-use tracemalloc::{Config, Storage, TracingAllocator};
+use tracemalloc::TracingAllocator;
 
 /// Exit status of a process stuck on [`LOCKED`].
 const STUCK: i32 = 42;
@@ -77,12 +77,7 @@ static ALLOC: TracingAllocator<LazyForkAware> = TracingAllocator::new(LazyForkAw
 
 fn main() {
     LOADED.store(true, Relaxed);
-    tracemalloc::start_with(Config {
-        nframe: 4,
-        storage: Storage::Table,
-        ..Config::default()
-    })
-    .unwrap();
+    tracemalloc_tests::start_in_tables(4);
     // Another thread's frees wait in its queue (fewer than a batch) while it stays alive.
     let (go_on, wait) = std::sync::mpsc::channel::<()>();
     let (freed, wait_freed) = std::sync::mpsc::channel::<()>();

@@ -8,8 +8,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::atomic::Ordering::Relaxed;
 
-use tracemalloc::{Config, Storage, TracingAllocator};
-use tracemalloc_tests::{Counting, LIVE};
+use tracemalloc::TracingAllocator;
+use tracemalloc_tests::{start_in_tables, Counting, LIVE};
 
 /// Counts the frees it is asked for, then hands them to the tracing wrapper inside.
 struct Outer(TracingAllocator<System>);
@@ -43,22 +43,10 @@ static ALLOC: Outer = Outer(TracingAllocator::system());
 /// The tests count the global allocator's frees and start and stop the tracer: one at a time.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// Starts tracing in the tables, where frees are queued and tables grow (shadow memory, which
-/// `Storage::Auto` picks on most hosts, does neither for these small blocks).
-fn start_in_tables() {
-    tracemalloc::start_with(Config {
-        nframe: 1,
-        storage: Storage::Table,
-        ..Config::default()
-    })
-    .unwrap();
-    assert_eq!(tracemalloc::storage_in_use(), Some(Storage::Table));
-}
-
 #[test]
 fn each_free_reaches_the_outer_allocator_once() {
     let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    start_in_tables();
+    start_in_tables(1);
     let blocks = tracemalloc_tests::blocks(5, || Box::new([1u8; 64]));
     let _ = tracemalloc::traced_memory();
     let before = outer_frees();
@@ -95,7 +83,7 @@ fn second_wrapper_blocks(n: usize, layout: Layout, while_live: impl FnOnce()) ->
 #[test]
 fn a_wrapper_that_is_not_the_global_allocator_frees_at_once() {
     let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    start_in_tables();
+    start_in_tables(1);
     let before = LIVE.load(Relaxed);
     second_wrapper_blocks(3, Layout::new::<[u8; 64]>(), || {});
     // Only the global allocator's blocks are queued (it is a `static`, so the queue may keep
@@ -111,7 +99,7 @@ fn a_wrapper_that_is_not_the_global_allocator_frees_at_once() {
 #[test]
 fn a_second_wrapper_never_grows_the_tracers_storage() {
     let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    start_in_tables();
+    start_in_tables(1);
     // 20 000 neighbouring blocks: more than a shard's first table (3072 traces) holds, so
     // that shard's table fills and, unable to grow from `Counting`, counts the rest untraced.
     let untraced = || {

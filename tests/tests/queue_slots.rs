@@ -5,7 +5,7 @@
 
 use std::sync::mpsc;
 
-use tracemalloc::{Config, Storage, TracingAllocator};
+use tracemalloc::TracingAllocator;
 use tracemalloc_tests::{Counting, LIVE};
 
 #[global_allocator]
@@ -25,15 +25,10 @@ fn returned_by_one_small_free() -> i64 {
 
 #[test]
 fn a_thread_that_found_every_queue_taken_never_takes_one() {
-    tracemalloc::start_with(Config {
-        nframe: 1,
-        storage: Storage::Table, // frees are queued with the tables only
-        ..Config::default()
-    })
-    .unwrap();
-    // Threads that each take a queue with their first free, one after another, and hold it
-    // until told to exit. The first certainly gets one; this thread may hold another, so the
-    // last ones may find none.
+    tracemalloc_tests::start_in_tables(1); // frees are queued with the tables only
+                                           // Threads that each take a queue with their first free, one after another, and hold it
+                                           // until told to exit. The first certainly gets one; this thread may hold another, so the
+                                           // last ones may find none.
     let mut holders = Vec::new();
     for _ in 0..QUEUES {
         let (ready_tx, ready_rx) = mpsc::channel();
