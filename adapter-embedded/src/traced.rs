@@ -787,9 +787,7 @@ mod tests {
 
     #[test]
     fn a_block_resized_in_place_past_the_queue_keeps_no_stale_trace() {
-        type Roomy = TracedHeap<InPlace, 64, 4, 16, 2>;
-        let h: &'static Roomy = Box::leak(Box::new(TracedHeap::new(InPlace(AtomicUsize::new(0)))));
-        h.start(CallStacks::ReturnAddress);
+        let h = in_place_heap();
         // SAFETY: nonzero layouts; every block is freed with its final layout.
         unsafe {
             let a = h.alloc(layout(10));
@@ -820,9 +818,7 @@ mod tests {
 
     #[test]
     fn a_block_resized_in_place_then_freed_past_the_queue_keeps_no_trace() {
-        type Roomy = TracedHeap<InPlace, 64, 4, 16, 2>;
-        let h: &'static Roomy = Box::leak(Box::new(TracedHeap::new(InPlace(AtomicUsize::new(0)))));
-        h.start(CallStacks::ReturnAddress);
+        let h = in_place_heap();
         // SAFETY: nonzero layouts; every block is freed with its final layout.
         unsafe {
             let a = h.alloc(layout(10));
@@ -849,9 +845,7 @@ mod tests {
 
     #[test]
     fn a_block_resized_in_place_then_pushed_out_of_the_queue_keeps_no_stale_trace() {
-        type Roomy = TracedHeap<InPlace, 64, 4, 16, 2>;
-        let h: &'static Roomy = Box::leak(Box::new(TracedHeap::new(InPlace(AtomicUsize::new(0)))));
-        h.start(CallStacks::ReturnAddress);
+        let h = in_place_heap();
         // SAFETY: nonzero layouts; every block is freed with its final layout.
         unsafe {
             let a = h.alloc(layout(10));
@@ -886,6 +880,13 @@ mod tests {
     /// `System` with room for 256 bytes under every block, so that a reallocation up to that
     /// stays in place, as embedded heaps' often do.
     struct InPlace(AtomicUsize);
+
+    /// A traced heap over a fresh `InPlace`, room for 4 tracebacks, leaked and started.
+    fn in_place_heap() -> &'static TracedHeap<InPlace, 64, 4, 16, 2> {
+        let h = Box::leak(Box::new(TracedHeap::new(InPlace(AtomicUsize::new(0)))));
+        h.start(CallStacks::ReturnAddress);
+        h
+    }
 
     const IN_PLACE_ROOM: usize = 256;
 
