@@ -452,30 +452,27 @@ mod tests {
     }
 
     #[test]
-    fn a_block_resized_in_place_past_what_a_slot_holds_loses_its_old_trace() {
-        let mut a = Arrays::new();
-        let mut t = Tracer::new(a.storage());
-        t.record_alloc(0, 0x1000, 10, &[1], 1);
+    fn a_block_resized_in_place_or_traced_again_past_what_a_slot_holds_loses_its_old_trace() {
         let huge = (crate::table::MAX_TRACED_SIZE + 1) as usize;
-        let got = t.record_realloc(0, 0x1000, 0x1000, huge, &[2], 1);
-        assert_eq!(got, Recorded::Untraced);
-        assert!(t.trace(0, 0x1000).is_none(), "no trace at its old size");
-        let c = *t.counters();
-        assert_eq!((c.traces, c.current), (0, 0));
-        assert_eq!((c.untraced_blocks, c.untraced_bytes), (1, huge as u64));
-    }
-
-    #[test]
-    fn a_block_traced_again_past_what_a_slot_holds_replaces_the_old_trace() {
-        let mut a = Arrays::new();
-        let mut t = Tracer::new(a.storage());
-        t.record_alloc(1, 0x1000, 10, &[1], 1);
-        let huge = (crate::table::MAX_TRACED_SIZE + 1) as usize;
-        assert_eq!(t.record_alloc(1, 0x1000, huge, &[2], 1), Recorded::Untraced);
-        assert!(t.trace(1, 0x1000).is_none(), "no trace at its old size");
-        let c = *t.counters();
-        assert_eq!((c.traces, c.current), (0, 0));
-        assert_eq!((c.untraced_blocks, c.untraced_bytes), (1, huge as u64));
+        for in_place in [true, false] {
+            let mut a = Arrays::new();
+            let mut t = Tracer::new(a.storage());
+            let domain = if in_place { 0 } else { 1 };
+            t.record_alloc(domain, 0x1000, 10, &[1], 1);
+            let got = if in_place {
+                t.record_realloc(domain, 0x1000, 0x1000, huge, &[2], 1)
+            } else {
+                t.record_alloc(domain, 0x1000, huge, &[2], 1)
+            };
+            assert_eq!(got, Recorded::Untraced);
+            assert!(
+                t.trace(domain, 0x1000).is_none(),
+                "no trace at its old size"
+            );
+            let c = *t.counters();
+            assert_eq!((c.traces, c.current), (0, 0));
+            assert_eq!((c.untraced_blocks, c.untraced_bytes), (1, huge as u64));
+        }
     }
 
     #[test]
