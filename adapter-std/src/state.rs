@@ -1122,15 +1122,11 @@ fn insert_locked(
     } else if tracer.counters().traces < traces_before {
         // A block too big for a slot replaced the trace at its address (see
         // `Tracer::record_alloc_with`): that trace is forgotten as `take_locked` forgets one.
-        let removed = before - tracer.counters().current;
-        let interval = sampler::interval();
-        accounting::account(0, removed, interval, generation);
-        if interval != 0 {
-            sampler::unmark(addr);
-        }
-        if is_shadowed() && spills(removed) {
-            SPILLED.fetch_sub(1, Relaxed);
-        }
+        left_shard(
+            addr,
+            before - tracer.counters().current,
+            sampler::interval(),
+        );
     }
     recorded == Recorded::Traced
 }
@@ -1174,16 +1170,23 @@ fn forget_locked(shard: &mut Shard, addr: usize) -> bool {
 /// filter (only the shards' traces are marked: the filter serves the allocator's frees).
 #[inline(always)]
 fn take_locked(shard: &mut Shard, addr: usize) -> Option<(u64, TracebackId)> {
-    let tracer = shard.tracer.as_mut()?;
-    let interval = sampler::interval();
-    let (size, id) = forget_in(tracer, DEFAULT_DOMAIN, addr, interval)?;
+    let (size, id) = shard.tracer.as_mut()?.take(DEFAULT_DOMAIN, addr)?;
+    left_shard(addr, size, sampler::interval());
+    Some((size, id))
+}
+
+/// What a default-domain trace of `size` bytes at `addr` takes with it when it leaves a shard's
+/// table: its bytes from the counters, its sampling mark, and its count among the small blocks
+/// spilled from shadow memory.
+#[inline(always)]
+fn left_shard(addr: usize, size: u64, interval: u64) {
+    accounting::account(0, size, interval, interner::generation());
     if interval != 0 {
         sampler::unmark(addr);
     }
     if is_shadowed() && spills(size) {
         SPILLED.fetch_sub(1, Relaxed);
     }
-    Some((size, id))
 }
 
 /// Forgets a default-domain trace while shadowed: its cell's, or else its table's. `size`, when
